@@ -1,0 +1,13 @@
+#!/usr/bin/env -S node --experimental-permission --allow-fs-read=* --allow-fs-write=* --allow-addons --allow-child-process --no-warnings
+'use strict';
+// Entry point. Its first statements own the signals that would otherwise
+// kill the daemon (and drop every lock) or open Node's inspector while the
+// rest loads; they are queued and replayed once the daemon is ready.
+const early = [];
+for (const sig of ['SIGUSR1', 'SIGHUP', 'SIGTERM', 'SIGINT', 'SIGQUIT', 'SIGUSR2']) {
+  process.on(sig, () => early.push(sig));
+}
+// Storage calls run on libuv's pool; give a hung mount room to not starve
+// the others (see src/locks/storageGate.ts). Must be set before first use.
+if (!process.env.UV_THREADPOOL_SIZE) process.env.UV_THREADPOOL_SIZE = '32';
+import('../dist/src/cli/main.js').then((m) => m.run(process.argv.slice(2), early));

@@ -1,0 +1,46 @@
+// Process-level wiring for `relockd`: signal handlers, last-resort error
+// handlers, and replay of signals that arrived while we were loading.
+
+import { constants } from 'node:os';
+import * as native from '../native.js';
+import { main } from './relockd.js';
+
+const SIGNALS = ['SIGUSR1', 'SIGHUP', 'SIGTERM', 'SIGINT', 'SIGQUIT', 'SIGUSR2'] as const;
+type Sig = (typeof SIGNALS)[number];
+
+export async function run(argv: string[], early: Sig[]): Promise<void> {
+  // A dead reader of our stdout/stderr must not crash the daemon.
+  process.stdout.on('error', () => {});
+  process.stderr.on('error', () => {});
+
+  const daemon = await main(argv);
+  if (!daemon) return;
+  const log = daemon.log;
+
+  // Exiting would drop every lock: log loudly and keep serving instead.
+  process.on('uncaughtException', (err) => log.fatal({ err }, 'uncaught exception (daemon keeps running to keep its locks)'));
+  process.on('unhandledRejection', (err) => log.fatal({ err }, 'unhandled rejection (daemon keeps running to keep its locks)'));
+
+  const handle = (sig: Sig) => {
+    switch (sig) {
+      case 'SIGTERM':
+      case 'SIGINT':
+      case 'SIGQUIT':
+        void daemon.requestStop(sig);
+        break;
+      case 'SIGUSR1':
+        log.warn({ signal: sig }, 're-exec is not supported yet; signal ignored');
+        break;
+      default:
+        // virtlockd dies on SIGHUP and drops every lock; we never do.
+        log.warn({ signal: sig }, 'signal ignored');
+    }
+  };
+  for (const sig of SIGNALS) {
+    process.removeAllListeners(sig);
+    process.on(sig, () => handle(sig));
+  }
+  // Under the permission model Node leaves SIGUSR1 blocked; we own it now.
+  native.sigmask('unblock', [constants.signals.SIGUSR1]);
+  for (const sig of early) handle(sig);
+}

@@ -1,0 +1,89 @@
+// The kernel side of a lease: open a file, take an OFD lock on byte 0
+// length 1, and later close it. Everything here runs off the event loop (the
+// addon's worker threads, or libuv's pool), because any of these calls can
+// hang on a dead NFS server.
+
+import { promises as fsp } from 'node:fs';
+import * as native from '../native.js';
+
+export interface LockedFile {
+  fd: number;
+  dev: number;
+  ino: number;
+}
+
+export interface LockRequest {
+  shared: boolean;
+  /** AUTOCREATE: O_CREAT 0600 and the inode re-check loop. */
+  create: boolean;
+}
+
+export interface ReleaseRequest {
+  /** Unlink this path (if it still names the locked file) before closing. */
+  unlinkPath: string | null;
+  /** Only unlink if the lock can first be upgraded to exclusive. */
+  onlyIfExclusive: boolean;
+}
+
+export interface ReleaseResult {
+  unlinked: boolean;
+  unlinkError?: string;
+}
+
+/** A system error from a storage call, with the errno name and the stage. */
+export interface StorageError extends Error {
+  code: string;
+  errno: number;
+  stage?: 'open' | 'lock' | 'stat';
+}
+
+export interface FileLocker {
+  lock(path: string, req: LockRequest): Promise<LockedFile>;
+  release(fd: number, req: ReleaseRequest): Promise<ReleaseResult>;
+  /** CREATE_RESOURCE: open O_WRONLY|O_CREAT 0600, close. */
+  touch(path: string): Promise<void>;
+  /** DELETE_RESOURCE: unlink; ENOENT is success. */
+  unlink(path: string): Promise<void>;
+  /** 'dir' | 'other' | 'missing' */
+  kind(path: string): Promise<'dir' | 'other' | 'missing'>;
+  mkdirp(path: string, mode: number): Promise<void>;
+}
+
+export class NativeFileLocker implements FileLocker {
+  lock(path: string, req: LockRequest): Promise<LockedFile> {
+    return native.lockFileP(path, req);
+  }
+
+  release(fd: number, req: ReleaseRequest): Promise<ReleaseResult> {
+    return native.releaseFileP(fd, req);
+  }
+
+  async touch(path: string): Promise<void> {
+    // Never touch a file we hold a lock on through another lock space: the
+    // manager checks that before calling (OFD locks would survive anyway).
+    const fh = await fsp.open(path, 'a', 0o600);
+    await fh.close();
+  }
+
+  async unlink(path: string): Promise<void> {
+    try {
+      await fsp.unlink(path);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    }
+  }
+
+  async kind(path: string): Promise<'dir' | 'other' | 'missing'> {
+    try {
+      const st = await fsp.stat(path);
+      return st.isDirectory() ? 'dir' : 'other';
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 'missing';
+      throw err;
+    }
+  }
+
+  async mkdirp(path: string, mode: number): Promise<void> {
+    await fsp.mkdir(path, { recursive: true, mode });
+  }
+}

@@ -1,0 +1,314 @@
+// Lock spaces, resources and their owner lists (virlockspace.c's semantics,
+// spec 3.5, 4.4–4.6). Pure bookkeeping plus policy; the kernel work goes
+// through a FileLocker, and storage calls through a StorageGate.
+
+import { dirname } from 'node:path';
+import type { Logger } from 'pino';
+import { ErrorDomain } from '../rpc/errors.js';
+import * as errors from './errors.js';
+import type { FileLocker, LockedFile } from './fileLocker.js';
+import { KeyedMutex } from './keyedMutex.js';
+import type { StorageGate } from './storageGate.js';
+
+export const AcquireFlags = {
+  SHARED: 1,
+  AUTOCREATE: 2,
+} as const;
+
+/** Who a lease is for: the owner a client registered (a VM). */
+export interface Owner {
+  uuid: string;
+  name: string;
+  id: number;
+  pid: number;
+}
+
+export interface Resource {
+  readonly name: string;
+  readonly path: string;
+  readonly fd: number;
+  /** Identity of the locked file, checked again after a re-exec. */
+  readonly dev: number;
+  readonly ino: number;
+  /** Flags of the first acquirer: SHARED and/or AUTOCREATE. */
+  readonly flags: number;
+  /** Owner pids in acquisition order; duplicates allowed (spec 4.6). */
+  readonly owners: number[];
+  /** Epoch ms when the lock was taken. */
+  readonly since: number;
+}
+
+export class LockSpace {
+  readonly resources = new Map<string, Resource>();
+  /** `dir` is '' for the default lock space. */
+  constructor(readonly dir: string) {}
+
+  get isDefault(): boolean {
+    return this.dir === '';
+  }
+
+  /** The file behind a resource name (virFileBuildPath). */
+  pathOf(name: string): string {
+    return this.isDefault ? name : `${this.dir}/${name}`;
+  }
+
+  /** Where a resource's storage lives, for the storage gate. */
+  storageKeyOf(name: string): string {
+    return this.isDefault ? dirname(name) : this.dir;
+  }
+}
+
+export interface LockManagerOptions {
+  locker: FileLocker;
+  gate: StorageGate;
+  log: Logger;
+}
+
+export class LockManager {
+  readonly defaultSpace = new LockSpace('');
+  /** Directory lock spaces, keyed by the exact path string (no normalisation). */
+  readonly spaces = new Map<string, LockSpace>();
+  /** When set, new acquisitions are refused (safe mode after a failed restore). */
+  refuseAcquire = false;
+  private readonly mutex = new KeyedMutex();
+  private readonly locker: FileLocker;
+  private readonly gate: StorageGate;
+  private readonly log: Logger;
+
+  constructor(opts: LockManagerOptions) {
+    this.locker = opts.locker;
+    this.gate = opts.gate;
+    this.log = opts.log;
+  }
+
+  /** All lock spaces, directory spaces first (the order virtlockd frees in). */
+  allSpaces(): LockSpace[] {
+    return [...this.spaces.values(), this.defaultSpace];
+  }
+
+  lookup(path: string): LockSpace {
+    if (path === '') return this.defaultSpace;
+    const ls = this.spaces.get(path);
+    if (!ls) throw errors.lockspaceNotFound(path);
+    return ls;
+  }
+
+  /** CREATE_LOCKSPACE: idempotent; `mkdir -p` 0700 when missing. */
+  async createLockSpace(path: string): Promise<LockSpace> {
+    if (path === '') return this.defaultSpace;
+    const known = this.spaces.get(path);
+    if (known) return known;
+    return this.mutex.run(`space\0${path}`, async () => {
+      const again = this.spaces.get(path);
+      if (again) return again;
+      await this.ensureDirectory(path);
+      const ls = new LockSpace(path);
+      this.spaces.set(path, ls);
+      this.log.info({ lockspace: path }, 'lockspace created');
+      return ls;
+    });
+  }
+
+  /** NEW: like CREATE_LOCKSPACE, but an existing space is an error. */
+  async newLockSpace(path: string): Promise<void> {
+    if (path === '') throw errors.defaultLockspaceExists();
+    if (this.spaces.has(path)) throw errors.lockspaceExists(path);
+    await this.mutex.run(`space\0${path}`, async () => {
+      if (this.spaces.has(path)) throw errors.lockspaceExists(path);
+      await this.ensureDirectory(path);
+      this.spaces.set(path, new LockSpace(path));
+      this.log.info({ lockspace: path }, 'lockspace created');
+    });
+  }
+
+  private async ensureDirectory(path: string): Promise<void> {
+    let kind: 'dir' | 'other' | 'missing';
+    try {
+      kind = await this.gate.run(path, () => this.locker.kind(path));
+    } catch (err) {
+      throw errors.storageError(ErrorDomain.LOCKSPACE, `Unable to create lockspace ${path}`, err);
+    }
+    if (kind === 'other') throw errors.notADirectory(path);
+    if (kind === 'missing') {
+      try {
+        await this.gate.run(path, () => this.locker.mkdirp(path, 0o700));
+      } catch (err) {
+        throw errors.storageError(ErrorDomain.LOCKSPACE, `Unable to create lockspace ${path}`, err);
+      }
+    }
+  }
+
+  private checkName(ls: LockSpace, name: string): void {
+    if (ls.isDefault) {
+      if (!name.startsWith('/')) throw errors.relativeResourcePath(name);
+    } else if (name === '' || name === '.' || name === '..' || name.includes('/')) {
+      throw errors.badResourceName(name, ls.dir);
+    }
+  }
+
+  private key(ls: LockSpace, name: string): string {
+    return `res\0${ls.dir}\0${name}`;
+  }
+
+  /** ACQUIRE_RESOURCE for `owner.pid`. */
+  async acquire(path: string, name: string, flags: number, owner: Owner): Promise<void> {
+    const ls = this.lookup(path);
+    this.checkName(ls, name);
+    if (this.refuseAcquire) throw errors.safeModeRefusal();
+    const shared = (flags & AcquireFlags.SHARED) !== 0;
+    await this.mutex.run(this.key(ls, name), async () => {
+      const held = ls.resources.get(name);
+      if (held) {
+        if (shared && (held.flags & AcquireFlags.SHARED) !== 0) {
+          held.owners.push(owner.pid);
+          this.log.info({ owner, lockspace: ls.dir, resource: name, shared, owners: held.owners.length }, 'lease acquired (shared)');
+          return;
+        }
+        this.log.info({ owner, lockspace: ls.dir, resource: name, shared }, 'lease refused: held by this daemon');
+        throw errors.resourceLocked(name);
+      }
+      const create = (flags & AcquireFlags.AUTOCREATE) !== 0;
+      const file = ls.pathOf(name);
+      let locked: LockedFile;
+      try {
+        locked = await this.gate.run(
+          ls.storageKeyOf(name),
+          () => this.locker.lock(file, { shared, create }),
+          (late) => {
+            this.log.warn({ owner, lockspace: ls.dir, resource: name }, 'lock arrived after the storage deadline; releasing it');
+            void this.free(ls, { name, path: file, fd: late.fd, dev: late.dev, ino: late.ino, flags, owners: [], since: Date.now() });
+          },
+        );
+      } catch (err) {
+        const e = this.acquireError(err, name, file, create);
+        this.log.info({ owner, lockspace: ls.dir, resource: name, shared, err: e.message }, 'lease refused');
+        throw e;
+      }
+      ls.resources.set(name, { name, path: file, fd: locked.fd, dev: locked.dev, ino: locked.ino, flags, owners: [owner.pid], since: Date.now() });
+      this.log.info({ owner, lockspace: ls.dir, resource: name, shared, autocreate: create, fd: locked.fd }, 'lease acquired');
+    });
+  }
+
+  private acquireError(err: unknown, name: string, file: string, create: boolean) {
+    const e = err as { code?: string; stage?: string };
+    if (e.stage === 'lock' && (e.code === 'EAGAIN' || e.code === 'EACCES')) return errors.resourceLocked(name);
+    if (e.stage === 'open') {
+      return errors.storageError(ErrorDomain.LOCKSPACE, create ? `Unable to open/create resource ${file}` : `Unable to open resource ${file}`, err);
+    }
+    return errors.storageError(ErrorDomain.LOCKSPACE, `Unable to acquire lock on '${file}'`, err);
+  }
+
+  /** RELEASE_RESOURCE: removes the first entry of `owner.pid`. */
+  async release(path: string, name: string, owner: Owner): Promise<void> {
+    const ls = this.lookup(path);
+    await this.mutex.run(this.key(ls, name), async () => {
+      const res = ls.resources.get(name);
+      if (!res) throw errors.resourceNotLocked(name);
+      const i = res.owners.indexOf(owner.pid);
+      if (i < 0) throw errors.notOwner(owner.pid);
+      res.owners.splice(i, 1);
+      this.log.info({ owner, lockspace: ls.dir, resource: name, owners: res.owners.length }, 'lease released');
+      if (res.owners.length === 0) {
+        ls.resources.delete(name);
+        await this.free(ls, res, true);
+      }
+    });
+  }
+
+  /**
+   * Closes a resource's fd, which drops the lock; autocreated lease files
+   * are unlinked first (a shared one only if we can upgrade to exclusive,
+   * i.e. nobody on another host still shares it).
+   */
+  private async free(ls: LockSpace, res: Resource, reportErrors = false): Promise<void> {
+    const autocreate = (res.flags & AcquireFlags.AUTOCREATE) !== 0;
+    const shared = (res.flags & AcquireFlags.SHARED) !== 0;
+    try {
+      const out = await this.gate.run(ls.storageKeyOf(res.name), () =>
+        this.locker.release(res.fd, { unlinkPath: autocreate ? res.path : null, onlyIfExclusive: shared }),
+      );
+      if (out.unlinkError) this.log.warn({ lockspace: ls.dir, resource: res.name, err: out.unlinkError }, 'could not unlink lease file');
+    } catch (err) {
+      this.log.error({ lockspace: ls.dir, resource: res.name, fd: res.fd, err }, 'closing lease fd failed or timed out');
+      if (reportErrors) throw errors.storageError(ErrorDomain.LOCKSPACE, `Unable to release lock on '${res.path}'`, err);
+    }
+  }
+
+  /** CREATE_RESOURCE: touch the file unless the resource is held. */
+  async createResource(path: string, name: string): Promise<void> {
+    const ls = this.lookup(path);
+    this.checkName(ls, name);
+    await this.mutex.run(this.key(ls, name), async () => {
+      if (ls.resources.has(name)) throw errors.resourceLocked(name);
+      const file = ls.pathOf(name);
+      try {
+        await this.gate.run(ls.storageKeyOf(name), () => this.locker.touch(file));
+      } catch (err) {
+        throw errors.storageError(ErrorDomain.NONE, `cannot create file '${file}'`, err);
+      }
+    });
+  }
+
+  /** DELETE_RESOURCE: unlink unless held; a missing file is fine. */
+  async deleteResource(path: string, name: string): Promise<void> {
+    const ls = this.lookup(path);
+    this.checkName(ls, name);
+    await this.mutex.run(this.key(ls, name), async () => {
+      if (ls.resources.has(name)) throw errors.resourceLocked(name);
+      const file = ls.pathOf(name);
+      try {
+        await this.gate.run(ls.storageKeyOf(name), () => this.locker.unlink(file));
+      } catch (err) {
+        throw errors.storageError(ErrorDomain.LOCKSPACE, `Unable to delete lockspace resource ${file}`, err);
+      }
+    });
+  }
+
+  /** Number of resources whose owner list contains `pid`. */
+  heldBy(pid: number): number {
+    let n = 0;
+    for (const ls of this.allSpaces()) for (const r of ls.resources.values()) if (r.owners.includes(pid)) n++;
+    return n;
+  }
+
+  /**
+   * Connection-close cleanup (spec 3.6): removes one occurrence of `pid` from
+   * every resource in every lock space; frees those left without owners.
+   * Returns how many resources listed the pid.
+   */
+  async releaseOwner(pid: number, owner?: Owner): Promise<number> {
+    const work: Promise<boolean>[] = [];
+    for (const ls of this.allSpaces()) {
+      for (const res of ls.resources.values()) {
+        if (!res.owners.includes(pid)) continue;
+        work.push(
+          this.mutex.run(this.key(ls, res.name), async () => {
+            const cur = ls.resources.get(res.name);
+            const i = cur ? cur.owners.indexOf(pid) : -1;
+            if (!cur || i < 0) return false;
+            cur.owners.splice(i, 1);
+            this.log.info({ owner: owner ?? { pid }, lockspace: ls.dir, resource: cur.name, owners: cur.owners.length }, 'lease released: owner gone');
+            if (cur.owners.length === 0) {
+              ls.resources.delete(cur.name);
+              await this.free(ls, cur);
+            }
+            return true;
+          }),
+        );
+      }
+    }
+    const done = await Promise.all(work);
+    return done.filter(Boolean).length;
+  }
+
+  /** Totals, for status lines and logs. */
+  counts(): { lockspaces: number; resources: number; leases: number } {
+    let resources = 0;
+    let leases = 0;
+    for (const ls of this.allSpaces()) {
+      resources += ls.resources.size;
+      for (const r of ls.resources.values()) leases += r.owners.length;
+    }
+    return { lockspaces: this.spaces.size + 1, resources, leases };
+  }
+}

@@ -1,0 +1,302 @@
+// One client connection: splits frames, dispatches them one at a time through
+// the program table, writes replies in order. One request is in flight per
+// client (virtlockd's nrequests_client_max = 1), and a client that does not
+// read its replies stops being read, so the daemon never buffers without
+// bound.
+
+import type { Socket } from 'node:net';
+import type { Logger } from 'pino';
+import { ProtocolError, encodeWireError } from './errors.js';
+import { FrameReader, FramingError, MessageStatus, MessageType, NUM_FDS_MAX, HEADER_SIZE, encodePacket } from './packet.js';
+import type { Header, Packet } from './packet.js';
+import type { Program } from './program.js';
+import { XdrDecodeError, XdrReader, XdrWriter } from './xdr.js';
+
+/** libvirt's keepalive program ("keep"). */
+export const KEEPALIVE_PROGRAM = 0x6b656570;
+export const KEEPALIVE_VERSION = 1;
+export const KEEPALIVE_PING = 1;
+export const KEEPALIVE_PONG = 2;
+
+export interface PeerCred {
+  pid: number;
+  uid: number;
+  gid: number;
+}
+
+/** What a server offers on its socket: programs plus per-client state. */
+export interface Service<Ctx> {
+  readonly name: string;
+  readonly programs: ReadonlyArray<Program<Ctx>>;
+  createContext(conn: ClientConnection<Ctx>): Ctx;
+  /** Called once when the connection is gone, for whatever reason. */
+  onClose?(conn: ClientConnection<Ctx>): void;
+}
+
+export interface ConnectionOptions {
+  id: number;
+  peer: PeerCred;
+  logger: Logger;
+  /** Epoch seconds the client connected (kept across re-exec). */
+  connTime?: number;
+}
+
+export class ClientConnection<Ctx> {
+  readonly id: number;
+  readonly peer: PeerCred;
+  readonly connTime: number;
+  readonly ctx: Ctx;
+  readonly log: Logger;
+  private readonly reader = new FrameReader();
+  private readonly programs = new Map<string, Program<Ctx>>();
+  /** A request is being handled or its reply is being flushed. */
+  private busy = false;
+  private closed = false;
+  /** Set while the daemon is quiescing for a re-exec: no new dispatches. */
+  private held = false;
+  private idleWaiters: Array<() => void> = [];
+
+  constructor(
+    readonly socket: Socket,
+    readonly service: Service<Ctx>,
+    opts: ConnectionOptions,
+  ) {
+    this.id = opts.id;
+    this.peer = opts.peer;
+    this.connTime = opts.connTime ?? Math.floor(Date.now() / 1000);
+    this.log = opts.logger.child({ client: this.id, peerPid: this.peer.pid });
+    for (const p of service.programs) this.programs.set(`${p.prog}/${p.vers}`, p);
+    this.ctx = service.createContext(this);
+  }
+
+  /** Starts reading; `initial` are bytes received by an earlier image. */
+  start(initial?: Buffer): void {
+    this.socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    this.socket.on('error', (err) => this.log.debug({ err }, 'client socket error'));
+    this.socket.on('close', () => this.onClosed());
+    this.socket.on('end', () => this.socket.end());
+    if (initial && initial.length) this.reader.push(initial);
+    this.pump();
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  /** Closes the connection (protocol violation, admin request, shutdown). */
+  close(reason: string): void {
+    if (this.closed) return;
+    this.log.info({ reason }, 'closing client connection');
+    this.socket.destroy();
+  }
+
+  private onData(chunk: Buffer): void {
+    if (this.closed) return;
+    this.reader.push(chunk);
+    this.pump();
+  }
+
+  /** Dispatches complete packets one at a time while nothing is in flight. */
+  private pump(): void {
+    while (!this.busy && !this.held && !this.closed) {
+      let pkt: Packet | null;
+      try {
+        pkt = this.reader.next();
+      } catch (err) {
+        if (err instanceof FramingError) {
+          this.log.warn({ err: err.message }, 'bad frame from client');
+          this.close(err.message);
+          return;
+        }
+        throw err;
+      }
+      if (!pkt) break;
+      this.busy = true;
+      const done = this.dispatch(pkt);
+      if (done) {
+        done.then(
+          () => this.finish(),
+          (err) => {
+            this.log.error({ err }, 'dispatch failed');
+            this.close('internal error');
+          },
+        );
+        break;
+      }
+      this.finishSync();
+    }
+    // Stop reading while a request is in flight, so bytes stay in the kernel.
+    if (this.busy || this.held) this.socket.pause();
+    else if (!this.closed) this.socket.resume();
+    if (!this.busy) this.notifyIdle();
+  }
+
+  private finish(): void {
+    if (this.closed) {
+      // The peer went away while its request was being handled: only now,
+      // with nothing in flight, may the service clean up after it.
+      this.busy = false;
+      this.notifyClose();
+      return;
+    }
+    this.finishSync();
+    this.pump();
+  }
+
+  /** Releases the in-flight slot once the reply has reached the kernel. */
+  private finishSync(): void {
+    if (this.socket.writableLength === 0 || this.closed) {
+      this.busy = false;
+      return;
+    }
+    // Reply still queued in userspace: resume when it is flushed.
+    this.socket.write(Buffer.alloc(0), () => {
+      this.busy = false;
+      this.finish();
+    });
+  }
+
+  /** Sends a complete packet. */
+  send(buf: Buffer): void {
+    if (this.closed) return;
+    this.socket.write(buf);
+  }
+
+  /** Returns a promise, or undefined when the packet was handled synchronously. */
+  private dispatch(pkt: Packet): Promise<void> | undefined {
+    const h = pkt.header;
+    // Keepalive is intercepted before any program, so restricted clients get PONGs.
+    if (h.prog === KEEPALIVE_PROGRAM && h.vers === KEEPALIVE_VERSION && h.type === MessageType.MESSAGE) {
+      if (h.proc === KEEPALIVE_PING) {
+        this.send(encodePacket({ prog: KEEPALIVE_PROGRAM, vers: KEEPALIVE_VERSION, proc: KEEPALIVE_PONG, type: MessageType.MESSAGE, serial: 0, status: MessageStatus.OK }));
+      }
+      return undefined;
+    }
+    const isCall = h.type === MessageType.CALL || h.type === MessageType.CALL_WITH_FDS;
+    const program = this.programs.get(`${h.prog}/${h.vers}`);
+    if (!program) {
+      if (isCall) this.replyError(h, ProtocolError.rpc(`Cannot find program ${h.prog | 0} version ${h.vers | 0}`));
+      return undefined;
+    }
+    if (!isCall) return undefined; // replies, messages and streams are dropped
+    if (h.status !== MessageStatus.OK) {
+      this.replyError(h, ProtocolError.rpc(`Unexpected message status ${h.status >>> 0}`));
+      return undefined;
+    }
+    const args = new XdrReader(pkt.body, HEADER_SIZE);
+    if (h.type === MessageType.CALL_WITH_FDS) {
+      // The fds themselves were discarded by the kernel: we read without a
+      // control buffer, which closes them. Their dummy bytes follow the packet.
+      let nfds: number;
+      try {
+        nfds = args.u32();
+      } catch {
+        this.replyError(h, ProtocolError.rpc('Unable to decode message payload'));
+        return undefined;
+      }
+      if (nfds > NUM_FDS_MAX) {
+        this.close(`too many file descriptors (${nfds}) in message`);
+        return undefined;
+      }
+      this.reader.skip(nfds);
+    }
+    const proc = program.procedures.get(h.proc);
+    if (!proc) {
+      this.replyError(h, ProtocolError.rpc(`unknown procedure: ${h.proc}`));
+      return undefined;
+    }
+    let decoded: unknown;
+    try {
+      decoded = proc.decodeArgs(args);
+    } catch (err) {
+      if (!(err instanceof XdrDecodeError)) throw err;
+      this.log.debug({ proc: proc.name, err: err.message }, 'undecodable arguments');
+      this.replyError(h, ProtocolError.rpc('Unable to decode message payload'));
+      return undefined;
+    }
+    let result: unknown;
+    try {
+      result = proc.handle(this.ctx, decoded);
+    } catch (err) {
+      this.replyError(h, toProtocolError(err, this.log));
+      return undefined;
+    }
+    if (result instanceof Promise) {
+      return result.then(
+        (ret) => this.replyOk(h, proc.encodeRet, ret),
+        (err) => this.replyError(h, toProtocolError(err, this.log)),
+      );
+    }
+    this.replyOk(h, proc.encodeRet, result);
+    return undefined;
+  }
+
+  private replyOk(h: Header, encodeRet: ((w: XdrWriter, ret: any) => void) | undefined, ret: unknown): void {
+    let payload: Buffer | undefined;
+    if (encodeRet) {
+      const w = new XdrWriter();
+      encodeRet(w, ret);
+      payload = w.bytes();
+    }
+    this.send(encodePacket({ ...h, type: MessageType.REPLY, status: MessageStatus.OK }, payload));
+  }
+
+  private replyError(h: Header, err: ProtocolError): void {
+    const w = new XdrWriter(256);
+    encodeWireError(w, err.wire);
+    this.send(encodePacket({ ...h, type: MessageType.REPLY, status: MessageStatus.ERROR }, w.bytes()));
+  }
+
+  private onClosed(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.log.debug('client disconnected');
+    if (!this.busy) this.notifyClose();
+  }
+
+  private closeNotified = false;
+
+  private notifyClose(): void {
+    if (this.closeNotified) return;
+    this.closeNotified = true;
+    this.notifyIdle();
+    this.service.onClose?.(this);
+  }
+
+  // ---- quiescing for re-exec -------------------------------------------
+
+  /** Stops dispatching new requests; resolves when none is in flight. */
+  hold(): Promise<void> {
+    this.held = true;
+    this.socket.pause();
+    if (!this.busy) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  /** Undoes hold() (a re-exec that failed before execve). */
+  release(): void {
+    this.held = false;
+    this.pump();
+  }
+
+  get inFlight(): boolean {
+    return this.busy;
+  }
+
+  /** Bytes received but not yet dispatched. */
+  pendingBytes(): Buffer {
+    return this.reader.pending();
+  }
+
+  private notifyIdle(): void {
+    const w = this.idleWaiters;
+    this.idleWaiters = [];
+    for (const f of w) f();
+  }
+}
+
+function toProtocolError(err: unknown, log: Logger): ProtocolError {
+  if (err instanceof ProtocolError) return err;
+  log.error({ err }, 'handler failed without a protocol error');
+  return ProtocolError.unset();
+}

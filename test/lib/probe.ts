@@ -1,0 +1,99 @@
+// Lock probes from ANOTHER process: a lock is only proven held when a
+// separate process fails to take it. The probe is python3's fcntl.lockf, a
+// classic POSIX lock on byte 0 length 1 — what virtlockd and other hosts take.
+
+import { spawn, execFileSync } from 'node:child_process';
+import type { ChildProcessWithoutNullStreams } from 'node:child_process';
+
+const ONE_SHOT = `
+import fcntl, os, sys, json
+mode = sys.argv[1]
+res = {}
+for p in sys.argv[2:]:
+    try:
+        fd = os.open(p, os.O_RDWR)
+    except OSError as e:
+        res[p] = 'error:' + (e.strerror or str(e)); continue
+    try:
+        fcntl.lockf(fd, (fcntl.LOCK_EX if mode == 'write' else fcntl.LOCK_SH) | fcntl.LOCK_NB, 1, 0)
+        res[p] = 'free'
+    except OSError:
+        res[p] = 'held'
+    os.close(fd)
+print(json.dumps(res))
+`;
+
+export type ProbeResult = 'free' | 'held' | `error:${string}`;
+
+/** Tries (and immediately drops) a lock on each path from a separate process. */
+export function probe(paths: string[], mode: 'write' | 'read' = 'write'): Record<string, ProbeResult> {
+  const out = execFileSync('python3', ['-c', ONE_SHOT, mode, ...paths], { encoding: 'utf8' });
+  return JSON.parse(out) as Record<string, ProbeResult>;
+}
+
+export function probeOne(path: string, mode: 'write' | 'read' = 'write'): ProbeResult {
+  return probe([path], mode)[path]!;
+}
+
+const HAMMER = `
+import fcntl, os, sys, time, json
+paths = sys.argv[1:]
+fds = []
+for p in paths:
+    fds.append(os.open(p, os.O_RDWR))
+attempts = 0
+wins = {}
+sys.stdout.write('ready\\n'); sys.stdout.flush()
+import select
+while True:
+    r, _, _ = select.select([sys.stdin], [], [], 0)
+    if r:
+        break
+    for p, fd in zip(paths, fds):
+        attempts += 1
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)
+            wins[p] = wins.get(p, 0) + 1
+            fcntl.lockf(fd, fcntl.LOCK_UN, 1, 0)
+        except OSError:
+            pass
+print(json.dumps({'attempts': attempts, 'wins': wins}))
+`;
+
+/**
+ * A separate process that tries F_SETLK on every path in a tight loop until
+ * stopped, counting successes. Used to prove there is no instant at which a
+ * lease is free (e.g. across re-execs).
+ */
+export class Hammer {
+  private constructor(private readonly child: ChildProcessWithoutNullStreams) {}
+
+  static start(paths: string[]): Promise<Hammer> {
+    const child = spawn('python3', ['-c', HAMMER, ...paths]);
+    return new Promise((resolve, reject) => {
+      child.once('error', reject);
+      child.stdout.once('data', () => resolve(new Hammer(child)));
+      child.once('exit', (code) => reject(new Error(`hammer exited early (${code})`)));
+    });
+  }
+
+  /** Stops the loop and returns how often it tried and won. */
+  stop(): Promise<{ attempts: number; wins: Record<string, number> }> {
+    return new Promise((resolve, reject) => {
+      let out = '';
+      this.child.stdout.on('data', (d) => (out += d));
+      this.child.once('exit', () => {
+        try {
+          resolve(JSON.parse(out.trim().split('\n').pop()!));
+        } catch (e) {
+          reject(e);
+        }
+      });
+      this.child.stdin.end('stop\n');
+    });
+  }
+
+  kill(): void {
+    if (this.child.pid && this.child.exitCode === null) this.child.kill('SIGKILL');
+  }
+}

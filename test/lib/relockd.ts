@@ -1,0 +1,107 @@
+// Starts the real relockd as a separate process on a socket in a temp dir.
+
+import { spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import net from 'node:net';
+
+export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+export const RELOCKD_BIN = join(ROOT, 'bin', 'relockd.cjs');
+/** The flags of the bin's shebang line, for spawning with process.execPath. */
+export const NODE_FLAGS = ['--experimental-permission', '--allow-fs-read=*', '--allow-fs-write=*', '--allow-addons', '--allow-child-process', '--no-warnings'];
+
+export interface StartedDaemon {
+  kind: 'relockd' | 'virtlockd';
+  pid: number;
+  socketPath: string;
+  dir: string;
+  logs(): string;
+  stop(): Promise<void>;
+  kill(signal?: NodeJS.Signals): void;
+  child: ChildProcess;
+}
+
+export interface RelockdOptions {
+  dir?: string;
+  args?: string[];
+  env?: NodeJS.ProcessEnv;
+  logLevel?: string;
+}
+
+export function waitForSocket(path: string, timeoutMs = 15000, isDead?: () => boolean): Promise<void> {
+  const start = Date.now();
+  return new Promise((resolve, reject) => {
+    const attempt = () => {
+      if (isDead?.()) return reject(new Error('daemon exited during start-up'));
+      if (!existsSync(path)) return retry();
+      const s = net.connect(path);
+      s.once('connect', () => {
+        s.destroy();
+        resolve();
+      });
+      s.once('error', () => {
+        s.destroy();
+        retry();
+      });
+    };
+    const retry = () => {
+      if (Date.now() - start > timeoutMs) return reject(new Error(`socket ${path} not ready after ${timeoutMs} ms`));
+      setTimeout(attempt, 20);
+    };
+    attempt();
+  });
+}
+
+export function waitExit(child: ChildProcess, timeoutMs: number): Promise<boolean> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve(true);
+  return new Promise((resolve) => {
+    const t = setTimeout(() => resolve(false), timeoutMs);
+    child.once('exit', () => {
+      clearTimeout(t);
+      resolve(true);
+    });
+  });
+}
+
+export async function startRelockd(opts: RelockdOptions = {}): Promise<StartedDaemon> {
+  const ownDir = !opts.dir;
+  const dir = opts.dir ?? mkdtempSync(join(tmpdir(), 'relockd-test-'));
+  const socketPath = join(dir, 'relockd.sock');
+  let logs = '';
+  const child = spawn(process.execPath, [...NODE_FLAGS, RELOCKD_BIN, '--runtime-dir', dir, '--socket', socketPath, '--log-level', opts.logLevel ?? 'debug', ...(opts.args ?? [])], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, ...opts.env },
+  });
+  child.stdout!.on('data', (d) => (logs += d));
+  child.stderr!.on('data', (d) => (logs += d));
+  let dead = false;
+  child.once('exit', () => (dead = true));
+  try {
+    await waitForSocket(socketPath, 15000, () => dead);
+  } catch (e) {
+    child.kill('SIGKILL');
+    throw new Error(`${(e as Error).message}\n${logs}`);
+  }
+  return {
+    kind: 'relockd',
+    pid: child.pid!,
+    socketPath,
+    dir,
+    child,
+    logs: () => logs,
+    kill: (sig = 'SIGKILL') => {
+      if (!dead) process.kill(child.pid!, sig);
+    },
+    stop: async () => {
+      if (!dead) {
+        // relockd refuses SIGTERM while leases are held: SIGKILL is the test's hammer.
+        process.kill(child.pid!, 'SIGKILL');
+        await waitExit(child, 10000);
+      }
+      if (ownDir) rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}

@@ -1,0 +1,167 @@
+// Bookkeeping of the lock manager on its own, with an in-memory FileLocker.
+// (The kernel side is proven with real processes in the integration tests.)
+import t from 'tap';
+import type { Test } from 'tap';
+import { pino } from 'pino';
+import { LockManager } from '../src/locks/lockManager.js';
+import type { FileLocker, LockRequest, ReleaseRequest } from '../src/locks/fileLocker.js';
+import { StorageGate } from '../src/locks/storageGate.js';
+import { ProtocolError } from '../src/rpc/errors.js';
+
+class MemLocker implements FileLocker {
+  files = new Set<string>(['/img/a', '/img/b']);
+  dirs = new Set<string>(['/img']);
+  locks = new Map<number, { path: string; shared: boolean }>();
+  foreign = new Map<string, 'read' | 'write'>();
+  next = 100;
+  delayMs = 0;
+  hang = false;
+  log: string[] = [];
+  private wait() {
+    if (this.hang) return new Promise<void>(() => {});
+    return new Promise<void>((r) => setTimeout(r, this.delayMs));
+  }
+  async lock(path: string, req: LockRequest) {
+    await this.wait();
+    if (!this.files.has(path)) {
+      if (!req.create) throw Object.assign(new Error('ENOENT'), { code: 'ENOENT', errno: 2, stage: 'open' });
+      this.files.add(path);
+    }
+    const f = this.foreign.get(path);
+    const mine = [...this.locks.values()].filter((l) => l.path === path);
+    if ((f && (f === 'write' || !req.shared)) || mine.some((l) => !l.shared || !req.shared))
+      throw Object.assign(new Error('EAGAIN'), { code: 'EAGAIN', errno: 11, stage: 'lock' });
+    const fd = this.next++;
+    this.locks.set(fd, { path, shared: req.shared });
+    this.log.push(`lock ${path} ${fd}`);
+    return { fd, dev: 1, ino: fd };
+  }
+  async release(fd: number, req: ReleaseRequest) {
+    await this.wait();
+    const l = this.locks.get(fd)!;
+    let unlinked = false;
+    if (req.unlinkPath && (!req.onlyIfExclusive || !this.foreign.has(l.path))) {
+      this.files.delete(req.unlinkPath);
+      unlinked = true;
+    }
+    this.locks.delete(fd);
+    this.log.push(`close ${fd}${unlinked ? ' unlinked' : ''}`);
+    return { unlinked };
+  }
+  async touch(p: string) { this.files.add(p); }
+  async unlink(p: string) { this.files.delete(p); }
+  async kind(p: string) { return this.dirs.has(p) ? 'dir' as const : this.files.has(p) ? 'other' as const : 'missing' as const; }
+  async mkdirp(p: string) { this.dirs.add(p); }
+}
+
+const owner = (pid: number) => ({ uuid: '00112233-4455-6677-8899-aabbccddeeff', name: `vm${pid}`, id: 1, pid });
+function setup(timeoutMs = 5000) {
+  const locker = new MemLocker();
+  const m = new LockManager({ locker, gate: new StorageGate({ timeoutMs, perKeyConcurrency: 4 }), log: pino({ level: 'silent' }) });
+  return { locker, m };
+}
+async function rejectsWith(t: Test, p: Promise<unknown>, code: number, domain: number, msg: string) {
+  try {
+    await p;
+    t.fail(`expected error ${msg}`);
+  } catch (e) {
+    t.ok(e instanceof ProtocolError, 'a protocol error');
+    const pe = e as ProtocolError;
+    t.same([pe.code, pe.domain, pe.message], [code, domain, msg]);
+  }
+}
+
+t.test('exclusive acquire, refusal even for the same owner, release', async (t) => {
+  const { m, locker } = setup();
+  await m.acquire('', '/img/a', 0, owner(1));
+  await rejectsWith(t, m.acquire('', '/img/a', 0, owner(1)), 87, 51, "resource busy: Lockspace resource '/img/a' is locked");
+  await rejectsWith(t, m.acquire('', '/img/a', 1, owner(2)), 87, 51, "resource busy: Lockspace resource '/img/a' is locked");
+  await rejectsWith(t, m.release('', '/img/a', owner(2)), 1, 51, 'internal error: owner 2 does not hold the resource lock');
+  await m.release('', '/img/a', owner(1));
+  t.equal(locker.locks.size, 0);
+  await rejectsWith(t, m.release('', '/img/a', owner(1)), 87, 51, "resource busy: Lockspace resource '/img/a' is not locked");
+});
+
+t.test('shared owner lists keep repeats; the last owner frees', async (t) => {
+  const { m, locker } = setup();
+  await m.acquire('', '/img/a', 1, owner(1));
+  await m.acquire('', '/img/a', 1, owner(2));
+  await m.acquire('', '/img/a', 1 | 2, owner(1));
+  t.same(m.defaultSpace.resources.get('/img/a')!.owners, [1, 2, 1]);
+  t.equal(m.defaultSpace.resources.get('/img/a')!.flags, 1, 'flags of the first acquirer');
+  await rejectsWith(t, m.acquire('', '/img/a', 0, owner(3)), 87, 51, "resource busy: Lockspace resource '/img/a' is locked");
+  await m.release('', '/img/a', owner(1));
+  t.same(m.defaultSpace.resources.get('/img/a')!.owners, [2, 1], 'first matching entry removed');
+  t.equal(m.heldBy(1), 1);
+  t.equal(await m.releaseOwner(1), 1);
+  await m.release('', '/img/a', owner(2));
+  t.equal(locker.locks.size, 0);
+});
+
+t.test('lock spaces: creation, lookup by exact string, bad names', async (t) => {
+  const { m, locker } = setup();
+  await rejectsWith(t, m.acquire('/ls', 'x', 2, owner(1)), 1, 7, 'internal error: Lockspace for path /ls does not exist');
+  await m.createLockSpace('/ls');
+  t.ok(locker.dirs.has('/ls'));
+  await m.createLockSpace('/ls');
+  await rejectsWith(t, m.acquire('/ls/', 'x', 2, owner(1)), 1, 7, 'internal error: Lockspace for path /ls/ does not exist');
+  await rejectsWith(t, m.newLockSpace('/ls'), 1, 7, 'internal error: Lockspace for path /ls already exists');
+  await rejectsWith(t, m.newLockSpace(''), 55, 7, 'Requested operation is not valid: the default lockspace already exists');
+  await rejectsWith(t, m.createLockSpace('/img/a'), 1, 51, 'internal error: Lockspace location /img/a exists, but is not a directory');
+  for (const bad of ['..', '.', '', 'a/b', '../x']) {
+    try {
+      await m.acquire('/ls', bad, 2, owner(1));
+      t.fail(`accepted ${bad}`);
+    } catch (e) {
+      t.equal((e as ProtocolError).code, 8, `refused '${bad}'`);
+    }
+  }
+  try {
+    await m.acquire('', 'relative/path', 0, owner(1));
+    t.fail('accepted a relative path');
+  } catch (e) {
+    t.equal((e as ProtocolError).code, 8);
+  }
+});
+
+t.test('autocreate: created, unlinked on exclusive free; shared unlinked only when exclusive possible', async (t) => {
+  const { m, locker } = setup();
+  await m.createLockSpace('/ls');
+  await m.acquire('/ls', 'lease', 2, owner(1));
+  t.ok(locker.files.has('/ls/lease'));
+  await m.release('/ls', 'lease', owner(1));
+  t.notOk(locker.files.has('/ls/lease'));
+  await m.acquire('/ls', 'sh', 3, owner(1));
+  locker.foreign.set('/ls/sh', 'read');
+  await m.release('/ls', 'sh', owner(1));
+  t.ok(locker.files.has('/ls/sh'), 'another host still shares it: kept');
+});
+
+t.test('operations on one name are ordered: acquire waits for the previous close', async (t) => {
+  const { m, locker } = setup();
+  locker.delayMs = 20;
+  await m.acquire('', '/img/a', 0, owner(1));
+  const rel = m.release('', '/img/a', owner(1));
+  const acq = m.acquire('', '/img/a', 0, owner(2));
+  await Promise.all([rel, acq]);
+  t.same(m.defaultSpace.resources.get('/img/a')!.owners, [2]);
+  const i = locker.log.findIndex((l) => l.startsWith('close'));
+  t.ok(i >= 0 && locker.log.slice(i + 1).some((l) => l.startsWith('lock /img/a')), 'lock after close');
+  // two concurrent exclusive acquires: exactly one wins
+  const r = await Promise.allSettled([m.acquire('', '/img/b', 0, owner(3)), m.acquire('', '/img/b', 0, owner(4))]);
+  t.equal(r.filter((x) => x.status === 'fulfilled').length, 1);
+});
+
+t.test('a hung storage call times out, then fails fast, and a late lock is released', async (t) => {
+  const { m, locker } = setup(100);
+  locker.hang = true;
+  await rejectsWith(t, m.acquire('', '/img/a', 0, owner(1)), 38, 51, "Unable to acquire lock on '/img/a': storage for '/img' did not answer within 0.1 s");
+  const started = Date.now();
+  try {
+    await m.acquire('', '/img/b', 0, owner(1));
+    t.fail('should fail');
+  } catch (e) {
+    t.match((e as Error).message, /not responding/);
+    t.ok(Date.now() - started < 50, 'fails fast while the earlier call is stuck');
+  }
+});
