@@ -13,6 +13,24 @@ export const RELOCKD_BIN = join(ROOT, 'bin', 'relockd.cjs');
 /** The flags of the bin's shebang line, for spawning with process.execPath. */
 export const NODE_FLAGS = ['--experimental-permission', '--allow-fs-read=*', '--allow-fs-write=*', '--allow-addons', '--allow-child-process', '--no-warnings'];
 
+/**
+ * The environment for processes under test: tap's NODE_OPTIONS (its loader
+ * and process-on-spawn hooks) must not leak into the daemon, whose
+ * permission model refuses them.
+ */
+export function cleanEnv(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { ...process.env, ...extra };
+  delete env.NODE_OPTIONS;
+  for (const k of Object.keys(env)) if (k.startsWith('TAP') || k.startsWith('_TAPJS')) delete env[k];
+  return env;
+}
+
+/**
+ * tap wraps child_process.spawn and re-injects its NODE_OPTIONS into every
+ * child; env(1) drops it again right before exec (the pid stays the same).
+ */
+export const ENV_PREFIX = ['-u', 'NODE_OPTIONS'];
+
 export interface StartedDaemon {
   kind: 'relockd' | 'virtlockd';
   pid: number;
@@ -71,9 +89,9 @@ export async function startRelockd(opts: RelockdOptions = {}): Promise<StartedDa
   const dir = opts.dir ?? mkdtempSync(join(tmpdir(), 'relockd-test-'));
   const socketPath = join(dir, 'relockd.sock');
   let logs = '';
-  const child = spawn(process.execPath, [...NODE_FLAGS, RELOCKD_BIN, '--runtime-dir', dir, '--socket', socketPath, '--log-level', opts.logLevel ?? 'debug', ...(opts.args ?? [])], {
+  const child = spawn('/usr/bin/env', [...ENV_PREFIX, process.execPath, ...NODE_FLAGS, RELOCKD_BIN, '--runtime-dir', dir, '--socket', socketPath, '--log-level', opts.logLevel ?? 'debug', ...(opts.args ?? [])], {
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, ...opts.env },
+    env: cleanEnv(opts.env),
   });
   child.stdout!.on('data', (d) => (logs += d));
   child.stderr!.on('data', (d) => (logs += d));
