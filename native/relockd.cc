@@ -1,0 +1,583 @@
+// relockd native addon: the Linux calls Node does not expose (OFD locks,
+// FD_CLOEXEC, SO_PEERCRED, execve, sd_notify, signal masks, pidfds), plus the
+// open+lock and unlink+close sequences run on the libuv pool, because storage
+// (NFS) can hang and the daemon's event loop must not.
+//
+// Built with C++ exceptions (node_addon_api_except): argument errors throw
+// TypeError/RangeError, failed system calls throw an Error with
+// code = errno name, errno = positive errno number, syscall = call label.
+
+#include <napi.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stddef.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <string>
+#include <utility>
+#include <vector>
+
+// Fallbacks for older headers (x86_64 / asm-generic numbers).
+#ifndef SO_PEERPIDFD
+#define SO_PEERPIDFD 77  // Linux 6.5
+#endif
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+#ifndef SYS_pidfd_send_signal
+#define SYS_pidfd_send_signal 424
+#endif
+
+namespace {
+
+constexpr double kMaxSafeInteger = 9007199254740991.0;  // 2^53 - 1
+constexpr int kMaxLockAttempts = 100;
+
+// ---- errors ---------------------------------------------------------------
+
+const char* ErrnoName(int err) {
+  const char* name = strerrorname_np(err);  // glibc >= 2.32
+  return name ? name : "EUNKNOWN";
+}
+
+std::string ErrnoText(int err) {
+  const char* text = strerrordesc_np(err);  // glibc >= 2.32; strerror's text
+  return text ? text : "Unknown error " + std::to_string(err);
+}
+
+// Shaped like Node's own system errors, but errno is the positive C value.
+// syscall is a plain C string so that `SysError(env, errno, "x")` allocates
+// nothing (and cannot disturb errno) before errno is read.
+Napi::Error SysError(Napi::Env env, int err, const char* syscall,
+                     const char* stage = nullptr, const char* detail = nullptr) {
+  Napi::Error e = Napi::Error::New(
+      env, std::string(syscall) + ": " + (detail ? detail : ErrnoText(err)));
+  e.Set("code", ErrnoName(err));
+  e.Set("errno", static_cast<double>(err));
+  e.Set("syscall", syscall);
+  if (stage) e.Set("stage", stage);
+  return e;
+}
+
+// A failure recorded on a worker thread (no JS there); made into an Error later.
+struct Failure {
+  int err = 0;
+  const char* syscall = nullptr;
+  const char* stage = nullptr;
+  const char* detail = nullptr;
+};
+
+Napi::Value FailureValue(Napi::Env env, const Failure& f) {
+  return SysError(env, f.err, f.syscall, f.stage, f.detail).Value();
+}
+
+// ---- argument checks --------------------------------------------------------
+
+[[noreturn]] void ThrowType(Napi::Env env, const std::string& msg) {
+  throw Napi::TypeError::New(env, msg);
+}
+
+[[noreturn]] void ThrowRange(Napi::Env env, const std::string& msg) {
+  throw Napi::RangeError::New(env, msg);
+}
+
+double ToIntOrThrow(Napi::Env env, Napi::Value v, const std::string& name,
+                    double min, double max) {
+  if (!v.IsNumber()) ThrowType(env, name + " must be a number");
+  double d = v.As<Napi::Number>().DoubleValue();
+  if (!std::isfinite(d) || std::trunc(d) != d || d < min || d > max) {
+    ThrowRange(env, name + " must be an integer from " +
+                        std::to_string(static_cast<long long>(min)) + " to " +
+                        std::to_string(static_cast<long long>(max)));
+  }
+  return d;
+}
+
+int64_t IntArg(const Napi::CallbackInfo& info, size_t i, const char* name,
+               double min, double max) {
+  return static_cast<int64_t>(ToIntOrThrow(info.Env(), info[i], name, min, max));
+}
+
+int FdArg(const Napi::CallbackInfo& info, size_t i, const char* name = "fd") {
+  return static_cast<int>(IntArg(info, i, name, 0, INT_MAX));
+}
+
+// Byte offsets and lengths: non-negative, and exact as JS numbers.
+off_t OffsetArg(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  return static_cast<off_t>(IntArg(info, i, name, 0, kMaxSafeInteger));
+}
+
+std::string StringValue(Napi::Env env, Napi::Value v, const std::string& name) {
+  if (!v.IsString()) ThrowType(env, name + " must be a string");
+  std::string s = v.As<Napi::String>().Utf8Value();
+  // C strings would silently cut at the NUL.
+  if (s.find('\0') != std::string::npos)
+    ThrowType(env, name + " must not contain NUL characters");
+  return s;
+}
+
+std::string StringArg(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  return StringValue(info.Env(), info[i], name);
+}
+
+std::vector<std::string> StringArrayArg(const Napi::CallbackInfo& info, size_t i,
+                                        const char* name) {
+  Napi::Env env = info.Env();
+  if (!info[i].IsArray()) ThrowType(env, std::string(name) + " must be an array of strings");
+  Napi::Array a = info[i].As<Napi::Array>();
+  std::vector<std::string> out;
+  out.reserve(a.Length());
+  for (uint32_t k = 0; k < a.Length(); k++)
+    out.push_back(StringValue(env, a.Get(k), std::string(name) + "[" + std::to_string(k) + "]"));
+  return out;
+}
+
+bool BoolValue(Napi::Env env, Napi::Value v, const std::string& name) {
+  if (!v.IsBoolean()) ThrowType(env, name + " must be a boolean");
+  return v.As<Napi::Boolean>().Value();
+}
+
+Napi::Object ObjectArg(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  if (!info[i].IsObject() || info[i].IsArray() || info[i].IsFunction())
+    ThrowType(info.Env(), std::string(name) + " must be an object");
+  return info[i].As<Napi::Object>();
+}
+
+Napi::Function FunctionArg(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  if (!info[i].IsFunction()) ThrowType(info.Env(), std::string(name) + " must be a function");
+  return info[i].As<Napi::Function>();
+}
+
+short LockTypeArg(const Napi::CallbackInfo& info, size_t i) {
+  if (info[i].IsString()) {
+    std::string t = info[i].As<Napi::String>().Utf8Value();
+    if (t == "read") return F_RDLCK;
+    if (t == "write") return F_WRLCK;
+  }
+  ThrowType(info.Env(), "type must be 'read' or 'write'");
+}
+
+int SignalValue(Napi::Env env, Napi::Value v, const std::string& name, int min) {
+  int sig = static_cast<int>(ToIntOrThrow(env, v, name, min, SIGRTMAX));
+  // glibc reserves 32 and 33 for itself; sigaddset rejects them.
+  sigset_t probe;
+  sigemptyset(&probe);
+  if (sig != 0 && sigaddset(&probe, sig) < 0)
+    ThrowRange(env, name + " " + std::to_string(sig) + " is not a usable signal");
+  return sig;
+}
+
+// ---- record locks -----------------------------------------------------------
+
+struct flock MakeFlock(short type, off_t start, off_t len) {
+  struct flock fl;
+  memset(&fl, 0, sizeof fl);  // OFD commands require l_pid == 0
+  fl.l_type = type;
+  fl.l_whence = SEEK_SET;
+  fl.l_start = start;
+  fl.l_len = len;
+  return fl;
+}
+
+// Ofd selects F_OFD_* (owned by the open file description) over classic
+// F_* locks (owned by the process; any close() of the file drops them).
+template <bool Ofd>
+void SetLock(const Napi::CallbackInfo& info) {
+  int fd = FdArg(info, 0);
+  short type = LockTypeArg(info, 1);
+  struct flock fl = MakeFlock(type, OffsetArg(info, 2, "start"), OffsetArg(info, 3, "len"));
+  if (fcntl(fd, Ofd ? F_OFD_SETLK : F_SETLK, &fl) < 0)
+    throw SysError(info.Env(), errno, Ofd ? "fcntl(F_OFD_SETLK)" : "fcntl(F_SETLK)");
+}
+
+template <bool Ofd>
+void Unlock(const Napi::CallbackInfo& info) {
+  int fd = FdArg(info, 0);
+  struct flock fl = MakeFlock(F_UNLCK, OffsetArg(info, 1, "start"), OffsetArg(info, 2, "len"));
+  if (fcntl(fd, Ofd ? F_OFD_SETLK : F_SETLK, &fl) < 0)
+    throw SysError(info.Env(), errno, Ofd ? "fcntl(F_OFD_SETLK)" : "fcntl(F_SETLK)");
+}
+
+template <bool Ofd>
+Napi::Value GetLock(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0);
+  short type = LockTypeArg(info, 1);
+  struct flock fl = MakeFlock(type, OffsetArg(info, 2, "start"), OffsetArg(info, 3, "len"));
+  if (fcntl(fd, Ofd ? F_OFD_GETLK : F_GETLK, &fl) < 0)
+    throw SysError(env, errno, Ofd ? "fcntl(F_OFD_GETLK)" : "fcntl(F_GETLK)");
+  if (fl.l_type == F_UNLCK) return env.Null();
+  Napi::Object r = Napi::Object::New(env);
+  r.Set("type", fl.l_type == F_RDLCK ? "read" : "write");
+  r.Set("start", static_cast<double>(fl.l_start));
+  r.Set("len", static_cast<double>(fl.l_len));
+  r.Set("pid", static_cast<double>(fl.l_pid));  // -1 when the holder is an OFD lock
+  return r;
+}
+
+// ---- fds and sockets --------------------------------------------------------
+
+Napi::Value GetCloexec(const Napi::CallbackInfo& info) {
+  int fd = FdArg(info, 0);
+  int flags = fcntl(fd, F_GETFD);
+  if (flags < 0) throw SysError(info.Env(), errno, "fcntl(F_GETFD)");
+  return Napi::Boolean::New(info.Env(), (flags & FD_CLOEXEC) != 0);
+}
+
+void SetCloexec(const Napi::CallbackInfo& info) {
+  int fd = FdArg(info, 0);
+  bool on = BoolValue(info.Env(), info[1], "on");
+  int flags = fcntl(fd, F_GETFD);
+  if (flags < 0) throw SysError(info.Env(), errno, "fcntl(F_GETFD)");
+  int want = on ? (flags | FD_CLOEXEC) : (flags & ~FD_CLOEXEC);
+  if (want != flags && fcntl(fd, F_SETFD, want) < 0)
+    throw SysError(info.Env(), errno, "fcntl(F_SETFD)");
+}
+
+Napi::Value PeerCred(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0);
+  struct ucred cred;
+  socklen_t len = sizeof cred;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
+    throw SysError(env, errno, "getsockopt(SO_PEERCRED)");
+  Napi::Object r = Napi::Object::New(env);
+  r.Set("pid", static_cast<double>(cred.pid));
+  r.Set("uid", static_cast<double>(cred.uid));
+  r.Set("gid", static_cast<double>(cred.gid));
+  return r;
+}
+
+// Kernels before 6.5 answer ENOPROTOOPT; callers fall back to peerCred().
+Napi::Value PeerPidfd(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0, "sockfd");
+  int pidfd = -1;
+  socklen_t len = sizeof pidfd;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &len) < 0)
+    throw SysError(env, errno, "getsockopt(SO_PEERPIDFD)");
+  // The kernel creates it O_CLOEXEC; make sure, so a re-exec never leaks it.
+  int flags = fcntl(pidfd, F_GETFD);
+  if (flags >= 0 && !(flags & FD_CLOEXEC)) fcntl(pidfd, F_SETFD, flags | FD_CLOEXEC);
+  return Napi::Number::New(env, pidfd);
+}
+
+// ---- execve -------------------------------------------------------------------
+
+// Returns only by throwing. The caller prepares FD_CLOEXEC and the signal mask.
+void Execve(const Napi::CallbackInfo& info) {
+  std::string path = StringArg(info, 0, "path");
+  std::vector<std::string> args = StringArrayArg(info, 1, "argv");
+  std::vector<std::string> envs = StringArrayArg(info, 2, "env");
+  if (args.empty()) ThrowRange(info.Env(), "argv must contain at least argv[0]");
+  std::vector<char*> argv, envp;
+  for (auto& s : args) argv.push_back(&s[0]);
+  for (auto& s : envs) envp.push_back(&s[0]);
+  argv.push_back(nullptr);
+  envp.push_back(nullptr);
+  execve(path.c_str(), argv.data(), envp.data());
+  throw SysError(info.Env(), errno, "execve");
+}
+
+// ---- sd_notify ------------------------------------------------------------------
+
+void SdNotify(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string path = StringArg(info, 0, "socketPath");
+  if (!info[1].IsString()) ThrowType(env, "message must be a string");
+  std::string msg = info[1].As<Napi::String>().Utf8Value();
+
+  struct sockaddr_un sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sun_family = AF_UNIX;
+  bool abstract = !path.empty() && path[0] == '@';
+  // A path needs room for its terminating NUL; an abstract name has none.
+  size_t room = sizeof sa.sun_path - (abstract ? 0 : 1);
+  if (path.empty() || path.size() > room)
+    ThrowRange(env, "socketPath must be 1 to " + std::to_string(room) + " bytes");
+  memcpy(sa.sun_path, path.data(), path.size());
+  if (abstract) sa.sun_path[0] = '\0';
+  socklen_t salen = static_cast<socklen_t>(offsetof(struct sockaddr_un, sun_path) +
+                                           path.size() + (abstract ? 0 : 1));
+
+  int s = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (s < 0) throw SysError(env, errno, "socket");
+  // MSG_DONTWAIT: a stuck receiver gives EAGAIN instead of blocking the loop.
+  ssize_t n = sendto(s, msg.data(), msg.size(), MSG_NOSIGNAL | MSG_DONTWAIT,
+                     reinterpret_cast<struct sockaddr*>(&sa), salen);
+  int err = errno;
+  close(s);
+  if (n < 0) throw SysError(env, err, "sendto");
+}
+
+// ---- signals ----------------------------------------------------------------------
+
+// pthread_sigmask on the calling (main) thread only. Threads inherit the mask
+// when created: in plain Node the libuv pool threads start with SIGUSR1
+// unblocked and can still take a process-directed SIGUSR1; under
+// --experimental-permission every thread inherits it blocked.
+void Sigmask(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int how = 0;
+  std::string h = info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : "";
+  if (h == "block") how = SIG_BLOCK;
+  else if (h == "unblock") how = SIG_UNBLOCK;
+  else ThrowType(env, "how must be 'block' or 'unblock'");
+  if (!info[1].IsArray()) ThrowType(env, "signals must be an array of numbers");
+  Napi::Array a = info[1].As<Napi::Array>();
+  sigset_t set;
+  sigemptyset(&set);
+  for (uint32_t k = 0; k < a.Length(); k++)
+    sigaddset(&set, SignalValue(env, a.Get(k), "signals[" + std::to_string(k) + "]", 1));
+  int rc = pthread_sigmask(how, &set, nullptr);  // returns the error, not errno
+  if (rc != 0) throw SysError(env, rc, "pthread_sigmask");
+}
+
+Napi::Value Sigpending(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  sigset_t set;
+  if (sigpending(&set) < 0) throw SysError(env, errno, "sigpending");
+  Napi::Array out = Napi::Array::New(env);
+  uint32_t n = 0;
+  for (int sig = 1; sig <= SIGRTMAX; sig++)
+    if (sigismember(&set, sig) == 1) out.Set(n++, Napi::Number::New(env, sig));
+  return out;
+}
+
+// ---- pidfds ---------------------------------------------------------------------
+
+Napi::Value PidfdOpen(const Napi::CallbackInfo& info) {
+  int pid = static_cast<int>(IntArg(info, 0, "pid", 1, INT_MAX));
+  long fd = syscall(SYS_pidfd_open, pid, 0);  // always O_CLOEXEC
+  if (fd < 0) throw SysError(info.Env(), errno, "pidfd_open");
+  return Napi::Number::New(info.Env(), static_cast<double>(fd));
+}
+
+void PidfdSendSignal(const Napi::CallbackInfo& info) {
+  int pidfd = FdArg(info, 0, "pidfd");
+  int sig = SignalValue(info.Env(), info[1], "sig", 0);  // 0 probes liveness
+  if (syscall(SYS_pidfd_send_signal, pidfd, sig, nullptr, 0) < 0)
+    throw SysError(info.Env(), errno, "pidfd_send_signal");
+}
+
+// ---- async: acquire ---------------------------------------------------------------
+
+// virtlockd's acquire sequence: open (optionally creating), OFD-lock byte 0,
+// and when creating make sure the path still names the file we locked: a
+// releasing holder may have unlinked it between our open and our lock.
+class LockFileWorker : public Napi::AsyncWorker {
+ public:
+  LockFileWorker(Napi::Function cb, std::string path, bool shared, bool create)
+      : Napi::AsyncWorker(cb, "relockd.lockFile"),
+        path_(std::move(path)), shared_(shared), create_(create) {}
+
+ protected:
+  void Execute() override {
+    for (int attempt = 0; attempt < kMaxLockAttempts; attempt++) {
+      created_ = false;
+      int fd = open(path_.c_str(), O_RDWR | O_CLOEXEC);
+      if (fd < 0 && errno == ENOENT && create_) {
+        // O_EXCL tells us whether we created it.
+        fd = open(path_.c_str(), O_RDWR | O_CLOEXEC | O_CREAT | O_EXCL, 0600);
+        if (fd >= 0) {
+          created_ = true;
+        } else if (errno == EEXIST) {
+          // Lost a creation race, or a dangling symlink: plain O_CREAT as virtlockd.
+          fd = open(path_.c_str(), O_RDWR | O_CLOEXEC | O_CREAT, 0600);
+        }
+      }
+      if (fd < 0) return Fail(-1, errno, "open", "open");
+
+      struct flock fl = MakeFlock(shared_ ? F_RDLCK : F_WRLCK, 0, 1);
+      if (fcntl(fd, F_OFD_SETLK, &fl) < 0) return Fail(fd, errno, "fcntl(F_OFD_SETLK)", "lock");
+
+      struct stat fst, pst;
+      if (fstat(fd, &fst) < 0) return Fail(fd, errno, "fstat", "stat");
+      if (create_) {
+        if (stat(path_.c_str(), &pst) < 0) {
+          if (errno != ENOENT) return Fail(fd, errno, "stat", "stat");
+          close(fd);  // unlinked under us: retry
+          continue;
+        }
+        if (pst.st_dev != fst.st_dev || pst.st_ino != fst.st_ino) {
+          close(fd);  // replaced under us: retry
+          continue;
+        }
+      }
+      fd_ = fd;
+      dev_ = fst.st_dev;
+      ino_ = fst.st_ino;
+      return;
+    }
+    fail_ = {ELOOP, "stat", "stat", "the file kept being replaced while locking it"};
+  }
+
+  void OnOK() override {
+    Napi::Env env = Env();
+    if (fail_.err) {
+      Callback().Call({FailureValue(env, fail_)});
+      return;
+    }
+    Napi::Object r = Napi::Object::New(env);
+    r.Set("fd", fd_);
+    r.Set("dev", static_cast<double>(dev_));  // same (lossy) numbers as fs.Stats
+    r.Set("ino", static_cast<double>(ino_));
+    r.Set("created", created_);
+    Callback().Call({env.Null(), r});
+  }
+
+ private:
+  void Fail(int fd, int err, const char* syscall, const char* stage) {
+    if (fd >= 0) close(fd);
+    fail_ = {err, syscall, stage, nullptr};
+  }
+
+  std::string path_;
+  bool shared_, create_;
+  Failure fail_;
+  int fd_ = -1;
+  dev_t dev_ = 0;
+  ino_t ino_ = 0;
+  bool created_ = false;
+};
+
+void LockFile(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string path = StringArg(info, 0, "path");
+  if (path.empty()) ThrowRange(env, "path must not be empty");
+  Napi::Object opts = ObjectArg(info, 1, "opts");
+  bool shared = BoolValue(env, opts.Get("shared"), "opts.shared");
+  bool create = BoolValue(env, opts.Get("create"), "opts.create");
+  Napi::Function cb = FunctionArg(info, 2, "cb");
+  (new LockFileWorker(cb, std::move(path), shared, create))->Queue();
+}
+
+// ---- async: release -----------------------------------------------------------------
+
+// virtlockd's release: optionally delete the lock file, but only if no one
+// else holds it (upgrade to write succeeds) and the path still names our
+// file; then close, which drops the OFD lock. The close always happens.
+class ReleaseFileWorker : public Napi::AsyncWorker {
+ public:
+  ReleaseFileWorker(Napi::Function cb, int fd, bool unlink, std::string path, bool onlyIfExclusive)
+      : Napi::AsyncWorker(cb, "relockd.releaseFile"),
+        fd_(fd), unlink_(unlink), path_(std::move(path)), onlyIfExclusive_(onlyIfExclusive) {}
+
+ protected:
+  void Execute() override {
+    if (unlink_) MaybeUnlink();
+    if (close(fd_) < 0) closeFail_ = {errno, "close", "close", nullptr};
+  }
+
+  void OnOK() override {
+    Napi::Env env = Env();
+    // EBADF: nothing was ours to close, a caller bug. Other close errors
+    // (EIO, EINTR) still release the fd on Linux, so they are only reported.
+    if (closeFail_.err == EBADF) {
+      Callback().Call({FailureValue(env, closeFail_)});
+      return;
+    }
+    Napi::Object r = Napi::Object::New(env);
+    r.Set("unlinked", unlinked_);
+    // Only the errno names: the caller logs them; the release itself went through.
+    if (unlinkErr_) r.Set("unlinkError", ErrnoName(unlinkErr_));
+    if (closeFail_.err) r.Set("closeError", ErrnoName(closeFail_.err));
+    Callback().Call({env.Null(), r});
+  }
+
+ private:
+  void MaybeUnlink() {
+    if (onlyIfExclusive_) {
+      // Fails while anyone else (even another fd of ours) still holds byte 0.
+      struct flock fl = MakeFlock(F_WRLCK, 0, 1);
+      if (fcntl(fd_, F_OFD_SETLK, &fl) < 0) {
+        if (errno != EAGAIN && errno != EACCES)
+          unlinkErr_ = errno;
+        return;
+      }
+    }
+    struct stat fst, pst;
+    if (fstat(fd_, &fst) < 0) {
+      unlinkErr_ = errno;
+      return;
+    }
+    if (stat(path_.c_str(), &pst) < 0) {
+      if (errno != ENOENT) unlinkErr_ = errno;
+      return;
+    }
+    if (pst.st_dev != fst.st_dev || pst.st_ino != fst.st_ino) return;  // not ours any more
+    if (unlink(path_.c_str()) == 0) {
+      unlinked_ = true;
+    } else if (errno != ENOENT) {
+      unlinkErr_ = errno;
+    }
+  }
+
+  int fd_;
+  bool unlink_;
+  std::string path_;
+  bool onlyIfExclusive_;
+  bool unlinked_ = false;
+  int unlinkErr_ = 0;
+  Failure closeFail_;
+};
+
+void ReleaseFile(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0);
+  Napi::Object opts = ObjectArg(info, 1, "opts");
+  Napi::Value up = opts.Get("unlinkPath");
+  bool unlink = !up.IsNull();
+  std::string path = unlink ? StringValue(env, up, "opts.unlinkPath (or null)") : "";
+  if (unlink && path.empty()) ThrowRange(env, "opts.unlinkPath must not be empty");
+  bool onlyIfExclusive = BoolValue(env, opts.Get("onlyIfExclusive"), "opts.onlyIfExclusive");
+  Napi::Function cb = FunctionArg(info, 2, "cb");
+  (new ReleaseFileWorker(cb, fd, unlink, std::move(path), onlyIfExclusive))->Queue();
+}
+
+// ---- misc -----------------------------------------------------------------------------
+
+// The C library's text for an errno (virtlockd puts it in its error messages).
+Napi::Value Strerror(const Napi::CallbackInfo& info) {
+  int err = static_cast<int>(IntArg(info, 0, "errno", 0, INT_MAX));
+  return Napi::String::New(info.Env(), ErrnoText(err));
+}
+
+// ---- module ---------------------------------------------------------------------------
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  auto fn = [&](const char* name, auto f) { exports.Set(name, Napi::Function::New(env, f, name)); };
+  fn("ofdLock", SetLock<true>);
+  fn("ofdUnlock", Unlock<true>);
+  fn("ofdGetLock", GetLock<true>);
+  fn("posixLock", SetLock<false>);
+  fn("posixUnlock", Unlock<false>);
+  fn("posixGetLock", GetLock<false>);
+  fn("getCloexec", GetCloexec);
+  fn("setCloexec", SetCloexec);
+  fn("peerCred", PeerCred);
+  fn("peerPidfd", PeerPidfd);
+  fn("execve", Execve);
+  fn("sdNotify", SdNotify);
+  fn("sigmask", Sigmask);
+  fn("sigpending", Sigpending);
+  fn("pidfdOpen", PidfdOpen);
+  fn("pidfdSendSignal", PidfdSendSignal);
+  fn("lockFile", LockFile);
+  fn("releaseFile", ReleaseFile);
+  fn("strerror", Strerror);
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(relockd_native, Init)

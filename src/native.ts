@@ -1,0 +1,265 @@
+/**
+ * Typed access to relockd's native addon (native/relockd.cc).
+ *
+ * Errors:
+ * - wrong argument types (and bad enum strings) throw TypeError, out-of-range
+ *   numbers RangeError;
+ * - failed system calls throw (or pass to the callback) a {@link NativeError}:
+ *   `code` is the errno name ('EAGAIN'), `errno` the positive C errno number
+ *   (Node's own errors use negative numbers; compare `code`, not `errno`),
+ *   `syscall` the call label ('fcntl(F_OFD_SETLK)'), and the message reads
+ *   `fcntl(F_OFD_SETLK): Resource temporarily unavailable`.
+ *
+ * Everything here is synchronous and cheap except lockFile/releaseFile, which
+ * touch storage and therefore run on the libuv threadpool.
+ */
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export type LockType = 'read' | 'write';
+
+export type NativeError = Error & {
+  code: string;
+  errno: number;
+  syscall: string;
+  /** lockFile: 'open' | 'lock' | 'stat'; releaseFile: 'close'. */
+  stage?: string;
+};
+
+export interface LockInfo {
+  type: LockType;
+  start: number;
+  len: number;
+  /** Holder's pid for a classic POSIX lock, -1 for an OFD lock. */
+  pid: number;
+}
+
+export interface PeerCred {
+  pid: number;
+  uid: number;
+  gid: number;
+}
+
+export interface LockFileOptions {
+  /** Read (shared) lock instead of a write (exclusive) lock. */
+  shared: boolean;
+  /** O_CREAT (mode 0600), and re-check that the path still names the locked file. */
+  create: boolean;
+}
+
+export interface LockFileResult {
+  /** O_CLOEXEC fd holding an OFD lock on byte 0 (length 1). */
+  fd: number;
+  dev: number;
+  ino: number;
+  /** True when this call created the file. */
+  created: boolean;
+}
+
+export interface ReleaseFileOptions {
+  /** Delete this path if it still names the fd's file; null: just close. */
+  unlinkPath: string | null;
+  /** Delete only if the lock can be upgraded to write, i.e. nobody else holds it. */
+  onlyIfExclusive: boolean;
+}
+
+export interface ReleaseFileResult {
+  unlinked: boolean;
+  /** errno name of a failed upgrade/stat/unlink step (never ENOENT); the fd was closed anyway. */
+  unlinkError?: string;
+  /** errno name when close() reported e.g. EIO; the fd is released anyway on Linux. */
+  closeError?: string;
+}
+
+export type LockFileCallback = (err: NativeError | null, res?: LockFileResult) => void;
+export type ReleaseFileCallback = (err: NativeError | null, res?: ReleaseFileResult) => void;
+
+interface Binding {
+  ofdLock(fd: number, type: LockType, start: number, len: number): void;
+  ofdUnlock(fd: number, start: number, len: number): void;
+  ofdGetLock(fd: number, type: LockType, start: number, len: number): LockInfo | null;
+  posixLock(fd: number, type: LockType, start: number, len: number): void;
+  posixUnlock(fd: number, start: number, len: number): void;
+  posixGetLock(fd: number, type: LockType, start: number, len: number): LockInfo | null;
+  getCloexec(fd: number): boolean;
+  setCloexec(fd: number, on: boolean): void;
+  peerCred(fd: number): PeerCred;
+  peerPidfd(sockfd: number): number;
+  execve(path: string, argv: readonly string[], env: readonly string[]): never;
+  sdNotify(socketPath: string, message: string): void;
+  sigmask(how: 'block' | 'unblock', signals: readonly number[]): void;
+  sigpending(): number[];
+  pidfdOpen(pid: number): number;
+  pidfdSendSignal(pidfd: number, sig: number): void;
+  lockFile(path: string, opts: LockFileOptions, cb: LockFileCallback): void;
+  releaseFile(fd: number, opts: ReleaseFileOptions, cb: ReleaseFileCallback): void;
+  strerror(errno: number): string;
+}
+
+const ADDON = path.join('build', 'Release', 'relockd_native.node');
+
+/**
+ * The package root is the first directory above this module holding both
+ * package.json and the built addon. This works from src/ (tests run the .ts)
+ * and from dist/src/ (compiled).
+ */
+function findAddon(): string {
+  const start = path.dirname(fileURLToPath(import.meta.url));
+  for (let dir = start; ; dir = path.dirname(dir)) {
+    const candidate = path.join(dir, ADDON);
+    if (existsSync(path.join(dir, 'package.json')) && existsSync(candidate)) return candidate;
+    if (path.dirname(dir) === dir) {
+      throw new Error(
+        `relockd: native addon ${ADDON} not found above ${start}; run "sh scripts/build-native.sh"`,
+      );
+    }
+  }
+}
+
+/** Absolute path of the loaded .node file (fixtures and diagnostics use it). */
+export const addonPath: string = findAddon();
+
+const native = createRequire(import.meta.url)(addonPath) as Binding;
+
+// ---- record locks (non-blocking; conflict throws EAGAIN, or EACCES) ----
+
+/** F_OFD_SETLK: lock owned by the open file description, survives other closes and exec. */
+export function ofdLock(fd: number, type: LockType, start: number, len: number): void {
+  native.ofdLock(fd, type, start, len);
+}
+
+export function ofdUnlock(fd: number, start: number, len: number): void {
+  native.ofdUnlock(fd, start, len);
+}
+
+/** F_OFD_GETLK: the first lock that would conflict, or null. */
+export function ofdGetLock(fd: number, type: LockType, start: number, len: number): LockInfo | null {
+  return native.ofdGetLock(fd, type, start, len);
+}
+
+/** Classic F_SETLK (process-owned; any close of the file by this process drops it). */
+export function posixLock(fd: number, type: LockType, start: number, len: number): void {
+  native.posixLock(fd, type, start, len);
+}
+
+export function posixUnlock(fd: number, start: number, len: number): void {
+  native.posixUnlock(fd, start, len);
+}
+
+export function posixGetLock(fd: number, type: LockType, start: number, len: number): LockInfo | null {
+  return native.posixGetLock(fd, type, start, len);
+}
+
+// ---- fds, sockets, processes ----
+
+export function getCloexec(fd: number): boolean {
+  return native.getCloexec(fd);
+}
+
+export function setCloexec(fd: number, on: boolean): void {
+  native.setCloexec(fd, on);
+}
+
+/** SO_PEERCRED of a connected AF_UNIX socket (the peer at connect time). */
+export function peerCred(fd: number): PeerCred {
+  return native.peerCred(fd);
+}
+
+/**
+ * SO_PEERPIDFD (Linux >= 6.5): an O_CLOEXEC pidfd for the peer. Throws
+ * ENOPROTOOPT on older kernels; fall back to peerCred() then.
+ */
+export function peerPidfd(sockfd: number): number {
+  return native.peerPidfd(sockfd);
+}
+
+/**
+ * Replace the process image (same pid). Returns only by throwing. Fds to keep
+ * (including 0-2, which Node marks CLOEXEC) need setCloexec(fd, false) first.
+ */
+export function execve(file: string, argv: readonly string[], env: readonly string[]): never {
+  return native.execve(file, argv, env);
+}
+
+/**
+ * One sd_notify datagram to NOTIFY_SOCKET ('/path' or '@abstract'). Non-blocking:
+ * a full receiver queue throws EAGAIN.
+ */
+export function sdNotify(socketPath: string, message: string): void {
+  native.sdNotify(socketPath, message);
+}
+
+/**
+ * pthread_sigmask on the calling (main) thread only. In plain Node 20 the libuv
+ * pool threads do not block SIGUSR1, so a process-directed SIGUSR1 can still be
+ * delivered through them; under --experimental-permission every thread blocks it.
+ */
+export function sigmask(how: 'block' | 'unblock', signals: readonly number[]): void {
+  native.sigmask(how, signals);
+}
+
+/** Signals pending for the calling thread or the process. */
+export function sigpending(): number[] {
+  return native.sigpending();
+}
+
+/** pidfd_open(pid, 0); the fd is O_CLOEXEC. Close it with fs.closeSync. */
+export function pidfdOpen(pid: number): number {
+  return native.pidfdOpen(pid);
+}
+
+/** pidfd_send_signal; sig 0 probes. Throws ESRCH once the process has exited. */
+export function pidfdSendSignal(pidfd: number, sig: number): void {
+  native.pidfdSendSignal(pidfd, sig);
+}
+
+// ---- storage work, on the libuv threadpool ----
+
+/**
+ * virtlockd's acquire: open(O_RDWR|O_CLOEXEC[|O_CREAT, 0600]), F_OFD_SETLK on
+ * byte 0 (read if shared, else write), and when creating retry until the path
+ * still names the locked file. Errors carry stage 'open' | 'lock' | 'stat';
+ * the fd is closed on every failure.
+ */
+export function lockFile(file: string, opts: LockFileOptions, cb: LockFileCallback): void {
+  native.lockFile(file, opts, cb);
+}
+
+/**
+ * virtlockd's release: optionally unlink (see ReleaseFileOptions), then always
+ * close the fd, which drops the lock. Only a bad fd (EBADF, stage 'close') is an
+ * error; unlink problems are reported in the result.
+ */
+export function releaseFile(fd: number, opts: ReleaseFileOptions, cb: ReleaseFileCallback): void {
+  native.releaseFile(fd, opts, cb);
+}
+
+export function lockFileP(file: string, opts: LockFileOptions): Promise<LockFileResult> {
+  return new Promise((resolve, reject) => {
+    native.lockFile(file, opts, (err, res) => (err ? reject(err) : resolve(res!)));
+  });
+}
+
+export function releaseFileP(fd: number, opts: ReleaseFileOptions): Promise<ReleaseFileResult> {
+  return new Promise((resolve, reject) => {
+    native.releaseFile(fd, opts, (err, res) => (err ? reject(err) : resolve(res!)));
+  });
+}
+
+/** The C library's message for a (positive) errno, e.g. 11 → 'Resource temporarily unavailable'. */
+export function strerror(errno: number): string {
+  return native.strerror(errno);
+}
+
+/** True if e is an error from this addon (optionally with the given code). */
+export function isNativeError(e: unknown, code?: string): e is NativeError {
+  return (
+    e instanceof Error &&
+    typeof (e as Partial<NativeError>).code === 'string' &&
+    typeof (e as Partial<NativeError>).errno === 'number' &&
+    typeof (e as Partial<NativeError>).syscall === 'string' &&
+    (code === undefined || (e as NativeError).code === code)
+  );
+}
