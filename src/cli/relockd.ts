@@ -35,7 +35,7 @@ export function parseArgs(argv: string[]): CliArgs {
     .option('verbose', { alias: 'v', type: 'boolean', default: false, describe: 'log debug events' })
     .option('log-level', { type: 'string', choices: LOG_LEVELS as string[], describe: 'minimum log level' })
     .option('socket', { type: 'string', describe: 'main socket path' })
-    .option('admin-socket', { type: 'string', describe: 'admin socket path' })
+    .option('admin-socket', { type: 'string', describe: 'admin socket path (virt-admin and relockctl)' })
     .option('state-file', { type: 'string', describe: 're-exec state file path' })
     .option('runtime-dir', { type: 'string', describe: 'directory for sockets, pid and state files' })
     .option('term-grace', { type: 'number', default: defaultTermination.termGraceMs / 1000, describe: 'seconds between SIGTERM and SIGKILL of an owner that lost its connection while holding leases' })
@@ -62,7 +62,6 @@ function refuseUnsupported(a: CliArgs): void {
     [a.config !== undefined, '-f/--config'],
     [a.pidFile !== undefined, '-p/--pid-file'],
     [a.timeout !== undefined, '-t/--timeout'],
-    [a.adminSocket !== undefined, '--admin-socket'],
     [a.stateFile !== undefined, '--state-file'],
   ];
   for (const [given, flag] of unsupported) {
@@ -87,6 +86,8 @@ export async function main(argv: string[]): Promise<Daemon | undefined> {
   const daemon = new Daemon(
     {
       socketPath: args.socket ?? paths.socket,
+      adminSocketPath: args.adminSocket ?? paths.adminSocket,
+      adminMaxClients: 5000,
       runtimeDir: paths.runtimeDir,
       maxClients: 1024,
       termination: { ...defaultTermination, termGraceMs: args.termGrace * 1000 },

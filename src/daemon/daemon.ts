@@ -15,6 +15,9 @@ import type { TerminationOptions } from './terminator.js';
 
 export interface DaemonOptions {
   socketPath: string;
+  /** null: no admin socket. */
+  adminSocketPath: string | null;
+  adminMaxClients: number;
   runtimeDir: string;
   maxClients: number;
   termination: TerminationOptions;
@@ -27,6 +30,9 @@ export class Daemon {
   readonly lockService: LockService;
   readonly lockServer: RpcServer<LockClient>;
   readonly gate: StorageGate;
+  /** The admin server, once started (see startAdmin). */
+  adminServer: RpcServer<unknown> | null = null;
+  readonly startedAt = Date.now();
   private stopping = false;
 
   constructor(
@@ -43,8 +49,15 @@ export class Daemon {
   async start(): Promise<void> {
     mkdirSync(this.opts.runtimeDir, { recursive: true, mode: 0o700 });
     await this.lockServer.bind(this.opts.socketPath);
+    if (this.opts.adminSocketPath) await this.startAdmin(this.opts.adminSocketPath);
     this.notify('READY=1');
     this.log.info({ socket: this.opts.socketPath, version: process.env.npm_package_version }, 'relockd ready');
+  }
+
+  /** The admin server: libvirt's admin program and relockd's own. */
+  private async startAdmin(path: string): Promise<void> {
+    // ADMIN-WIRING (issue 6): create this.adminServer with the admin service and bind it.
+    void path;
   }
 
   /** sd_notify, when run under systemd (or a test acting as it). */
@@ -77,6 +90,7 @@ export class Daemon {
     this.notify('STOPPING=1');
     this.log.info({ signal }, 'stopping: no leases held');
     await this.lockServer.closeListeners();
+    await this.adminServer?.closeListeners();
     for (const c of this.lockServer.clients.values()) c.close('daemon stopping');
     process.exit(0);
   }

@@ -81,8 +81,8 @@ export class RpcServer<Ctx> {
     this.maxClients = opts.maxClients;
   }
 
-  /** Binds a new socket at `path` (mode 0700), replacing only a stale one. */
-  async bind(path: string): Promise<void> {
+  /** Binds a new socket at `path` (mode 0700 by default), replacing only a stale one. */
+  async bind(path: string, mode = 0o700): Promise<void> {
     const state = await probeSocket(path);
     if (state === 'live') throw new SocketInUseError(`another daemon is already serving ${path}; refusing to start`);
     if (state === 'stale') unlinkSync(path);
@@ -99,7 +99,7 @@ export class RpcServer<Ctx> {
     } finally {
       process.umask(old);
     }
-    chmodSync(path, 0o700);
+    chmodSync(path, mode);
     this.listeners.push({ path, adopted: false, unlinkOnClose: true, server });
     this.log.info({ socket: path }, 'listening');
   }

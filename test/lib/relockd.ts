@@ -35,6 +35,8 @@ export interface StartedDaemon {
   kind: 'relockd' | 'virtlockd';
   pid: number;
   socketPath: string;
+  /** relockd: DIR/virtlockd-admin-sock (the --runtime-dir default). */
+  adminSocketPath?: string;
   dir: string;
   logs(): string;
   stop(): Promise<void>;
@@ -107,6 +109,7 @@ export async function startRelockd(opts: RelockdOptions = {}): Promise<StartedDa
     kind: 'relockd',
     pid: child.pid!,
     socketPath,
+    adminSocketPath: join(dir, 'virtlockd-admin-sock'),
     dir,
     child,
     logs: () => logs,
