@@ -7,7 +7,14 @@ const early = [];
 for (const sig of ['SIGUSR1', 'SIGHUP', 'SIGTERM', 'SIGINT', 'SIGQUIT', 'SIGUSR2']) {
   process.on(sig, () => early.push(sig));
 }
+// The exact argv we were started with, for re-exec (process.argv is resolved).
+let cmdline;
+try {
+  cmdline = require('node:fs').readFileSync('/proc/self/cmdline', 'utf8').split('\0').slice(0, -1);
+} catch {
+  cmdline = undefined;
+}
 // Storage calls run on libuv's pool; give a hung mount room to not starve
 // the others (see src/locks/storageGate.ts). Must be set before first use.
 if (!process.env.UV_THREADPOOL_SIZE) process.env.UV_THREADPOOL_SIZE = '32';
-import('../dist/src/cli/main.js').then((m) => m.run(process.argv.slice(2), early));
+import('../dist/src/cli/main.js').then((m) => m.run(process.argv.slice(2), early, cmdline));

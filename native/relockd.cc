@@ -243,6 +243,13 @@ void SetCloexec(const Napi::CallbackInfo& info) {
     throw SysError(info.Env(), errno, "fcntl(F_SETFD)");
 }
 
+// Node's fs.fsync is refused under the permission model, which the daemon
+// runs with; the re-exec state file must still reach the disk before rename.
+void Fsync(const Napi::CallbackInfo& info) {
+  int fd = FdArg(info, 0);
+  if (fsync(fd) < 0) throw SysError(info.Env(), errno, "fsync");
+}
+
 Napi::Value PeerCred(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = FdArg(info, 0);
@@ -564,6 +571,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   fn("posixGetLock", GetLock<false>);
   fn("getCloexec", GetCloexec);
   fn("setCloexec", SetCloexec);
+  fn("fsync", Fsync);
   fn("peerCred", PeerCred);
   fn("peerPidfd", PeerPidfd);
   fn("execve", Execve);

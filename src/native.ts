@@ -85,6 +85,7 @@ interface Binding {
   posixGetLock(fd: number, type: LockType, start: number, len: number): LockInfo | null;
   getCloexec(fd: number): boolean;
   setCloexec(fd: number, on: boolean): void;
+  fsync(fd: number): void;
   peerCred(fd: number): PeerCred;
   peerPidfd(sockfd: number): number;
   execve(path: string, argv: readonly string[], env: readonly string[]): never;
@@ -160,6 +161,11 @@ export function getCloexec(fd: number): boolean {
 
 export function setCloexec(fd: number, on: boolean): void {
   native.setCloexec(fd, on);
+}
+
+/** fsync(2): Node's own is refused under the permission model. */
+export function fsync(fd: number): void {
+  native.fsync(fd);
 }
 
 /** SO_PEERCRED of a connected AF_UNIX socket (the peer at connect time). */

@@ -52,6 +52,7 @@ class MemLocker implements FileLocker {
   async unlink(p: string) { this.files.delete(p); }
   async kind(p: string) { return this.dirs.has(p) ? 'dir' as const : this.files.has(p) ? 'other' as const : 'missing' as const; }
   async mkdirp(p: string) { this.dirs.add(p); }
+  async identity(p: string) { return this.files.has(p) ? { dev: 1, ino: p.length } : null; }
 }
 
 const owner = (pid: number) => ({ uuid: '00112233-4455-6677-8899-aabbccddeeff', name: `vm${pid}`, id: 1, pid });

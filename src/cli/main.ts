@@ -8,12 +8,12 @@ import { main } from './relockd.js';
 const SIGNALS = ['SIGUSR1', 'SIGHUP', 'SIGTERM', 'SIGINT', 'SIGQUIT', 'SIGUSR2'] as const;
 type Sig = (typeof SIGNALS)[number];
 
-export async function run(argv: string[], early: Sig[]): Promise<void> {
+export async function run(argv: string[], early: Sig[], originalArgv?: string[]): Promise<void> {
   // A dead reader of our stdout/stderr must not crash the daemon.
   process.stdout.on('error', () => {});
   process.stderr.on('error', () => {});
 
-  const daemon = await main(argv);
+  const daemon = await main(argv, originalArgv);
   if (!daemon) return;
   const log = daemon.log;
 
@@ -29,7 +29,7 @@ export async function run(argv: string[], early: Sig[]): Promise<void> {
         void daemon.requestStop(sig);
         break;
       case 'SIGUSR1':
-        log.warn({ signal: sig }, 're-exec is not supported yet; signal ignored');
+        void daemon.reexec('SIGUSR1');
         break;
       default:
         // virtlockd dies on SIGHUP and drops every lock; we never do.

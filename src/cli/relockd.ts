@@ -36,7 +36,7 @@ export function parseArgs(argv: string[]): CliArgs {
     .option('log-level', { type: 'string', choices: LOG_LEVELS as string[], describe: 'minimum log level' })
     .option('socket', { type: 'string', describe: 'main socket path' })
     .option('admin-socket', { type: 'string', describe: 'admin socket path (virt-admin and relockctl)' })
-    .option('state-file', { type: 'string', describe: 're-exec state file path' })
+    .option('state-file', { type: 'string', describe: 're-exec state file path (default: in the runtime directory)' })
     .option('runtime-dir', { type: 'string', describe: 'directory for sockets, pid and state files' })
     .option('term-grace', { type: 'number', default: defaultTermination.termGraceMs / 1000, describe: 'seconds between SIGTERM and SIGKILL of an owner that lost its connection while holding leases' })
     .option('storage-timeout', { type: 'number', default: 30, describe: 'seconds a storage call may take before the request fails' })
@@ -62,14 +62,13 @@ function refuseUnsupported(a: CliArgs): void {
     [a.config !== undefined, '-f/--config'],
     [a.pidFile !== undefined, '-p/--pid-file'],
     [a.timeout !== undefined, '-t/--timeout'],
-    [a.stateFile !== undefined, '--state-file'],
   ];
   for (const [given, flag] of unsupported) {
     if (given) throw new UsageError(`${flag} is not supported yet`);
   }
 }
 
-export async function main(argv: string[]): Promise<Daemon | undefined> {
+export async function main(argv: string[], originalArgv?: string[]): Promise<Daemon | undefined> {
   let args: CliArgs;
   try {
     args = parseArgs(argv);
@@ -88,6 +87,8 @@ export async function main(argv: string[]): Promise<Daemon | undefined> {
       socketPath: args.socket ?? paths.socket,
       adminSocketPath: args.adminSocket ?? paths.adminSocket,
       adminMaxClients: 5000,
+      stateFile: args.stateFile ?? paths.stateFile,
+      quiesceTimeoutMs: 5000,
       runtimeDir: paths.runtimeDir,
       maxClients: 1024,
       termination: { ...defaultTermination, termGraceMs: args.termGrace * 1000 },
@@ -96,6 +97,7 @@ export async function main(argv: string[]): Promise<Daemon | undefined> {
     },
     log,
   );
+  if (originalArgv && originalArgv.length) daemon.originalArgv = originalArgv;
   try {
     await daemon.start();
   } catch (err) {

@@ -1,17 +1,29 @@
-// Lifecycle: wires the lock manager, the lock service and the RPC server,
-// handles signals, and shuts down only by an explicit, logged decision.
+// Lifecycle: wires the lock manager, the lock service and the RPC servers;
+// boots fresh, from a re-exec state document, or in safe mode; re-execs;
+// and shuts down only by an explicit, logged decision.
 
-import { mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, renameSync, unlinkSync } from 'node:fs';
 import type { Logger } from 'pino';
 import { LockManager } from '../locks/lockManager.js';
 import { NativeFileLocker } from '../locks/fileLocker.js';
 import type { FileLocker } from '../locks/fileLocker.js';
 import { StorageGate } from '../locks/storageGate.js';
 import { RpcServer } from '../rpc/server.js';
+import { peerAllowed } from '../rpc/server.js';
 import * as native from '../native.js';
+import type { FdIdentity, ReexecRecord, StateDocument } from '../state/document.js';
+import { restoreState } from '../state/restore.js';
+import { scanInheritedFds } from '../state/orphans.js';
+import { validateState } from '../state/validate.js';
+import { VERSION } from '../version.js';
+import { AdminService } from './adminService.js';
 import { LockService } from './lockService.js';
 import type { LockClient } from './lockService.js';
+import { openProcessHandle } from './terminator.js';
 import type { TerminationOptions } from './terminator.js';
+import { REEXEC_ENV, Reexecutor } from './reexec.js';
+import type { ReexecResult, ReplyAfterExec } from './reexec.js';
+import net from 'node:net';
 
 export interface DaemonOptions {
   socketPath: string;
@@ -19,20 +31,45 @@ export interface DaemonOptions {
   adminSocketPath: string | null;
   adminMaxClients: number;
   runtimeDir: string;
+  stateFile: string;
   maxClients: number;
   termination: TerminationOptions;
   storageTimeoutMs: number;
   storagePerKeyConcurrency: number;
+  /** How long a re-exec waits for requests in flight before giving up. */
+  quiesceTimeoutMs: number;
 }
+
+/** How this image came to be. */
+export type BootKind = 'fresh' | 'restored' | 'safe-mode';
 
 export class Daemon {
   readonly manager: LockManager;
   readonly lockService: LockService;
   readonly lockServer: RpcServer<LockClient>;
   readonly gate: StorageGate;
-  /** The admin server, once started (see startAdmin). */
-  adminServer: RpcServer<unknown> | null = null;
+  /** The admin server (libvirt's admin program and relockd's own). */
+  adminServer: RpcServer<any> | null = null;
+  /** The admin socket's service (see createAdminServer). */
+  adminService: AdminService | null = null;
+  /**
+   * virt-admin daemon-timeout: seconds without clients before the daemon may
+   * exit, 0 = never. Stored here; the shutdown policy (host-integration issue) acts on it.
+   */
+  autoShutdownTimeout = 0;
   readonly startedAt = Date.now();
+  readonly version = VERSION;
+  /** Node binary and exact original argv, for execve. */
+  execPath = process.execPath;
+  originalArgv: string[] = [process.argv0, ...process.execArgv, ...process.argv.slice(1)];
+  /** Safe mode: a restore went wrong; every inherited fd is kept, acquisitions refused. */
+  safeMode = false;
+  /** Inherited fds we could not interpret; never closed. */
+  orphans: FdIdentity[] = [];
+  /** Recent re-execs, newest last (carried across re-execs). */
+  history: ReexecRecord[] = [];
+  boot: BootKind = 'fresh';
+  private readonly reexecutor = new Reexecutor(this);
   private stopping = false;
 
   constructor(
@@ -44,20 +81,257 @@ export class Daemon {
     this.manager = new LockManager({ locker, gate: this.gate, log });
     this.lockService = new LockService(this.manager, opts.termination, log);
     this.lockServer = new RpcServer({ name: 'virtlockd', service: this.lockService, log, maxClients: opts.maxClients });
+    this.createAdminServer();
   }
 
+  get stateFile(): string {
+    return this.opts.stateFile;
+  }
+
+  get lastReexec(): ReexecRecord | undefined {
+    return this.history[this.history.length - 1];
+  }
+
+  /**
+   * Creates this.adminServer (an RpcServer with the admin service) when an
+   * admin socket is configured. Binding or adopting its socket is start()'s job.
+   */
+  private createAdminServer(): void {
+    // ADMIN-WIRING (issue 6): libvirt's admin program and relockd's own (daemon/adminService.ts).
+    if (!this.opts.adminSocketPath) return;
+    this.adminService = new AdminService(this);
+    this.adminServer = new RpcServer({ name: 'admin', service: this.adminService, log: this.log, maxClients: this.opts.adminMaxClients });
+  }
+
+  /** Boots: restores from a re-exec state document if there is one for us, else fresh. */
   async start(): Promise<void> {
     mkdirSync(this.opts.runtimeDir, { recursive: true, mode: 0o700 });
-    await this.lockServer.bind(this.opts.socketPath);
-    if (this.opts.adminSocketPath) await this.startAdmin(this.opts.adminSocketPath);
-    this.notify('READY=1');
-    this.log.info({ socket: this.opts.socketPath, version: process.env.npm_package_version }, 'relockd ready');
+    const marker = process.env[REEXEC_ENV];
+    delete process.env[REEXEC_ENV];
+    const reexecOf = marker ? marker.split(':') : null;
+    const ours = reexecOf !== null && reexecOf[0] === String(process.pid);
+    const requestedAtNs = ours && reexecOf![1] ? BigInt(reexecOf![1]) : null;
+
+    const doc = this.readStateFile(ours);
+    if (doc === 'corrupt') {
+      await this.startSafeMode(['state document is not readable JSON']);
+    } else if (doc) {
+      await this.startFromState(doc, requestedAtNs);
+    } else {
+      if (ours) {
+        // We were exec'd by an old image but its document is gone: keep every inherited fd.
+        await this.startSafeMode([`state file ${this.stateFile} is missing after a re-exec`]);
+      } else {
+        await this.startFresh();
+      }
+    }
+    this.manager.refuseAcquire = this.safeMode;
+    this.notify(`READY=1\nSTATUS=${this.statusLine()}`);
+    this.log.info({ socket: this.opts.socketPath, version: this.version, boot: this.boot, ...this.manager.counts() }, 'relockd ready');
   }
 
-  /** The admin server: libvirt's admin program and relockd's own. */
-  private async startAdmin(path: string): Promise<void> {
-    // ADMIN-WIRING (issue 6): create this.adminServer with the admin service and bind it.
-    void path;
+  /** The state document if it is ours; stale ones are moved aside. */
+  private readStateFile(ours: boolean): StateDocument | 'corrupt' | null {
+    const path = this.stateFile;
+    if (!existsSync(path)) return null;
+    let text: string;
+    try {
+      text = readFileSync(path, 'utf8');
+    } catch (err) {
+      this.log.error({ err, stateFile: path }, 'cannot read state file');
+      return ours ? 'corrupt' : null;
+    }
+    let doc: { magic?: unknown };
+    try {
+      doc = JSON.parse(text) as { magic?: unknown };
+    } catch {
+      if (ours) {
+        this.unlinkQuietly(path);
+        return 'corrupt';
+      }
+      this.moveAside(path, 'not valid JSON');
+      return null;
+    }
+    if (doc.magic !== String(process.pid)) {
+      this.moveAside(path, `magic ${JSON.stringify(doc.magic)} is not our pid ${process.pid}`);
+      return ours ? null : null;
+    }
+    this.unlinkQuietly(path);
+    return doc as StateDocument;
+  }
+
+  private moveAside(path: string, why: string): void {
+    const aside = `${path}.stale-${Date.now()}`;
+    try {
+      renameSync(path, aside);
+      this.log.warn({ stateFile: path, movedTo: aside, why }, 'stale state file moved aside, not trusted');
+    } catch (err) {
+      this.log.warn({ err, stateFile: path, why }, 'stale state file could not be moved aside; ignoring it');
+    }
+  }
+
+  private unlinkQuietly(path: string): void {
+    try {
+      unlinkSync(path);
+    } catch {
+      /* already gone */
+    }
+  }
+
+  private async startFresh(): Promise<void> {
+    this.boot = 'fresh';
+    await this.lockServer.bind(this.opts.socketPath);
+    if (this.adminServer && this.opts.adminSocketPath) await this.adminServer.bind(this.opts.adminSocketPath, 0o600);
+  }
+
+  private async startFromState(doc: StateDocument, requestedAtNs: bigint | null): Promise<void> {
+    try {
+      validateState(doc);
+    } catch (err) {
+      await this.startSafeMode([(err as Error).message]);
+      return;
+    }
+    const report = await restoreState(doc, {
+      lockServer: this.lockServer,
+      adminServer: this.adminServer,
+      manager: this.manager,
+      socketPath: this.opts.socketPath,
+      adminSocketPath: this.opts.adminSocketPath,
+      restoreLockContext: (conn, d, proc) => this.lockService.restoreContext(conn.ctx as LockClient, d, proc),
+      openProcessHandle,
+    });
+    this.orphans = report.orphans;
+    this.history = doc.relockd?.history ?? [];
+    for (const t of report.terminations) {
+      const handle = t.pidfd >= 0 ? { pid: t.owner.pid, pidfd: t.pidfd, startTime: t.startTime } : openProcessHandle(t.owner.pid, -1);
+      this.lockService.startTermination(t.owner, handle, t.startedAt);
+    }
+    // A main listener that did not come back: bind afresh so we stay reachable.
+    if (this.lockServer.listeners.length === 0) await this.bindIfFree(this.lockServer, this.opts.socketPath, 0o700);
+    if (this.adminServer && this.adminServer.listeners.length === 0 && this.opts.adminSocketPath) await this.bindIfFree(this.adminServer, this.opts.adminSocketPath, 0o600);
+    const blackoutMs = requestedAtNs !== null ? Number(process.hrtime.bigint() - requestedAtNs) / 1e6 : undefined;
+    const prev = doc.relockd;
+    this.recordReexec({ at: Date.now(), ok: true, blackoutMs, trigger: prev?.trigger ?? 'virtlockd', fromVersion: prev?.version ?? 'virtlockd', toVersion: this.version });
+    this.sendPendingReplies(doc, blackoutMs ?? 0);
+    if (report.problems.length || report.orphans.length || prev?.safeMode) {
+      this.safeMode = true;
+      this.boot = 'safe-mode';
+      this.log.fatal({ problems: report.problems, orphans: report.orphans.map((o) => o.fd) }, 'SAFE MODE: restore incomplete; every inherited fd is kept open (no lock dropped), new acquisitions are refused; send SIGUSR1 to retry');
+    } else {
+      this.boot = 'restored';
+    }
+    this.log.info(
+      { blackoutMs, listeners: report.listeners, clients: report.clients, resources: report.resources, lockspaces: report.lockspaces, terminations: report.terminations.length, fromVersion: prev?.version, toVersion: this.version, trigger: prev?.trigger },
+      're-exec complete',
+    );
+  }
+
+  /**
+   * The document cannot be trusted. Keep every inherited fd that could hold
+   * a lock or a client; adopt our own listeners (found through
+   * /proc/net/unix) and the client sockets so we stay reachable.
+   */
+  private async startSafeMode(problems: string[]): Promise<void> {
+    this.safeMode = true;
+    this.boot = 'safe-mode';
+    const found = scanInheritedFds();
+    const orphans: FdIdentity[] = [...found.others];
+    for (const { fd, path } of found.listeners) {
+      const srv = path === this.opts.socketPath ? this.lockServer : path === this.opts.adminSocketPath ? this.adminServer : null;
+      if (srv) {
+        try {
+          await srv.adopt(fd, path, false);
+          native.setCloexec(fd, true);
+          continue;
+        } catch (err) {
+          problems.push(`listener ${path}: ${(err as Error).message}`);
+        }
+      }
+      orphans.push({ fd, kind: 'listener', dev: '0', ino: '0' });
+    }
+    for (const fd of found.sockets) {
+      try {
+        const peer = native.peerCred(fd);
+        if (!peerAllowed(peer)) throw new Error('peer not allowed');
+        const sock = new net.Socket({ fd, readable: true, writable: true });
+        native.setCloexec(fd, true);
+        this.lockServer.attach(sock, peer);
+      } catch {
+        orphans.push({ fd, kind: 'client', dev: '0', ino: '0' });
+      }
+    }
+    for (const o of orphans) {
+      try {
+        const st = (await import('node:fs')).fstatSync(o.fd, { bigint: true });
+        o.dev = st.dev.toString();
+        o.ino = st.ino.toString();
+        native.setCloexec(o.fd, true);
+      } catch {
+        /* gone */
+      }
+    }
+    this.orphans = orphans;
+    if (this.lockServer.listeners.length === 0) await this.bindIfFree(this.lockServer, this.opts.socketPath, 0o700);
+    if (this.adminServer && this.adminServer.listeners.length === 0 && this.opts.adminSocketPath) await this.bindIfFree(this.adminServer, this.opts.adminSocketPath, 0o600);
+    this.recordReexec({ at: Date.now(), ok: false, error: problems.join('; '), trigger: 'restore', toVersion: this.version });
+    this.log.fatal(
+      { problems, keptFds: orphans.map((o) => o.fd), adoptedClients: this.lockServer.clients.size },
+      'SAFE MODE: state document unusable; every inherited fd is kept open (no lock dropped), new acquisitions are refused; send SIGUSR1 to retry',
+    );
+  }
+
+  private async bindIfFree(srv: RpcServer<any>, path: string, mode: number): Promise<void> {
+    try {
+      await srv.bind(path, mode);
+    } catch (err) {
+      this.log.error({ err: (err as Error).message, socket: path }, 'cannot bind socket');
+    }
+  }
+
+  /** Replies the old image owed (the admin call that asked for this re-exec). */
+  private sendPendingReplies(doc: StateDocument, blackoutMs: number): void {
+    for (const p of doc.relockd?.pendingReplies ?? []) {
+      const srv = p.server === 'admin' ? this.adminServer : this.lockServer;
+      const conn = srv?.clients.get(p.clientId);
+      const prog = conn?.service.programs.find((g) => g.prog === p.header.prog && g.vers === p.header.vers);
+      const proc = prog?.procedures.get(p.header.proc);
+      if (!conn || !proc) continue;
+      const result: ReexecResult = { ok: true, blackoutMs, version: this.version };
+      conn.sendReply(p.header, proc.encodeRet, result);
+    }
+  }
+
+  recordReexec(r: ReexecRecord): void {
+    this.history.push(r);
+    if (this.history.length > 20) this.history.splice(0, this.history.length - 20);
+  }
+
+  /** Settings in force, recorded in the state document for inspection. */
+  settings(): Record<string, unknown> {
+    const { termination, ...rest } = this.opts;
+    return { ...rest, termination: { ...termination }, logLevel: this.log.level };
+  }
+
+  /** Re-exec (SIGUSR1, or the admin interface with a call to answer afterwards). */
+  reexec(trigger = 'SIGUSR1', replyTo?: ReplyAfterExec): Promise<ReexecResult> {
+    return this.reexecutor.run(trigger, replyTo);
+  }
+
+  get reexecInProgress(): boolean {
+    return this.reexecutor.inProgress;
+  }
+
+  /** Restarts terminations stopped for a re-exec that then failed. */
+  resumeFrozenTerminations(): void {
+    for (const t of [...this.lockService.terminations.values()]) {
+      this.lockService.terminations.delete(t.owner.pid);
+      this.lockService.startTermination(t.owner, t.handle, t.started);
+    }
+  }
+
+  statusLine(): string {
+    const c = this.manager.counts();
+    return `${this.safeMode ? 'SAFE MODE; ' : ''}${this.lockServer.clients.size} clients, ${c.resources} leases held in ${c.lockspaces} lockspaces`;
   }
 
   /** sd_notify, when run under systemd (or a test acting as it). */
@@ -80,10 +354,10 @@ export class Daemon {
   async requestStop(signal: string): Promise<void> {
     if (this.stopping) return;
     const counts = this.manager.counts();
-    if (counts.resources > 0) {
+    if (counts.resources > 0 || this.orphans.length > 0) {
       const owners = new Set<number>();
       for (const ls of this.manager.allSpaces()) for (const r of ls.resources.values()) r.owners.forEach((p) => owners.add(p));
-      this.log.warn({ signal, ...counts, ownerPids: [...owners] }, 'stop refused: leases are held; release them (or stop the VMs) first');
+      this.log.warn({ signal, ...counts, orphans: this.orphans.length, ownerPids: [...owners] }, 'stop refused: leases are held; release them (or stop the VMs) first');
       return;
     }
     this.stopping = true;

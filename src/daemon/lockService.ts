@@ -12,27 +12,34 @@ import { handleFd } from '../rpc/server.js';
 import type { LockManager, Owner } from '../locks/lockManager.js';
 import { lockspaceProgram } from '../protocol/lockspace.js';
 import type { LockClientState } from '../protocol/lockspace.js';
+import type { LockPrivateData } from '../state/document.js';
 import { closeProcessHandle, openProcessHandle, terminate } from './terminator.js';
 import type { ProcessHandle, TerminationOptions } from './terminator.js';
 
 export interface LockClient extends LockClientState {
   readonly conn: ClientConnection<LockClient>;
   /** Identity of the peer, taken when it registered itself as the owner. */
-  process: Promise<ProcessHandle | null> | null;
+  process: ProcessHandle | null;
 }
 
 export interface Termination {
   owner: Owner;
   started: number;
   handle: ProcessHandle | null;
+  /** 'terminating' can be carried across a re-exec; 'releasing' must finish first. */
+  phase: 'terminating' | 'releasing';
   done: Promise<void>;
 }
+
+const NIL_UUID = '00000000-0000-0000-0000-000000000000';
 
 export class LockService implements Service<LockClient> {
   readonly name = 'virtlockd';
   readonly programs;
   /** Owners being terminated, by pid. */
   readonly terminations = new Map<number, Termination>();
+  /** Set while quiescing for re-exec: terminations stop at their next step. */
+  frozen = false;
 
   constructor(
     private readonly manager: LockManager,
@@ -63,26 +70,56 @@ export class LockService implements Service<LockClient> {
     const owner = c.owner;
     const isOwnerConnection = owner !== null && owner.id !== 0 && owner.pid === conn.peer.pid && owner.pid > 0;
     if (!isOwnerConnection || this.manager.heldBy(owner.pid) === 0) {
-      void c.process?.then((h) => h && closeProcessHandle(h));
+      if (c.process) closeProcessHandle(c.process);
       return;
     }
-    const t: Termination = { owner, started: Date.now(), handle: null, done: Promise.resolve() };
-    t.done = this.endOwner(c, owner, t).finally(() => this.terminations.delete(owner.pid));
+    this.startTermination(owner, c.process, Date.now(), conn.id);
+  }
+
+  /** Terminates `owner` (if it still runs), then releases its leases. */
+  startTermination(owner: Owner, handle: ProcessHandle | null, started: number, clientId?: number): void {
+    const t: Termination = { owner, started, handle, phase: 'terminating', done: Promise.resolve() };
+    const log = this.log.child({ client: clientId, owner });
+    t.done = (async () => {
+      try {
+        const outcome = handle ? await terminate(handle, owner, this.termination, log, () => this.frozen) : 'gone';
+        if (outcome === 'frozen') return; // carried across the re-exec
+        t.phase = 'releasing';
+        const n = await this.manager.releaseOwner(owner.pid, owner);
+        log.info({ outcome, released: n, ms: Date.now() - started }, 'owner connection closed: leases released');
+      } catch (err) {
+        log.error({ err }, 'owner cleanup failed');
+      }
+      this.terminations.delete(owner.pid);
+      if (handle) closeProcessHandle(handle);
+    })();
     this.terminations.set(owner.pid, t);
   }
 
-  private async endOwner(c: LockClient, owner: Owner, t: Termination): Promise<void> {
-    const log = this.log.child({ client: c.conn.id, owner });
-    const handle = c.process ? await c.process : null;
-    t.handle = handle;
-    try {
-      const outcome = handle ? await terminate(handle, owner, this.termination, log) : 'gone';
-      const n = await this.manager.releaseOwner(owner.pid, owner);
-      log.info({ outcome, released: n, ms: Date.now() - t.started }, 'owner connection closed: leases released');
-    } catch (err) {
-      log.error({ err }, 'owner cleanup failed');
-    } finally {
-      if (handle) closeProcessHandle(handle);
-    }
+  // ---- state document ------------------------------------------------------
+
+  /** virtlockd's privateData; unregistered clients are written with id 0. */
+  saveContext(c: LockClient): LockPrivateData {
+    const o = c.owner;
+    return {
+      restricted: c.restricted,
+      ownerPid: o?.pid ?? 0,
+      ownerId: o?.id ?? 0,
+      ownerName: o?.name ?? '',
+      ownerUUID: o?.uuid ?? NIL_UUID,
+    };
   }
+
+  restoreContext(c: LockClient, d: LockPrivateData, process: ProcessHandle | null): void {
+    c.restricted = d.restricted;
+    c.owner = d.ownerId !== 0 ? { pid: d.ownerPid, id: d.ownerId, name: d.ownerName, uuid: normaliseUuid(d.ownerUUID) } : null;
+    c.process = process;
+  }
+}
+
+/** virtlockd's reader accepts 32 hex digits with optional '-' or spaces. */
+function normaliseUuid(s: string): string {
+  const h = s.replace(/[-\s]/g, '').toLowerCase();
+  if (!/^[0-9a-f]{32}$/.test(h)) return s;
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
 }

@@ -4,7 +4,7 @@
 // recycled pid: signals go through a pidfd taken while the process was
 // certainly alive, and liveness is checked through that same pidfd.
 
-import { closeSync } from 'node:fs';
+import { closeSync, readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { constants } from 'node:os';
 import type { Logger } from 'pino';
@@ -31,7 +31,8 @@ export interface ProcessHandle {
   startTime: string;
 }
 
-export type TerminationResult = 'gone' | 'exited-on-term' | 'exited-on-kill';
+/** 'frozen': stopped because a re-exec is carrying the termination over. */
+export type TerminationResult = 'gone' | 'exited-on-term' | 'exited-on-kill' | 'frozen';
 
 async function procStat(pid: number): Promise<{ state: string; startTime: string } | null> {
   try {
@@ -44,12 +45,22 @@ async function procStat(pid: number): Promise<{ state: string; startTime: string
   }
 }
 
-export async function processStartTime(pid: number): Promise<string | null> {
-  return (await procStat(pid))?.startTime ?? null;
+/** /proc/<pid>/stat synchronously: procfs, never storage, so it cannot hang. */
+function procStatSync(pid: number): { state: string; startTime: string } | null {
+  try {
+    const s = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const rest = s.slice(s.lastIndexOf(')') + 2).split(' ');
+    return { state: rest[0]!, startTime: rest[19]! };
+  } catch {
+    return null;
+  }
 }
 
-/** Opens a handle on the peer of `sockFd`, or on `pid` as a fallback. */
-export async function openProcessHandle(pid: number, sockFd: number): Promise<ProcessHandle | null> {
+/**
+ * Opens a handle on the peer of `sockFd` (SO_PEERPIDFD: the very process
+ * that connected), or on `pid` as a fallback.
+ */
+export function openProcessHandle(pid: number, sockFd: number): ProcessHandle | null {
   let pidfd = -1;
   try {
     pidfd = native.peerPidfd(sockFd);
@@ -60,7 +71,7 @@ export async function openProcessHandle(pid: number, sockFd: number): Promise<Pr
       pidfd = -1;
     }
   }
-  const st = await procStat(pid);
+  const st = procStatSync(pid);
   if (!st) {
     if (pidfd >= 0) closeSync(pidfd);
     return null;
@@ -106,9 +117,16 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
  * waited for indefinitely, with a warning now and then: its leases must
  * outlive it.
  */
-export async function terminate(h: ProcessHandle, owner: Owner, opts: TerminationOptions, log: Logger): Promise<TerminationResult> {
+export async function terminate(
+  h: ProcessHandle,
+  owner: Owner,
+  opts: TerminationOptions,
+  log: Logger,
+  frozen: () => boolean = () => false,
+): Promise<TerminationResult> {
   const l = log.child({ owner });
   if (!(await isAlive(h))) return 'gone';
+  if (frozen()) return 'frozen';
   const started = Date.now();
   try {
     signal(h, constants.signals.SIGTERM);
@@ -118,6 +136,7 @@ export async function terminate(h: ProcessHandle, owner: Owner, opts: Terminatio
   }
   while (Date.now() - started < opts.termGraceMs) {
     await sleep(opts.pollMs);
+    if (frozen()) return 'frozen';
     if (!(await isAlive(h))) {
       l.info({ pid: h.pid, ms: Date.now() - started }, 'owner exited after SIGTERM');
       return 'exited-on-term';
@@ -132,6 +151,7 @@ export async function terminate(h: ProcessHandle, owner: Owner, opts: Terminatio
   let lastWarn = Date.now();
   for (;;) {
     await sleep(opts.pollMs);
+    if (frozen()) return 'frozen';
     if (!(await isAlive(h))) {
       l.info({ pid: h.pid, ms: Date.now() - started }, 'owner exited after SIGKILL');
       return 'exited-on-kill';

@@ -47,6 +47,8 @@ export interface FileLocker {
   /** 'dir' | 'other' | 'missing' */
   kind(path: string): Promise<'dir' | 'other' | 'missing'>;
   mkdirp(path: string, mode: number): Promise<void>;
+  /** dev/ino of a path (stat, no open), or null when it does not exist. */
+  identity(path: string): Promise<{ dev: number; ino: number } | null>;
 }
 
 export class NativeFileLocker implements FileLocker {
@@ -85,5 +87,14 @@ export class NativeFileLocker implements FileLocker {
 
   async mkdirp(path: string, mode: number): Promise<void> {
     await fsp.mkdir(path, { recursive: true, mode });
+  }
+
+  async identity(path: string): Promise<{ dev: number; ino: number } | null> {
+    try {
+      const st = await fsp.stat(path);
+      return { dev: st.dev, ino: st.ino };
+    } catch {
+      return null;
+    }
   }
 }

@@ -11,6 +11,16 @@ export class KeyedMutex {
     return this.tails.has(key);
   }
 
+  /** True when no operation is running or queued on any key. */
+  get idle(): boolean {
+    return this.tails.size === 0;
+  }
+
+  /** Resolves once every operation queued so far has settled. */
+  async settled(): Promise<void> {
+    while (this.tails.size) await Promise.all([...this.tails.values()]);
+  }
+
   run<T>(key: string, fn: () => Promise<T>): Promise<T> {
     const prev = this.tails.get(key);
     const result = prev ? prev.then(fn) : fn();

@@ -36,6 +36,12 @@ export interface Resource {
   readonly owners: number[];
   /** Epoch ms when the lock was taken. */
   readonly since: number;
+  /**
+   * A classic POSIX lock inherited from virtlockd's state (not an OFD lock):
+   * it would be dropped if this process closed ANY fd of the same file, so
+   * no file with this identity may be opened while it is held.
+   */
+  readonly classic?: boolean;
 }
 
 export class LockSpace {
@@ -169,6 +175,7 @@ export class LockManager {
       }
       const create = (flags & AcquireFlags.AUTOCREATE) !== 0;
       const file = ls.pathOf(name);
+      await this.guardClassic(ls, name, file);
       let locked: LockedFile;
       try {
         locked = await this.gate.run(
@@ -187,6 +194,24 @@ export class LockManager {
       ls.resources.set(name, { name, path: file, fd: locked.fd, dev: locked.dev, ino: locked.ino, flags, owners: [owner.pid], since: Date.now() });
       this.log.info({ owner, lockspace: ls.dir, resource: name, shared, autocreate: create, fd: locked.fd }, 'lease acquired');
     });
+  }
+
+  /**
+   * Opening (and, on failure, closing) a file that one of our inherited
+   * classic locks covers would drop that lock. Such a file is reported busy
+   * without ever being opened. Only stat is used, which touches no lock.
+   */
+  private async guardClassic(ls: LockSpace, name: string, file: string): Promise<void> {
+    const classic: Resource[] = [];
+    for (const sp of this.allSpaces()) for (const r of sp.resources.values()) if (r.classic) classic.push(r);
+    if (classic.length === 0) return;
+    let id: { dev: number; ino: number } | null;
+    try {
+      id = await this.gate.run(ls.storageKeyOf(name), () => this.locker.identity(file));
+    } catch {
+      id = null;
+    }
+    if (id && classic.some((r) => r.dev === id!.dev && r.ino === id!.ino)) throw errors.resourceLocked(name);
   }
 
   private acquireError(err: unknown, name: string, file: string, create: boolean) {
@@ -241,6 +266,7 @@ export class LockManager {
     await this.mutex.run(this.key(ls, name), async () => {
       if (ls.resources.has(name)) throw errors.resourceLocked(name);
       const file = ls.pathOf(name);
+      await this.guardClassic(ls, name, file);
       try {
         await this.gate.run(ls.storageKeyOf(name), () => this.locker.touch(file));
       } catch (err) {
@@ -299,6 +325,33 @@ export class LockManager {
     }
     const done = await Promise.all(work);
     return done.filter(Boolean).length;
+  }
+
+  /** True when no lease operation is running or queued. */
+  get idle(): boolean {
+    return this.mutex.idle;
+  }
+
+  /** Resolves when every lease operation started so far has finished. */
+  settled(): Promise<void> {
+    return this.mutex.settled();
+  }
+
+  /** Re-creates a directory lock space from a state document (no mkdir). */
+  adoptLockSpace(dir: string): LockSpace {
+    if (dir === '') return this.defaultSpace;
+    let ls = this.spaces.get(dir);
+    if (!ls) {
+      ls = new LockSpace(dir);
+      this.spaces.set(dir, ls);
+    }
+    return ls;
+  }
+
+  /** Re-creates a held resource from a state document; its fd holds the lock. */
+  adoptResource(ls: LockSpace, r: Resource): void {
+    if (ls.resources.has(r.name)) throw new Error(`resource ${r.name} in lockspace '${ls.dir}' listed twice`);
+    ls.resources.set(r.name, r);
   }
 
   /** Totals, for status lines and logs. */

@@ -70,7 +70,8 @@ export class ClientConnection<Ctx> {
   }
 
   /** Starts reading; `initial` are bytes received by an earlier image. */
-  start(initial?: Buffer): void {
+  start(initial?: Buffer, unsent?: Buffer): void {
+    if (unsent && unsent.length) this.socket.write(unsent);
     this.socket.on('data', (chunk: Buffer) => this.onData(chunk));
     this.socket.on('error', (err) => this.log.debug({ err }, 'client socket error'));
     this.socket.on('close', () => this.onClosed());
@@ -156,9 +157,13 @@ export class ClientConnection<Ctx> {
     });
   }
 
+  /** The last packet handed to the socket (for exact unsent bytes at re-exec). */
+  private lastSent: Buffer | null = null;
+
   /** Sends a complete packet. */
   send(buf: Buffer): void {
     if (this.closed) return;
+    this.lastSent = buf;
     this.socket.write(buf);
   }
 
@@ -231,6 +236,11 @@ export class ClientConnection<Ctx> {
     return undefined;
   }
 
+  /** Sends a success reply for `h` (used after a re-exec for a call the old image took). */
+  sendReply(h: Header, encodeRet: ((w: XdrWriter, ret: any) => void) | undefined, ret: unknown): void {
+    this.replyOk(h, encodeRet, ret);
+  }
+
   private replyOk(h: Header, encodeRet: ((w: XdrWriter, ret: any) => void) | undefined, ret: unknown): void {
     let payload: Buffer | undefined;
     if (encodeRet) {
@@ -286,6 +296,41 @@ export class ClientConnection<Ctx> {
   /** Bytes received but not yet dispatched. */
   pendingBytes(): Buffer {
     return this.reader.pending();
+  }
+
+  /**
+   * Last step before execve: stop libuv reading (later bytes stay in the
+   * kernel), pull what Node already read into JS, and work out which reply
+   * bytes have not reached the kernel yet. Both go into the state document.
+   */
+  detachForExec(): { pending: Buffer; unsent: Buffer } {
+    const h = this.rawHandle();
+    // Stop libuv reading but leave Node believing it reads, so that read()
+    // below only drains what is buffered instead of starting libuv again.
+    h?.readStop?.();
+    this.socket.removeAllListeners('data');
+    let chunk: Buffer | null;
+    while ((chunk = this.socket.read() as Buffer | null) !== null) this.reader.push(chunk);
+    // Replies go out one at a time: what libuv has not written yet is the
+    // tail of the last packet, plus anything Node still buffers after it.
+    const parts: Buffer[] = [];
+    const inLibuv = h?.writeQueueSize ?? 0;
+    if (inLibuv > 0 && this.lastSent) parts.push(this.lastSent.subarray(this.lastSent.length - inLibuv));
+    const ws = (this.socket as unknown as { _writableState?: { getBuffer?: () => Array<{ chunk: Buffer }> } })._writableState;
+    for (const b of ws?.getBuffer?.() ?? []) if (Buffer.isBuffer(b.chunk)) parts.push(b.chunk);
+    return { pending: this.reader.pending(), unsent: Buffer.concat(parts) };
+  }
+
+  private rawHandle(): { readStop?: () => number; readStart?: () => number; writeQueueSize?: number } | undefined {
+    return (this.socket as unknown as { _handle?: { readStop?: () => number; readStart?: () => number; writeQueueSize?: number } })._handle;
+  }
+
+  /** Undoes detachForExec (a re-exec that failed before execve). */
+  reattachAfterFailedExec(): void {
+    this.rawHandle()?.readStart?.();
+    this.socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    this.held = false;
+    this.pump();
   }
 
   private notifyIdle(): void {

@@ -142,14 +142,24 @@ export class RpcServer<Ctx> {
     this.attach(sock, peer);
   }
 
+  /** While set (quiescing for a re-exec), new connections are held at once. */
+  holdNew = false;
+
   /** Wraps an accepted (or inherited) socket in a client connection. */
-  attach(sock: net.Socket, peer: PeerCred, opts: { id?: number; connTime?: number; pending?: Buffer } = {}): ClientConnection<Ctx> {
+  attach(
+    sock: net.Socket,
+    peer: PeerCred,
+    opts: { id?: number; connTime?: number; pending?: Buffer; unsent?: Buffer; restore?: (conn: ClientConnection<Ctx>) => void } = {},
+  ): ClientConnection<Ctx> {
     const id = opts.id ?? this.nextClientId++;
     if (id >= this.nextClientId) this.nextClientId = id + 1;
     const conn = new ClientConnection(sock, this.wrapService(), { id, peer, logger: this.log, connTime: opts.connTime });
     this.clients.set(id, conn);
-    conn.log.info({ peer }, 'client connected');
-    conn.start(opts.pending);
+    opts.restore?.(conn);
+    if (opts.restore) conn.log.debug({ peer }, 'client adopted');
+    else conn.log.info({ peer }, 'client connected');
+    if (this.holdNew) void conn.hold();
+    conn.start(opts.pending, opts.unsent);
     return conn;
   }
 

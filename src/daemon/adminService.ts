@@ -1,0 +1,505 @@
+// The admin socket's service: libvirt's admin program (what virt-admin
+// speaks) and relockd's own program, both backed by the live daemon. This is
+// the glue between the wire tables (protocol/admin.ts, protocol/relockdAdmin.ts)
+// and the daemon's servers, clients, lock manager and log settings.
+//
+// client-disconnect on a lock-socket client runs that connection's normal
+// close path: closing QEMU's inherited connection while it holds leases ends
+// QEMU (SIGTERM, then SIGKILL) and releases its leases, exactly as virtlockd
+// does (spec 3.6). That is intended; it is the administrator's hammer.
+
+import { readFileSync } from 'node:fs';
+import { userInfo } from 'node:os';
+import type { Level, Logger } from 'pino';
+import { ErrorCode, ErrorDomain, ProtocolError } from '../rpc/errors.js';
+import type { ClientConnection, Service } from '../rpc/connection.js';
+import type { RpcServer } from '../rpc/server.js';
+import { adminProgram, ClientTransport, encodeVersion, invalidArg } from '../protocol/admin.js';
+import type { AdminBackend, AdminClientHandle, AdminContext, AdminServerHandle, ClientLimits, TypedParam } from '../protocol/admin.js';
+import { relockdAdminProgram, noSuchLockspace } from '../protocol/relockdAdmin.js';
+import type {
+  ClientInfo,
+  DaemonInfo,
+  LastReexec,
+  LeaseOwner,
+  LockspaceInfo,
+  OwnerInfo,
+  ReexecResult,
+  RelockdAdminBackend,
+  ResourceInfo,
+  TerminationInfo,
+} from '../protocol/relockdAdmin.js';
+import type { Program } from '../rpc/program.js';
+import type { Header, Packet } from '../rpc/packet.js';
+import type { Owner } from '../locks/lockManager.js';
+import { VERSION } from '../version.js';
+import type { Daemon } from './daemon.js';
+import type { LockClient } from './lockService.js';
+
+// ---- log settings (virt-admin daemon-log-filters / daemon-log-outputs) -------
+
+/** libvirt priorities: 1 debug, 2 info, 3 warning, 4 error. */
+type Priority = 1 | 2 | 3 | 4;
+
+interface LogFilter {
+  priority: Priority;
+  /** Stored as libvirt 9.0 does: the match wrapped in '*'. */
+  match: string;
+  stack: boolean;
+}
+
+interface LogOutput {
+  priority: Priority;
+  dest: 'stderr' | 'journald';
+  text: string;
+}
+
+const PINO_OF: Record<Priority, Level> = { 1: 'debug', 2: 'info', 3: 'warn', 4: 'error' };
+
+export function priorityOfLevel(level: string): Priority {
+  switch (level) {
+    case 'trace':
+    case 'debug':
+      return 1;
+    case 'info':
+      return 2;
+    case 'warn':
+      return 3;
+    default:
+      return 4;
+  }
+}
+
+/** virStrToLong_uip plus the range check: "1".."4", a leading '+' allowed. */
+function parsePriority(s: string | undefined): Priority | null {
+  if (s === undefined || !/^\s*\+?\d+$/.test(s)) return null;
+  const n = Number.parseInt(s, 10);
+  return n >= 1 && n <= 4 ? (n as Priority) : null;
+}
+
+const logArg = (detail: string) => invalidArg(ErrorDomain.NONE, detail);
+
+/**
+ * relockd logs JSON lines with pino to stderr; it has one log stream, not
+ * libvirt's per-module categories. The libvirt settings map onto it like
+ * this (libvirt's own rule, with every filter treated as matching):
+ *
+ *   threshold(filters) = lowest filter priority, or the start-up level when
+ *                        there are no filters;
+ *   threshold(outputs) = lowest output priority;
+ *   pino level         = max of the two: 1 debug, 2 info, 3 warn, 4 error.
+ *
+ * So `daemon-log-filters 1:*` plus `daemon-log-outputs 1:stderr` turns on
+ * debug events; `4:*` leaves errors only. Outputs may be `N:stderr` or
+ * `N:journald` (both are relockd's stderr, which systemd puts in the
+ * journal); `file` and `syslog` outputs are refused rather than ignored.
+ * An empty setting restores the default (no filters; `<start level>:stderr`).
+ */
+export class LogSettings {
+  private filters: LogFilter[] = [];
+  private outputs: LogOutput[] | null = null;
+  private readonly startLevel: string;
+  readonly defaultPriority: Priority;
+
+  constructor(private readonly log: Logger) {
+    this.startLevel = log.level;
+    this.defaultPriority = priorityOfLevel(log.level);
+  }
+
+  getFilters(): { filters: string; count: number } {
+    // virLogGetFilters: "N:[+]match " per filter, trailing space included.
+    return { filters: this.filters.map((f) => `${f.priority}:${f.stack ? '+' : ''}${f.match} `).join(''), count: this.filters.length };
+  }
+
+  getOutputs(): { outputs: string; count: number } {
+    const outs = this.outputs ?? [this.defaultOutput()];
+    return { outputs: outs.map((o) => o.text).join(' '), count: outs.length };
+  }
+
+  private defaultOutput(): LogOutput {
+    return { priority: this.defaultPriority, dest: 'stderr', text: `${this.defaultPriority}:stderr` };
+  }
+
+  setFilters(spec: string): void {
+    const parsed: LogFilter[] = [];
+    for (const tok of spec.split(/\s+/).filter(Boolean)) {
+      const parts = tok.split(':');
+      if (parts.length !== 2) throw logArg(`Malformed format for filter '${tok}'`);
+      const priority = parsePriority(parts[0]);
+      if (priority === null) throw logArg(`Invalid priority '${parts[0]}' for filter '${tok}'`);
+      let match = parts[1]!;
+      const stack = match.startsWith('+');
+      if (stack) match = match.slice(1);
+      if (!match) throw logArg(`Invalid filter match '${tok}'`);
+      parsed.push({ priority, match: `*${match}*`, stack });
+    }
+    this.filters = parsed;
+    this.apply('filters');
+  }
+
+  setOutputs(spec: string): void {
+    const toks = spec.split(/\s+/).filter(Boolean);
+    if (toks.length === 0) {
+      this.outputs = null;
+      this.apply('outputs');
+      return;
+    }
+    const parsed: LogOutput[] = [];
+    for (const tok of toks) {
+      const parts = tok.split(':');
+      if (parts.length < 2) throw logArg(`Malformed format for output '${tok}'`);
+      const priority = parsePriority(parts[0]);
+      if (priority === null) throw logArg(`Invalid priority '${parts[0]}' for output '${tok}'`);
+      const dest = parts[1]!;
+      if (!['stderr', 'journald', 'syslog', 'file'].includes(dest)) throw logArg(`Invalid destination '${dest}' for output '${tok}'`);
+      const need = dest === 'stderr' || dest === 'journald' ? 2 : 3;
+      if (parts.length !== need || (need === 3 && !parts[2])) {
+        throw logArg(`Log output '${tok}' does not meet the format requirements for destination type '${dest}'`);
+      }
+      if (dest === 'syslog' || dest === 'file') {
+        throw ProtocolError.report(
+          ErrorCode.CONFIG_UNSUPPORTED,
+          ErrorDomain.ADMIN,
+          `relockd logs JSON lines to stderr only; output '${tok}' is not supported (use N:stderr or N:journald, and route stderr with systemd or a log shipper)`,
+        );
+      }
+      parsed.push({ priority, dest: dest as 'stderr' | 'journald', text: tok });
+    }
+    this.outputs = parsed;
+    this.apply('outputs');
+  }
+
+  /** The pino level the settings amount to. */
+  effectiveLevel(): Level {
+    const f = this.filters.length ? Math.min(...this.filters.map((x) => x.priority)) : this.defaultPriority;
+    const o = Math.min(...(this.outputs ?? [this.defaultOutput()]).map((x) => x.priority));
+    const p = Math.max(f, o) as Priority;
+    // 'trace' has no libvirt priority: keep it while the settings still say debug.
+    if (p === 1 && this.startLevel === 'trace') return 'trace';
+    return PINO_OF[p];
+  }
+
+  private apply(what: 'filters' | 'outputs'): void {
+    const before = this.log.level;
+    const after = this.effectiveLevel();
+    if (before !== after) this.log.level = after;
+    this.log.warn({ [what]: what === 'filters' ? this.getFilters().filters.trim() : this.getOutputs().outputs, level: after, was: before }, 'log settings changed by admin');
+  }
+}
+
+// ---- the service -----------------------------------------------------------------
+
+/** An admin-socket connection's state. */
+interface AdminConnState extends AdminContext {
+  readonly conn: ClientConnection<AdminContext>;
+  /** Header of the call being dispatched (the REEXEC reply is sent by the new image). */
+  current: Header | null;
+}
+
+/**
+ * Records each call's header before dispatch. The procedure table hands
+ * handlers only (ctx, args); REEXEC also needs its call header so the new
+ * image can answer it (daemon.reexec's replyTo). Wraps the connection's own
+ * dispatch; if that ever changes shape, REEXEC simply goes without replyTo
+ * and relockctl learns the outcome from GET_DAEMON_INFO instead.
+ */
+function trackCurrentCall(conn: ClientConnection<AdminContext>, st: AdminConnState): void {
+  const c = conn as unknown as { dispatch?: (pkt: Packet) => unknown };
+  const orig = c.dispatch;
+  if (typeof orig !== 'function') return;
+  c.dispatch = (pkt: Packet) => {
+    st.current = pkt.header;
+    return orig.call(conn, pkt);
+  };
+}
+
+let groupCache: { at: number; names: Map<number, string> } | null = null;
+
+/** Group names from /etc/group (small, local), cached for a minute. */
+function groupName(gid: number): string | undefined {
+  if (!groupCache || Date.now() - groupCache.at > 60_000) {
+    const names = new Map<number, string>();
+    try {
+      for (const line of readFileSync('/etc/group', 'utf8').split('\n')) {
+        const [name, , id] = line.split(':');
+        if (name && id !== undefined && /^\d+$/.test(id)) names.set(Number(id), name);
+      }
+    } catch {
+      /* no /etc/group: names are simply omitted */
+    }
+    groupCache = { at: Date.now(), names };
+  }
+  return groupCache.names.get(gid);
+}
+
+/** Peers must have our euid (or be root when we are root): one name to know. */
+function userName(uid: number): string | undefined {
+  try {
+    const me = userInfo();
+    if (me.uid === uid) return me.username;
+  } catch {
+    /* no passwd entry */
+  }
+  return uid === 0 ? 'root' : undefined;
+}
+
+export class AdminService implements Service<AdminContext> {
+  readonly name = 'admin';
+  readonly programs: ReadonlyArray<Program<AdminContext>>;
+  readonly logSettings: LogSettings;
+  /** Per-server limit on unauthenticated clients (all clients authenticate at once). */
+  private readonly unauthMax = new Map<string, number>();
+
+  constructor(private readonly daemon: Daemon) {
+    this.logSettings = new LogSettings(daemon.log);
+    const libvirt: AdminBackend = {
+      libVersion: encodeVersion(VERSION),
+      servers: () => this.serverHandles(),
+      getLoggingOutputs: () => this.logSettings.getOutputs(),
+      getLoggingFilters: () => this.logSettings.getFilters(),
+      setLoggingOutputs: (s) => this.logSettings.setOutputs(s),
+      setLoggingFilters: (s) => this.logSettings.setFilters(s),
+      setDaemonTimeout: (sec) => {
+        this.daemon.autoShutdownTimeout = sec;
+        this.daemon.log.info({ timeout: sec }, 'daemon timeout set by admin');
+      },
+    };
+    const ours: RelockdAdminBackend = {
+      daemonInfo: () => this.daemonInfo(),
+      lockspaces: () => this.lockspaces(),
+      resources: (f) => this.resources(f),
+      clients: (f) => this.clients(f),
+      reexec: (caller) => this.reexec(caller as AdminConnState),
+    };
+    this.programs = [adminProgram(libvirt), relockdAdminProgram(ours)];
+  }
+
+  createContext(conn: ClientConnection<AdminContext>): AdminContext {
+    const st: AdminConnState = {
+      conn,
+      current: null,
+      closeAfterReply: () => {
+        // The reply is queued synchronously after the handler returns; close once it is flushed.
+        setImmediate(() => conn.socket.write(Buffer.alloc(0), () => conn.close('admin client closed its connection (CONNECT_CLOSE)')));
+      },
+    };
+    trackCurrentCall(conn, st);
+    return st;
+  }
+
+  // ---- servers and clients as libvirt's admin program sees them --------------
+
+  private rpcServers(): Array<RpcServer<any>> {
+    const out: Array<RpcServer<any>> = [this.daemon.lockServer];
+    if (this.daemon.adminServer) out.push(this.daemon.adminServer);
+    return out.sort((a, b) => a.name.localeCompare(b.name));
+  }
+
+  private serverHandles(): AdminServerHandle[] {
+    return this.rpcServers().map((s) => this.serverHandle(s));
+  }
+
+  private serverHandle(s: RpcServer<any>): AdminServerHandle {
+    const isLock = s === this.daemon.lockServer;
+    return {
+      name: s.name,
+      clients: () => [...s.clients.values()].sort((a, b) => a.id - b.id).map((c) => this.clientHandle(c, isLock)),
+      client: (id) => {
+        const c = s.clients.get(id);
+        return c ? this.clientHandle(c, isLock) : undefined;
+      },
+      limits: (): ClientLimits => ({
+        max: s.maxClients,
+        current: s.clients.size,
+        unauthMax: this.unauthMax.get(s.name) ?? s.maxClients,
+        unauthCurrent: 0,
+      }),
+      setLimits: (max, unauth) => {
+        if (unauth === null && !this.unauthMax.has(s.name)) this.unauthMax.set(s.name, s.maxClients);
+        if (max !== null) s.maxClients = max;
+        if (unauth !== null) this.unauthMax.set(s.name, unauth);
+        this.daemon.log.info({ server: s.name, maxClients: s.maxClients, maxUnauthClients: this.unauthMax.get(s.name) }, 'client limits set by admin');
+      },
+    };
+  }
+
+  private clientHandle(c: ClientConnection<any>, isLock: boolean): AdminClientHandle {
+    return {
+      id: c.id,
+      connTime: c.connTime,
+      transport: ClientTransport.UNIX,
+      info: () => this.clientInfoParams(c, isLock),
+      close: () => {
+        c.log.warn({ peer: c.peer }, 'disconnecting client on admin request');
+        // After the current reply: the caller may be closing itself.
+        setImmediate(() => c.close('disconnected by admin request (client-disconnect)'));
+      },
+    };
+  }
+
+  /** client-info: libvirt's keys for a local client, then relockd's owner details. */
+  private clientInfoParams(c: ClientConnection<any>, isLock: boolean): TypedParam[] {
+    const p: TypedParam[] = [{ field: 'readonly', type: 'boolean', value: false }];
+    p.push({ field: 'unix_user_id', type: 'int', value: c.peer.uid });
+    const user = userName(c.peer.uid);
+    if (user !== undefined) p.push({ field: 'unix_user_name', type: 'string', value: user });
+    p.push({ field: 'unix_group_id', type: 'int', value: c.peer.gid });
+    const group = groupName(c.peer.gid);
+    if (group !== undefined) p.push({ field: 'unix_group_name', type: 'string', value: group });
+    p.push({ field: 'unix_process_id', type: 'int', value: c.peer.pid });
+    if (isLock) {
+      const ctx = c.ctx as LockClient;
+      const o = registered(ctx.owner);
+      p.push({ field: 'restricted', type: 'boolean', value: ctx.restricted });
+      if (o) {
+        p.push({ field: 'owner_name', type: 'string', value: o.name });
+        p.push({ field: 'owner_uuid', type: 'string', value: o.uuid });
+        p.push({ field: 'owner_id', type: 'uint', value: o.id >>> 0 });
+        p.push({ field: 'owner_pid', type: 'int', value: o.pid | 0 });
+        p.push({ field: 'owner_leases', type: 'uint', value: this.daemon.manager.heldBy(o.pid) });
+      }
+    }
+    return p;
+  }
+
+  // ---- relockd's program ----------------------------------------------------------
+
+  private async reexec(caller: AdminConnState): Promise<ReexecResult> {
+    const d = this.daemon;
+    // A second caller would wait for the first re-exec while being a request
+    // in flight itself, which that re-exec's quiesce waits for: refuse instead.
+    if (d.reexecInProgress) throw ProtocolError.report(ErrorCode.OPERATION_INVALID, ErrorDomain.ADMIN, 'a re-exec is already in progress');
+    const header = caller.current;
+    d.log.warn({ client: caller.conn.id, peer: caller.conn.peer }, 're-exec requested by admin');
+    const r = await d.reexec('admin', header ? { conn: caller.conn, header } : undefined);
+    // Only a failure comes back here: on success this image is gone and the new one replies.
+    return r.ok ? { ok: true, blackoutMs: r.blackoutMs } : { ok: false, blackoutMs: 0, error: r.error };
+  }
+
+  private lastReexec(): LastReexec | null {
+    const l = this.daemon.lastReexec;
+    if (!l) return null;
+    const blackoutMs = l.blackoutMs ?? 0;
+    const result: ReexecResult = l.ok ? { ok: true, blackoutMs } : { ok: false, blackoutMs, error: l.error ?? 'unknown error' };
+    return { at: l.at, result, trigger: l.trigger ?? '', fromVersion: l.fromVersion ?? '', toVersion: l.toVersion ?? '' };
+  }
+
+  /** Owner identities by pid: the owner connection first, then any registered client, then terminations. */
+  private ownersByPid(): Map<number, { owner: OwnerInfo; viaOwnerConnection: boolean }> {
+    const m = new Map<number, { owner: OwnerInfo; viaOwnerConnection: boolean }>();
+    for (const c of this.daemon.lockServer.clients.values()) {
+      const o = registered((c.ctx as LockClient).owner);
+      if (!o) continue;
+      const viaOwnerConnection = o.pid === c.peer.pid;
+      const known = m.get(o.pid);
+      if (!known || (viaOwnerConnection && !known.viaOwnerConnection)) m.set(o.pid, { owner: ownerInfo(o), viaOwnerConnection });
+    }
+    for (const [pid, t] of this.daemon.lockService.terminations) {
+      if (!m.has(pid)) m.set(pid, { owner: ownerInfo(t.owner), viaOwnerConnection: false });
+    }
+    return m;
+  }
+
+  private daemonInfo(): DaemonInfo {
+    const d = this.daemon;
+    const counts = d.manager.counts();
+    const now = Date.now();
+    const terminations: TerminationInfo[] = [...d.lockService.terminations.values()].map((t) => ({
+      owner: ownerInfo(t.owner),
+      since: t.started,
+      phase: String((t as { phase?: unknown }).phase ?? 'terminating'),
+    }));
+    return {
+      version: VERSION,
+      pid: process.pid,
+      startedAt: d.startedAt,
+      uptimeMs: now - d.startedAt,
+      socket: d.opts.socketPath,
+      adminSocket: d.opts.adminSocketPath ?? '',
+      lockClients: d.lockServer.clients.size,
+      adminClients: d.adminServer?.clients.size ?? 0,
+      lockspaces: counts.lockspaces,
+      resources: counts.resources,
+      leases: counts.leases,
+      boot: d.boot,
+      safeMode: d.safeMode || d.manager.refuseAcquire,
+      daemonTimeout: d.autoShutdownTimeout,
+      reexecSupported: true,
+      lastReexec: this.lastReexec(),
+      terminations,
+    };
+  }
+
+  private lockspaces(): LockspaceInfo[] {
+    return this.daemon.manager.allSpaces().map((ls) => {
+      let leases = 0;
+      for (const r of ls.resources.values()) leases += r.owners.length;
+      return { dir: ls.dir, resources: ls.resources.size, leases };
+    });
+  }
+
+  private resources(filter: string | null): ResourceInfo[] {
+    const m = this.daemon.manager;
+    const spaces = filter === null ? m.allSpaces() : filter === '' ? [m.defaultSpace] : [m.spaces.get(filter)];
+    if (spaces[0] === undefined) throw noSuchLockspace(filter!);
+    const owners = this.ownersByPid();
+    const terminating = this.daemon.lockService.terminations;
+    const out: ResourceInfo[] = [];
+    for (const ls of spaces) {
+      for (const r of ls!.resources.values()) {
+        out.push({
+          lockspace: ls!.dir,
+          name: r.name,
+          path: r.path,
+          flags: r.flags,
+          since: r.since,
+          fd: r.fd,
+          dev: r.dev,
+          ino: r.ino,
+          owners: r.owners.map((pid): LeaseOwner => ({ pid, owner: owners.get(pid)?.owner ?? null, terminating: terminating.has(pid) })),
+        });
+      }
+    }
+    return out;
+  }
+
+  private clients(filter: string | null): ClientInfo[] {
+    const servers = this.rpcServers().filter((s) => filter === null || s.name === filter);
+    if (filter !== null && servers.length === 0) {
+      throw ProtocolError.report(95, ErrorDomain.ADMIN, `No server named '${filter}'`);
+    }
+    const held = new Map<number, number>();
+    for (const ls of this.daemon.manager.allSpaces()) {
+      for (const r of ls.resources.values()) for (const pid of new Set(r.owners)) held.set(pid, (held.get(pid) ?? 0) + 1);
+    }
+    const out: ClientInfo[] = [];
+    for (const s of servers) {
+      const isLock = s === this.daemon.lockServer;
+      for (const c of [...s.clients.values()].sort((a, b) => a.id - b.id)) {
+        const ctx = isLock ? (c.ctx as LockClient) : null;
+        const o = ctx ? registered(ctx.owner) : null;
+        out.push({
+          server: s.name,
+          id: c.id,
+          connTime: c.connTime,
+          pid: c.peer.pid,
+          uid: c.peer.uid,
+          gid: c.peer.gid,
+          owner: o ? ownerInfo(o) : null,
+          restricted: ctx?.restricted ?? false,
+          ownerConnection: o !== null && o.pid === c.peer.pid,
+          leases: o ? (held.get(o.pid) ?? 0) : 0,
+        });
+      }
+    }
+    return out;
+  }
+}
+
+function registered(o: Owner | null | undefined): Owner | null {
+  return o && o.id !== 0 ? o : null;
+}
+
+function ownerInfo(o: Owner): OwnerInfo {
+  return { uuid: o.uuid, name: o.name, id: o.id >>> 0, pid: o.pid >>> 0 };
+}

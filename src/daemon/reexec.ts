@@ -1,0 +1,232 @@
+// Live re-exec (SIGUSR1): replace the program image in place, same pid,
+// without dropping a lock or a connection.
+//
+// Old image: quiesce (stop reading and accepting, let requests in flight
+// finish, bounded) → snapshot → validate → write atomically → clear
+// FD_CLOEXEC on every fd to keep → RELOADING=1 → execve. All of that after
+// the quiesce runs in one synchronous stretch, so nothing can be accepted,
+// read or changed between the snapshot and the exec.
+//
+// Any failure before execve is undone: CLOEXEC restored, clients resumed,
+// the old image keeps serving, and the failure is reported. (virtlockd exits
+// here and every lock is lost.)
+
+import { closeSync, openSync, renameSync, unlinkSync, writeSync } from 'node:fs';
+import { dirname, basename, join } from 'node:path';
+import { constants } from 'node:os';
+import * as native from '../native.js';
+import type { ClientConnection } from '../rpc/connection.js';
+import type { Header } from '../rpc/packet.js';
+import { buildState } from '../state/snapshot.js';
+import type { ReexecRecord, StateDocument, TerminationState } from '../state/document.js';
+import { validateState } from '../state/validate.js';
+import type { Daemon } from './daemon.js';
+
+export type ReexecResult =
+  | { ok: true; blackoutMs: number; version: string }
+  | { ok: false; error: string };
+
+/** A call whose reply the new image sends (the admin "re-exec" call itself). */
+export interface ReplyAfterExec {
+  conn: ClientConnection<any>;
+  header: Header;
+}
+
+/** Environment marker: lets the new image know the state file is its own. */
+export const REEXEC_ENV = 'RELOCKD_REEXEC';
+
+export class ReexecFailure extends Error {
+  override name = 'ReexecFailure';
+}
+
+/** Writes `data` to `path` atomically: temp file 0600, fsync, rename. */
+export function writeFileAtomic(path: string, data: string): void {
+  const tmp = join(dirname(path), `.${basename(path)}.${process.pid}.tmp`);
+  const fd = openSync(tmp, 'w', 0o600);
+  try {
+    writeSync(fd, data);
+    native.fsync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  try {
+    renameSync(tmp, path);
+  } catch (err) {
+    try {
+      unlinkSync(tmp);
+    } catch {
+      /* ignore */
+    }
+    throw err;
+  }
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export class Reexecutor {
+  private running: Promise<ReexecResult> | null = null;
+
+  constructor(private readonly d: Daemon) {}
+
+  get inProgress(): boolean {
+    return this.running !== null;
+  }
+
+  /** Re-execs; resolves only on failure (on success this image is gone). */
+  run(trigger: string, replyTo?: ReplyAfterExec): Promise<ReexecResult> {
+    if (this.running) {
+      this.d.log.info({ trigger }, 're-exec already in progress; request merged');
+      return this.running;
+    }
+    this.running = this.attempt(trigger, replyTo).finally(() => {
+      this.running = null;
+    });
+    return this.running;
+  }
+
+  private allClients(): ClientConnection<any>[] {
+    const out: ClientConnection<any>[] = [...this.d.lockServer.clients.values()];
+    if (this.d.adminServer) out.push(...this.d.adminServer.clients.values());
+    return out;
+  }
+
+  private async attempt(trigger: string, replyTo?: ReplyAfterExec): Promise<ReexecResult> {
+    const d = this.d;
+    const requestedAtNs = process.hrtime.bigint();
+    const log = d.log.child({ reexec: trigger });
+    log.info('re-exec requested: quiescing');
+    const servers = [d.lockServer, d.adminServer].filter((s) => s !== null);
+    servers.forEach((s) => (s.holdNew = true));
+    d.lockService.frozen = true;
+    const detached = new Map<ClientConnection<any>, { pending: Buffer; unsent: Buffer }>();
+    const cleared: number[] = [];
+    let stdioCloexec: boolean[] = [];
+    let written = false;
+    try {
+      await this.quiesce(replyTo?.conn);
+
+      // ---- synchronous from here to execve --------------------------------
+      for (const c of this.allClients()) if (!c.isClosed) detached.set(c, c.detachForExec());
+      const doc = this.snapshot(trigger, requestedAtNs, detached, replyTo);
+      validateState(doc);
+      writeFileAtomic(d.stateFile, JSON.stringify(doc, null, 2));
+      written = true;
+      const keep = [...doc.relockd!.fds, ...doc.relockd!.orphans].map((f) => f.fd);
+      stdioCloexec = [0, 1, 2].map((fd) => safeGetCloexec(fd));
+      for (const fd of [0, 1, 2]) native.setCloexec(fd, false);
+      for (const fd of keep) {
+        native.setCloexec(fd, false);
+        cleared.push(fd);
+      }
+      d.notify(`RELOADING=1\nMONOTONIC_USEC=${process.hrtime.bigint() / 1000n}\nSTATUS=re-executing`);
+      log.info({ fds: keep.length, stateFile: d.stateFile, argv: d.originalArgv }, 're-exec: state written, executing');
+      // A SIGUSR1 arriving now stays pending until the new image is ready for it.
+      native.sigmask('block', [constants.signals.SIGUSR1]);
+      const env = { ...process.env, [REEXEC_ENV]: `${process.pid}:${requestedAtNs}` };
+      native.execve(d.execPath, d.originalArgv, Object.entries(env).map(([k, v]) => `${k}=${v}`));
+      throw new ReexecFailure('execve returned'); // not reached: execve throws on failure
+    } catch (err) {
+      // ---- failure before execve: undo everything, keep serving -------------
+      native.sigmask('unblock', [constants.signals.SIGUSR1]);
+      for (const fd of cleared) trySetCloexec(fd, true);
+      stdioCloexec.forEach((on, fd) => trySetCloexec(fd, on));
+      if (written) {
+        try {
+          unlinkSync(d.stateFile);
+        } catch {
+          /* ignore */
+        }
+      }
+      for (const c of detached.keys()) if (!c.isClosed) c.reattachAfterFailedExec();
+      servers.forEach((s) => (s.holdNew = false));
+      for (const c of this.allClients()) if (!detached.has(c) && !c.isClosed) c.release();
+      d.lockService.frozen = false;
+      d.resumeFrozenTerminations();
+      const error = describe(err);
+      const rec: ReexecRecord = { at: Date.now(), ok: false, error, trigger, fromVersion: d.version };
+      d.recordReexec(rec);
+      log.error({ err: error }, 're-exec failed before execve: still serving in the old image, every lock held');
+      d.notify('READY=1\nSTATUS=re-exec failed; serving');
+      return { ok: false, error };
+    }
+  }
+
+  /** Stops dispatching, then waits (bounded) until nothing is in flight. */
+  private async quiesce(exempt?: ClientConnection<any>): Promise<void> {
+    const d = this.d;
+    const deadline = Date.now() + d.opts.quiesceTimeoutMs;
+    for (;;) {
+      const holds = this.allClients().map((c) => (c === exempt ? Promise.resolve() : c.hold()));
+      const remaining = deadline - Date.now();
+      if (remaining <= 0) throw new ReexecFailure(`requests still in flight after ${d.opts.quiesceTimeoutMs} ms (storage not responding?)`);
+      const settled = Promise.all([...holds, d.manager.settled()]);
+      const timedOut = await Promise.race([settled.then(() => false), sleep(remaining).then(() => true)]);
+      if (timedOut) throw new ReexecFailure(`requests still in flight after ${d.opts.quiesceTimeoutMs} ms (storage not responding?)`);
+      // Stable only if nothing started meanwhile (a termination reaching its
+      // release step, a connection accepted while we waited).
+      const busyClient = this.allClients().some((c) => c !== exempt && c.inFlight);
+      const releasing = [...d.lockService.terminations.values()].some((t) => t.phase === 'releasing');
+      if (!busyClient && !releasing && d.manager.idle) return;
+      await sleep(1);
+    }
+  }
+
+  private snapshot(
+    trigger: string,
+    requestedAtNs: bigint,
+    detached: Map<ClientConnection<any>, { pending: Buffer; unsent: Buffer }>,
+    replyTo?: ReplyAfterExec,
+  ): StateDocument {
+    const d = this.d;
+    const terminations: TerminationState[] = [...d.lockService.terminations.values()].map((t) => ({
+      owner: t.owner,
+      startedAt: t.started,
+      pidfd: t.handle?.pidfd ?? -1,
+      startTime: t.handle?.startTime ?? '0',
+    }));
+    const doc = buildState({
+      pid: process.pid,
+      version: d.version,
+      trigger,
+      requestedAtNs,
+      settings: d.settings(),
+      lock: {
+        server: d.lockServer,
+        privateData: (c) => d.lockService.saveContext(c.ctx),
+        process: (c) => (c.ctx.process ? { pidfd: c.ctx.process.pidfd, startTime: c.ctx.process.startTime } : undefined),
+      },
+      admin: d.adminServer ? { server: d.adminServer, privateData: () => ({}) } : null,
+      manager: d.manager,
+      detached,
+      terminations,
+      orphans: d.orphans,
+      safeMode: d.safeMode,
+      history: d.history,
+    });
+    if (replyTo) {
+      doc.relockd!.pendingReplies = [{ server: replyTo.conn.service.name, clientId: replyTo.conn.id, header: replyTo.header }];
+    }
+    return doc;
+  }
+}
+
+function safeGetCloexec(fd: number): boolean {
+  try {
+    return native.getCloexec(fd);
+  } catch {
+    return true;
+  }
+}
+
+function trySetCloexec(fd: number, on: boolean): void {
+  try {
+    native.setCloexec(fd, on);
+  } catch {
+    /* fd gone */
+  }
+}
+
+function describe(err: unknown): string {
+  const e = err as { code?: string; syscall?: string; message?: string };
+  return e.message ?? String(err);
+}

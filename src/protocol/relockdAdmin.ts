@@ -1,0 +1,421 @@
+// relockd's own admin program, next to libvirt's on the admin socket: what
+// libvirt's admin protocol has no words for (lock spaces, resources and their
+// owners, re-exec, totals). Same framing, same error structure
+// (virNetMessageError, domain VIR_FROM_ADMIN for our own errors).
+//
+// Program number 0x52454C4B ("RELK"), version 1. The XDR, in rpcgen syntax:
+//
+//   const RELOCKD_ADMIN_STRING_MAX = 4194304;
+//   typedef string relockd_string<RELOCKD_ADMIN_STRING_MAX>;
+//
+//   struct relockd_owner {            /* what REGISTER told us */
+//       opaque uuid[16]; relockd_string name; unsigned int id; unsigned int pid;
+//   };
+//   struct relockd_lease_owner {      /* one entry of a resource's owner list */
+//       unsigned int pid;
+//       relockd_owner *owner;         /* null: no registered client names this pid */
+//       bool terminating;             /* its lock connection closed; being ended */
+//   };
+//   struct relockd_resource {
+//       relockd_string lockspace;     /* "" = default lock space */
+//       relockd_string name; relockd_string path;
+//       unsigned int flags;           /* 1 SHARED, 2 AUTOCREATE (first acquirer's) */
+//       hyper since;                  /* epoch ms the lock was taken */
+//       int fd; unsigned hyper dev; unsigned hyper ino;
+//       relockd_lease_owner owners<>; /* acquisition order, duplicates possible */
+//   };
+//   struct relockd_lockspace { relockd_string dir; unsigned int resources; unsigned int leases; };
+//   struct relockd_client {
+//       relockd_string server; unsigned hyper id; hyper conn_time; /* epoch s */
+//       int pid; unsigned int uid; unsigned int gid;
+//       relockd_owner *owner; bool restricted;
+//       bool owner_connection;        /* peer pid == owner pid (QEMU's inherited connection) */
+//       unsigned int leases;          /* resources listing the owner's pid */
+//   };
+//   struct relockd_reexec_result { bool ok; unsigned int blackout_ms; relockd_string *error; };
+//   struct relockd_last_reexec {
+//       hyper at; /* epoch ms */ relockd_reexec_result result;
+//       relockd_string trigger; relockd_string from_version; relockd_string to_version; /* '' = unknown */
+//   };
+//   struct relockd_termination { relockd_owner owner; hyper since; relockd_string phase; };
+//   struct relockd_daemon_info {
+//       relockd_string version; unsigned int pid; hyper started_at; /* epoch ms */
+//       unsigned hyper uptime_ms;
+//       relockd_string socket; relockd_string admin_socket;
+//       unsigned int lock_clients; unsigned int admin_clients;
+//       unsigned int lockspaces; unsigned int resources; unsigned int leases;
+//       relockd_string boot;          /* fresh | restored | safe-mode */
+//       bool safe_mode; unsigned int daemon_timeout; /* s, 0 = none */
+//       bool reexec_supported; relockd_last_reexec *last_reexec;
+//       relockd_termination terminations<>;
+//   };
+//
+//   procedures (all args end with `unsigned int flags`, which must be 0):
+//     1 GET_DAEMON_INFO   (flags)                          -> relockd_daemon_info
+//     2 LIST_LOCKSPACES   (flags)                          -> relockd_lockspace<>
+//     3 LIST_RESOURCES    (relockd_string *lockspace, flags) -> relockd_resource<>
+//     4 LIST_CLIENTS      (relockd_string *server, flags)  -> relockd_client<>
+//     5 REEXEC            (flags)                          -> relockd_reexec_result
+//
+// Cleanup of lease files (relockctl cleanup) uses LIST_RESOURCES: dev/ino say
+// which files relockd holds; a lock probe from relockctl covers everyone else.
+
+import { ErrorCode, ErrorDomain, ProtocolError } from '../rpc/errors.js';
+import type { Procedure, Program } from '../rpc/program.js';
+import { defineProgram } from '../rpc/program.js';
+import type { XdrReader, XdrWriter } from '../rpc/xdr.js';
+import type { AdminContext } from './admin.js';
+import { uuidFromString, uuidToString } from './lockspace.js';
+
+export const RELOCKD_ADMIN_PROGRAM = 0x52454c4b; // "RELK"
+export const RELOCKD_ADMIN_VERSION = 1;
+export const RELOCKD_ADMIN_STRING_MAX = 4194304;
+/** Bound on every list (the 32 MiB message limit comes first in practice). */
+export const RELOCKD_ADMIN_LIST_MAX = 4_000_000;
+
+export const RelockdProc = {
+  GET_DAEMON_INFO: 1,
+  LIST_LOCKSPACES: 2,
+  LIST_RESOURCES: 3,
+  LIST_CLIENTS: 4,
+  REEXEC: 5,
+} as const;
+
+// ---- types -------------------------------------------------------------------------
+
+export interface OwnerInfo {
+  uuid: string;
+  name: string;
+  id: number;
+  pid: number;
+}
+
+export interface LeaseOwner {
+  pid: number;
+  owner: OwnerInfo | null;
+  terminating: boolean;
+}
+
+export interface ResourceInfo {
+  lockspace: string;
+  name: string;
+  path: string;
+  flags: number;
+  since: number;
+  fd: number;
+  dev: number;
+  ino: number;
+  owners: LeaseOwner[];
+}
+
+export interface LockspaceInfo {
+  dir: string;
+  resources: number;
+  leases: number;
+}
+
+export interface ClientInfo {
+  server: string;
+  id: number;
+  connTime: number;
+  pid: number;
+  uid: number;
+  gid: number;
+  owner: OwnerInfo | null;
+  restricted: boolean;
+  ownerConnection: boolean;
+  leases: number;
+}
+
+export type ReexecResult = { ok: true; blackoutMs: number } | { ok: false; blackoutMs: number; error: string };
+
+export interface LastReexec {
+  at: number;
+  result: ReexecResult;
+  trigger: string;
+  fromVersion: string;
+  toVersion: string;
+}
+
+export interface TerminationInfo {
+  owner: OwnerInfo;
+  since: number;
+  phase: string;
+}
+
+export interface DaemonInfo {
+  version: string;
+  pid: number;
+  startedAt: number;
+  uptimeMs: number;
+  socket: string;
+  adminSocket: string;
+  lockClients: number;
+  adminClients: number;
+  lockspaces: number;
+  resources: number;
+  leases: number;
+  boot: string;
+  safeMode: boolean;
+  daemonTimeout: number;
+  reexecSupported: boolean;
+  lastReexec: LastReexec | null;
+  terminations: TerminationInfo[];
+}
+
+export interface FlagsArgs {
+  flags: number;
+}
+export interface FilterArgs {
+  filter: string | null;
+  flags: number;
+}
+
+// ---- codecs --------------------------------------------------------------------------
+
+const str = (r: XdrReader) => r.string(RELOCKD_ADMIN_STRING_MAX);
+const optStr = (r: XdrReader) => r.optional(str);
+const wOptStr = (w: XdrWriter, s: string | null) => w.optional(s, (wr, v) => wr.string(v));
+const num = (b: bigint) => Number(b);
+
+const owner = {
+  encode: (w: XdrWriter, o: OwnerInfo) => {
+    let uuid: Buffer;
+    try {
+      uuid = uuidFromString(o.uuid);
+    } catch {
+      uuid = Buffer.alloc(16);
+    }
+    w.fixedOpaque(uuid).string(o.name).u32(o.id).u32(o.pid);
+  },
+  decode: (r: XdrReader): OwnerInfo => ({ uuid: uuidToString(r.fixedOpaque(16)), name: str(r), id: r.u32(), pid: r.u32() }),
+};
+
+const leaseOwner = {
+  encode: (w: XdrWriter, o: LeaseOwner) => {
+    w.u32(o.pid);
+    w.optional(o.owner, owner.encode);
+    w.bool(o.terminating);
+  },
+  decode: (r: XdrReader): LeaseOwner => ({ pid: r.u32(), owner: r.optional(owner.decode), terminating: r.bool() }),
+};
+
+const resource = {
+  encode: (w: XdrWriter, x: ResourceInfo) => {
+    w.string(x.lockspace).string(x.name).string(x.path).u32(x.flags).i64(BigInt(Math.trunc(x.since))).i32(x.fd);
+    w.u64(BigInt(Math.max(0, Math.trunc(x.dev)))).u64(BigInt(Math.max(0, Math.trunc(x.ino))));
+    w.array(x.owners, leaseOwner.encode);
+  },
+  decode: (r: XdrReader): ResourceInfo => ({
+    lockspace: str(r),
+    name: str(r),
+    path: str(r),
+    flags: r.u32(),
+    since: num(r.i64()),
+    fd: r.i32(),
+    dev: num(r.u64()),
+    ino: num(r.u64()),
+    owners: r.array(RELOCKD_ADMIN_LIST_MAX, leaseOwner.decode),
+  }),
+};
+
+const lockspace = {
+  encode: (w: XdrWriter, x: LockspaceInfo) => w.string(x.dir).u32(x.resources).u32(x.leases),
+  decode: (r: XdrReader): LockspaceInfo => ({ dir: str(r), resources: r.u32(), leases: r.u32() }),
+};
+
+const client = {
+  encode: (w: XdrWriter, c: ClientInfo) => {
+    w.string(c.server).u64(BigInt(c.id)).i64(BigInt(c.connTime)).i32(c.pid).u32(c.uid).u32(c.gid);
+    w.optional(c.owner, owner.encode);
+    w.bool(c.restricted).bool(c.ownerConnection).u32(c.leases);
+  },
+  decode: (r: XdrReader): ClientInfo => ({
+    server: str(r),
+    id: num(r.u64()),
+    connTime: num(r.i64()),
+    pid: r.i32(),
+    uid: r.u32(),
+    gid: r.u32(),
+    owner: r.optional(owner.decode),
+    restricted: r.bool(),
+    ownerConnection: r.bool(),
+    leases: r.u32(),
+  }),
+};
+
+const reexecResult = {
+  encode: (w: XdrWriter, x: ReexecResult) => {
+    w.bool(x.ok).u32(Math.max(0, Math.round(x.blackoutMs)));
+    wOptStr(w, x.ok ? null : x.error);
+  },
+  decode: (r: XdrReader): ReexecResult => {
+    const ok = r.bool();
+    const blackoutMs = r.u32();
+    const error = optStr(r);
+    return ok ? { ok: true, blackoutMs } : { ok: false, blackoutMs, error: error ?? 'unknown error' };
+  },
+};
+
+const termination = {
+  encode: (w: XdrWriter, t: TerminationInfo) => {
+    owner.encode(w, t.owner);
+    w.i64(BigInt(Math.trunc(t.since))).string(t.phase);
+  },
+  decode: (r: XdrReader): TerminationInfo => ({ owner: owner.decode(r), since: num(r.i64()), phase: str(r) }),
+};
+
+const daemonInfo = {
+  encode: (w: XdrWriter, d: DaemonInfo) => {
+    w.string(d.version).u32(d.pid).i64(BigInt(Math.trunc(d.startedAt))).u64(BigInt(Math.max(0, Math.trunc(d.uptimeMs))));
+    w.string(d.socket).string(d.adminSocket);
+    w.u32(d.lockClients).u32(d.adminClients).u32(d.lockspaces).u32(d.resources).u32(d.leases);
+    w.string(d.boot).bool(d.safeMode).u32(d.daemonTimeout).bool(d.reexecSupported);
+    w.optional(d.lastReexec, (wr, l) => {
+      wr.i64(BigInt(Math.trunc(l.at)));
+      reexecResult.encode(wr, l.result);
+      wr.string(l.trigger).string(l.fromVersion).string(l.toVersion);
+    });
+    w.array(d.terminations, termination.encode);
+  },
+  decode: (r: XdrReader): DaemonInfo => ({
+    version: str(r),
+    pid: r.u32(),
+    startedAt: num(r.i64()),
+    uptimeMs: num(r.u64()),
+    socket: str(r),
+    adminSocket: str(r),
+    lockClients: r.u32(),
+    adminClients: r.u32(),
+    lockspaces: r.u32(),
+    resources: r.u32(),
+    leases: r.u32(),
+    boot: str(r),
+    safeMode: r.bool(),
+    daemonTimeout: r.u32(),
+    reexecSupported: r.bool(),
+    lastReexec: r.optional((rd) => ({ at: num(rd.i64()), result: reexecResult.decode(rd), trigger: str(rd), fromVersion: str(rd), toVersion: str(rd) })),
+    terminations: r.array(RELOCKD_ADMIN_LIST_MAX, termination.decode),
+  }),
+};
+
+export const relockdCodec = {
+  flags: {
+    decode: (r: XdrReader): FlagsArgs => ({ flags: r.u32() }),
+    encode: (w: XdrWriter, a: FlagsArgs) => w.u32(a.flags),
+  },
+  filter: {
+    decode: (r: XdrReader): FilterArgs => ({ filter: optStr(r), flags: r.u32() }),
+    encode: (w: XdrWriter, a: FilterArgs) => wOptStr(w, a.filter).u32(a.flags),
+  },
+  daemonInfo,
+  lockspaces: {
+    encode: (w: XdrWriter, v: LockspaceInfo[]) => w.array(v, lockspace.encode),
+    decode: (r: XdrReader): LockspaceInfo[] => r.array(RELOCKD_ADMIN_LIST_MAX, lockspace.decode),
+  },
+  resources: {
+    encode: (w: XdrWriter, v: ResourceInfo[]) => w.array(v, resource.encode),
+    decode: (r: XdrReader): ResourceInfo[] => r.array(RELOCKD_ADMIN_LIST_MAX, resource.decode),
+  },
+  clients: {
+    encode: (w: XdrWriter, v: ClientInfo[]) => w.array(v, client.encode),
+    decode: (r: XdrReader): ClientInfo[] => r.array(RELOCKD_ADMIN_LIST_MAX, client.decode),
+  },
+  reexecResult,
+};
+
+// ---- what the table needs ------------------------------------------------------------
+
+export interface RelockdAdminBackend {
+  daemonInfo(): DaemonInfo;
+  lockspaces(): LockspaceInfo[];
+  /** filter: a lock-space directory ('' = default), or null for all. */
+  resources(filter: string | null): ResourceInfo[];
+  /** filter: a server name, or null for all. */
+  clients(filter: string | null): ClientInfo[];
+  /**
+   * Re-execs; `caller` is the asking connection, whose reply the new image
+   * sends. Absent when this build cannot re-exec.
+   */
+  reexec?: (caller: AdminContext) => Promise<ReexecResult>;
+}
+
+// ---- errors ------------------------------------------------------------------------------
+
+const fnName = (s: string) => `relockdAdminDispatch${s}`;
+
+function checkFlags(flags: number, fn: string): void {
+  if (flags === 0) return;
+  const e = ProtocolError.unsupportedFlags(flags, fn);
+  throw new ProtocolError({ ...e.wire, domain: ErrorDomain.ADMIN });
+}
+
+export const reexecUnsupported = () =>
+  ProtocolError.report(ErrorCode.NO_SUPPORT, ErrorDomain.ADMIN, 're-exec is not available in this relockd build');
+
+export const noSuchLockspace = (dir: string) =>
+  ProtocolError.report(ErrorCode.INVALID_ARG, ErrorDomain.ADMIN, `relockd has no lock space '${dir}'`);
+
+// ---- the table ------------------------------------------------------------------------------
+
+type Row = Procedure<AdminContext, any, any>;
+
+function rows(b: RelockdAdminBackend): Row[] {
+  return [
+    {
+      proc: RelockdProc.GET_DAEMON_INFO,
+      name: 'GET_DAEMON_INFO',
+      decodeArgs: relockdCodec.flags.decode,
+      encodeRet: relockdCodec.daemonInfo.encode,
+      handle: (_c, a: FlagsArgs) => {
+        checkFlags(a.flags, fnName('GetDaemonInfo'));
+        return b.daemonInfo();
+      },
+    },
+    {
+      proc: RelockdProc.LIST_LOCKSPACES,
+      name: 'LIST_LOCKSPACES',
+      decodeArgs: relockdCodec.flags.decode,
+      encodeRet: relockdCodec.lockspaces.encode,
+      handle: (_c, a: FlagsArgs) => {
+        checkFlags(a.flags, fnName('ListLockspaces'));
+        return b.lockspaces();
+      },
+    },
+    {
+      proc: RelockdProc.LIST_RESOURCES,
+      name: 'LIST_RESOURCES',
+      decodeArgs: relockdCodec.filter.decode,
+      encodeRet: relockdCodec.resources.encode,
+      handle: (_c, a: FilterArgs) => {
+        checkFlags(a.flags, fnName('ListResources'));
+        return b.resources(a.filter);
+      },
+    },
+    {
+      proc: RelockdProc.LIST_CLIENTS,
+      name: 'LIST_CLIENTS',
+      decodeArgs: relockdCodec.filter.decode,
+      encodeRet: relockdCodec.clients.encode,
+      handle: (_c, a: FilterArgs) => {
+        checkFlags(a.flags, fnName('ListClients'));
+        return b.clients(a.filter);
+      },
+    },
+    {
+      proc: RelockdProc.REEXEC,
+      name: 'REEXEC',
+      decodeArgs: relockdCodec.flags.decode,
+      encodeRet: relockdCodec.reexecResult.encode,
+      handle: (c, a: FlagsArgs) => {
+        checkFlags(a.flags, fnName('Reexec'));
+        if (!b.reexec) throw reexecUnsupported();
+        return b.reexec(c);
+      },
+    },
+  ];
+}
+
+export function relockdAdminProgram(backend: RelockdAdminBackend): Program<AdminContext> {
+  return defineProgram('relockd-admin', RELOCKD_ADMIN_PROGRAM, RELOCKD_ADMIN_VERSION, rows(backend));
+}

@@ -1,0 +1,145 @@
+// The re-exec state document: virtlockd 9.0's format (spec 6.3), so that
+// either daemon's state can be read, plus one `relockd` object for what
+// virtlockd does not carry. schemas/state.schema.json is the authority; these
+// types mirror it.
+
+export interface SocketState {
+  fd: number;
+  errfd: number;
+  pid: number;
+  isClient: boolean;
+  unlinkUNIX?: boolean;
+}
+
+export interface ServiceState {
+  auth: number;
+  readonly: boolean;
+  nrequests_client_max: number;
+  socks: SocketState[];
+}
+
+export interface LockPrivateData {
+  restricted: boolean;
+  ownerPid: number;
+  ownerId: number;
+  ownerName: string;
+  ownerUUID: string;
+}
+
+export interface ClientState {
+  id?: number;
+  auth: number;
+  auth_pending?: boolean;
+  readonly: boolean;
+  nrequests_max: number;
+  conn_time?: number;
+  sock: SocketState;
+  privateData: LockPrivateData | Record<string, never>;
+}
+
+export interface ServerState {
+  min_workers: number;
+  max_workers: number;
+  priority_workers: number;
+  max_clients: number;
+  max_anonymous_clients?: number;
+  keepaliveInterval: number;
+  keepaliveCount: number;
+  keepaliveRequired?: boolean;
+  next_client_id?: number;
+  services: ServiceState[];
+  clients: ClientState[];
+}
+
+export interface ResourceState {
+  name: string;
+  path: string;
+  fd: number;
+  lockHeld: boolean;
+  flags: number;
+  owners: number[];
+}
+
+export interface LockspaceState {
+  directory?: string;
+  resources: ResourceState[];
+}
+
+/** What an fd is, and which file it must still be after execve. */
+export interface FdIdentity {
+  fd: number;
+  kind: 'listener' | 'client' | 'resource' | 'pidfd';
+  /** st_dev and st_ino as decimal strings (inode numbers can exceed 2^53). */
+  dev: string;
+  ino: string;
+}
+
+export interface RelockdClientExtra {
+  server: string;
+  id: number;
+  /** Bytes received but not yet dispatched (base64). */
+  pending: string;
+  /** Reply bytes not yet written (base64); normally empty after quiescing. */
+  unsent: string;
+  /** Owner identity for connections whose peer registered itself. */
+  process?: { pidfd: number; startTime: string };
+}
+
+export interface TerminationState {
+  owner: { uuid: string; name: string; id: number; pid: number };
+  startedAt: number;
+  pidfd: number;
+  startTime: string;
+}
+
+export interface ListenerState {
+  server: string;
+  fd: number;
+  path: string;
+  unlinkOnClose: boolean;
+}
+
+export interface RelockdExtension {
+  formatVersion: 1;
+  version: string;
+  /** CLOCK_MONOTONIC ns when the re-exec was requested (blackout start). */
+  requestedAtNs: string;
+  trigger: string;
+  settings: Record<string, unknown>;
+  listeners: ListenerState[];
+  clients: RelockdClientExtra[];
+  resources: Array<{ fd: number; since: number; classic?: boolean }>;
+  terminations: TerminationState[];
+  fds: FdIdentity[];
+  /** Inherited fds a safe-mode image could not interpret; kept open forever. */
+  orphans: FdIdentity[];
+  safeMode: boolean;
+  history: ReexecRecord[];
+  /** Calls the old image took whose reply the new image sends (admin re-exec). */
+  pendingReplies?: PendingReply[];
+}
+
+export interface PendingReply {
+  server: string;
+  clientId: number;
+  header: { prog: number; vers: number; proc: number; type: number; serial: number; status: number };
+}
+
+export interface ReexecRecord {
+  at: number;
+  ok: boolean;
+  blackoutMs?: number;
+  error?: string;
+  trigger: string;
+  fromVersion?: string;
+  toVersion?: string;
+}
+
+export interface StateDocument {
+  daemon?: { servers: Record<string, ServerState> | ServerState[] } | ServerState;
+  server?: ServerState;
+  defaultLockspace: LockspaceState;
+  lockspaces: LockspaceState[];
+  magic: string;
+  relockd?: RelockdExtension;
+}
