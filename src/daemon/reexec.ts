@@ -227,6 +227,7 @@ function trySetCloexec(fd: number, on: boolean): void {
 }
 
 function describe(err: unknown): string {
-  const e = err as { code?: string; syscall?: string; message?: string };
-  return e.message ?? String(err);
+  const e = err as { code?: unknown; message?: string };
+  const msg = e.message ?? String(err);
+  return typeof e.code === 'string' && !msg.includes(e.code) ? `${msg} (${e.code})` : msg;
 }

@@ -41,11 +41,17 @@ export interface StartedDaemon {
   logs(): string;
   stop(): Promise<void>;
   kill(signal?: NodeJS.Signals): void;
+  /** SIGUSR1, then wait until the new image reports back (relockd: 're-exec complete'). */
+  reexec?(timeoutMs?: number): Promise<void>;
   child: ChildProcess;
 }
 
 export interface RelockdOptions {
   dir?: string;
+  /** Entry script (default: this checkout's bin/relockd.cjs). */
+  bin?: string;
+  /** Node binary (default: the one running the tests). */
+  node?: string;
   args?: string[];
   env?: NodeJS.ProcessEnv;
   logLevel?: string;
@@ -91,7 +97,7 @@ export async function startRelockd(opts: RelockdOptions = {}): Promise<StartedDa
   const dir = opts.dir ?? mkdtempSync(join(tmpdir(), 'relockd-test-'));
   const socketPath = join(dir, 'relockd.sock');
   let logs = '';
-  const child = spawn('/usr/bin/env', [...ENV_PREFIX, process.execPath, ...NODE_FLAGS, RELOCKD_BIN, '--runtime-dir', dir, '--socket', socketPath, '--log-level', opts.logLevel ?? 'debug', ...(opts.args ?? [])], {
+  const child = spawn('/usr/bin/env', [...ENV_PREFIX, opts.node ?? process.execPath, ...NODE_FLAGS, opts.bin ?? RELOCKD_BIN, '--runtime-dir', dir, '--socket', socketPath, '--log-level', opts.logLevel ?? 'debug', ...(opts.args ?? [])], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: cleanEnv(opts.env),
   });
@@ -115,6 +121,21 @@ export async function startRelockd(opts: RelockdOptions = {}): Promise<StartedDa
     logs: () => logs,
     kill: (sig = 'SIGKILL') => {
       if (!dead) process.kill(child.pid!, sig);
+    },
+    reexec: async (timeoutMs = 15000) => {
+      const n = (re: RegExp) => (logs.match(re) ?? []).length;
+      const DONE = /"msg":"re-exec complete"/g;
+      const FAILED = /"msg":"re-exec failed before execve[^"]*"/g;
+      const done0 = n(DONE);
+      const failed0 = n(FAILED);
+      process.kill(child.pid!, 'SIGUSR1');
+      const end = Date.now() + timeoutMs;
+      while (n(DONE) === done0 && n(FAILED) === failed0) {
+        if (dead) throw new Error(`daemon died during re-exec\n${logs.slice(-4000)}`);
+        if (Date.now() > end) throw new Error(`re-exec did not complete in ${timeoutMs} ms\n${logs.slice(-4000)}`);
+        await new Promise((r) => setTimeout(r, 5));
+      }
+      if (n(FAILED) > failed0) throw new Error(`re-exec failed\n${logs.slice(-3000)}`);
     },
     stop: async () => {
       if (!dead) {
