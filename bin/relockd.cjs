@@ -1,5 +1,6 @@
 #!/usr/bin/env -S node --experimental-permission --allow-fs-read=* --allow-fs-write=* --allow-addons --allow-child-process --no-warnings
 'use strict';
+globalThis.__relockdEntryMs = Math.round(performance.now() * 10) / 10; // Node's own start-up
 // Entry point. Its first statements own the signals that would otherwise
 // kill the daemon (and drop every lock) or open Node's inspector while the
 // rest loads; they are queued and replayed once the daemon is ready.

@@ -16,6 +16,7 @@ import { restoreState } from '../state/restore.js';
 import { scanInheritedFds } from '../state/orphans.js';
 import { validateState } from '../state/validate.js';
 import { VERSION } from '../version.js';
+import { bootMarks, mark } from '../bootMarks.js';
 import { AdminService } from './adminService.js';
 import { LockService } from './lockService.js';
 import type { LockClient } from './lockService.js';
@@ -185,8 +186,10 @@ export class Daemon {
   }
 
   private async startFromState(doc: StateDocument, requestedAtNs: bigint | null): Promise<void> {
+    mark('read');
     try {
       validateState(doc);
+      mark('validated');
     } catch (err) {
       await this.startSafeMode([(err as Error).message]);
       return;
@@ -200,6 +203,7 @@ export class Daemon {
       restoreLockContext: (conn, d, proc) => this.lockService.restoreContext(conn.ctx as LockClient, d, proc),
       openProcessHandle,
     });
+    mark('adopted');
     this.orphans = report.orphans;
     this.history = doc.relockd?.history ?? [];
     for (const t of report.terminations) {
@@ -221,7 +225,7 @@ export class Daemon {
       this.boot = 'restored';
     }
     this.log.info(
-      { blackoutMs, listeners: report.listeners, clients: report.clients, resources: report.resources, lockspaces: report.lockspaces, terminations: report.terminations.length, fromVersion: prev?.version, toVersion: this.version, trigger: prev?.trigger },
+      { blackoutMs, bootMs: bootMarks(), listeners: report.listeners, clients: report.clients, resources: report.resources, lockspaces: report.lockspaces, terminations: report.terminations.length, fromVersion: prev?.version, toVersion: this.version, trigger: prev?.trigger },
       're-exec complete',
     );
   }

@@ -1,0 +1,68 @@
+// relockd's command line as one table: yargs builds the interactive parser
+// (help, usage errors) from it, and a re-exec'd image parses the same argv
+// with node:util's parseArgs from it — argv never changes across a re-exec
+// and was validated by yargs at first start, and importing yargs would add
+// 60-100 ms to every re-exec blackout.
+
+import { parseArgs as utilParseArgs } from 'node:util';
+import { defaultTermination } from '../daemon/terminator.js';
+import { LOG_LEVELS } from '../log.js';
+
+interface OptionSpec {
+  alias?: string;
+  type: 'boolean' | 'string' | 'number';
+  default?: boolean | string | number;
+  describe: string;
+  choices?: readonly string[];
+  /** May be given more than once (collected into an array). */
+  array?: boolean;
+}
+
+export const RELOCKD_OPTIONS: Record<string, OptionSpec> = {
+  daemon: { alias: 'd', type: 'boolean', default: false, describe: 'run in the background' },
+  config: { alias: 'f', type: 'string', describe: 'configuration file' },
+  'pid-file': { alias: 'p', type: 'string', describe: 'pid file' },
+  timeout: { alias: 't', type: 'number', describe: 'exit after SECS idle (no client, no lease)' },
+  verbose: { alias: 'v', type: 'boolean', default: false, describe: 'log debug events' },
+  'log-level': { type: 'string', choices: LOG_LEVELS, describe: 'minimum log level' },
+  socket: { type: 'string', describe: 'main socket path' },
+  'admin-socket': { type: 'string', describe: 'admin socket path (virt-admin and relockctl)' },
+  'state-file': { type: 'string', describe: 're-exec state file path (default: in the runtime directory)' },
+  'runtime-dir': { type: 'string', describe: 'directory for sockets, pid and state files' },
+  'term-grace': { type: 'number', default: defaultTermination.termGraceMs / 1000, describe: 'seconds between SIGTERM and SIGKILL of an owner that lost its connection while holding leases' },
+  'storage-timeout': { type: 'number', default: 30, describe: 'seconds a storage call may take before the request fails' },
+};
+
+export interface CliArgs {
+  daemon: boolean;
+  config?: string;
+  pidFile?: string;
+  timeout?: number;
+  verbose: boolean;
+  logLevel?: string;
+  socket?: string;
+  adminSocket?: string;
+  stateFile?: string;
+  runtimeDir?: string;
+  termGrace: number;
+  storageTimeout: number;
+}
+
+const camel = (s: string) => s.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
+
+/** Fast parse of an argv that yargs already accepted once (re-exec path). */
+export function parseKnownArgs(argv: string[]): CliArgs {
+  const options: Record<string, { type: 'string' | 'boolean'; short?: string }> = {};
+  for (const [name, spec] of Object.entries(RELOCKD_OPTIONS)) {
+    options[name] = { type: spec.type === 'boolean' ? 'boolean' : 'string', ...(spec.alias ? { short: spec.alias } : {}) };
+  }
+  const { values } = utilParseArgs({ args: argv, options, strict: true, allowPositionals: false });
+  const out: Record<string, unknown> = {};
+  for (const [name, spec] of Object.entries(RELOCKD_OPTIONS)) {
+    let v: unknown = (values as Record<string, unknown>)[name];
+    if (v === undefined) v = spec.default;
+    else if (spec.type === 'number') v = Number(v);
+    if (v !== undefined) out[camel(name)] = v;
+  }
+  return out as unknown as CliArgs;
+}

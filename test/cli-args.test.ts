@@ -1,0 +1,28 @@
+// The re-exec path parses argv with node:util from the same option table as
+// yargs; both must read every argv the same way.
+import t from 'tap';
+import { parseArgs } from '../src/cli/relockd.js';
+import { parseKnownArgs } from '../src/cli/relockdOptions.js';
+
+const corpus: string[][] = [
+  [],
+  ['--socket', '/tmp/x.sock', '--runtime-dir', '/tmp/rt'],
+  ['-v', '--log-level', 'warn'],
+  ['--term-grace', '1.5', '--storage-timeout', '2'],
+  ['--state-file=/tmp/s.json', '--admin-socket', '/tmp/a'],
+  ['-p', '/tmp/pid', '-f', '/tmp/conf', '-t', '30', '-d'],
+];
+
+t.test('yargs and the re-exec parser agree', async (t) => {
+  for (const argv of corpus) {
+    const y = (await parseArgs(argv)) as unknown as Record<string, unknown>;
+    const k = parseKnownArgs(argv) as unknown as Record<string, unknown>;
+    const pick = (o: Record<string, unknown>) => Object.fromEntries(Object.keys(k).map((key) => [key, o[key]]));
+    t.same(pick(y), k, argv.join(' ') || '(no arguments)');
+  }
+});
+
+t.test('yargs refuses unknown options; the table has no positional arguments', async (t) => {
+  await t.rejects(parseArgs(['--no-such-flag']));
+  t.throws(() => parseKnownArgs(['stray']));
+});
