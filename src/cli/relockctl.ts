@@ -121,7 +121,8 @@ function connectionError(e: unknown, path: string, what: string): CtlError {
       errno: code,
     });
   }
-  if (e instanceof ConnectionClosedError) {
+  // The daemon accepts, checks the peer's uid, and closes at once: we see EOF, EPIPE or ECONNRESET.
+  if (e instanceof ConnectionClosedError || code === 'EPIPE' || code === 'ECONNRESET') {
     let owner = '';
     try {
       owner = ` (the socket belongs to uid ${statSync(path).uid})`;

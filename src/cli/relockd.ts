@@ -11,6 +11,7 @@ import type { CliArgs } from './relockdOptions.js';
 import { REEXEC_ENV } from '../daemon/reexec.js';
 import { VERSION } from '../version.js';
 import { mark } from '../bootMarks.js';
+import { PidFileBusyError } from '../daemon/pidFile.js';
 
 /** Interactive parse: help, version, strict usage errors. */
 export async function parseArgs(argv: string[]): Promise<CliArgs> {
@@ -39,8 +40,6 @@ function refuseUnsupported(a: CliArgs): void {
   const unsupported: Array<[boolean, string]> = [
     [a.daemon, '-d/--daemon'],
     [a.config !== undefined, '-f/--config'],
-    [a.pidFile !== undefined, '-p/--pid-file'],
-    [a.timeout !== undefined, '-t/--timeout'],
   ];
   for (const [given, flag] of unsupported) {
     if (given) throw new UsageError(`${flag} is not supported yet`);
@@ -55,6 +54,8 @@ export async function main(argv: string[], originalArgv?: string[]): Promise<Dae
     args = process.env[REEXEC_ENV] ? parseKnownArgs(argv) : await parseArgs(argv);
     refuseUnsupported(args);
     if (!(args.termGrace >= 0) || !(args.storageTimeout > 0)) throw new UsageError('--term-grace and --storage-timeout take positive numbers of seconds');
+    if (args.timeout !== undefined && !(Number.isInteger(args.timeout) && args.timeout >= 0 && args.timeout <= 2147483)) throw new UsageError('Invalid value for timeout');
+    for (const dir of args.lockspace ?? []) if (!dir.startsWith('/')) throw new UsageError(`--lockspace needs an absolute path: '${dir}'`);
   } catch (err) {
     process.stderr.write(`relockd: error: ${(err as Error).message}\n`);
     process.exit(1);
@@ -71,6 +72,10 @@ export async function main(argv: string[], originalArgv?: string[]): Promise<Dae
       adminMaxClients: 5000,
       stateFile: args.stateFile ?? paths.stateFile,
       quiesceTimeoutMs: 5000,
+      pidFile: args.pidFile ?? paths.pidFile,
+      shutdownPolicy: args.shutdownPolicy ?? 'drain',
+      timeoutSec: args.timeout ? args.timeout : null,
+      lockspaces: args.lockspace ?? [],
       runtimeDir: paths.runtimeDir,
       maxClients: 1024,
       termination: { ...defaultTermination, termGraceMs: args.termGrace * 1000 },
@@ -85,7 +90,8 @@ export async function main(argv: string[], originalArgv?: string[]): Promise<Dae
   } catch (err) {
     log.fatal({ err: (err as Error).message }, 'startup failed');
     process.stderr.write(`relockd: error: ${(err as Error).message}\n`);
-    process.exit(6);
+    // virtlockd's exit codes: 1 pid file, 6 sockets (activation included).
+    process.exit(err instanceof PidFileBusyError ? 1 : 6);
   }
   return daemon;
 }

@@ -31,6 +31,8 @@ export const RELOCKD_OPTIONS: Record<string, OptionSpec> = {
   'runtime-dir': { type: 'string', describe: 'directory for sockets, pid and state files' },
   'term-grace': { type: 'number', default: defaultTermination.termGraceMs / 1000, describe: 'seconds between SIGTERM and SIGKILL of an owner that lost its connection while holding leases' },
   'storage-timeout': { type: 'number', default: 30, describe: 'seconds a storage call may take before the request fails' },
+  'shutdown-policy': { type: 'string', choices: ['drain', 'kill-owners', 'refuse'], describe: 'what SIGTERM does while leases are held (default drain)' },
+  lockspace: { type: 'string', array: true, describe: 'directory lock space to create at start (repeatable)' },
 };
 
 export interface CliArgs {
@@ -46,6 +48,8 @@ export interface CliArgs {
   runtimeDir?: string;
   termGrace: number;
   storageTimeout: number;
+  shutdownPolicy?: 'drain' | 'kill-owners' | 'refuse';
+  lockspace?: string[];
 }
 
 const camel = (s: string) => s.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
@@ -54,7 +58,7 @@ const camel = (s: string) => s.replace(/-([a-z])/g, (_, c: string) => c.toUpperC
 export function parseKnownArgs(argv: string[]): CliArgs {
   const options: Record<string, { type: 'string' | 'boolean'; short?: string }> = {};
   for (const [name, spec] of Object.entries(RELOCKD_OPTIONS)) {
-    options[name] = { type: spec.type === 'boolean' ? 'boolean' : 'string', ...(spec.alias ? { short: spec.alias } : {}) };
+    options[name] = { type: spec.type === 'boolean' ? 'boolean' : 'string', ...(spec.alias ? { short: spec.alias } : {}), ...(spec.array ? { multiple: true } : {}) };
   }
   const { values } = utilParseArgs({ args: argv, options, strict: true, allowPositionals: false });
   const out: Record<string, unknown> = {};

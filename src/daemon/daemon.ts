@@ -23,6 +23,10 @@ import type { LockClient } from './lockService.js';
 import { openProcessHandle } from './terminator.js';
 import type { TerminationOptions } from './terminator.js';
 import { REEXEC_ENV, Reexecutor } from './reexec.js';
+import { ActivationError, takeActivation } from './activation.js';
+import type { ActivatedSockets } from './activation.js';
+import { PidFile } from './pidFile.js';
+import { listenerPath } from '../state/orphans.js';
 import type { ReexecResult, ReplyAfterExec } from './reexec.js';
 import net from 'node:net';
 
@@ -39,7 +43,24 @@ export interface DaemonOptions {
   storagePerKeyConcurrency: number;
   /** How long a re-exec waits for requests in flight before giving up. */
   quiesceTimeoutMs: number;
+  /** null: no pid file. */
+  pidFile: string | null;
+  /** What SIGTERM/SIGINT/SIGQUIT do while leases are held (see requestStop). */
+  shutdownPolicy: ShutdownPolicy;
+  /** Exit after this many idle seconds (no client, no lease); null: never. */
+  timeoutSec: number | null;
+  /** Directory lock spaces created at every start. */
+  lockspaces: string[];
 }
+
+/**
+ * drain: refuse new acquisitions, keep serving releases, exit when the last
+ * lease is gone (host shutdown: libvirt stops the VMs first).
+ * kill-owners: virtlockd's way: terminate every lease-holding owner that has
+ * its own connection, release everything, exit.
+ * refuse: ignore the request while leases are held.
+ */
+export type ShutdownPolicy = 'drain' | 'kill-owners' | 'refuse';
 
 /** How this image came to be. */
 export type BootKind = 'fresh' | 'restored' | 'safe-mode';
@@ -70,8 +91,13 @@ export class Daemon {
   /** Recent re-execs, newest last (carried across re-execs). */
   history: ReexecRecord[] = [];
   boot: BootKind = 'fresh';
+  pidFile: PidFile | null = null;
+  /** Set once a stop was accepted (draining or exiting). */
+  stopping: ShutdownPolicy | null = null;
   private readonly reexecutor = new Reexecutor(this);
-  private stopping = false;
+  private statusTimer: NodeJS.Timeout | null = null;
+  private lastStatus = '';
+  private idleSince = Date.now();
 
   constructor(
     readonly opts: DaemonOptions,
@@ -107,6 +133,8 @@ export class Daemon {
   /** Boots: restores from a re-exec state document if there is one for us, else fresh. */
   async start(): Promise<void> {
     mkdirSync(this.opts.runtimeDir, { recursive: true, mode: 0o700 });
+    // Read (and unset, so children never see them) before anything else.
+    const activated = takeActivation();
     const marker = process.env[REEXEC_ENV];
     delete process.env[REEXEC_ENV];
     const reexecOf = marker ? marker.split(':') : null;
@@ -123,10 +151,12 @@ export class Daemon {
         // We were exec'd by an old image but its document is gone: keep every inherited fd.
         await this.startSafeMode([`state file ${this.stateFile} is missing after a re-exec`]);
       } else {
-        await this.startFresh();
+        await this.startFresh(activated);
       }
     }
     this.manager.refuseAcquire = this.safeMode;
+    await this.createConfiguredLockspaces();
+    this.startTimers();
     this.notify(`READY=1\nSTATUS=${this.statusLine()}`);
     this.log.info({ socket: this.opts.socketPath, version: this.version, boot: this.boot, ...this.manager.counts() }, 'relockd ready');
   }
@@ -179,10 +209,31 @@ export class Daemon {
     }
   }
 
-  private async startFresh(): Promise<void> {
+  private async startFresh(activated: ActivatedSockets | null): Promise<void> {
     this.boot = 'fresh';
+    if (this.opts.pidFile) this.pidFile = PidFile.acquire(this.opts.pidFile);
+    if (activated) {
+      // systemd owns these paths: never unlink them, never bind our own.
+      for (const fd of activated.main) await this.lockServer.adopt(fd, listenerPath(fd) ?? this.opts.socketPath, false);
+      if (activated.admin.length && !this.adminServer) throw new ActivationError('an admin socket was passed but no admin socket is configured');
+      for (const fd of activated.admin) await this.adminServer!.adopt(fd, listenerPath(fd) ?? this.opts.adminSocketPath ?? '', false);
+      if (activated.main.length === 0) throw new ActivationError('socket activation passed no main socket (relockd.socket or virtlockd.socket)');
+      this.log.info({ main: activated.main, admin: activated.admin }, 'socket-activated');
+      return;
+    }
     await this.lockServer.bind(this.opts.socketPath);
     if (this.adminServer && this.opts.adminSocketPath) await this.adminServer.bind(this.opts.adminSocketPath, 0o600);
+  }
+
+  /** Lock-space directories from the configuration exist after every start. */
+  private async createConfiguredLockspaces(): Promise<void> {
+    for (const dir of this.opts.lockspaces) {
+      try {
+        await this.manager.createLockSpace(dir);
+      } catch (err) {
+        this.log.error({ lockspace: dir, err: (err as Error).message }, 'cannot create configured lockspace');
+      }
+    }
   }
 
   private async startFromState(doc: StateDocument, requestedAtNs: bigint | null): Promise<void> {
@@ -204,6 +255,14 @@ export class Daemon {
       openProcessHandle,
     });
     mark('adopted');
+    if (report.pidFile) this.pidFile = PidFile.adopt(report.pidFile.path, report.pidFile.fd);
+    else if (this.opts.pidFile) {
+      try {
+        this.pidFile = PidFile.acquire(this.opts.pidFile);
+      } catch (err) {
+        report.problems.push(`pid file: ${(err as Error).message}`);
+      }
+    }
     this.orphans = report.orphans;
     this.history = doc.relockd?.history ?? [];
     for (const t of report.terminations) {
@@ -349,27 +408,99 @@ export class Daemon {
     }
   }
 
-  /**
-   * SIGTERM/SIGINT/SIGQUIT. With no lease held: clean exit. With leases
-   * held, exiting would either leave VMs running unprotected (locks drop) or
-   * require killing them; relockd does neither and keeps serving, saying
-   * who holds what. (Configurable policies: host-integration issue.)
-   */
-  async requestStop(signal: string): Promise<void> {
-    if (this.stopping) return;
-    const counts = this.manager.counts();
-    if (counts.resources > 0 || this.orphans.length > 0) {
-      const owners = new Set<number>();
-      for (const ls of this.manager.allSpaces()) for (const r of ls.resources.values()) r.owners.forEach((p) => owners.add(p));
-      this.log.warn({ signal, ...counts, orphans: this.orphans.length, ownerPids: [...owners] }, 'stop refused: leases are held; release them (or stop the VMs) first');
+  /** Periodic STATUS= for systemd, and the --timeout idle check. */
+  private startTimers(): void {
+    this.statusTimer = setInterval(() => {
+      const st = this.statusLine();
+      if (st !== this.lastStatus) {
+        this.lastStatus = st;
+        this.notify(`STATUS=${st}`);
+      }
+      this.checkIdle();
+      if (this.stopping === 'drain') void this.finishDrain();
+    }, 250);
+    this.statusTimer.unref();
+  }
+
+  /** No client on any server, no lease, nothing being terminated or kept. */
+  private isIdle(): boolean {
+    const c = this.manager.counts();
+    return this.lockServer.clients.size === 0 && (this.adminServer?.clients.size ?? 0) === 0 && c.resources === 0 && this.orphans.length === 0 && this.lockService.terminations.size === 0;
+  }
+
+  private checkIdle(): void {
+    if (this.opts.timeoutSec === null || this.stopping || this.reexecInProgress) return;
+    if (!this.isIdle()) {
+      this.idleSince = Date.now();
       return;
     }
-    this.stopping = true;
+    if (Date.now() - this.idleSince >= this.opts.timeoutSec * 1000) {
+      this.log.info({ timeoutSec: this.opts.timeoutSec }, 'idle timeout: no client and no lease');
+      void this.exitCleanly('timeout');
+    }
+  }
+
+  /** Owners holding leases, for logs. */
+  private holders(): Array<{ pid: number; resources: string[] }> {
+    const by = new Map<number, string[]>();
+    for (const ls of this.manager.allSpaces()) {
+      for (const r of ls.resources.values()) for (const p of new Set(r.owners)) by.set(p, [...(by.get(p) ?? []), ls.isDefault ? r.name : `${ls.dir}/${r.name}`]);
+    }
+    return [...by].map(([pid, resources]) => ({ pid, resources }));
+  }
+
+  /**
+   * SIGTERM/SIGINT/SIGQUIT. With no lease held every policy exits at once.
+   * With leases held, simply exiting would leave VMs running without their
+   * leases, so the configured policy decides (see ShutdownPolicy).
+   */
+  async requestStop(signal: string): Promise<void> {
+    const held = this.manager.counts().resources > 0 || this.orphans.length > 0 || this.lockService.terminations.size > 0;
+    if (!held) return this.exitCleanly(signal);
+    const policy = this.opts.shutdownPolicy;
+    const holders = this.holders();
+    for (const h of holders) this.log.warn({ signal, policy, ownerPid: h.pid, resources: h.resources }, 'stop requested while this owner holds leases');
+    if (this.stopping) return;
+    if (policy === 'refuse' || this.orphans.length > 0) {
+      this.log.warn({ signal, policy, owners: holders.length, orphans: this.orphans.length }, 'stop refused: leases are held; stop the VMs (or release the leases) first');
+      return;
+    }
+    this.stopping = policy;
+    this.manager.refuseAcquire = true;
     this.notify('STOPPING=1');
-    this.log.info({ signal }, 'stopping: no leases held');
+    if (policy === 'drain') {
+      this.log.warn({ signal, owners: holders.length }, 'draining: new acquisitions refused; exiting when the last lease is released');
+      return;
+    }
+    // kill-owners: like virtlockd, end every owner that holds its own lock
+    // connection, then release everything and exit.
+    this.log.warn({ signal, owners: holders.length }, 'stopping: terminating every lease-holding owner, then releasing');
+    for (const c of this.lockServer.clients.values()) c.close('daemon stopping (kill-owners)');
+    await new Promise((r) => setTimeout(r, 50)); // let the close handlers start their terminations
+    await Promise.all([...this.lockService.terminations.values()].map((t) => t.done));
+    for (const h of this.holders()) await this.manager.releaseOwner(h.pid);
+    await this.exitCleanly(signal);
+  }
+
+  private async finishDrain(): Promise<void> {
+    if (this.manager.counts().resources === 0 && this.lockService.terminations.size === 0 && this.manager.idle) {
+      await this.exitCleanly('drained');
+    }
+  }
+
+  private exiting = false;
+
+  /** The only way the daemon exits: nothing is held any more. */
+  private async exitCleanly(reason: string): Promise<void> {
+    if (this.exiting) return;
+    this.exiting = true;
+    this.notify('STOPPING=1');
+    this.log.info({ reason }, 'exiting: no leases held');
     await this.lockServer.closeListeners();
     await this.adminServer?.closeListeners();
     for (const c of this.lockServer.clients.values()) c.close('daemon stopping');
+    for (const c of this.adminServer?.clients.values() ?? []) c.close('daemon stopping');
+    this.pidFile?.remove();
     process.exit(0);
   }
 }

@@ -74,6 +74,10 @@ export class Reexecutor {
 
   /** Re-execs; resolves only on failure (on success this image is gone). */
   run(trigger: string, replyTo?: ReplyAfterExec): Promise<ReexecResult> {
+    if (this.d.stopping) {
+      this.d.log.warn({ trigger, stopping: this.d.stopping }, 're-exec refused: the daemon is stopping');
+      return Promise.resolve({ ok: false, error: `the daemon is stopping (${this.d.stopping})` });
+    }
     if (this.running) {
       this.d.log.info({ trigger }, 're-exec already in progress; request merged');
       return this.running;
@@ -202,6 +206,7 @@ export class Reexecutor {
       orphans: d.orphans,
       safeMode: d.safeMode,
       history: d.history,
+      pidFile: d.pidFile ? { path: d.pidFile.path, fd: d.pidFile.fd } : null,
     });
     if (replyTo) {
       doc.relockd!.pendingReplies = [{ server: replyTo.conn.service.name, clientId: replyTo.conn.id, header: replyTo.header }];

@@ -68,7 +68,7 @@ export interface LockspaceState {
 /** What an fd is, and which file it must still be after execve. */
 export interface FdIdentity {
   fd: number;
-  kind: 'listener' | 'client' | 'resource' | 'pidfd';
+  kind: 'listener' | 'client' | 'resource' | 'pidfd' | 'pidfile';
   /** st_dev and st_ino as decimal strings (inode numbers can exceed 2^53). */
   dev: string;
   ino: string;
@@ -115,6 +115,8 @@ export interface RelockdExtension {
   orphans: FdIdentity[];
   safeMode: boolean;
   history: ReexecRecord[];
+  /** The locked pid file, kept open across the exec so its lock never lapses. */
+  pidFile?: { path: string; fd: number };
   /** Calls the old image took whose reply the new image sends (admin re-exec). */
   pendingReplies?: PendingReply[];
 }

@@ -36,6 +36,16 @@ function listeningUnixSockets(): Map<string, string> {
   return out;
 }
 
+/** The bound path of a listening UNIX socket fd, or null. */
+export function listenerPath(fd: number): string | null {
+  try {
+    const m = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/self/fd/${fd}`));
+    return m ? (listeningUnixSockets().get(m[1]!) ?? null) : null;
+  } catch {
+    return null;
+  }
+}
+
 /**
  * Inherited fds above stdio, excluding `exclude` (fds this image opened
  * itself) and Node's own anonymous inodes and pipes.

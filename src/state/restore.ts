@@ -32,6 +32,8 @@ export interface RestoreReport {
   terminations: TerminationState[];
   /** Inherited fds that are kept open but could not be turned into objects. */
   orphans: FdIdentity[];
+  /** The inherited, still locked pid file, when it checked out. */
+  pidFile: { path: string; fd: number } | null;
   problems: string[];
 }
 
@@ -72,7 +74,7 @@ function checkFd(fd: number, kind: Kind, recorded: Map<number, FdIdentity>): str
 export async function restoreState(doc: StateDocument, target: RestoreTarget): Promise<RestoreReport> {
   const ext = doc.relockd;
   const recorded = new Map<number, FdIdentity>((ext?.fds ?? []).map((f) => [f.fd, f]));
-  const report: RestoreReport = { listeners: 0, clients: 0, resources: 0, lockspaces: 0, terminations: [], orphans: [], problems: [] };
+  const report: RestoreReport = { listeners: 0, clients: 0, resources: 0, lockspaces: 0, terminations: [], orphans: [], problems: [], pidFile: null };
   const keep = (fd: number, kind: Kind) => {
     // An fd we cannot use is still never closed: it may hold a lock.
     try {
@@ -216,7 +218,14 @@ export async function restoreState(doc: StateDocument, target: RestoreTarget): P
   await restoreServer('virtlockd', servers.virtlockd, target.lockServer, target.socketPath);
   await restoreServer('admin', servers.admin, target.adminServer, target.adminSocketPath);
 
-  // 3. Owner terminations in progress: the caller resumes them.
+  // 3. The pid file (its lock is ours for as long as the fd is open).
+  if (ext?.pidFile) {
+    const why = checkFd(ext.pidFile.fd, 'pidfile', recorded);
+    if (why) report.problems.push(`pid file: ${why}`);
+    else report.pidFile = ext.pidFile;
+  }
+
+  // 4. Owner terminations in progress: the caller resumes them.
   for (const t of ext?.terminations ?? []) {
     if (t.pidfd >= 0) {
       const why = checkFd(t.pidfd, 'pidfd', recorded);

@@ -43,7 +43,7 @@ export interface SnapshotInput {
   orphans: FdIdentity[];
   safeMode: boolean;
   history: ReexecRecord[];
-  /** Extra per-resource facts keyed by fd (e.g. lock flavour). */
+  pidFile: { path: string; fd: number } | null;
 }
 
 export function fdIdentity(fd: number, kind: FdIdentity['kind']): FdIdentity {
@@ -123,6 +123,7 @@ export function buildState(input: SnapshotInput): StateDocument {
   const lockspaces = [...input.manager.spaces.values()].map(space);
 
   for (const t of input.terminations) if (t.pidfd >= 0) fds.push(fdIdentity(t.pidfd, 'pidfd'));
+  if (input.pidFile) fds.push(fdIdentity(input.pidFile.fd, 'pidfile'));
 
   return {
     daemon: { servers },
@@ -143,6 +144,7 @@ export function buildState(input: SnapshotInput): StateDocument {
       orphans: input.orphans,
       safeMode: input.safeMode,
       history: input.history,
+      ...(input.pidFile ? { pidFile: input.pidFile } : {}),
     },
   };
 }
