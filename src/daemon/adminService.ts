@@ -260,7 +260,10 @@ export class AdminService implements Service<AdminContext> {
       setLoggingOutputs: (s) => this.logSettings.setOutputs(s),
       setLoggingFilters: (s) => this.logSettings.setFilters(s),
       setDaemonTimeout: (sec) => {
+        // virNetDaemonAutoShutdown: 0 turns the idle exit off. The daemon's
+        // idle check (--timeout) reads opts.timeoutSec.
         this.daemon.autoShutdownTimeout = sec;
+        this.daemon.opts.timeoutSec = sec > 0 ? sec : null;
         this.daemon.log.info({ timeout: sec }, 'daemon timeout set by admin');
       },
     };
@@ -422,8 +425,8 @@ export class AdminService implements Service<AdminContext> {
       resources: counts.resources,
       leases: counts.leases,
       boot: d.boot,
-      safeMode: d.safeMode || d.manager.refuseAcquire,
-      daemonTimeout: d.autoShutdownTimeout,
+      safeMode: d.safeMode,
+      daemonTimeout: d.opts.timeoutSec ?? 0,
       reexecSupported: true,
       lastReexec: this.lastReexec(),
       terminations,

@@ -26,6 +26,7 @@ import { REEXEC_ENV, Reexecutor } from './reexec.js';
 import { ActivationError, takeActivation } from './activation.js';
 import type { ActivatedSockets } from './activation.js';
 import { PidFile } from './pidFile.js';
+import { safeModeRefusal, stoppingRefusal } from '../locks/errors.js';
 import { listenerPath } from '../state/orphans.js';
 import type { ReexecResult, ReplyAfterExec } from './reexec.js';
 import net from 'node:net';
@@ -154,7 +155,7 @@ export class Daemon {
         await this.startFresh(activated);
       }
     }
-    this.manager.refuseAcquire = this.safeMode;
+    if (this.safeMode) this.manager.acquireRefusal = safeModeRefusal;
     await this.createConfiguredLockspaces();
     this.startTimers();
     this.notify(`READY=1\nSTATUS=${this.statusLine()}`);
@@ -466,7 +467,7 @@ export class Daemon {
       return;
     }
     this.stopping = policy;
-    this.manager.refuseAcquire = true;
+    this.manager.acquireRefusal = stoppingRefusal;
     this.notify('STOPPING=1');
     if (policy === 'drain') {
       this.log.warn({ signal, owners: holders.length }, 'draining: new acquisitions refused; exiting when the last lease is released');

@@ -47,6 +47,14 @@ export const safeModeRefusal = () =>
     'relockd is in safe mode after a failed restore: existing leases are kept, new acquisitions are refused',
   );
 
+/** relockd only: a draining daemon (stop requested) takes no new leases. */
+export const stoppingRefusal = () =>
+  ProtocolError.report(
+    ErrorCode.OPERATION_DENIED,
+    ErrorDomain.LOCKSPACE,
+    'relockd is stopping (draining): existing leases are kept until released, new acquisitions are refused',
+  );
+
 const ETIMEDOUT = 110;
 
 /**

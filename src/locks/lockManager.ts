@@ -5,6 +5,7 @@
 import { dirname } from 'node:path';
 import type { Logger } from 'pino';
 import { ErrorDomain } from '../rpc/errors.js';
+import type { ProtocolError } from '../rpc/errors.js';
 import * as errors from './errors.js';
 import type { FileLocker, LockedFile } from './fileLocker.js';
 import { KeyedMutex } from './keyedMutex.js';
@@ -74,8 +75,8 @@ export class LockManager {
   readonly defaultSpace = new LockSpace('');
   /** Directory lock spaces, keyed by the exact path string (no normalisation). */
   readonly spaces = new Map<string, LockSpace>();
-  /** When set, new acquisitions are refused (safe mode after a failed restore). */
-  refuseAcquire = false;
+  /** When set, new acquisitions are refused with this error (safe mode, draining). */
+  acquireRefusal: (() => ProtocolError) | null = null;
   private readonly mutex = new KeyedMutex();
   private readonly locker: FileLocker;
   private readonly gate: StorageGate;
@@ -160,7 +161,7 @@ export class LockManager {
   async acquire(path: string, name: string, flags: number, owner: Owner): Promise<void> {
     const ls = this.lookup(path);
     this.checkName(ls, name);
-    if (this.refuseAcquire) throw errors.safeModeRefusal();
+    if (this.acquireRefusal) throw this.acquireRefusal();
     const shared = (flags & AcquireFlags.SHARED) !== 0;
     await this.mutex.run(this.key(ls, name), async () => {
       const held = ls.resources.get(name);
