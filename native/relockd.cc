@@ -243,6 +243,16 @@ void SetCloexec(const Napi::CallbackInfo& info) {
     throw SysError(info.Env(), errno, "fcntl(F_SETFD)");
 }
 
+// A close-on-exec duplicate: libuv listens on a dup of each listening socket
+// so that closing libuv's handle pauses accepting while the socket (and its
+// backlog) stays open on our own fd.
+Napi::Value Dup(const Napi::CallbackInfo& info) {
+  int fd = FdArg(info, 0);
+  int d = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+  if (d < 0) throw SysError(info.Env(), errno, "fcntl(F_DUPFD_CLOEXEC)");
+  return Napi::Number::New(info.Env(), d);
+}
+
 // Node's fs.fsync is refused under the permission model, which the daemon
 // runs with; the re-exec state file must still reach the disk before rename.
 void Fsync(const Napi::CallbackInfo& info) {
@@ -572,6 +582,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   fn("getCloexec", GetCloexec);
   fn("setCloexec", SetCloexec);
   fn("fsync", Fsync);
+  fn("dup", Dup);
   fn("peerCred", PeerCred);
   fn("peerPidfd", PeerPidfd);
   fn("execve", Execve);

@@ -86,6 +86,7 @@ interface Binding {
   getCloexec(fd: number): boolean;
   setCloexec(fd: number, on: boolean): void;
   fsync(fd: number): void;
+  dup(fd: number): number;
   peerCred(fd: number): PeerCred;
   peerPidfd(sockfd: number): number;
   execve(path: string, argv: readonly string[], env: readonly string[]): never;
@@ -161,6 +162,11 @@ export function getCloexec(fd: number): boolean {
 
 export function setCloexec(fd: number, on: boolean): void {
   native.setCloexec(fd, on);
+}
+
+/** A close-on-exec duplicate of fd (F_DUPFD_CLOEXEC, lowest free number >= 3). */
+export function dup(fd: number): number {
+  return native.dup(fd);
 }
 
 /** fsync(2): Node's own is refused under the permission model. */

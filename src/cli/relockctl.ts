@@ -583,6 +583,15 @@ async function cmdRun(a: RunArgs): Promise<number> {
   if (!a.lease.length) throw new CtlError('run: give at least one --lease', Exit.USAGE);
   if (a.lockspace !== undefined && !a.lockspace) throw new CtlError('run: --lockspace needs a directory', Exit.USAGE);
   const leases = a.lease.map((s) => parseLease(s, a.lockspace));
+  const seen = new Set<string>();
+  for (const l of leases) {
+    const key = `${l.lockspace}\0${l.name}`;
+    if (seen.has(key)) throw new CtlError(`run: lease ${l.lockspace ? `${l.name} in ${l.lockspace}` : l.name} given twice`, Exit.USAGE);
+    seen.add(key);
+  }
+  if (a.uuid !== undefined && !/^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$/.test(a.uuid)) {
+    throw new CtlError(`run: --uuid '${a.uuid}' is not a UUID`, Exit.USAGE);
+  }
   const file = resolveCommand(a.command[0]!);
   const sock = paths(a).socket;
   const owner = { uuid: a.uuid ?? randomUUID(), name: a.name ?? basename(a.command[0]!), id: 1, pid: process.pid };

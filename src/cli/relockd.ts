@@ -55,6 +55,7 @@ export async function main(argv: string[], originalArgv?: string[]): Promise<Dae
     refuseUnsupported(args);
     if (!(args.termGrace >= 0) || !(args.storageTimeout > 0)) throw new UsageError('--term-grace and --storage-timeout take positive numbers of seconds');
     if (args.timeout !== undefined && !(Number.isInteger(args.timeout) && args.timeout >= 0 && args.timeout <= 2147483)) throw new UsageError('Invalid value for timeout');
+    if (args.maxClients !== undefined && !(Number.isInteger(args.maxClients) && args.maxClients > 0)) throw new UsageError('--max-clients takes a positive integer');
     for (const dir of args.lockspace ?? []) if (!dir.startsWith('/')) throw new UsageError(`--lockspace needs an absolute path: '${dir}'`);
   } catch (err) {
     process.stderr.write(`relockd: error: ${(err as Error).message}\n`);
@@ -77,7 +78,7 @@ export async function main(argv: string[], originalArgv?: string[]): Promise<Dae
       timeoutSec: args.timeout ? args.timeout : null,
       lockspaces: args.lockspace ?? [],
       runtimeDir: paths.runtimeDir,
-      maxClients: 1024,
+      maxClients: args.maxClients ?? 1024,
       termination: { ...defaultTermination, termGraceMs: args.termGrace * 1000 },
       storageTimeoutMs: args.storageTimeout * 1000,
       storagePerKeyConcurrency: 4,

@@ -32,6 +32,7 @@ export const RELOCKD_OPTIONS: Record<string, OptionSpec> = {
   'term-grace': { type: 'number', default: defaultTermination.termGraceMs / 1000, describe: 'seconds between SIGTERM and SIGKILL of an owner that lost its connection while holding leases' },
   'storage-timeout': { type: 'number', default: 30, describe: 'seconds a storage call may take before the request fails' },
   'shutdown-policy': { type: 'string', choices: ['drain', 'kill-owners', 'refuse'], describe: 'what SIGTERM does while leases are held (default drain)' },
+  'max-clients': { type: 'number', describe: 'connected clients at most on the main socket; more wait in the backlog (default 1024)' },
   lockspace: { type: 'string', array: true, describe: 'directory lock space to create at start (repeatable)' },
 };
 
@@ -50,6 +51,7 @@ export interface CliArgs {
   storageTimeout: number;
   shutdownPolicy?: 'drain' | 'kill-owners' | 'refuse';
   lockspace?: string[];
+  maxClients?: number;
 }
 
 const camel = (s: string) => s.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());

@@ -319,7 +319,10 @@ export class AdminService implements Service<AdminContext> {
       }),
       setLimits: (max, unauth) => {
         if (unauth === null && !this.unauthMax.has(s.name)) this.unauthMax.set(s.name, s.maxClients);
-        if (max !== null) s.maxClients = max;
+        if (max !== null) {
+          s.maxClients = max;
+          s.checkLimit(); // pause or resume accepting under the new limit
+        }
         if (unauth !== null) this.unauthMax.set(s.name, unauth);
         this.daemon.log.info({ server: s.name, maxClients: s.maxClients, maxUnauthClients: this.unauthMax.get(s.name) }, 'client limits set by admin');
       },

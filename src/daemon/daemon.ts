@@ -2,7 +2,7 @@
 // boots fresh, from a re-exec state document, or in safe mode; re-execs;
 // and shuts down only by an explicit, logged decision.
 
-import { existsSync, mkdirSync, readFileSync, renameSync, unlinkSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, unlinkSync } from 'node:fs';
 import type { Logger } from 'pino';
 import { LockManager } from '../locks/lockManager.js';
 import { NativeFileLocker } from '../locks/fileLocker.js';
@@ -158,6 +158,7 @@ export class Daemon {
     if (this.safeMode) this.manager.acquireRefusal = safeModeRefusal;
     await this.createConfiguredLockspaces();
     this.startTimers();
+    this.logFdLimit();
     this.notify(`READY=1\nSTATUS=${this.statusLine()}`);
     this.log.info({ socket: this.opts.socketPath, version: this.version, boot: this.boot, ...this.manager.counts() }, 'relockd ready');
   }
@@ -409,6 +410,41 @@ export class Daemon {
     }
   }
 
+  /**
+   * Every lease and every connected VM costs an fd. Node raises the soft
+   * RLIMIT_NOFILE to the hard limit at start; say what we got.
+   */
+  private logFdLimit(): void {
+    let soft = Infinity;
+    try {
+      const line = readFileSync('/proc/self/limits', 'utf8').split('\n').find((l) => l.startsWith('Max open files'));
+      const [s, h] = (line ?? '').replace('Max open files', '').trim().split(/\s+/);
+      soft = Number(s) || Infinity;
+      const lim = { nofileSoft: s, nofileHard: h, maxClients: this.opts.maxClients };
+      if (s !== h) this.log.warn(lim, 'soft RLIMIT_NOFILE is below the hard limit');
+      else this.log.info(lim, 'file descriptor limit');
+    } catch {
+      /* no /proc */
+    }
+    if (soft === Infinity) return;
+    // fds in use ≈ what Node holds itself + one per client, lease and owner handle.
+    const tracked = () => {
+      let n = this.lockServer.clients.size + (this.adminServer?.clients.size ?? 0) + this.manager.counts().resources;
+      for (const c of this.lockServer.clients.values()) if (c.ctx.process && c.ctx.process.pidfd >= 0) n++;
+      return n;
+    };
+    let base = 0;
+    try {
+      base = readdirSync('/proc/self/fd').length - tracked();
+    } catch {
+      base = 32;
+    }
+    const reserve = Math.max(4, Math.min(64, Math.floor(soft / 16))); // room for acquires and logs
+    const exhausted = () => base + tracked() >= soft - reserve;
+    this.lockServer.fdsExhausted = exhausted;
+    if (this.adminServer) this.adminServer.fdsExhausted = exhausted;
+  }
+
   /** Periodic STATUS= for systemd, and the --timeout idle check. */
   private startTimers(): void {
     this.statusTimer = setInterval(() => {
@@ -418,6 +454,8 @@ export class Daemon {
         this.notify(`STATUS=${st}`);
       }
       this.checkIdle();
+      this.lockServer.checkLimit(); // leases released free fds too
+      this.adminServer?.checkLimit();
       if (this.stopping === 'drain') void this.finishDrain();
     }, 250);
     this.statusTimer.unref();

@@ -1,7 +1,7 @@
 // Listening sockets: bind (or adopt an inherited fd), accept, check the peer's
 // credentials, and hand each connection to its service.
 
-import { existsSync, lstatSync, chmodSync, unlinkSync } from 'node:fs';
+import { closeSync, existsSync, lstatSync, chmodSync, renameSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
 import type { Logger } from 'pino';
 import * as native from '../native.js';
@@ -14,11 +14,17 @@ export class SocketInUseError extends Error {
 
 export interface ListenerInfo {
   path: string;
-  /** Inherited from systemd or an earlier image: never unlinked by us. */
+  /**
+   * Our own fd of the listening socket: never handed to libuv, so the socket
+   * and its backlog survive while accepting is paused. Re-exec carries it.
+   */
+  fd: number;
+  /** Inherited from systemd or an earlier image. */
   adopted: boolean;
   /** We bound it ourselves and remove it at shutdown. */
   unlinkOnClose: boolean;
-  server: net.Server;
+  /** libuv's handle on a dup of `fd`; null while accepting is paused. */
+  server: net.Server | null;
 }
 
 export interface RpcServerOptions<Ctx> {
@@ -26,6 +32,16 @@ export interface RpcServerOptions<Ctx> {
   service: Service<Ctx>;
   log: Logger;
   maxClients: number;
+}
+
+function listen(server: net.Server, opts: net.ListenOptions | { fd: number }): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(opts as net.ListenOptions, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
 }
 
 /** Raw fd behind a libuv handle (undocumented but stable on Linux). */
@@ -81,47 +97,108 @@ export class RpcServer<Ctx> {
     this.maxClients = opts.maxClients;
   }
 
-  /** Binds a new socket at `path` (mode 0700 by default), replacing only a stale one. */
+  /**
+   * Binds a new socket at `path` (mode 0700 by default), replacing only a
+   * stale one. It is bound under a temporary name and renamed into place, so
+   * the path never shows a socket nobody accepts on, and libuv never learns
+   * the final name (it would unlink it whenever its handle closes).
+   */
   async bind(path: string, mode = 0o700): Promise<void> {
     const state = await probeSocket(path);
     if (state === 'live') throw new SocketInUseError(`another daemon is already serving ${path}; refusing to start`);
     if (state === 'stale') unlinkSync(path);
-    const server = this.makeServer();
+    const tmp = `${path}.${process.pid}.tmp`;
+    const binder = net.createServer();
     const old = process.umask(0o077);
     try {
-      await new Promise<void>((resolve, reject) => {
-        server.once('error', reject);
-        server.listen({ path, backlog: 30 }, () => {
-          server.off('error', reject);
-          resolve();
-        });
-      });
+      await listen(binder, { path: tmp, backlog: 30 });
     } finally {
       process.umask(old);
     }
-    chmodSync(path, mode);
-    this.listeners.push({ path, adopted: false, unlinkOnClose: true, server });
-    this.log.info({ socket: path }, 'listening');
+    chmodSync(tmp, mode);
+    renameSync(tmp, path);
+    const fd = native.dup(handleFd(binder));
+    binder.close(); // closes libuv's fd (and unlinks the temp name, long gone)
+    const l: ListenerInfo = { path, fd, adopted: false, unlinkOnClose: true, server: null };
+    this.listeners.push(l);
+    await this.startAccepting(l);
+    this.log.info({ socket: path, fd }, 'listening');
   }
 
   /** Adopts an already-listening fd (socket activation, re-exec). */
   async adopt(fd: number, path: string, unlinkOnClose: boolean): Promise<void> {
-    const server = this.makeServer();
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen({ fd }, () => {
-        server.off('error', reject);
-        resolve();
-      });
-    });
-    this.listeners.push({ path, adopted: true, unlinkOnClose, server });
+    const l: ListenerInfo = { path, fd, adopted: true, unlinkOnClose, server: null };
+    await this.startAccepting(l);
+    this.listeners.push(l);
     this.log.info({ socket: path, fd }, 'adopted listening socket');
   }
 
-  private makeServer(): net.Server {
+  /** Hands libuv a fresh dup of the listener. */
+  private async startAccepting(l: ListenerInfo): Promise<void> {
+    if (l.server) return;
     const server = net.createServer({ pauseOnConnect: true }, (sock) => this.onConnection(sock));
-    server.on('error', (err) => this.log.error({ err }, 'listener error'));
-    return server;
+    const dupFd = native.dup(l.fd);
+    try {
+      await listen(server, { fd: dupFd });
+    } catch (err) {
+      closeSync(dupFd);
+      throw err;
+    }
+    server.on('error', (err: NodeJS.ErrnoException) => this.onListenerError(err));
+    l.server = server;
+  }
+
+  /** Closes libuv's dup: connections wait in the kernel backlog meanwhile. */
+  private stopAccepting(l: ListenerInfo): void {
+    l.server?.close();
+    l.server = null;
+  }
+
+  /** Why accepting is paused, if it is. */
+  private pausedFor: 'limit' | 'fds' | null = null;
+
+  /**
+   * Set by the daemon: true when the process is close to RLIMIT_NOFILE.
+   * libuv's own EMFILE handling accepts and drops connections; pausing
+   * before we get there keeps them waiting in the backlog instead.
+   */
+  fdsExhausted: () => boolean = () => false;
+
+  private pauseAccepting(why: 'limit' | 'fds'): void {
+    if (this.pausedFor) return;
+    this.pausedFor = why;
+    for (const l of this.listeners) this.stopAccepting(l);
+    this.log.warn({ why, clients: this.clients.size, maxClients: this.maxClients }, 'accepting paused');
+  }
+
+  private resumeAccepting(): void {
+    if (!this.pausedFor) return;
+    this.pausedFor = null;
+    for (const l of this.listeners) {
+      this.startAccepting(l).catch((err) => this.log.error({ err, socket: l.path }, 'cannot resume accepting'));
+    }
+    this.log.info({ clients: this.clients.size }, 'accepting resumed');
+  }
+
+  /** Re-checks the client and fd limits (after any change of either). */
+  checkLimit(): void {
+    if (this.clients.size >= this.maxClients) {
+      if (this.pausedFor !== 'limit') {
+        this.pausedFor = null;
+        this.pauseAccepting('limit');
+      }
+    } else if (this.fdsExhausted()) this.pauseAccepting('fds');
+    else if (this.pausedFor) this.resumeAccepting();
+  }
+
+  private onListenerError(err: NodeJS.ErrnoException): void {
+    if (err.code === 'EMFILE' || err.code === 'ENFILE') {
+      // Out of fds anyway: stop accepting for a moment rather than spin or crash.
+      this.pauseAccepting('fds');
+      setTimeout(() => this.checkLimit(), 1000).unref();
+      return;
+    }
+    this.log.error({ err }, 'listener error');
   }
 
   private onConnection(sock: net.Socket): void {
@@ -160,6 +237,7 @@ export class RpcServer<Ctx> {
     else conn.log.info({ peer }, 'client connected');
     if (this.holdNew) void conn.hold();
     conn.start(opts.pending, opts.unsent);
+    this.checkLimit();
     return conn;
   }
 
@@ -175,6 +253,7 @@ export class RpcServer<Ctx> {
         createContext: (c) => inner.createContext(c),
         onClose: (c) => {
           this.clients.delete(c.id);
+          this.checkLimit();
           inner.onClose?.(c);
         },
       };
@@ -184,8 +263,16 @@ export class RpcServer<Ctx> {
 
   /** Stops accepting; unlinks the sockets we bound ourselves. */
   async closeListeners(): Promise<void> {
+    this.pausedFor = null;
     for (const l of this.listeners) {
-      await new Promise<void>((resolve) => l.server.close(() => resolve()));
+      const server = l.server;
+      l.server = null;
+      if (server) await new Promise<void>((resolve) => server.close(() => resolve()));
+      try {
+        closeSync(l.fd);
+      } catch {
+        /* already closed */
+      }
       if (l.unlinkOnClose) {
         try {
           unlinkSync(l.path);

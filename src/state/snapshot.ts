@@ -58,8 +58,7 @@ export function buildState(input: SnapshotInput): StateDocument {
 
   const serverState = (src: ServerSnapshotSource<any>, maxClients: number): ServerState => {
     const socks = src.server.listeners.map((l) => {
-      const fd = handleFd(l.server);
-      if (fd < 0) throw new Error(`listener ${l.path} has no fd`);
+      const fd = l.fd;
       fds.push(fdIdentity(fd, 'listener'));
       listeners.push({ server: src.server.name, fd, path: l.path, unlinkOnClose: l.unlinkOnClose });
       return { fd, errfd: -1, pid: 0, isClient: false, unlinkUNIX: l.unlinkOnClose };
