@@ -485,9 +485,9 @@ void LockFile(const Napi::CallbackInfo& info) {
 // file; then close, which drops the OFD lock. The close always happens.
 class ReleaseFileWorker : public Napi::AsyncWorker {
  public:
-  ReleaseFileWorker(Napi::Function cb, int fd, bool unlink, std::string path, bool onlyIfExclusive)
+  ReleaseFileWorker(Napi::Function cb, int fd, bool unlink, std::string path, bool onlyIfExclusive, bool classic)
       : Napi::AsyncWorker(cb, "relockd.releaseFile"),
-        fd_(fd), unlink_(unlink), path_(std::move(path)), onlyIfExclusive_(onlyIfExclusive) {}
+        fd_(fd), unlink_(unlink), path_(std::move(path)), onlyIfExclusive_(onlyIfExclusive), classic_(classic) {}
 
  protected:
   void Execute() override {
@@ -515,8 +515,10 @@ class ReleaseFileWorker : public Napi::AsyncWorker {
   void MaybeUnlink() {
     if (onlyIfExclusive_) {
       // Fails while anyone else (even another fd of ours) still holds byte 0.
+      // A classic lock (taken over from virtlockd) is upgraded as a classic
+      // one: an OFD upgrade would conflict with our own classic read lock.
       struct flock fl = MakeFlock(F_WRLCK, 0, 1);
-      if (fcntl(fd_, F_OFD_SETLK, &fl) < 0) {
+      if (fcntl(fd_, classic_ ? F_SETLK : F_OFD_SETLK, &fl) < 0) {
         if (errno != EAGAIN && errno != EACCES)
           unlinkErr_ = errno;
         return;
@@ -543,6 +545,7 @@ class ReleaseFileWorker : public Napi::AsyncWorker {
   bool unlink_;
   std::string path_;
   bool onlyIfExclusive_;
+  bool classic_;
   bool unlinked_ = false;
   int unlinkErr_ = 0;
   Failure closeFail_;
@@ -557,8 +560,10 @@ void ReleaseFile(const Napi::CallbackInfo& info) {
   std::string path = unlink ? StringValue(env, up, "opts.unlinkPath (or null)") : "";
   if (unlink && path.empty()) ThrowRange(env, "opts.unlinkPath must not be empty");
   bool onlyIfExclusive = BoolValue(env, opts.Get("onlyIfExclusive"), "opts.onlyIfExclusive");
+  Napi::Value cv = opts.Get("classic");
+  bool classic = cv.IsUndefined() ? false : BoolValue(env, cv, "opts.classic");
   Napi::Function cb = FunctionArg(info, 2, "cb");
-  (new ReleaseFileWorker(cb, fd, unlink, std::move(path), onlyIfExclusive))->Queue();
+  (new ReleaseFileWorker(cb, fd, unlink, std::move(path), onlyIfExclusive, classic))->Queue();
 }
 
 // ---- misc -----------------------------------------------------------------------------

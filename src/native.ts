@@ -63,6 +63,8 @@ export interface ReleaseFileOptions {
   unlinkPath: string | null;
   /** Delete only if the lock can be upgraded to write, i.e. nobody else holds it. */
   onlyIfExclusive: boolean;
+  /** The fd holds a classic POSIX lock (taken over from virtlockd), not an OFD lock. */
+  classic?: boolean;
 }
 
 export interface ReleaseFileResult {

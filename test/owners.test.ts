@@ -95,7 +95,7 @@ t.test('an owner ignoring SIGTERM gets SIGKILL; leases stay held while it runs; 
   const p50 = latencies[Math.floor(latencies.length / 2)]!;
   const max = latencies[latencies.length - 1]!;
   t.comment(`other client during termination: ${latencies.length} acquire+release cycles, median ${p50.toFixed(2)} ms, max ${max.toFixed(2)} ms`);
-  t.ok(latencies.length > 20, 'other clients kept being served');
+  t.ok(latencies.length > 5, 'other clients kept being served');
   t.ok(max < 1000, 'no stall anywhere near the grace time');
   const until = Date.now() + 3000;
   while (probeOne(img) !== 'free' && Date.now() < until) await new Promise((r) => setTimeout(r, 20));

@@ -278,7 +278,12 @@ export class Daemon {
     const prev = doc.relockd;
     this.recordReexec({ at: Date.now(), ok: true, blackoutMs, trigger: prev?.trigger ?? 'virtlockd', fromVersion: prev?.version ?? 'virtlockd', toVersion: this.version });
     this.sendPendingReplies(doc, blackoutMs ?? 0);
-    if (report.problems.length || report.orphans.length || prev?.safeMode) {
+    // A retry (SIGUSR1 in safe mode) that restores everything cleanly leaves
+    // safe mode; fds we cannot interpret keep it in safe mode.
+    if (prev?.safeMode && !report.problems.length && !report.orphans.length) {
+      this.log.warn({ earlier: this.history.filter((h) => !h.ok).slice(-3) }, 'left safe mode: this restore was complete (earlier problems above)');
+    }
+    if (report.problems.length || report.orphans.length) {
       this.safeMode = true;
       this.boot = 'safe-mode';
       this.log.fatal({ problems: report.problems, orphans: report.orphans.map((o) => o.fd) }, 'SAFE MODE: restore incomplete; every inherited fd is kept open (no lock dropped), new acquisitions are refused; send SIGUSR1 to retry');
@@ -314,13 +319,18 @@ export class Daemon {
       }
       orphans.push({ fd, kind: 'listener', dev: '0', ino: '0' });
     }
-    for (const fd of found.sockets) {
+    // Client sockets go back to the server they were accepted on (accepted
+    // sockets carry the listener's path). Lock clients come back restricted:
+    // who they were is unknown, so they may do nothing but keepalive.
+    for (const { fd, path } of found.sockets) {
+      const srv = path === this.opts.socketPath ? this.lockServer : path === this.opts.adminSocketPath ? this.adminServer : null;
       try {
+        if (!srv) throw new Error('accepted on an unknown socket');
         const peer = native.peerCred(fd);
         if (!peerAllowed(peer)) throw new Error('peer not allowed');
         const sock = new net.Socket({ fd, readable: true, writable: true });
         native.setCloexec(fd, true);
-        this.lockServer.attach(sock, peer);
+        srv.attach(sock, peer, srv === this.lockServer ? { restore: (c) => ((c.ctx as LockClient).restricted = true) } : {});
       } catch {
         orphans.push({ fd, kind: 'client', dev: '0', ino: '0' });
       }
@@ -340,7 +350,7 @@ export class Daemon {
     if (this.adminServer && this.adminServer.listeners.length === 0 && this.opts.adminSocketPath) await this.bindIfFree(this.adminServer, this.opts.adminSocketPath, 0o600);
     this.recordReexec({ at: Date.now(), ok: false, error: problems.join('; '), trigger: 'restore', toVersion: this.version });
     this.log.fatal(
-      { problems, keptFds: orphans.map((o) => o.fd), adoptedClients: this.lockServer.clients.size },
+      { problems, keptFds: orphans.map((o) => o.fd), keptLockFds: orphans.filter((o) => o.kind === 'resource').length, adoptedClients: this.lockServer.clients.size },
       'SAFE MODE: state document unusable; every inherited fd is kept open (no lock dropped), new acquisitions are refused; send SIGUSR1 to retry',
     );
   }

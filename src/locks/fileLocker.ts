@@ -23,6 +23,8 @@ export interface ReleaseRequest {
   unlinkPath: string | null;
   /** Only unlink if the lock can first be upgraded to exclusive. */
   onlyIfExclusive: boolean;
+  /** The fd holds a classic POSIX lock (inherited from virtlockd). */
+  classic?: boolean;
 }
 
 export interface ReleaseResult {

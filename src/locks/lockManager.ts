@@ -251,7 +251,7 @@ export class LockManager {
     const shared = (res.flags & AcquireFlags.SHARED) !== 0;
     try {
       const out = await this.gate.run(ls.storageKeyOf(res.name), () =>
-        this.locker.release(res.fd, { unlinkPath: autocreate ? res.path : null, onlyIfExclusive: shared }),
+        this.locker.release(res.fd, { unlinkPath: autocreate ? res.path : null, onlyIfExclusive: shared, classic: res.classic === true }),
       );
       if (out.unlinkError) this.log.warn({ lockspace: ls.dir, resource: res.name, err: out.unlinkError }, 'could not unlink lease file');
     } catch (err) {

@@ -10,30 +10,37 @@ import type { FdIdentity } from './document.js';
 export interface InheritedFds {
   /** Listening UNIX sockets with their bound path. */
   listeners: Array<{ fd: number; path: string }>;
-  /** Connected sockets (clients of the old image). */
-  sockets: number[];
+  /** Connected sockets (clients of the old image), with the path of the
+   *  listener they were accepted on (accepted sockets carry its name). */
+  sockets: Array<{ fd: number; path: string | null }>;
   /** Everything else worth keeping: regular files (locks) and pidfds. */
   others: FdIdentity[];
 }
 
-/** Listening unix sockets by socket inode → path (from /proc/net/unix). */
-function listeningUnixSockets(): Map<string, string> {
-  const out = new Map<string, string>();
+/** Unix sockets by socket inode → bound path (from /proc/net/unix). */
+function unixSockets(): { listening: Map<string, string>; named: Map<string, string> } {
+  const listening = new Map<string, string>();
+  const named = new Map<string, string>();
   let text = '';
   try {
     text = readFileSync('/proc/net/unix', 'utf8');
   } catch {
-    return out;
+    return { listening, named };
   }
   for (const line of text.split('\n').slice(1)) {
     const f = line.trim().split(/\s+/);
     // Num RefCount Protocol Flags Type St Inode Path
     if (f.length < 8) continue;
     const flags = parseInt(f[3]!, 16);
-    const listening = (flags & 0x10000) !== 0; // __SO_ACCEPTCON
-    if (listening) out.set(f[6]!, f.slice(7).join(' '));
+    const path = f.slice(7).join(' ');
+    if ((flags & 0x10000) !== 0) listening.set(f[6]!, path); // __SO_ACCEPTCON
+    else named.set(f[6]!, path);
   }
-  return out;
+  return { listening, named };
+}
+
+function listeningUnixSockets(): Map<string, string> {
+  return unixSockets().listening;
 }
 
 /** The bound path of a listening UNIX socket fd, or null. */
@@ -52,7 +59,7 @@ export function listenerPath(fd: number): string | null {
  */
 export function scanInheritedFds(exclude: Set<number> = new Set()): InheritedFds {
   const res: InheritedFds = { listeners: [], sockets: [], others: [] };
-  const listening = listeningUnixSockets();
+  const { listening, named } = unixSockets();
   let entries: string[] = [];
   try {
     entries = readdirSync('/proc/self/fd');
@@ -72,7 +79,7 @@ export function scanInheritedFds(exclude: Set<number> = new Set()): InheritedFds
     if (sock) {
       const path = listening.get(sock[1]!);
       if (path !== undefined) res.listeners.push({ fd, path });
-      else res.sockets.push(fd);
+      else res.sockets.push({ fd, path: named.get(sock[1]!) ?? null });
       continue;
     }
     let st;

@@ -113,11 +113,19 @@ export async function restoreState(doc: StateDocument, target: RestoreTarget): P
       const fst = fstatSync(r.fd, { bigint: true });
       if (!recorded.has(r.fd)) {
         // virtlockd documents: the fd must still be the file at `path`, if it exists.
+        let mismatch = false;
         try {
           const pst = statSync(r.path, { bigint: true });
-          if (pst.ino !== fst.ino || pst.dev !== fst.dev) report.problems.push(`resource '${r.name}': fd ${r.fd} is not the file at ${r.path}`);
+          mismatch = pst.ino !== fst.ino || pst.dev !== fst.dev;
         } catch {
           /* lease file gone: the fd still holds the lock */
+        }
+        if (mismatch) {
+          // Not the file the document names: keep the fd (it may hold some
+          // lock), but never pass it off as this resource.
+          report.problems.push(`resource '${r.name}' in lockspace '${dir}': fd ${r.fd} is not the file at ${r.path}`);
+          keep(r.fd, 'resource');
+          continue;
         }
       }
       const res: Resource = {
