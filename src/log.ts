@@ -1,31 +1,207 @@
-// Structured logs: pino, one JSON event per line on stderr. The destination
-// is synchronous so nothing is lost on execve or a crash, and EPIPE on a dead
-// log reader never takes the daemon (and its locks) down.
+// Structured logs: pino, one JSON event per line. Where lines go is a set of
+// outputs in libvirt's terms (stderr, file, journald, syslog), each with its
+// own minimum level, swappable at run time (SIGHUP, virt-admin). Writes are
+// synchronous so nothing is lost on execve or a crash, and a vanished log
+// reader never takes the daemon (and its locks) down.
 
+import { closeSync, fstatSync, mkdirSync, openSync, writeSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { pino } from 'pino';
-import type { Logger, Level } from 'pino';
+import type { Level, Logger } from 'pino';
+import * as native from './native.js';
 
 export type { Logger };
 
 export const LOG_LEVELS: readonly Level[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace'];
 
-/** virtlockd's numeric log_level (1 debug … 4 error) to pino's names. */
+const LEVEL_RANK: Record<string, number> = { trace: 10, debug: 20, info: 30, warn: 40, error: 50, fatal: 60 };
+/** syslog/journald priorities for pino levels. */
+const SYSLOG_PRIORITY: Record<string, number> = { trace: 7, debug: 7, info: 6, warn: 4, error: 3, fatal: 2 };
+
+/** libvirt's numeric log_level (1 debug … 4 error) to pino's names. */
 export function levelFromLibvirt(n: number): Level {
   return (['debug', 'debug', 'info', 'warn', 'error'] as const)[Math.max(0, Math.min(4, n))]!;
 }
 
-export function createLogger(level: Level | 'silent', fd = 2): Logger {
-  const dest = pino.destination({ fd, sync: true });
-  dest.on('error', () => {
-    /* a vanished log reader must not kill the daemon */
-  });
-  return pino(
+export interface OutputSpec {
+  level: string;
+  kind: 'stderr' | 'file' | 'journald' | 'syslog';
+  path?: string;
+  ident?: string;
+}
+
+interface Sink {
+  rank: number;
+  write(line: string, level: string): void;
+  close(): void;
+}
+
+/** "<N>" prefixes let journald (via the stderr stream) see each line's priority. */
+function stderrSink(rank: number, prefixed: boolean): Sink {
+  return {
+    rank,
+    write(line, level) {
+      try {
+        writeSync(2, prefixed ? `<${SYSLOG_PRIORITY[level] ?? 6}>${line}` : line);
+      } catch {
+        /* EPIPE/EAGAIN: a dead reader must not kill us */
+      }
+    },
+    close() {},
+  };
+}
+
+function fileSink(rank: number, path: string): Sink {
+  mkdirSync(dirname(path), { recursive: true });
+  const fd = openSync(path, 'a', 0o600);
+  return {
+    rank,
+    write(line) {
+      try {
+        writeSync(fd, line);
+      } catch {
+        /* disk full: keep serving */
+      }
+    },
+    close() {
+      try {
+        closeSync(fd);
+      } catch {
+        /* ignore */
+      }
+    },
+  };
+}
+
+/** journald's native protocol: one datagram of KEY=value lines per event. */
+function journaldSink(rank: number, ident: string, socket = '/run/systemd/journal/socket'): Sink {
+  return {
+    rank,
+    write(line, level) {
+      try {
+        native.sdNotify(socket, `PRIORITY=${SYSLOG_PRIORITY[level] ?? 6}\nSYSLOG_IDENTIFIER=${ident}\nMESSAGE=${line.replace(/\n$/, '')}\n`);
+      } catch {
+        /* journald gone */
+      }
+    },
+    close() {},
+  };
+}
+
+function syslogSink(rank: number, ident: string, socket = '/dev/log'): Sink {
+  return {
+    rank,
+    write(line, level) {
+      try {
+        native.sdNotify(socket, `<${24 + (SYSLOG_PRIORITY[level] ?? 6)}>${ident}[${process.pid}]: ${line.replace(/\n$/, '')}`);
+      } catch {
+        /* no syslog */
+      }
+    },
+    close() {},
+  };
+}
+
+/** True when our stderr is connected to journald (systemd sets JOURNAL_STREAM). */
+export function stderrIsJournal(): boolean {
+  const js = process.env.JOURNAL_STREAM;
+  if (!js) return false;
+  try {
+    const [dev, ino] = js.split(':');
+    const st = fstatSync(2);
+    return String(st.dev) === dev && String(st.ino) === ino;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The pino destination: finds each line's level (our formatter writes it
+ * first) and hands the line to every output whose minimum it meets.
+ */
+export class LogOutputs {
+  private sinks: Sink[] = [];
+  specs: OutputSpec[] = [];
+
+  constructor(specs: OutputSpec[]) {
+    this.set(specs);
+  }
+
+  set(specs: OutputSpec[]): void {
+    const next = specs.map((s) => {
+      const rank = LEVEL_RANK[s.level] ?? 30;
+      switch (s.kind) {
+        case 'file':
+          return fileSink(rank, s.path!);
+        case 'journald':
+          return journaldSink(rank, s.ident ?? 'relockd');
+        case 'syslog':
+          return syslogSink(rank, s.ident ?? 'relockd');
+        default:
+          return stderrSink(rank, stderrIsJournal());
+      }
+    });
+    const old = this.sinks;
+    this.sinks = next;
+    this.specs = specs;
+    for (const s of old) s.close();
+  }
+
+  /** The lowest level any output wants (the logger's level should not be below it). */
+  get minLevel(): Level {
+    const r = Math.min(...this.sinks.map((s) => s.rank), 60);
+    return (Object.entries(LEVEL_RANK).find(([, v]) => v === r)?.[0] ?? 'info') as Level;
+  }
+
+  write(line: string): void {
+    // '{"level":"info",...' — the level is the first value.
+    const end = line.indexOf('"', 10);
+    const level = line.startsWith('{"level":"') && end > 10 ? line.slice(10, end) : 'info';
+    const rank = LEVEL_RANK[level] ?? 30;
+    for (const s of this.sinks) if (rank >= s.rank) s.write(line, level);
+  }
+}
+
+export interface DaemonLogger {
+  log: Logger;
+  outputs: LogOutputs;
+  /** Applies a new level and set of outputs (SIGHUP, virt-admin). */
+  apply(level: Level, outputs: OutputSpec[]): void;
+}
+
+export function createDaemonLogger(level: Level, outputs: OutputSpec[]): DaemonLogger {
+  const out = new LogOutputs(outputs);
+  // pino children keep the level they were born with; track them so a new
+  // level reaches every connection's and server's logger.
+  const children = new Set<WeakRef<Logger>>();
+  const log = pino(
     {
       level,
       base: { pid: process.pid },
       timestamp: pino.stdTimeFunctions.isoTime,
       formatters: { level: (label) => ({ level: label }) },
+      onChild: (child) => {
+        children.add(new WeakRef(child));
+      },
     },
-    dest,
+    out,
   );
+  return {
+    log,
+    outputs: out,
+    apply(l, o) {
+      out.set(o);
+      log.level = l;
+      for (const ref of children) {
+        const c = ref.deref();
+        if (c) c.level = l;
+        else children.delete(ref);
+      }
+    },
+  };
+}
+
+/** A logger on stderr only (tools and tests). */
+export function createLogger(level: Level | 'silent'): Logger {
+  return createDaemonLogger(level === 'silent' ? 'fatal' : level, level === 'silent' ? [] : [{ level, kind: 'stderr' }]).log;
 }

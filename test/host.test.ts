@@ -222,15 +222,22 @@ t.test('signals: SIGHUP and SIGPIPE never kill; stop policies with real owners',
     t.match(d.logs(), /sent SIGTERM/);
   });
 
-  t.test('refuse: keeps running and keeps serving', async (t) => {
+  t.test('refuse: keeps running and serving (new leases too), exits once nothing is held', async (t) => {
     const { d, img, o } = await withOwner(t, 'refuse');
     process.kill(d.pid, 'SIGTERM');
     t.notOk(await waitExit(d.child, 800), 'still running');
     t.equal(probeOne(img), 'held');
-    t.match(d.logs(), /stop refused/);
+    t.match(d.logs(), /stop deferred/);
+    const other = join(work, 'refuse-other.img');
+    writeFileSync(other, '');
+    const c = await LockspaceClient.connect(d.socketPath);
+    await c.register({ uuid: UUID, name: 'late', id: 1, pid: 70004 });
+    await c.acquire('', other, 0);
+    t.pass('new acquisitions still accepted');
+    await c.release('', other, 0);
+    c.close();
     o.child.kill('SIGKILL');
-    await new Promise((r) => setTimeout(r, 300));
-    process.kill(d.pid, 'SIGTERM');
     t.ok(await waitExit(d.child, 5000), 'exits once nothing is held');
+    t.equal(d.child.exitCode, 0);
   });
 });

@@ -31,6 +31,10 @@ export async function run(argv: string[], early: Sig[], originalArgv?: string[])
       case 'SIGUSR1':
         void daemon.reexec('SIGUSR1');
         break;
+      case 'SIGHUP':
+        // virtlockd dies on SIGHUP (every lock dropped); we re-read the configuration.
+        void daemon.reload();
+        break;
       default:
         // virtlockd dies on SIGHUP and drops every lock; we never do.
         log.warn({ signal: sig }, 'signal ignored');

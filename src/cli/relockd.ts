@@ -4,8 +4,9 @@
 import type { Level } from 'pino';
 import { Daemon } from '../daemon/daemon.js';
 import { defaultPaths, pathsUnder } from '../daemon/paths.js';
-import { defaultTermination } from '../daemon/terminator.js';
-import { createLogger } from '../log.js';
+import { createDaemonLogger } from '../log.js';
+import { fromConfig, resolveSettings } from '../daemon/settings.js';
+import type { ResolvedSettings } from '../daemon/settings.js';
 import { RELOCKD_OPTIONS, parseKnownArgs } from './relockdOptions.js';
 import type { CliArgs } from './relockdOptions.js';
 import { REEXEC_ENV } from '../daemon/reexec.js';
@@ -37,26 +38,26 @@ export class UsageError extends Error {
 
 /** Options whose implementation has not landed yet must not be silently ignored. */
 function refuseUnsupported(a: CliArgs): void {
-  const unsupported: Array<[boolean, string]> = [
-    [a.daemon, '-d/--daemon'],
-    [a.config !== undefined, '-f/--config'],
-  ];
-  for (const [given, flag] of unsupported) {
-    if (given) throw new UsageError(`${flag} is not supported yet`);
-  }
+  if (a.daemon) throw new UsageError('-d/--daemon is not supported yet');
+}
+
+function checkArgs(args: CliArgs): void {
+  refuseUnsupported(args);
+  if (args.termGrace !== undefined && !(args.termGrace >= 0)) throw new UsageError('--term-grace takes a number of seconds >= 0');
+  if (args.storageTimeout !== undefined && !(args.storageTimeout > 0)) throw new UsageError('--storage-timeout takes a positive number of seconds');
+  if (args.timeout !== undefined && !(Number.isInteger(args.timeout) && args.timeout >= 0 && args.timeout <= 2147483)) throw new UsageError('Invalid value for timeout');
+  if (args.maxClients !== undefined && !(Number.isInteger(args.maxClients) && args.maxClients > 0)) throw new UsageError('--max-clients takes a positive integer');
+  for (const dir of args.lockspace ?? []) if (!dir.startsWith('/')) throw new UsageError(`--lockspace needs an absolute path: '${dir}'`);
 }
 
 export async function main(argv: string[], originalArgv?: string[]): Promise<Daemon | undefined> {
   mark('modules');
+  const reexec = process.env[REEXEC_ENV] !== undefined;
   let args: CliArgs;
   try {
     // A re-exec'd image gets the argv yargs accepted at first start.
-    args = process.env[REEXEC_ENV] ? parseKnownArgs(argv) : await parseArgs(argv);
-    refuseUnsupported(args);
-    if (!(args.termGrace >= 0) || !(args.storageTimeout > 0)) throw new UsageError('--term-grace and --storage-timeout take positive numbers of seconds');
-    if (args.timeout !== undefined && !(Number.isInteger(args.timeout) && args.timeout >= 0 && args.timeout <= 2147483)) throw new UsageError('Invalid value for timeout');
-    if (args.maxClients !== undefined && !(Number.isInteger(args.maxClients) && args.maxClients > 0)) throw new UsageError('--max-clients takes a positive integer');
-    for (const dir of args.lockspace ?? []) if (!dir.startsWith('/')) throw new UsageError(`--lockspace needs an absolute path: '${dir}'`);
+    args = reexec ? parseKnownArgs(argv) : await parseArgs(argv);
+    checkArgs(args);
   } catch (err) {
     process.stderr.write(`relockd: error: ${(err as Error).message}\n`);
     process.exit(1);
@@ -64,27 +65,29 @@ export async function main(argv: string[], originalArgv?: string[]): Promise<Dae
   mark('args');
   const base = defaultPaths();
   const paths = args.runtimeDir ? pathsUnder(args.runtimeDir, base) : base;
-  const level = (args.logLevel ?? (args.verbose ? 'debug' : 'info')) as Level;
-  const log = createLogger(level);
-  const daemon = new Daemon(
-    {
-      socketPath: args.socket ?? paths.socket,
-      adminSocketPath: args.adminSocket ?? paths.adminSocket,
-      adminMaxClients: 5000,
-      stateFile: args.stateFile ?? paths.stateFile,
-      quiesceTimeoutMs: 5000,
-      pidFile: args.pidFile ?? paths.pidFile,
-      shutdownPolicy: args.shutdownPolicy ?? 'drain',
-      timeoutSec: args.timeout ? args.timeout : null,
-      lockspaces: args.lockspace ?? [],
-      runtimeDir: paths.runtimeDir,
-      maxClients: args.maxClients ?? 1024,
-      termination: { ...defaultTermination, termGraceMs: args.termGrace * 1000 },
-      storageTimeoutMs: args.storageTimeout * 1000,
-      storagePerKeyConcurrency: 4,
-    },
-    log,
-  );
+  let settings: ResolvedSettings;
+  let configError: Error | null = null;
+  try {
+    settings = resolveSettings(args, paths);
+  } catch (err) {
+    if (!reexec) {
+      // virtlockd: a bad configuration is fatal at start (exit 1).
+      process.stderr.write(`relockd: error: ${(err as Error).message}\n`);
+      process.exit(1);
+    }
+    // A re-exec'd image must never exit over it (every lock would go):
+    // run with the command line and defaults, and say so loudly.
+    configError = err as Error;
+    settings = fromConfig(args, paths);
+  }
+  mark('config');
+  const logging = createDaemonLogger(settings.level, settings.outputs);
+  const log = logging.log;
+  if (configError) log.error({ err: configError.message }, 'configuration invalid: running with the command line and defaults; fix it and send SIGHUP or SIGUSR1');
+  for (const w of settings.warnings) log.warn({ configFile: settings.configFile }, w);
+  const daemon = new Daemon(settings.options, log);
+  daemon.logging = logging;
+  daemon.reloadSettings = () => resolveSettings(args, paths);
   if (originalArgv && originalArgv.length) daemon.originalArgv = originalArgv;
   try {
     await daemon.start();

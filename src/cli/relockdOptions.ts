@@ -5,7 +5,6 @@
 // 60-100 ms to every re-exec blackout.
 
 import { parseArgs as utilParseArgs } from 'node:util';
-import { defaultTermination } from '../daemon/terminator.js';
 import { LOG_LEVELS } from '../log.js';
 
 interface OptionSpec {
@@ -29,8 +28,8 @@ export const RELOCKD_OPTIONS: Record<string, OptionSpec> = {
   'admin-socket': { type: 'string', describe: 'admin socket path (virt-admin and relockctl)' },
   'state-file': { type: 'string', describe: 're-exec state file path (default: in the runtime directory)' },
   'runtime-dir': { type: 'string', describe: 'directory for sockets, pid and state files' },
-  'term-grace': { type: 'number', default: defaultTermination.termGraceMs / 1000, describe: 'seconds between SIGTERM and SIGKILL of an owner that lost its connection while holding leases' },
-  'storage-timeout': { type: 'number', default: 30, describe: 'seconds a storage call may take before the request fails' },
+  'term-grace': { type: 'number', describe: 'seconds between SIGTERM and SIGKILL of an owner that lost its connection while holding leases (default 3)' },
+  'storage-timeout': { type: 'number', describe: 'seconds a storage call may take before the request fails (default 30)' },
   'shutdown-policy': { type: 'string', choices: ['drain', 'kill-owners', 'refuse'], describe: 'what SIGTERM does while leases are held (default drain)' },
   'max-clients': { type: 'number', describe: 'connected clients at most on the main socket; more wait in the backlog (default 1024)' },
   lockspace: { type: 'string', array: true, describe: 'directory lock space to create at start (repeatable)' },
@@ -47,8 +46,8 @@ export interface CliArgs {
   adminSocket?: string;
   stateFile?: string;
   runtimeDir?: string;
-  termGrace: number;
-  storageTimeout: number;
+  termGrace?: number;
+  storageTimeout?: number;
   shutdownPolicy?: 'drain' | 'kill-owners' | 'refuse';
   lockspace?: string[];
   maxClients?: number;

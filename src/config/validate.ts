@@ -2,10 +2,7 @@
 // (schemas/<name>.schema.json -> dist/validators/<name>.cjs), with the error
 // wording of src/state/validate.ts.
 
-import { createRequire } from 'node:module';
-import { join } from 'node:path';
-import { packageRoot } from '../packageRoot.js';
-import { describeErrors } from '../state/validate.js';
+import { describeErrors, load as loadValidator } from '../state/validate.js';
 
 /** An ajv error object, as the generated validators report them. */
 export interface AjvError {
@@ -14,22 +11,6 @@ export interface AjvError {
   message?: string;
   params: Record<string, unknown>;
   schemaPath?: string;
-}
-
-type ValidateFn = ((data: unknown) => boolean) & { errors?: AjvError[] | null };
-
-// LOADER: the same loader as src/state/validate.ts's private load(); once that
-// one is exported, import it here instead and delete these lines.
-const require = createRequire(import.meta.url);
-const cache = new Map<string, ValidateFn>();
-function loadValidator(name: string): ValidateFn {
-  let v = cache.get(name);
-  if (!v) {
-    const mod = require(join(packageRoot, 'dist', 'validators', `${name}.cjs`)) as ValidateFn | { default: ValidateFn };
-    v = typeof mod === 'function' ? mod : mod.default;
-    cache.set(name, v);
-  }
-  return v;
 }
 
 export interface ValidationResult {

@@ -10,7 +10,7 @@
 
 import { readFileSync } from 'node:fs';
 import { userInfo } from 'node:os';
-import type { Level, Logger } from 'pino';
+import type { Level } from 'pino';
 import { ErrorCode, ErrorDomain, ProtocolError } from '../rpc/errors.js';
 import type { ClientConnection, Service } from '../rpc/connection.js';
 import type { RpcServer } from '../rpc/server.js';
@@ -33,157 +33,123 @@ import type { Program } from '../rpc/program.js';
 import type { Header, Packet } from '../rpc/packet.js';
 import type { Owner } from '../locks/lockManager.js';
 import { VERSION } from '../version.js';
+import { levelOfPriority, loggingPlan, LogSpecError, parseLogFilters, parseLogOutputs, priorityOfLevel } from '../config/logging.js';
+import type { LogFilter, LogOutput } from '../config/logging.js';
+import type { OutputSpec } from '../log.js';
 import type { Daemon } from './daemon.js';
 import type { LockClient } from './lockService.js';
 
 // ---- log settings (virt-admin daemon-log-filters / daemon-log-outputs) -------
 
-/** libvirt priorities: 1 debug, 2 info, 3 warning, 4 error. */
-type Priority = 1 | 2 | 3 | 4;
+const logArg = (detail: string) => invalidArg(ErrorDomain.NONE, detail);
 
-interface LogFilter {
-  priority: Priority;
-  /** Stored as libvirt 9.0 does: the match wrapped in '*'. */
-  match: string;
-  stack: boolean;
-}
-
-interface LogOutput {
-  priority: Priority;
-  dest: 'stderr' | 'journald';
-  text: string;
-}
-
-const PINO_OF: Record<Priority, Level> = { 1: 'debug', 2: 'info', 3: 'warn', 4: 'error' };
-
-export function priorityOfLevel(level: string): Priority {
-  switch (level) {
-    case 'trace':
-    case 'debug':
-      return 1;
-    case 'info':
-      return 2;
-    case 'warn':
-      return 3;
-    default:
-      return 4;
+/** The same syntax as log_filters/log_outputs in the configuration file. */
+function parseOrRefuse<T>(parse: () => T): T {
+  try {
+    return parse();
+  } catch (err) {
+    if (err instanceof LogSpecError) throw logArg(err.message);
+    throw err;
   }
 }
 
-/** virStrToLong_uip plus the range check: "1".."4", a leading '+' allowed. */
-function parsePriority(s: string | undefined): Priority | null {
-  if (s === undefined || !/^\s*\+?\d+$/.test(s)) return null;
-  const n = Number.parseInt(s, 10);
-  return n >= 1 && n <= 4 ? (n as Priority) : null;
+/** libvirt's text for an output in force ("1:stderr", "3:file:/var/log/x"). */
+function outputText(o: { level: string; kind: string; path?: string; ident?: string }): string {
+  const p = priorityOfLevel(o.level);
+  return o.kind === 'file' ? `${p}:file:${o.path}` : o.kind === 'syslog' ? `${p}:syslog:${o.ident}` : `${p}:${o.kind}`;
 }
 
-const logArg = (detail: string) => invalidArg(ErrorDomain.NONE, detail);
-
 /**
- * relockd logs JSON lines with pino to stderr; it has one log stream, not
- * libvirt's per-module categories. The libvirt settings map onto it like
- * this (libvirt's own rule, with every filter treated as matching):
+ * virt-admin's daemon-log-filters/-outputs on relockd. relockd has one log
+ * stream, not libvirt's per-module categories, so every filter counts as
+ * matching (src/config/logging.ts, loggingPlan):
  *
  *   threshold(filters) = lowest filter priority, or the start-up level when
  *                        there are no filters;
- *   threshold(outputs) = lowest output priority;
- *   pino level         = max of the two: 1 debug, 2 info, 3 warn, 4 error.
+ *   pino level         = max(threshold, lowest output priority):
+ *                        1 debug, 2 info, 3 warn, 4 error.
  *
  * So `daemon-log-filters 1:*` plus `daemon-log-outputs 1:stderr` turns on
- * debug events; `4:*` leaves errors only. Outputs may be `N:stderr` or
- * `N:journald` (both are relockd's stderr, which systemd puts in the
- * journal); `file` and `syslog` outputs are refused rather than ignored.
- * An empty setting restores the default (no filters; `<start level>:stderr`).
+ * debug events; `4:*` leaves errors only. Outputs (stderr, journald,
+ * syslog:IDENT, file:PATH) are applied through the daemon's log outputs;
+ * without them (a Daemon built without createDaemonLogger) only stderr and
+ * journald, both meaning our stderr, are accepted. An empty setting restores
+ * the start-up state (no filters / the outputs the daemon started with).
  */
 export class LogSettings {
   private filters: LogFilter[] = [];
+  /** null: the outputs in force at start. */
   private outputs: LogOutput[] | null = null;
-  private readonly startLevel: string;
-  readonly defaultPriority: Priority;
+  private start: { level: Level; outputs: LogOutput[] } | null = null;
 
-  constructor(private readonly log: Logger) {
-    this.startLevel = log.level;
-    this.defaultPriority = priorityOfLevel(log.level);
+  /** The Daemon is built before its log outputs are attached: read the start-up state on first use. */
+  constructor(private readonly daemon: Daemon) {}
+
+  private get startLevel(): Level {
+    return this.startState().level;
+  }
+
+  private get startOutputs(): LogOutput[] {
+    return this.startState().outputs;
+  }
+
+  private startState(): { level: Level; outputs: LogOutput[] } {
+    if (!this.start) {
+      const level = this.daemon.log.level as Level;
+      const specs = this.daemon.logging?.outputs.specs ?? [{ level, kind: 'stderr' as const }];
+      const outputs = specs.map((o): LogOutput => {
+        const text = outputText(o);
+        const p = priorityOfLevel(o.level);
+        return parseOrRefuse(() => parseLogOutputs(text))[0] ?? { priority: p, level: levelOfPriority(p), kind: 'stderr', text };
+      });
+      this.start = { level, outputs };
+    }
+    return this.start;
   }
 
   getFilters(): { filters: string; count: number } {
-    // virLogGetFilters: "N:[+]match " per filter, trailing space included.
-    return { filters: this.filters.map((f) => `${f.priority}:${f.stack ? '+' : ''}${f.match} `).join(''), count: this.filters.length };
+    // virLogGetFilters in 9.0: "N:*match* " per filter, trailing space included.
+    return { filters: this.filters.map((f) => `${f.priority}:*${f.match}* `).join(''), count: this.filters.length };
   }
 
   getOutputs(): { outputs: string; count: number } {
-    const outs = this.outputs ?? [this.defaultOutput()];
+    const outs = this.outputs ?? this.startOutputs;
     return { outputs: outs.map((o) => o.text).join(' '), count: outs.length };
   }
 
-  private defaultOutput(): LogOutput {
-    return { priority: this.defaultPriority, dest: 'stderr', text: `${this.defaultPriority}:stderr` };
-  }
-
   setFilters(spec: string): void {
-    const parsed: LogFilter[] = [];
-    for (const tok of spec.split(/\s+/).filter(Boolean)) {
-      const parts = tok.split(':');
-      if (parts.length !== 2) throw logArg(`Malformed format for filter '${tok}'`);
-      const priority = parsePriority(parts[0]);
-      if (priority === null) throw logArg(`Invalid priority '${parts[0]}' for filter '${tok}'`);
-      let match = parts[1]!;
-      const stack = match.startsWith('+');
-      if (stack) match = match.slice(1);
-      if (!match) throw logArg(`Invalid filter match '${tok}'`);
-      parsed.push({ priority, match: `*${match}*`, stack });
-    }
-    this.filters = parsed;
-    this.apply('filters');
+    const filters = parseOrRefuse(() => parseLogFilters(spec));
+    this.apply(filters, this.outputs, 'filters');
   }
 
   setOutputs(spec: string): void {
-    const toks = spec.split(/\s+/).filter(Boolean);
-    if (toks.length === 0) {
-      this.outputs = null;
-      this.apply('outputs');
-      return;
-    }
-    const parsed: LogOutput[] = [];
-    for (const tok of toks) {
-      const parts = tok.split(':');
-      if (parts.length < 2) throw logArg(`Malformed format for output '${tok}'`);
-      const priority = parsePriority(parts[0]);
-      if (priority === null) throw logArg(`Invalid priority '${parts[0]}' for output '${tok}'`);
-      const dest = parts[1]!;
-      if (!['stderr', 'journald', 'syslog', 'file'].includes(dest)) throw logArg(`Invalid destination '${dest}' for output '${tok}'`);
-      const need = dest === 'stderr' || dest === 'journald' ? 2 : 3;
-      if (parts.length !== need || (need === 3 && !parts[2])) {
-        throw logArg(`Log output '${tok}' does not meet the format requirements for destination type '${dest}'`);
-      }
-      if (dest === 'syslog' || dest === 'file') {
-        throw ProtocolError.report(
-          ErrorCode.CONFIG_UNSUPPORTED,
-          ErrorDomain.ADMIN,
-          `relockd logs JSON lines to stderr only; output '${tok}' is not supported (use N:stderr or N:journald, and route stderr with systemd or a log shipper)`,
-        );
-      }
-      parsed.push({ priority, dest: dest as 'stderr' | 'journald', text: tok });
-    }
-    this.outputs = parsed;
-    this.apply('outputs');
+    const parsed = parseOrRefuse(() => parseLogOutputs(spec));
+    this.apply(this.filters, parsed.length ? parsed : null, 'outputs');
   }
 
-  /** The pino level the settings amount to. */
-  effectiveLevel(): Level {
-    const f = this.filters.length ? Math.min(...this.filters.map((x) => x.priority)) : this.defaultPriority;
-    const o = Math.min(...(this.outputs ?? [this.defaultOutput()]).map((x) => x.priority));
-    const p = Math.max(f, o) as Priority;
-    // 'trace' has no libvirt priority: keep it while the settings still say debug.
-    if (p === 1 && this.startLevel === 'trace') return 'trace';
-    return PINO_OF[p];
-  }
-
-  private apply(what: 'filters' | 'outputs'): void {
-    const before = this.log.level;
-    const after = this.effectiveLevel();
-    if (before !== after) this.log.level = after;
-    this.log.warn({ [what]: what === 'filters' ? this.getFilters().filters.trim() : this.getOutputs().outputs, level: after, was: before }, 'log settings changed by admin');
+  private apply(filters: LogFilter[], outputs: LogOutput[] | null, what: 'filters' | 'outputs'): void {
+    const plan = loggingPlan({ logLevel: 0, logFilters: filters, logOutputs: outputs ?? this.startOutputs }, { defaultLevel: this.startLevel });
+    const log = this.daemon.log;
+    const before = log.level;
+    const logging = this.daemon.logging;
+    if (logging) {
+      const specs: OutputSpec[] = plan.outputs.map((o) => ({ level: o.level, kind: o.kind, ...(o.path !== undefined ? { path: o.path } : {}), ...(o.ident !== undefined ? { ident: o.ident } : {}) }));
+      try {
+        logging.apply(plan.level, specs);
+      } catch (err) {
+        throw ProtocolError.system(ErrorDomain.ADMIN, Math.abs((err as NodeJS.ErrnoException).errno ?? 0), (err as Error).message, 'cannot open the log outputs');
+      }
+    } else {
+      const other = plan.outputs.find((o) => o.kind === 'file' || o.kind === 'syslog');
+      if (other) {
+        throw ProtocolError.report(ErrorCode.CONFIG_UNSUPPORTED, ErrorDomain.ADMIN, `this relockd logs to stderr only; output kind '${other.kind}' is not available`);
+      }
+      log.level = plan.level;
+    }
+    this.filters = filters;
+    this.outputs = outputs;
+    const shown = what === 'filters' ? this.getFilters().filters.trim() : this.getOutputs().outputs;
+    log.warn({ [what]: shown, level: plan.level, was: before }, 'log settings changed by admin');
   }
 }
 
@@ -251,7 +217,7 @@ export class AdminService implements Service<AdminContext> {
   private readonly unauthMax = new Map<string, number>();
 
   constructor(private readonly daemon: Daemon) {
-    this.logSettings = new LogSettings(daemon.log);
+    this.logSettings = new LogSettings(daemon);
     const libvirt: AdminBackend = {
       libVersion: encodeVersion(VERSION),
       servers: () => this.serverHandles(),

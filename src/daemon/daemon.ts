@@ -26,6 +26,8 @@ import { REEXEC_ENV, Reexecutor } from './reexec.js';
 import { ActivationError, takeActivation } from './activation.js';
 import type { ActivatedSockets } from './activation.js';
 import { PidFile } from './pidFile.js';
+import type { DaemonLogger } from '../log.js';
+import type { ResolvedSettings } from './settings.js';
 import { safeModeRefusal, stoppingRefusal } from '../locks/errors.js';
 import { listenerPath } from '../state/orphans.js';
 import type { ReexecResult, ReplyAfterExec } from './reexec.js';
@@ -93,6 +95,10 @@ export class Daemon {
   history: ReexecRecord[] = [];
   boot: BootKind = 'fresh';
   pidFile: PidFile | null = null;
+  /** Log outputs and level, changeable at run time (SIGHUP, virt-admin). */
+  logging: DaemonLogger | null = null;
+  /** Recomputes the settings from the command line and configuration (SIGHUP). */
+  reloadSettings: (() => ResolvedSettings) | null = null;
   /** Set once a stop was accepted (draining or exiting). */
   stopping: ShutdownPolicy | null = null;
   private readonly reexecutor = new Reexecutor(this);
@@ -387,6 +393,53 @@ export class Daemon {
     return { ...rest, termination: { ...termination }, logLevel: this.log.level };
   }
 
+  /**
+   * SIGHUP: re-read the configuration and apply what can change while
+   * running (log level and outputs, client limits, grace and storage times,
+   * shutdown policy, new lock spaces). Paths and sockets need a re-exec.
+   * A bad configuration changes nothing; the daemon never dies over it.
+   */
+  async reload(): Promise<void> {
+    if (!this.reloadSettings) return;
+    let next: ResolvedSettings;
+    try {
+      next = this.reloadSettings();
+    } catch (err) {
+      this.log.error({ err: (err as Error).message }, 'configuration reload failed: keeping the current settings');
+      return;
+    }
+    for (const w of next.warnings) this.log.warn({ configFile: next.configFile }, w);
+    const o = next.options;
+    const cur = this.opts;
+    const changed: Record<string, unknown> = {};
+    const set = <K extends keyof DaemonOptions>(k: K, v: DaemonOptions[K]) => {
+      if (JSON.stringify(cur[k]) !== JSON.stringify(v)) {
+        changed[k] = v;
+        cur[k] = v;
+      }
+    };
+    set('maxClients', o.maxClients);
+    set('adminMaxClients', o.adminMaxClients);
+    set('termination', o.termination);
+    set('storageTimeoutMs', o.storageTimeoutMs);
+    set('storagePerKeyConcurrency', o.storagePerKeyConcurrency);
+    set('quiesceTimeoutMs', o.quiesceTimeoutMs);
+    set('shutdownPolicy', o.shutdownPolicy);
+    set('lockspaces', o.lockspaces);
+    this.lockServer.maxClients = cur.maxClients;
+    if (this.adminServer) this.adminServer.maxClients = cur.adminMaxClients;
+    this.lockServer.checkLimit();
+    this.adminServer?.checkLimit();
+    this.lockService.termination = cur.termination;
+    this.gate.options = { timeoutMs: cur.storageTimeoutMs, perKeyConcurrency: cur.storagePerKeyConcurrency };
+    const before = this.log.level;
+    this.logging?.apply(next.level, next.outputs);
+    if (before !== next.level) changed.logLevel = next.level;
+    await this.createConfiguredLockspaces();
+    const needReexec = (['socketPath', 'adminSocketPath', 'stateFile', 'pidFile', 'runtimeDir'] as const).filter((k) => cur[k] !== o[k]);
+    this.log.info({ configFile: next.configFile, changed, needReexec }, 'configuration reloaded');
+  }
+
   /** Re-exec (SIGUSR1, or the admin interface with a call to answer afterwards). */
   reexec(trigger = 'SIGUSR1', replyTo?: ReplyAfterExec): Promise<ReexecResult> {
     return this.reexecutor.run(trigger, replyTo);
@@ -466,7 +519,7 @@ export class Daemon {
       this.checkIdle();
       this.lockServer.checkLimit(); // leases released free fds too
       this.adminServer?.checkLimit();
-      if (this.stopping === 'drain') void this.finishDrain();
+      if (this.stopping === 'drain' || this.stopping === 'refuse') void this.finishDrain();
     }, 250);
     this.statusTimer.unref();
   }
@@ -510,13 +563,18 @@ export class Daemon {
     const holders = this.holders();
     for (const h of holders) this.log.warn({ signal, policy, ownerPid: h.pid, resources: h.resources }, 'stop requested while this owner holds leases');
     if (this.stopping) return;
-    if (policy === 'refuse' || this.orphans.length > 0) {
-      this.log.warn({ signal, policy, owners: holders.length, orphans: this.orphans.length }, 'stop refused: leases are held; stop the VMs (or release the leases) first');
+    if (this.orphans.length > 0) {
+      this.log.warn({ signal, orphans: this.orphans.length }, 'stop refused: safe mode keeps fds it cannot interpret (they may hold locks)');
       return;
     }
     this.stopping = policy;
-    this.manager.acquireRefusal = stoppingRefusal;
     this.notify('STOPPING=1');
+    if (policy === 'refuse') {
+      // Keep serving everything; the stop happens once nothing is held.
+      this.log.warn({ signal, owners: holders.length }, 'stop deferred: leases are held; still serving, exiting once the last lease is released');
+      return;
+    }
+    this.manager.acquireRefusal = stoppingRefusal;
     if (policy === 'drain') {
       this.log.warn({ signal, owners: holders.length }, 'draining: new acquisitions refused; exiting when the last lease is released');
       return;

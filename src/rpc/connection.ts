@@ -219,6 +219,7 @@ export class ClientConnection<Ctx> {
       this.replyError(h, ProtocolError.rpc('Unable to decode message payload'));
       return undefined;
     }
+    if (this.log.isLevelEnabled('debug')) this.log.debug({ program: program.name, proc: proc.name, serial: h.serial }, 'call');
     let result: unknown;
     try {
       result = proc.handle(this.ctx, decoded);

@@ -6,19 +6,20 @@ import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { packageRoot } from '../packageRoot.js';
 
-interface AjvError {
+export interface AjvError {
   instancePath: string;
   keyword: string;
   message?: string;
   params: Record<string, unknown>;
 }
 
-type ValidateFn = ((data: unknown) => boolean) & { errors?: AjvError[] | null };
+export type ValidateFn = ((data: unknown) => boolean) & { errors?: AjvError[] | null };
 
 const require = createRequire(import.meta.url);
 const cache = new Map<string, ValidateFn>();
 
-function load(name: string): ValidateFn {
+/** The generated validator for schemas/<name>.schema.json. */
+export function load(name: string): ValidateFn {
   let v = cache.get(name);
   if (!v) {
     const mod = require(join(packageRoot, 'dist', 'validators', `${name}.cjs`)) as ValidateFn | { default: ValidateFn };

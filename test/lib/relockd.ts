@@ -54,7 +54,8 @@ export interface RelockdOptions {
   node?: string;
   args?: string[];
   env?: NodeJS.ProcessEnv;
-  logLevel?: string;
+  /** null: no --log-level (the configuration file decides). */
+  logLevel?: string | null;
 }
 
 export function waitForSocket(path: string, timeoutMs = 15000, isDead?: () => boolean): Promise<void> {
@@ -97,7 +98,7 @@ export async function startRelockd(opts: RelockdOptions = {}): Promise<StartedDa
   const dir = opts.dir ?? mkdtempSync(join(tmpdir(), 'relockd-test-'));
   const socketPath = join(dir, 'relockd.sock');
   let logs = '';
-  const child = spawn('/usr/bin/env', [...ENV_PREFIX, opts.node ?? process.execPath, ...NODE_FLAGS, opts.bin ?? RELOCKD_BIN, '--runtime-dir', dir, '--socket', socketPath, '--log-level', opts.logLevel ?? 'debug', ...(opts.args ?? [])], {
+  const child = spawn('/usr/bin/env', [...ENV_PREFIX, opts.node ?? process.execPath, ...NODE_FLAGS, opts.bin ?? RELOCKD_BIN, '--runtime-dir', dir, '--socket', socketPath, ...(opts.logLevel === null ? [] : ['--log-level', opts.logLevel ?? 'debug']), ...(opts.args ?? [])], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: cleanEnv(opts.env),
   });

@@ -1,0 +1,98 @@
+// Settings in force = command line > environment (libvirt's LIBVIRT_DEBUG,
+// LIBVIRT_LOG_FILTERS, LIBVIRT_LOG_OUTPUTS) > configuration file > defaults.
+// Computed at start and again on SIGHUP; the daemon applies what can change
+// while running.
+
+import type { Level } from 'pino';
+import type { CliArgs } from '../cli/relockdOptions.js';
+import { loadConfig, DEFAULT_CONFIG } from '../config/config.js';
+import type { RelockdConfig } from '../config/config.js';
+import { loggingPlan, parseLogFilters, parseLogOutputs } from '../config/logging.js';
+import type { OutputSpec } from '../log.js';
+import type { DaemonOptions } from './daemon.js';
+import type { DaemonPaths } from './paths.js';
+import { defaultTermination } from './terminator.js';
+
+export interface ResolvedSettings {
+  options: DaemonOptions;
+  level: Level;
+  outputs: OutputSpec[];
+  /** The configuration file's warnings (unknown keys, duplicates). */
+  warnings: string[];
+  configFile: string;
+  configFound: boolean;
+}
+
+/** libvirt's environment overrides (virLogSetFromEnv). */
+function applyEnv(cfg: RelockdConfig, env: NodeJS.ProcessEnv): RelockdConfig {
+  const out = { ...cfg };
+  const dbg = env.LIBVIRT_DEBUG;
+  if (dbg) {
+    const n = Number(dbg);
+    const byName: Record<string, 1 | 2 | 3 | 4> = { debug: 1, info: 2, warning: 3, warn: 3, error: 4 };
+    const p = Number.isInteger(n) && n >= 1 && n <= 4 ? (n as 1 | 2 | 3 | 4) : byName[dbg.toLowerCase()];
+    if (p) out.logLevel = p;
+  }
+  if (env.LIBVIRT_LOG_FILTERS) out.logFilters = parseLogFilters(env.LIBVIRT_LOG_FILTERS);
+  if (env.LIBVIRT_LOG_OUTPUTS) out.logOutputs = parseLogOutputs(env.LIBVIRT_LOG_OUTPUTS);
+  return out;
+}
+
+/** The default log file of a daemonized relockd (virtlockd's choice of place). */
+function defaultLogFile(privileged: boolean, env: NodeJS.ProcessEnv): string {
+  return privileged ? '/var/log/libvirt/relockd.log' : `${env.XDG_CACHE_HOME || `${env.HOME}/.cache`}/libvirt/relockd.log`;
+}
+
+/**
+ * Loads the configuration (a missing default file is fine; a missing -f file
+ * is an error) and merges it with the command line. Throws ConfigError.
+ */
+export function resolveSettings(args: CliArgs, paths: DaemonPaths, env: NodeJS.ProcessEnv = process.env, privileged = (process.geteuid?.() ?? 0) === 0): ResolvedSettings {
+  const configFile = args.config ?? paths.configFile;
+  const loaded = loadConfig(configFile, { required: args.config !== undefined });
+  const cfg = applyEnv(loaded.config, env);
+  return fromConfig(args, paths, cfg, loaded.warnings, configFile, loaded.found, env, privileged);
+}
+
+export function fromConfig(
+  args: CliArgs,
+  paths: DaemonPaths,
+  cfg: RelockdConfig = DEFAULT_CONFIG,
+  warnings: string[] = [],
+  configFile = paths.configFile,
+  configFound = false,
+  env: NodeJS.ProcessEnv = process.env,
+  privileged = true,
+): ResolvedSettings {
+  const options: DaemonOptions = {
+    socketPath: args.socket ?? paths.socket,
+    adminSocketPath: args.adminSocket ?? paths.adminSocket,
+    runtimeDir: paths.runtimeDir,
+    stateFile: args.stateFile ?? cfg.stateFile ?? paths.stateFile,
+    pidFile: args.pidFile ?? cfg.pidFile ?? paths.pidFile,
+    maxClients: args.maxClients ?? cfg.maxClients,
+    adminMaxClients: cfg.adminMaxClients,
+    termination: { ...defaultTermination, termGraceMs: (args.termGrace ?? cfg.ownerTermGrace) * 1000 },
+    storageTimeoutMs: (args.storageTimeout ?? cfg.storageTimeout) * 1000,
+    storagePerKeyConcurrency: cfg.storageConcurrency,
+    quiesceTimeoutMs: cfg.reexecQuiesceTimeout * 1000,
+    shutdownPolicy: args.shutdownPolicy ?? cfg.shutdownPolicy,
+    timeoutSec: args.timeout ? args.timeout : null,
+    // --lockspace replaces the file's list.
+    lockspaces: args.lockspace ?? cfg.lockspaces,
+  };
+  const cliLevel = args.logLevel as Level | undefined;
+  const plan = loggingPlan(cfg, { defaultLevel: cliLevel ?? 'info', verbose: args.verbose });
+  let outputs: OutputSpec[] = plan.outputs.map((o) => ({ level: o.level, kind: o.kind, ...(o.path ? { path: o.path } : {}), ...(o.ident ? { ident: o.ident } : {}) }));
+  let level: Level = plan.level;
+  if (cliLevel) {
+    // --log-level wins over the file: every output and the logger use it.
+    level = cliLevel;
+    outputs = outputs.map((o) => ({ ...o, level: cliLevel }));
+  }
+  // Daemonized with nothing configured: stderr is /dev/null, so use a file.
+  if (args.daemon && cfg.logOutputs.length === 0 && !env.LIBVIRT_LOG_OUTPUTS) {
+    outputs = [{ level, kind: 'file', path: defaultLogFile(privileged, env) }];
+  }
+  return { options, level, outputs, warnings, configFile, configFound };
+}
