@@ -386,184 +386,231 @@ void PidfdSendSignal(const Napi::CallbackInfo& info) {
     throw SysError(info.Env(), errno, "pidfd_send_signal");
 }
 
-// ---- async: acquire ---------------------------------------------------------------
+// ---- acquire -----------------------------------------------------------------------
 
 // virtlockd's acquire sequence: open (optionally creating), OFD-lock byte 0,
 // and when creating make sure the path still names the file we locked: a
 // releasing holder may have unlinked it between our open and our lock.
-class LockFileWorker : public Napi::AsyncWorker {
- public:
-  LockFileWorker(Napi::Function cb, std::string path, bool shared, bool create)
-      : Napi::AsyncWorker(cb, "relockd.lockFile"),
-        path_(std::move(path)), shared_(shared), create_(create) {}
+// Runs on a pool thread (lockFile) or, for local filesystems, inline
+// (lockFileSync): the same code either way.
+struct LockJob {
+  std::string path;
+  bool shared = false, create = false;
+  Failure fail;
+  int fd = -1;
+  dev_t dev = 0;
+  ino_t ino = 0;
+  bool created = false;
 
- protected:
-  void Execute() override {
+  void Run() {
     for (int attempt = 0; attempt < kMaxLockAttempts; attempt++) {
-      created_ = false;
-      int fd = open(path_.c_str(), O_RDWR | O_CLOEXEC);
-      if (fd < 0 && errno == ENOENT && create_) {
+      created = false;
+      int f = open(path.c_str(), O_RDWR | O_CLOEXEC);
+      if (f < 0 && errno == ENOENT && create) {
         // O_EXCL tells us whether we created it.
-        fd = open(path_.c_str(), O_RDWR | O_CLOEXEC | O_CREAT | O_EXCL, 0600);
-        if (fd >= 0) {
-          created_ = true;
+        f = open(path.c_str(), O_RDWR | O_CLOEXEC | O_CREAT | O_EXCL, 0600);
+        if (f >= 0) {
+          created = true;
         } else if (errno == EEXIST) {
           // Lost a creation race, or a dangling symlink: plain O_CREAT as virtlockd.
-          fd = open(path_.c_str(), O_RDWR | O_CLOEXEC | O_CREAT, 0600);
+          f = open(path.c_str(), O_RDWR | O_CLOEXEC | O_CREAT, 0600);
         }
       }
-      if (fd < 0) return Fail(-1, errno, "open", "open");
+      if (f < 0) return Fail(-1, errno, "open", "open");
 
-      struct flock fl = MakeFlock(shared_ ? F_RDLCK : F_WRLCK, 0, 1);
-      if (fcntl(fd, F_OFD_SETLK, &fl) < 0) return Fail(fd, errno, "fcntl(F_OFD_SETLK)", "lock");
+      struct flock fl = MakeFlock(shared ? F_RDLCK : F_WRLCK, 0, 1);
+      if (fcntl(f, F_OFD_SETLK, &fl) < 0) return Fail(f, errno, "fcntl(F_OFD_SETLK)", "lock");
 
       struct stat fst, pst;
-      if (fstat(fd, &fst) < 0) return Fail(fd, errno, "fstat", "stat");
-      if (create_) {
-        if (stat(path_.c_str(), &pst) < 0) {
-          if (errno != ENOENT) return Fail(fd, errno, "stat", "stat");
-          close(fd);  // unlinked under us: retry
+      if (fstat(f, &fst) < 0) return Fail(f, errno, "fstat", "stat");
+      if (create) {
+        if (stat(path.c_str(), &pst) < 0) {
+          if (errno != ENOENT) return Fail(f, errno, "stat", "stat");
+          close(f);  // unlinked under us: retry
           continue;
         }
         if (pst.st_dev != fst.st_dev || pst.st_ino != fst.st_ino) {
-          close(fd);  // replaced under us: retry
+          close(f);  // replaced under us: retry
           continue;
         }
       }
-      fd_ = fd;
-      dev_ = fst.st_dev;
-      ino_ = fst.st_ino;
+      fd = f;
+      dev = fst.st_dev;
+      ino = fst.st_ino;
       return;
     }
-    fail_ = {ELOOP, "stat", "stat", "the file kept being replaced while locking it"};
+    fail = {ELOOP, "stat", "stat", "the file kept being replaced while locking it"};
   }
 
-  void OnOK() override {
-    Napi::Env env = Env();
-    if (fail_.err) {
-      Callback().Call({FailureValue(env, fail_)});
-      return;
-    }
+  Napi::Object Result(Napi::Env env) const {
     Napi::Object r = Napi::Object::New(env);
-    r.Set("fd", fd_);
-    r.Set("dev", static_cast<double>(dev_));  // same (lossy) numbers as fs.Stats
-    r.Set("ino", static_cast<double>(ino_));
-    r.Set("created", created_);
-    Callback().Call({env.Null(), r});
+    r.Set("fd", fd);
+    r.Set("dev", static_cast<double>(dev));  // same (lossy) numbers as fs.Stats
+    r.Set("ino", static_cast<double>(ino));
+    r.Set("created", created);
+    return r;
   }
 
  private:
-  void Fail(int fd, int err, const char* syscall, const char* stage) {
-    if (fd >= 0) close(fd);
-    fail_ = {err, syscall, stage, nullptr};
+  void Fail(int f, int err, const char* syscall, const char* stage) {
+    if (f >= 0) close(f);
+    fail = {err, syscall, stage, nullptr};
   }
-
-  std::string path_;
-  bool shared_, create_;
-  Failure fail_;
-  int fd_ = -1;
-  dev_t dev_ = 0;
-  ino_t ino_ = 0;
-  bool created_ = false;
 };
 
-void LockFile(const Napi::CallbackInfo& info) {
+class LockFileWorker : public Napi::AsyncWorker {
+ public:
+  LockFileWorker(Napi::Function cb, LockJob job) : Napi::AsyncWorker(cb, "relockd.lockFile"), job_(std::move(job)) {}
+
+ protected:
+  void Execute() override { job_.Run(); }
+
+  void OnOK() override {
+    Napi::Env env = Env();
+    if (job_.fail.err) {
+      Callback().Call({FailureValue(env, job_.fail)});
+      return;
+    }
+    Callback().Call({env.Null(), job_.Result(env)});
+  }
+
+ private:
+  LockJob job_;
+};
+
+LockJob LockJobArgs(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  std::string path = StringArg(info, 0, "path");
-  if (path.empty()) ThrowRange(env, "path must not be empty");
+  LockJob job;
+  job.path = StringArg(info, 0, "path");
+  if (job.path.empty()) ThrowRange(env, "path must not be empty");
   Napi::Object opts = ObjectArg(info, 1, "opts");
-  bool shared = BoolValue(env, opts.Get("shared"), "opts.shared");
-  bool create = BoolValue(env, opts.Get("create"), "opts.create");
-  Napi::Function cb = FunctionArg(info, 2, "cb");
-  (new LockFileWorker(cb, std::move(path), shared, create))->Queue();
+  job.shared = BoolValue(env, opts.Get("shared"), "opts.shared");
+  job.create = BoolValue(env, opts.Get("create"), "opts.create");
+  return job;
 }
 
-// ---- async: release -----------------------------------------------------------------
+Napi::Value LockFileSync(const Napi::CallbackInfo& info) {
+  LockJob job = LockJobArgs(info);
+  job.Run();
+  if (job.fail.err) throw SysError(info.Env(), job.fail.err, job.fail.syscall, job.fail.stage, job.fail.detail);
+  return job.Result(info.Env());
+}
+
+void LockFile(const Napi::CallbackInfo& info) {
+  LockJob job = LockJobArgs(info);
+  Napi::Function cb = FunctionArg(info, 2, "cb");
+  (new LockFileWorker(cb, std::move(job)))->Queue();
+}
+
+// ---- release -----------------------------------------------------------------------
 
 // virtlockd's release: optionally delete the lock file, but only if no one
 // else holds it (upgrade to write succeeds) and the path still names our
 // file; then close, which drops the OFD lock. The close always happens.
-class ReleaseFileWorker : public Napi::AsyncWorker {
- public:
-  ReleaseFileWorker(Napi::Function cb, int fd, bool unlink, std::string path, bool onlyIfExclusive, bool classic)
-      : Napi::AsyncWorker(cb, "relockd.releaseFile"),
-        fd_(fd), unlink_(unlink), path_(std::move(path)), onlyIfExclusive_(onlyIfExclusive), classic_(classic) {}
+struct ReleaseJob {
+  int fd = -1;
+  bool unlink = false;
+  std::string path;
+  bool onlyIfExclusive = false;
+  bool classic = false;
+  bool unlinked = false;
+  int unlinkErr = 0;
+  Failure closeFail;
 
- protected:
-  void Execute() override {
-    if (unlink_) MaybeUnlink();
-    if (close(fd_) < 0) closeFail_ = {errno, "close", "close", nullptr};
+  void Run() {
+    if (unlink) MaybeUnlink();
+    if (close(fd) < 0) closeFail = {errno, "close", "close", nullptr};
   }
 
-  void OnOK() override {
-    Napi::Env env = Env();
-    // EBADF: nothing was ours to close, a caller bug. Other close errors
-    // (EIO, EINTR) still release the fd on Linux, so they are only reported.
-    if (closeFail_.err == EBADF) {
-      Callback().Call({FailureValue(env, closeFail_)});
-      return;
-    }
+  // EBADF: nothing was ours to close, a caller bug. Other close errors
+  // (EIO, EINTR) still release the fd on Linux, so they are only reported.
+  bool Failed() const { return closeFail.err == EBADF; }
+
+  Napi::Object Result(Napi::Env env) const {
     Napi::Object r = Napi::Object::New(env);
-    r.Set("unlinked", unlinked_);
+    r.Set("unlinked", unlinked);
     // Only the errno names: the caller logs them; the release itself went through.
-    if (unlinkErr_) r.Set("unlinkError", ErrnoName(unlinkErr_));
-    if (closeFail_.err) r.Set("closeError", ErrnoName(closeFail_.err));
-    Callback().Call({env.Null(), r});
+    if (unlinkErr) r.Set("unlinkError", ErrnoName(unlinkErr));
+    if (closeFail.err) r.Set("closeError", ErrnoName(closeFail.err));
+    return r;
   }
 
  private:
   void MaybeUnlink() {
-    if (onlyIfExclusive_) {
+    if (onlyIfExclusive) {
       // Fails while anyone else (even another fd of ours) still holds byte 0.
       // A classic lock (taken over from virtlockd) is upgraded as a classic
       // one: an OFD upgrade would conflict with our own classic read lock.
       struct flock fl = MakeFlock(F_WRLCK, 0, 1);
-      if (fcntl(fd_, classic_ ? F_SETLK : F_OFD_SETLK, &fl) < 0) {
-        if (errno != EAGAIN && errno != EACCES)
-          unlinkErr_ = errno;
+      if (fcntl(fd, classic ? F_SETLK : F_OFD_SETLK, &fl) < 0) {
+        if (errno != EAGAIN && errno != EACCES) unlinkErr = errno;
         return;
       }
     }
     struct stat fst, pst;
-    if (fstat(fd_, &fst) < 0) {
-      unlinkErr_ = errno;
+    if (fstat(fd, &fst) < 0) {
+      unlinkErr = errno;
       return;
     }
-    if (stat(path_.c_str(), &pst) < 0) {
-      if (errno != ENOENT) unlinkErr_ = errno;
+    if (stat(path.c_str(), &pst) < 0) {
+      if (errno != ENOENT) unlinkErr = errno;
       return;
     }
     if (pst.st_dev != fst.st_dev || pst.st_ino != fst.st_ino) return;  // not ours any more
-    if (unlink(path_.c_str()) == 0) {
-      unlinked_ = true;
+    if (::unlink(path.c_str()) == 0) {
+      unlinked = true;
     } else if (errno != ENOENT) {
-      unlinkErr_ = errno;
+      unlinkErr = errno;
     }
   }
-
-  int fd_;
-  bool unlink_;
-  std::string path_;
-  bool onlyIfExclusive_;
-  bool classic_;
-  bool unlinked_ = false;
-  int unlinkErr_ = 0;
-  Failure closeFail_;
 };
 
-void ReleaseFile(const Napi::CallbackInfo& info) {
+class ReleaseFileWorker : public Napi::AsyncWorker {
+ public:
+  ReleaseFileWorker(Napi::Function cb, ReleaseJob job) : Napi::AsyncWorker(cb, "relockd.releaseFile"), job_(std::move(job)) {}
+
+ protected:
+  void Execute() override { job_.Run(); }
+
+  void OnOK() override {
+    Napi::Env env = Env();
+    if (job_.Failed()) {
+      Callback().Call({FailureValue(env, job_.closeFail)});
+      return;
+    }
+    Callback().Call({env.Null(), job_.Result(env)});
+  }
+
+ private:
+  ReleaseJob job_;
+};
+
+ReleaseJob ReleaseJobArgs(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  int fd = FdArg(info, 0);
+  ReleaseJob job;
+  job.fd = FdArg(info, 0);
   Napi::Object opts = ObjectArg(info, 1, "opts");
   Napi::Value up = opts.Get("unlinkPath");
-  bool unlink = !up.IsNull();
-  std::string path = unlink ? StringValue(env, up, "opts.unlinkPath (or null)") : "";
-  if (unlink && path.empty()) ThrowRange(env, "opts.unlinkPath must not be empty");
-  bool onlyIfExclusive = BoolValue(env, opts.Get("onlyIfExclusive"), "opts.onlyIfExclusive");
+  job.unlink = !up.IsNull();
+  job.path = job.unlink ? StringValue(env, up, "opts.unlinkPath (or null)") : "";
+  if (job.unlink && job.path.empty()) ThrowRange(env, "opts.unlinkPath must not be empty");
+  job.onlyIfExclusive = BoolValue(env, opts.Get("onlyIfExclusive"), "opts.onlyIfExclusive");
   Napi::Value cv = opts.Get("classic");
-  bool classic = cv.IsUndefined() ? false : BoolValue(env, cv, "opts.classic");
+  job.classic = cv.IsUndefined() ? false : BoolValue(env, cv, "opts.classic");
+  return job;
+}
+
+void ReleaseFile(const Napi::CallbackInfo& info) {
+  ReleaseJob job = ReleaseJobArgs(info);
   Napi::Function cb = FunctionArg(info, 2, "cb");
-  (new ReleaseFileWorker(cb, fd, unlink, std::move(path), onlyIfExclusive, classic))->Queue();
+  (new ReleaseFileWorker(cb, std::move(job)))->Queue();
+}
+
+Napi::Value ReleaseFileSync(const Napi::CallbackInfo& info) {
+  ReleaseJob job = ReleaseJobArgs(info);
+  job.Run();
+  if (job.Failed()) throw SysError(info.Env(), job.closeFail.err, job.closeFail.syscall, job.closeFail.stage);
+  return job.Result(info.Env());
 }
 
 // ---- misc -----------------------------------------------------------------------------
@@ -597,7 +644,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   fn("pidfdOpen", PidfdOpen);
   fn("pidfdSendSignal", PidfdSendSignal);
   fn("lockFile", LockFile);
+  fn("lockFileSync", LockFileSync);
   fn("releaseFile", ReleaseFile);
+  fn("releaseFileSync", ReleaseFileSync);
   fn("strerror", Strerror);
   return exports;
 }

@@ -99,6 +99,8 @@ interface Binding {
   pidfdSendSignal(pidfd: number, sig: number): void;
   lockFile(path: string, opts: LockFileOptions, cb: LockFileCallback): void;
   releaseFile(fd: number, opts: ReleaseFileOptions, cb: ReleaseFileCallback): void;
+  lockFileSync(path: string, opts: LockFileOptions): LockFileResult;
+  releaseFileSync(fd: number, opts: ReleaseFileOptions): ReleaseFileResult;
   strerror(errno: number): string;
 }
 
@@ -254,6 +256,18 @@ export function lockFileP(file: string, opts: LockFileOptions): Promise<LockFile
   return new Promise((resolve, reject) => {
     native.lockFile(file, opts, (err, res) => (err ? reject(err) : resolve(res!)));
   });
+}
+
+/**
+ * The same sequences on the calling thread: only for storage that cannot
+ * hang (local filesystems, see src/locks/storageClass.ts).
+ */
+export function lockFileSync(file: string, opts: LockFileOptions): LockFileResult {
+  return native.lockFileSync(file, opts);
+}
+
+export function releaseFileSync(fd: number, opts: ReleaseFileOptions): ReleaseFileResult {
+  return native.releaseFileSync(fd, opts);
 }
 
 export function releaseFileP(fd: number, opts: ReleaseFileOptions): Promise<ReleaseFileResult> {

@@ -48,6 +48,8 @@ class MemLocker implements FileLocker {
     this.log.push(`close ${fd}${unlinked ? ' unlinked' : ''}`);
     return { unlinked };
   }
+  lockSync(): never { throw new Error('inline storage is not used without a classifier'); }
+  releaseSync(): never { throw new Error('inline storage is not used without a classifier'); }
   async touch(p: string) { this.files.add(p); }
   async unlink(p: string) { this.files.delete(p); }
   async kind(p: string) { return this.dirs.has(p) ? 'dir' as const : this.files.has(p) ? 'other' as const : 'missing' as const; }
@@ -61,9 +63,9 @@ function setup(timeoutMs = 5000) {
   const m = new LockManager({ locker, gate: new StorageGate({ timeoutMs, perKeyConcurrency: 4 }), log: pino({ level: 'silent' }) });
   return { locker, m };
 }
-async function rejectsWith(t: Test, p: Promise<unknown>, code: number, domain: number, msg: string) {
+async function rejectsWith(t: Test, fn: () => unknown, code: number, domain: number, msg: string) {
   try {
-    await p;
+    await fn();
     t.fail(`expected error ${msg}`);
   } catch (e) {
     t.ok(e instanceof ProtocolError, 'a protocol error');
@@ -75,12 +77,12 @@ async function rejectsWith(t: Test, p: Promise<unknown>, code: number, domain: n
 t.test('exclusive acquire, refusal even for the same owner, release', async (t) => {
   const { m, locker } = setup();
   await m.acquire('', '/img/a', 0, owner(1));
-  await rejectsWith(t, m.acquire('', '/img/a', 0, owner(1)), 87, 51, "resource busy: Lockspace resource '/img/a' is locked");
-  await rejectsWith(t, m.acquire('', '/img/a', 1, owner(2)), 87, 51, "resource busy: Lockspace resource '/img/a' is locked");
-  await rejectsWith(t, m.release('', '/img/a', owner(2)), 1, 51, 'internal error: owner 2 does not hold the resource lock');
+  await rejectsWith(t, () => m.acquire('', '/img/a', 0, owner(1)), 87, 51, "resource busy: Lockspace resource '/img/a' is locked");
+  await rejectsWith(t, () => m.acquire('', '/img/a', 1, owner(2)), 87, 51, "resource busy: Lockspace resource '/img/a' is locked");
+  await rejectsWith(t, () => m.release('', '/img/a', owner(2)), 1, 51, 'internal error: owner 2 does not hold the resource lock');
   await m.release('', '/img/a', owner(1));
   t.equal(locker.locks.size, 0);
-  await rejectsWith(t, m.release('', '/img/a', owner(1)), 87, 51, "resource busy: Lockspace resource '/img/a' is not locked");
+  await rejectsWith(t, () => m.release('', '/img/a', owner(1)), 87, 51, "resource busy: Lockspace resource '/img/a' is not locked");
 });
 
 t.test('shared owner lists keep repeats; the last owner frees', async (t) => {
@@ -90,7 +92,7 @@ t.test('shared owner lists keep repeats; the last owner frees', async (t) => {
   await m.acquire('', '/img/a', 1 | 2, owner(1));
   t.same(m.defaultSpace.resources.get('/img/a')!.owners, [1, 2, 1]);
   t.equal(m.defaultSpace.resources.get('/img/a')!.flags, 1, 'flags of the first acquirer');
-  await rejectsWith(t, m.acquire('', '/img/a', 0, owner(3)), 87, 51, "resource busy: Lockspace resource '/img/a' is locked");
+  await rejectsWith(t, () => m.acquire('', '/img/a', 0, owner(3)), 87, 51, "resource busy: Lockspace resource '/img/a' is locked");
   await m.release('', '/img/a', owner(1));
   t.same(m.defaultSpace.resources.get('/img/a')!.owners, [2, 1], 'first matching entry removed');
   t.equal(m.heldBy(1), 1);
@@ -101,14 +103,14 @@ t.test('shared owner lists keep repeats; the last owner frees', async (t) => {
 
 t.test('lock spaces: creation, lookup by exact string, bad names', async (t) => {
   const { m, locker } = setup();
-  await rejectsWith(t, m.acquire('/ls', 'x', 2, owner(1)), 1, 7, 'internal error: Lockspace for path /ls does not exist');
+  await rejectsWith(t, () => m.acquire('/ls', 'x', 2, owner(1)), 1, 7, 'internal error: Lockspace for path /ls does not exist');
   await m.createLockSpace('/ls');
   t.ok(locker.dirs.has('/ls'));
   await m.createLockSpace('/ls');
-  await rejectsWith(t, m.acquire('/ls/', 'x', 2, owner(1)), 1, 7, 'internal error: Lockspace for path /ls/ does not exist');
-  await rejectsWith(t, m.newLockSpace('/ls'), 1, 7, 'internal error: Lockspace for path /ls already exists');
-  await rejectsWith(t, m.newLockSpace(''), 55, 7, 'Requested operation is not valid: the default lockspace already exists');
-  await rejectsWith(t, m.createLockSpace('/img/a'), 1, 51, 'internal error: Lockspace location /img/a exists, but is not a directory');
+  await rejectsWith(t, () => m.acquire('/ls/', 'x', 2, owner(1)), 1, 7, 'internal error: Lockspace for path /ls/ does not exist');
+  await rejectsWith(t, () => m.newLockSpace('/ls'), 1, 7, 'internal error: Lockspace for path /ls already exists');
+  await rejectsWith(t, () => m.newLockSpace(''), 55, 7, 'Requested operation is not valid: the default lockspace already exists');
+  await rejectsWith(t, () => m.createLockSpace('/img/a'), 1, 51, 'internal error: Lockspace location /img/a exists, but is not a directory');
   for (const bad of ['..', '.', '', 'a/b', '../x']) {
     try {
       await m.acquire('/ls', bad, 2, owner(1));
@@ -156,7 +158,7 @@ t.test('operations on one name are ordered: acquire waits for the previous close
 t.test('a hung storage call times out, then fails fast, and a late lock is released', async (t) => {
   const { m, locker } = setup(100);
   locker.hang = true;
-  await rejectsWith(t, m.acquire('', '/img/a', 0, owner(1)), 38, 51, "Unable to acquire lock on '/img/a': storage for '/img' did not answer within 0.1 s");
+  await rejectsWith(t, () => m.acquire('', '/img/a', 0, owner(1)), 38, 51, "Unable to acquire lock on '/img/a': storage for '/img' did not answer within 0.1 s");
   const started = Date.now();
   try {
     await m.acquire('', '/img/b', 0, owner(1));

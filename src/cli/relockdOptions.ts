@@ -32,6 +32,7 @@ export const RELOCKD_OPTIONS: Record<string, OptionSpec> = {
   'storage-timeout': { type: 'number', describe: 'seconds a storage call may take before the request fails (default 30)' },
   'shutdown-policy': { type: 'string', choices: ['drain', 'kill-owners', 'refuse'], describe: 'what SIGTERM does while leases are held (default drain)' },
   'max-clients': { type: 'number', describe: 'connected clients at most on the main socket; more wait in the backlog (default 1024)' },
+  'storage-inline': { type: 'string', choices: ['local', 'never'], describe: "lease calls on local filesystems run on the event loop ('local', default) or always on worker threads ('never')" },
   lockspace: { type: 'string', array: true, describe: 'directory lock space to create at start (repeatable)' },
 };
 
@@ -51,6 +52,7 @@ export interface CliArgs {
   shutdownPolicy?: 'drain' | 'kill-owners' | 'refuse';
   lockspace?: string[];
   maxClients?: number;
+  storageInline?: 'local' | 'never';
 }
 
 const camel = (s: string) => s.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());

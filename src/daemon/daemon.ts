@@ -8,6 +8,8 @@ import { LockManager } from '../locks/lockManager.js';
 import { NativeFileLocker } from '../locks/fileLocker.js';
 import type { FileLocker } from '../locks/fileLocker.js';
 import { StorageGate } from '../locks/storageGate.js';
+import { StorageClassifier } from '../locks/storageClass.js';
+import type { InlinePolicy } from '../locks/storageClass.js';
 import { RpcServer } from '../rpc/server.js';
 import { peerAllowed } from '../rpc/server.js';
 import * as native from '../native.js';
@@ -54,6 +56,8 @@ export interface DaemonOptions {
   timeoutSec: number | null;
   /** Directory lock spaces created at every start. */
   lockspaces: string[];
+  /** 'local': storage calls on local filesystems run inline; 'never': always off-thread. */
+  storageInline: InlinePolicy;
 }
 
 /**
@@ -73,6 +77,7 @@ export class Daemon {
   readonly lockService: LockService;
   readonly lockServer: RpcServer<LockClient>;
   readonly gate: StorageGate;
+  readonly classifier: StorageClassifier;
   /** The admin server (libvirt's admin program and relockd's own). */
   adminServer: RpcServer<any> | null = null;
   /** The admin socket's service (see createAdminServer). */
@@ -112,7 +117,8 @@ export class Daemon {
     locker: FileLocker = new NativeFileLocker(),
   ) {
     this.gate = new StorageGate({ timeoutMs: opts.storageTimeoutMs, perKeyConcurrency: opts.storagePerKeyConcurrency });
-    this.manager = new LockManager({ locker, gate: this.gate, log });
+    this.classifier = new StorageClassifier(log, opts.storageInline);
+    this.manager = new LockManager({ locker, gate: this.gate, log, classifier: this.classifier });
     this.lockService = new LockService(this.manager, opts.termination, log);
     this.lockServer = new RpcServer({ name: 'virtlockd', service: this.lockService, log, maxClients: opts.maxClients });
     this.createAdminServer();
@@ -426,6 +432,8 @@ export class Daemon {
     set('quiesceTimeoutMs', o.quiesceTimeoutMs);
     set('shutdownPolicy', o.shutdownPolicy);
     set('lockspaces', o.lockspaces);
+    set('storageInline', o.storageInline);
+    this.classifier.policy = cur.storageInline;
     this.lockServer.maxClients = cur.maxClients;
     if (this.adminServer) this.adminServer.maxClients = cur.adminMaxClients;
     this.lockServer.checkLimit();

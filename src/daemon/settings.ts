@@ -80,6 +80,7 @@ export function fromConfig(
     timeoutSec: args.timeout ? args.timeout : null,
     // --lockspace replaces the file's list.
     lockspaces: args.lockspace ?? cfg.lockspaces,
+    storageInline: args.storageInline ?? 'local',
   };
   const cliLevel = args.logLevel as Level | undefined;
   const plan = loggingPlan(cfg, { defaultLevel: cliLevel ?? 'info', verbose: args.verbose });

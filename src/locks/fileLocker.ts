@@ -42,6 +42,9 @@ export interface StorageError extends Error {
 export interface FileLocker {
   lock(path: string, req: LockRequest): Promise<LockedFile>;
   release(fd: number, req: ReleaseRequest): Promise<ReleaseResult>;
+  /** The same on the calling thread, for storage that cannot hang. */
+  lockSync(path: string, req: LockRequest): LockedFile;
+  releaseSync(fd: number, req: ReleaseRequest): ReleaseResult;
   /** CREATE_RESOURCE: open O_WRONLY|O_CREAT 0600, close. */
   touch(path: string): Promise<void>;
   /** DELETE_RESOURCE: unlink; ENOENT is success. */
@@ -60,6 +63,14 @@ export class NativeFileLocker implements FileLocker {
 
   release(fd: number, req: ReleaseRequest): Promise<ReleaseResult> {
     return native.releaseFileP(fd, req);
+  }
+
+  lockSync(path: string, req: LockRequest): LockedFile {
+    return native.lockFileSync(path, req);
+  }
+
+  releaseSync(fd: number, req: ReleaseRequest): ReleaseResult {
+    return native.releaseFileSync(fd, req);
   }
 
   async touch(path: string): Promise<void> {

@@ -10,6 +10,7 @@ import * as errors from './errors.js';
 import type { FileLocker, LockedFile } from './fileLocker.js';
 import { KeyedMutex } from './keyedMutex.js';
 import type { StorageGate } from './storageGate.js';
+import type { StorageClassifier } from './storageClass.js';
 
 export const AcquireFlags = {
   SHARED: 1,
@@ -69,6 +70,8 @@ export interface LockManagerOptions {
   locker: FileLocker;
   gate: StorageGate;
   log: Logger;
+  /** Decides which storage may be touched on the event loop; null: none. */
+  classifier?: StorageClassifier | null;
 }
 
 export class LockManager {
@@ -81,11 +84,15 @@ export class LockManager {
   private readonly locker: FileLocker;
   private readonly gate: StorageGate;
   private readonly log: Logger;
+  private readonly classifier: StorageClassifier | null;
+  /** Held resources with inherited classic locks (they disable the fast path). */
+  private classicCount = 0;
 
   constructor(opts: LockManagerOptions) {
     this.locker = opts.locker;
     this.gate = opts.gate;
     this.log = opts.log;
+    this.classifier = opts.classifier ?? null;
   }
 
   /** All lock spaces, directory spaces first (the order virtlockd frees in). */
@@ -157,23 +164,24 @@ export class LockManager {
     return `res\0${ls.dir}\0${name}`;
   }
 
-  /** ACQUIRE_RESOURCE for `owner.pid`. */
-  async acquire(path: string, name: string, flags: number, owner: Owner): Promise<void> {
+  /**
+   * ACQUIRE_RESOURCE for `owner.pid`. On local storage with nothing queued
+   * for this resource it completes synchronously (no promise, no thread
+   * hop); otherwise it is ordered behind earlier operations on the resource
+   * and its storage calls run off the event loop with a deadline.
+   */
+  acquire(path: string, name: string, flags: number, owner: Owner): void | Promise<void> {
     const ls = this.lookup(path);
     this.checkName(ls, name);
     if (this.acquireRefusal) throw this.acquireRefusal();
     const shared = (flags & AcquireFlags.SHARED) !== 0;
-    await this.mutex.run(this.key(ls, name), async () => {
-      const held = ls.resources.get(name);
-      if (held) {
-        if (shared && (held.flags & AcquireFlags.SHARED) !== 0) {
-          held.owners.push(owner.pid);
-          this.log.info({ owner, lockspace: ls.dir, resource: name, shared, owners: held.owners.length }, 'lease acquired (shared)');
-          return;
-        }
-        this.log.info({ owner, lockspace: ls.dir, resource: name, shared }, 'lease refused: held by this daemon');
-        throw errors.resourceLocked(name);
-      }
+    const key = this.key(ls, name);
+    if (!this.mutex.busy(key) && this.classicCount === 0) {
+      if (this.tryJoinHeld(ls, name, shared, owner)) return;
+      if (this.inline(ls, name)) return this.lockInline(ls, name, flags, owner);
+    }
+    return this.mutex.run(key, async () => {
+      if (this.tryJoinHeld(ls, name, shared, owner)) return;
       const create = (flags & AcquireFlags.AUTOCREATE) !== 0;
       const file = ls.pathOf(name);
       await this.guardClassic(ls, name, file);
@@ -188,13 +196,56 @@ export class LockManager {
           },
         );
       } catch (err) {
-        const e = this.acquireError(err, name, file, create);
-        this.log.info({ owner, lockspace: ls.dir, resource: name, shared, err: e.message }, 'lease refused');
-        throw e;
+        throw this.refused(ls, name, flags, owner, err);
       }
-      ls.resources.set(name, { name, path: file, fd: locked.fd, dev: locked.dev, ino: locked.ino, flags, owners: [owner.pid], since: Date.now() });
-      this.log.info({ owner, lockspace: ls.dir, resource: name, shared, autocreate: create, fd: locked.fd }, 'lease acquired');
+      this.stored(ls, name, flags, owner, locked);
     });
+  }
+
+  /** Whether calls for this resource may run on the event loop. */
+  private inline(ls: LockSpace, name: string): boolean {
+    return this.classifier !== null && this.classifier.mode(ls.storageKeyOf(name)) === 'inline';
+  }
+
+  /**
+   * The resource is already in our table: a shared request joins a shared
+   * lease (no kernel call); anything else is refused, even for the same owner.
+   */
+  private tryJoinHeld(ls: LockSpace, name: string, shared: boolean, owner: Owner): boolean {
+    const held = ls.resources.get(name);
+    if (!held) return false;
+    if (shared && (held.flags & AcquireFlags.SHARED) !== 0) {
+      held.owners.push(owner.pid);
+      this.log.info({ owner, lockspace: ls.dir, resource: name, shared, owners: held.owners.length }, 'lease acquired (shared)');
+      return true;
+    }
+    this.log.info({ owner, lockspace: ls.dir, resource: name, shared }, 'lease refused: held by this daemon');
+    throw errors.resourceLocked(name);
+  }
+
+  private lockInline(ls: LockSpace, name: string, flags: number, owner: Owner): void {
+    const file = ls.pathOf(name);
+    const t0 = performance.now();
+    let locked: LockedFile;
+    try {
+      locked = this.locker.lockSync(file, { shared: (flags & AcquireFlags.SHARED) !== 0, create: (flags & AcquireFlags.AUTOCREATE) !== 0 });
+    } catch (err) {
+      throw this.refused(ls, name, flags, owner, err);
+    } finally {
+      this.classifier!.observe(ls.storageKeyOf(name), performance.now() - t0);
+    }
+    this.stored(ls, name, flags, owner, locked);
+  }
+
+  private refused(ls: LockSpace, name: string, flags: number, owner: Owner, err: unknown) {
+    const e = this.acquireError(err, name, ls.pathOf(name), (flags & AcquireFlags.AUTOCREATE) !== 0);
+    this.log.info({ owner, lockspace: ls.dir, resource: name, shared: (flags & AcquireFlags.SHARED) !== 0, err: e.message }, 'lease refused');
+    return e;
+  }
+
+  private stored(ls: LockSpace, name: string, flags: number, owner: Owner, locked: LockedFile): void {
+    ls.resources.set(name, { name, path: ls.pathOf(name), fd: locked.fd, dev: locked.dev, ino: locked.ino, flags, owners: [owner.pid], since: Date.now() });
+    this.log.info({ owner, lockspace: ls.dir, resource: name, shared: (flags & AcquireFlags.SHARED) !== 0, autocreate: (flags & AcquireFlags.AUTOCREATE) !== 0, fd: locked.fd }, 'lease acquired');
   }
 
   /**
@@ -224,21 +275,52 @@ export class LockManager {
     return errors.storageError(ErrorDomain.LOCKSPACE, `Unable to acquire lock on '${file}'`, err);
   }
 
-  /** RELEASE_RESOURCE: removes the first entry of `owner.pid`. */
-  async release(path: string, name: string, owner: Owner): Promise<void> {
+  /** RELEASE_RESOURCE: removes the first entry of `owner.pid` (synchronous on local storage). */
+  release(path: string, name: string, owner: Owner): void | Promise<void> {
     const ls = this.lookup(path);
-    await this.mutex.run(this.key(ls, name), async () => {
-      const res = ls.resources.get(name);
-      if (!res) throw errors.resourceNotLocked(name);
-      const i = res.owners.indexOf(owner.pid);
-      if (i < 0) throw errors.notOwner(owner.pid);
-      res.owners.splice(i, 1);
-      this.log.info({ owner, lockspace: ls.dir, resource: name, owners: res.owners.length }, 'lease released');
-      if (res.owners.length === 0) {
-        ls.resources.delete(name);
-        await this.free(ls, res, true);
-      }
+    const key = this.key(ls, name);
+    if (!this.mutex.busy(key)) {
+      const res = this.dropOwner(ls, name, owner);
+      if (!res) return;
+      if (this.inline(ls, name)) return this.freeInline(ls, res);
+      return this.mutex.run(key, () => this.free(ls, res, true));
+    }
+    return this.mutex.run(key, async () => {
+      const res = this.dropOwner(ls, name, owner);
+      if (res) await this.free(ls, res, true);
     });
+  }
+
+  /** Removes one entry of the owner; returns the resource if that was the last. */
+  private dropOwner(ls: LockSpace, name: string, owner: Owner): Resource | null {
+    const res = ls.resources.get(name);
+    if (!res) throw errors.resourceNotLocked(name);
+    const i = res.owners.indexOf(owner.pid);
+    if (i < 0) throw errors.notOwner(owner.pid);
+    res.owners.splice(i, 1);
+    this.log.info({ owner, lockspace: ls.dir, resource: name, owners: res.owners.length }, 'lease released');
+    if (res.owners.length > 0) return null;
+    ls.resources.delete(name);
+    if (res.classic) this.classicCount--;
+    return res;
+  }
+
+  private releaseRequest(res: Resource) {
+    const autocreate = (res.flags & AcquireFlags.AUTOCREATE) !== 0;
+    return { unlinkPath: autocreate ? res.path : null, onlyIfExclusive: (res.flags & AcquireFlags.SHARED) !== 0, classic: res.classic === true };
+  }
+
+  private freeInline(ls: LockSpace, res: Resource): void {
+    const t0 = performance.now();
+    try {
+      const out = this.locker.releaseSync(res.fd, this.releaseRequest(res));
+      if (out.unlinkError) this.log.warn({ lockspace: ls.dir, resource: res.name, err: out.unlinkError }, 'could not unlink lease file');
+    } catch (err) {
+      this.log.error({ lockspace: ls.dir, resource: res.name, fd: res.fd, err }, 'closing lease fd failed');
+      throw errors.storageError(ErrorDomain.LOCKSPACE, `Unable to release lock on '${res.path}'`, err);
+    } finally {
+      this.classifier!.observe(ls.storageKeyOf(res.name), performance.now() - t0);
+    }
   }
 
   /**
@@ -247,12 +329,8 @@ export class LockManager {
    * i.e. nobody on another host still shares it).
    */
   private async free(ls: LockSpace, res: Resource, reportErrors = false): Promise<void> {
-    const autocreate = (res.flags & AcquireFlags.AUTOCREATE) !== 0;
-    const shared = (res.flags & AcquireFlags.SHARED) !== 0;
     try {
-      const out = await this.gate.run(ls.storageKeyOf(res.name), () =>
-        this.locker.release(res.fd, { unlinkPath: autocreate ? res.path : null, onlyIfExclusive: shared, classic: res.classic === true }),
-      );
+      const out = await this.gate.run(ls.storageKeyOf(res.name), () => this.locker.release(res.fd, this.releaseRequest(res)));
       if (out.unlinkError) this.log.warn({ lockspace: ls.dir, resource: res.name, err: out.unlinkError }, 'could not unlink lease file');
     } catch (err) {
       this.log.error({ lockspace: ls.dir, resource: res.name, fd: res.fd, err }, 'closing lease fd failed or timed out');
@@ -317,6 +395,7 @@ export class LockManager {
             this.log.info({ owner: owner ?? { pid }, lockspace: ls.dir, resource: cur.name, owners: cur.owners.length }, 'lease released: owner gone');
             if (cur.owners.length === 0) {
               ls.resources.delete(cur.name);
+              if (cur.classic) this.classicCount--;
               await this.free(ls, cur);
             }
             return true;
@@ -353,6 +432,7 @@ export class LockManager {
   adoptResource(ls: LockSpace, r: Resource): void {
     if (ls.resources.has(r.name)) throw new Error(`resource ${r.name} in lockspace '${ls.dir}' listed twice`);
     ls.resources.set(r.name, r);
+    if (r.classic) this.classicCount++;
   }
 
   /** Totals, for status lines and logs. */

@@ -1,0 +1,77 @@
+// Which storage may be touched on the event loop. Lease calls on local
+// filesystems (ext4, xfs, btrfs, tmpfs, ...) return in microseconds, and
+// handing each one to a pool thread and back cost ~40% of relockd's CPU in
+// the benchmark. Network and cluster filesystems (NFS, CIFS, FUSE, Ceph,
+// GFS2, OCFS2, ...) can hang for minutes, so they always go off-thread with
+// deadlines (StorageGate). Each directory is classified once by its statfs
+// type, off the event loop; unknown types count as remote. A local call that
+// turns out slow demotes its directory to the off-thread path for good.
+
+import { promises as fsp } from 'node:fs';
+import type { Logger } from 'pino';
+
+/** statfs f_type magic numbers of filesystems that never wait on a network. */
+const LOCAL_FS: ReadonlyMap<number, string> = new Map([
+  [0xef53, 'ext2/3/4'],
+  [0x58465342, 'xfs'],
+  [0x9123683e, 'btrfs'],
+  [0x01021994, 'tmpfs'],
+  [0x858458f6, 'ramfs'],
+  [0x2fc12fc1, 'zfs'],
+  [0xf2f52010, 'f2fs'],
+  [0x794c7630, 'overlayfs'],
+  [0x52654973, 'reiserfs'],
+  [0x3153464a, 'jfs'],
+  [0xca451a4e, 'bcachefs'],
+]);
+
+export type StorageMode = 'inline' | 'offload';
+
+/** 'local': classify by filesystem type; 'never': every call off-thread. */
+export type InlinePolicy = 'local' | 'never';
+
+export class StorageClassifier {
+  private readonly modes = new Map<string, StorageMode>();
+  private readonly pending = new Set<string>();
+
+  constructor(
+    private readonly log: Logger,
+    public policy: InlinePolicy = 'local',
+    /** An inline call slower than this demotes its directory. */
+    public slowMs = 50,
+  ) {}
+
+  /** The mode for `dir` now; unknown directories are offloaded while being classified. */
+  mode(dir: string): StorageMode {
+    if (this.policy === 'never') return 'offload';
+    const m = this.modes.get(dir);
+    if (m) return m;
+    this.classify(dir);
+    return 'offload';
+  }
+
+  private classify(dir: string): void {
+    if (this.pending.has(dir)) return;
+    this.pending.add(dir);
+    // statfs itself can hang on a dead NFS server: it runs on the pool, and
+    // until it answers the directory stays on the off-thread path.
+    fsp.statfs(dir).then(
+      (st) => {
+        const fs = LOCAL_FS.get(Number(st.type));
+        this.modes.set(dir, fs ? 'inline' : 'offload');
+        this.log.debug({ dir, fsType: `0x${Number(st.type).toString(16)}`, fs: fs ?? 'remote or unknown', mode: fs ? 'inline' : 'offload' }, 'storage classified');
+      },
+      () => {
+        /* missing directory and the like: try again next time */
+      },
+    ).finally(() => this.pending.delete(dir));
+  }
+
+  /** Records how long an inline call took; a slow one demotes the directory. */
+  observe(dir: string, ms: number): void {
+    if (ms > this.slowMs && this.modes.get(dir) === 'inline') {
+      this.modes.set(dir, 'offload');
+      this.log.warn({ dir, ms }, 'slow storage call on the event loop: this directory is handled off-thread from now on');
+    }
+  }
+}
