@@ -8,7 +8,12 @@ import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import net from 'node:net';
 
-export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+/** The package root, whether this runs from test/lib or dist/test/lib. */
+export const ROOT: string = (() => {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(join(dir, 'package.json'))) dir = dirname(dir);
+  return dir;
+})();
 export const RELOCKD_BIN = join(ROOT, 'bin', 'relockd.cjs');
 /** The flags of the bin's shebang line, for spawning with process.execPath. */
 export const NODE_FLAGS = ['--experimental-permission', '--allow-fs-read=*', '--allow-fs-write=*', '--allow-addons', '--allow-child-process', '--no-warnings'];
