@@ -423,7 +423,16 @@ async function cmdCleanup(a: CleanupArgs): Promise<number> {
   if (!st.isDirectory()) throw new CtlError(`${dir} is not a directory`, Exit.USAGE);
 
   // What relockd holds (by inode, so any path spelling matches); names its owners.
-  const resources = await withAdmin(a, (c) => c.resources(null));
+  // Without a daemon the probe alone decides: it conflicts with relockd's locks too.
+  let resources: ResourceInfo[] = [];
+  let daemonNote = '';
+  try {
+    resources = await withAdmin(a, (c) => c.resources(null));
+  } catch (e) {
+    if (!(e instanceof CtlError) || e.exitCode !== Exit.UNAVAILABLE) throw e;
+    daemonNote = `${e.message}; only the lock probe decides`;
+    err(`relockctl: note: ${daemonNote}`);
+  }
   const held = new Map<string, ResourceInfo>();
   for (const r of resources) held.set(`${r.dev}:${r.ino}`, r);
   const knownSpace = resources.some((r) => r.lockspace !== '' && sameLockspace(r.lockspace, dir));
@@ -479,7 +488,7 @@ async function cmdCleanup(a: CleanupArgs): Promise<number> {
   const counts: Record<CleanupStatus, number> = { 'held-by-relockd': 0, locked: 0, removable: 0, removed: 0, nonempty: 0, vanished: 0, error: 0 };
   for (const e of entries) counts[e.status]++;
   if (a.json) {
-    json({ dir, apply: a.apply, knownLockspace: knownSpace, counts, files: entries });
+    json({ dir, apply: a.apply, knownLockspace: knownSpace, daemon: daemonNote ? 'unavailable' : 'consulted', counts, files: entries });
   } else {
     const shown = a.verbose ? entries : entries.filter((e) => e.status === 'removable' || e.status === 'removed' || e.status === 'error');
     if (shown.length) out(formatTable(['FILE', 'STATUS', 'DETAIL'], shown.map((e) => [e.name, STATUS_TEXT[e.status], e.detail ?? ''])));
@@ -492,7 +501,7 @@ async function cmdCleanup(a: CleanupArgs): Promise<number> {
     if (counts.nonempty) parts.push(`${counts.nonempty} not empty (skipped)`);
     if (counts.error) parts.push(`${counts.error} errors`);
     out(parts.join(', ') + (a.apply || counts.removable === 0 ? '' : '\ndry run: nothing was removed; use --apply to remove the files listed'));
-    if (!knownSpace) err(`note: relockd has no lock space ${dir}; only the lock probe decided`);
+    if (!knownSpace && !daemonNote) err(`note: relockd has no lock space ${dir}; the lock probe decided for every file`);
   }
   return counts.error ? Exit.ERROR : Exit.OK;
 }
