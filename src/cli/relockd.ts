@@ -1,7 +1,6 @@
 // `relockd`: parses the command line (virtlockd's flags plus relockd's own)
 // and hands over to the daemon. No logic beyond turning flags into options.
 
-import type { Level } from 'pino';
 import { Daemon } from '../daemon/daemon.js';
 import { defaultPaths, pathsUnder } from '../daemon/paths.js';
 import { createDaemonLogger } from '../log.js';

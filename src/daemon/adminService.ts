@@ -30,7 +30,6 @@ import type {
   TerminationInfo,
 } from '../protocol/relockdAdmin.js';
 import type { Program } from '../rpc/program.js';
-import type { Header, Packet } from '../rpc/packet.js';
 import type { Owner } from '../locks/lockManager.js';
 import { VERSION } from '../version.js';
 import { levelOfPriority, loggingPlan, LogSpecError, parseLogFilters, parseLogOutputs, priorityOfLevel } from '../config/logging.js';
@@ -158,25 +157,6 @@ export class LogSettings {
 /** An admin-socket connection's state. */
 interface AdminConnState extends AdminContext {
   readonly conn: ClientConnection<AdminContext>;
-  /** Header of the call being dispatched (the REEXEC reply is sent by the new image). */
-  current: Header | null;
-}
-
-/**
- * Records each call's header before dispatch. The procedure table hands
- * handlers only (ctx, args); REEXEC also needs its call header so the new
- * image can answer it (daemon.reexec's replyTo). Wraps the connection's own
- * dispatch; if that ever changes shape, REEXEC simply goes without replyTo
- * and relockctl learns the outcome from GET_DAEMON_INFO instead.
- */
-function trackCurrentCall(conn: ClientConnection<AdminContext>, st: AdminConnState): void {
-  const c = conn as unknown as { dispatch?: (pkt: Packet) => unknown };
-  const orig = c.dispatch;
-  if (typeof orig !== 'function') return;
-  c.dispatch = (pkt: Packet) => {
-    st.current = pkt.header;
-    return orig.call(conn, pkt);
-  };
 }
 
 let groupCache: { at: number; names: Map<number, string> } | null = null;
@@ -246,13 +226,11 @@ export class AdminService implements Service<AdminContext> {
   createContext(conn: ClientConnection<AdminContext>): AdminContext {
     const st: AdminConnState = {
       conn,
-      current: null,
       closeAfterReply: () => {
         // The reply is queued synchronously after the handler returns; close once it is flushed.
         setImmediate(() => conn.socket.write(Buffer.alloc(0), () => conn.close('admin client closed its connection (CONNECT_CLOSE)')));
       },
     };
-    trackCurrentCall(conn, st);
     return st;
   }
 
@@ -341,7 +319,7 @@ export class AdminService implements Service<AdminContext> {
     // A second caller would wait for the first re-exec while being a request
     // in flight itself, which that re-exec's quiesce waits for: refuse instead.
     if (d.reexecInProgress) throw ProtocolError.report(ErrorCode.OPERATION_INVALID, ErrorDomain.ADMIN, 'a re-exec is already in progress');
-    const header = caller.current;
+    const header = caller.conn.currentHeader;
     d.log.warn({ client: caller.conn.id, peer: caller.conn.peer }, 're-exec requested by admin');
     const r = await d.reexec('admin', header ? { conn: caller.conn, header } : undefined);
     // Only a failure comes back here: on success this image is gone and the new one replies.

@@ -52,6 +52,8 @@ export class ClientConnection<Ctx> {
   /** A request is being handled or its reply is being flushed. */
   private busy = false;
   private closed = false;
+  /** Header of the call being handled (e.g. a re-exec call answered by the next image). */
+  currentHeader: Header | null = null;
   /** Set while the daemon is quiescing for a re-exec: no new dispatches. */
   private held = false;
   private idleWaiters: Array<() => void> = [];
@@ -220,6 +222,7 @@ export class ClientConnection<Ctx> {
       return undefined;
     }
     if (this.log.isLevelEnabled('debug')) this.log.debug({ program: program.name, proc: proc.name, serial: h.serial }, 'call');
+    this.currentHeader = h;
     let result: unknown;
     try {
       result = proc.handle(this.ctx, decoded);
