@@ -436,6 +436,18 @@ t.test('REEXEC: answered by the new image, leases kept, recorded', async (t) => 
   t.ok(await waitFor(() => probeOne(img) === 'free', 10000));
 });
 
+t.test('two REEXEC calls at once merge into one re-exec; both are answered by the new image', async (t) => {
+  const a = await admin();
+  const b = await admin();
+  const before = (await a.daemonInfo()).lastReexec?.at ?? 0;
+  const [ra, rb] = await Promise.all([a.reexec(), b.reexec()]);
+  t.equal(ra.ok, true, JSON.stringify(ra));
+  t.equal(rb.ok, true, JSON.stringify(rb));
+  const info = await a.daemonInfo();
+  t.ok((info.lastReexec?.at ?? 0) > before, 'a re-exec happened');
+  t.equal((d.logs().match(/"msg":"re-exec complete"/g) ?? []).length, (d.logs().match(/"msg":"re-exec requested: quiescing"/g) ?? []).length, 'every requested re-exec completed (no failure, no timeout)');
+});
+
 t.test('errors are libvirt error replies', async (t: Test) => {
   const c = await admin();
   try {

@@ -318,7 +318,6 @@ export class AdminService implements Service<AdminContext> {
     const d = this.daemon;
     // A second caller would wait for the first re-exec while being a request
     // in flight itself, which that re-exec's quiesce waits for: refuse instead.
-    if (d.reexecInProgress) throw ProtocolError.report(ErrorCode.OPERATION_INVALID, ErrorDomain.ADMIN, 'a re-exec is already in progress');
     const header = caller.conn.currentHeader;
     d.log.warn({ client: caller.conn.id, peer: caller.conn.peer }, 're-exec requested by admin');
     const r = await d.reexec('admin', header ? { conn: caller.conn, header } : undefined);

@@ -65,6 +65,8 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 export class Reexecutor {
   private running: Promise<ReexecResult> | null = null;
+  /** Calls to answer from the new image (a second caller merges into a running re-exec). */
+  private replyTos: ReplyAfterExec[] = [];
 
   constructor(private readonly d: Daemon) {}
 
@@ -78,12 +80,14 @@ export class Reexecutor {
       this.d.log.warn({ trigger, stopping: this.d.stopping }, 're-exec refused: the daemon is stopping');
       return Promise.resolve({ ok: false, error: `the daemon is stopping (${this.d.stopping})` });
     }
+    if (replyTo) this.replyTos.push(replyTo);
     if (this.running) {
       this.d.log.info({ trigger }, 're-exec already in progress; request merged');
       return this.running;
     }
-    this.running = this.attempt(trigger, replyTo).finally(() => {
+    this.running = this.attempt(trigger).finally(() => {
       this.running = null;
+      this.replyTos = [];
     });
     return this.running;
   }
@@ -94,7 +98,7 @@ export class Reexecutor {
     return out;
   }
 
-  private async attempt(trigger: string, replyTo?: ReplyAfterExec): Promise<ReexecResult> {
+  private async attempt(trigger: string): Promise<ReexecResult> {
     const d = this.d;
     const requestedAtNs = process.hrtime.bigint();
     const log = d.log.child({ reexec: trigger });
@@ -107,11 +111,11 @@ export class Reexecutor {
     let stdioCloexec: boolean[] = [];
     let written = false;
     try {
-      await this.quiesce(replyTo?.conn);
+      await this.quiesce();
 
       // ---- synchronous from here to execve --------------------------------
       for (const c of this.allClients()) if (!c.isClosed) detached.set(c, c.detachForExec());
-      const doc = this.snapshot(trigger, requestedAtNs, detached, replyTo);
+      const doc = this.snapshot(trigger, requestedAtNs, detached);
       validateState(doc);
       writeFileAtomic(d.stateFile, JSON.stringify(doc, null, 2));
       written = true;
@@ -155,12 +159,20 @@ export class Reexecutor {
     }
   }
 
+  /** The callers waiting for this re-exec: their own calls stay in flight. */
+  private exempt(c: ClientConnection<any>): boolean {
+    return this.replyTos.some((r) => r.conn === c);
+  }
+
   /** Stops dispatching, then waits (bounded) until nothing is in flight. */
-  private async quiesce(exempt?: ClientConnection<any>): Promise<void> {
+  private async quiesce(): Promise<void> {
     const d = this.d;
     const deadline = Date.now() + d.opts.quiesceTimeoutMs;
     for (;;) {
-      const holds = this.allClients().map((c) => (c === exempt ? Promise.resolve() : c.hold()));
+      const holds = this.allClients().map((c) => {
+        const h = c.hold();
+        return this.exempt(c) ? Promise.resolve() : h;
+      });
       const remaining = deadline - Date.now();
       if (remaining <= 0) throw new ReexecFailure(`requests still in flight after ${d.opts.quiesceTimeoutMs} ms (storage not responding?)`);
       const settled = Promise.all([...holds, d.manager.settled()]);
@@ -168,19 +180,14 @@ export class Reexecutor {
       if (timedOut) throw new ReexecFailure(`requests still in flight after ${d.opts.quiesceTimeoutMs} ms (storage not responding?)`);
       // Stable only if nothing started meanwhile (a termination reaching its
       // release step, a connection accepted while we waited).
-      const busyClient = this.allClients().some((c) => c !== exempt && c.inFlight);
+      const busyClient = this.allClients().some((c) => !this.exempt(c) && c.inFlight);
       const releasing = [...d.lockService.terminations.values()].some((t) => t.phase === 'releasing');
       if (!busyClient && !releasing && d.manager.idle) return;
       await sleep(1);
     }
   }
 
-  private snapshot(
-    trigger: string,
-    requestedAtNs: bigint,
-    detached: Map<ClientConnection<any>, { pending: Buffer; unsent: Buffer }>,
-    replyTo?: ReplyAfterExec,
-  ): StateDocument {
+  private snapshot(trigger: string, requestedAtNs: bigint, detached: Map<ClientConnection<any>, { pending: Buffer; unsent: Buffer }>): StateDocument {
     const d = this.d;
     const terminations: TerminationState[] = [...d.lockService.terminations.values()].map((t) => ({
       owner: t.owner,
@@ -208,9 +215,8 @@ export class Reexecutor {
       history: d.history,
       pidFile: d.pidFile ? { path: d.pidFile.path, fd: d.pidFile.fd } : null,
     });
-    if (replyTo) {
-      doc.relockd!.pendingReplies = [{ server: replyTo.conn.service.name, clientId: replyTo.conn.id, header: replyTo.header }];
-    }
+    const live = this.replyTos.filter((r) => !r.conn.isClosed);
+    if (live.length) doc.relockd!.pendingReplies = live.map((r) => ({ server: r.conn.service.name, clientId: r.conn.id, header: r.header }));
     return doc;
   }
 }
