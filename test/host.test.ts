@@ -162,6 +162,43 @@ t.test('--timeout exits only with no client and no lease', async (t) => {
   });
 });
 
+t.test('-d/--daemon returns only when the daemon is ready, or with its startup error', async (t) => {
+  const dir = mkdtempSync(join(work, 'daemonize-'));
+  const env = { ...process.env, LIBVIRT_LOG_OUTPUTS: `2:file:${join(dir, 'relockd.log')}` };
+  const run = (extra: string[]) => {
+    const p = spawn('/usr/bin/env', daemonArgv(dir, ['-d', ...extra]), { stdio: ['ignore', 'pipe', 'pipe'], env });
+    let err = '';
+    p.stderr!.on('data', (d) => (err += d));
+    return { p, err: () => err };
+  };
+  const first = run([]);
+  t.ok(await waitExit(first.p, 15000), 'the invoking process returns');
+  t.equal(first.p.exitCode, 0);
+  const pid = Number(readFileSync(join(dir, 'virtlockd.pid'), 'utf8'));
+  t.teardown(() => {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      /* gone */
+    }
+  });
+  t.not(pid, first.p.pid, 'the daemon is another process');
+  t.equal(readFileSync(`/proc/${pid}/stat`, 'utf8').split(' ')[5], String(pid), 'in a session of its own');
+  // Ready means ready: the socket answers at once.
+  const c = await LockspaceClient.connect(join(dir, 'virtlockd-sock'));
+  await c.ping();
+  c.close();
+  const second = run([]);
+  t.ok(await waitExit(second.p, 15000));
+  t.equal(second.p.exitCode, 1, 'a failing start exits non-zero');
+  t.match(second.err(), new RegExp(`relockd: error: another daemon is already running \\(pid ${pid}`), "prints the daemon's own startup error");
+  t.match(readFileSync(join(dir, 'relockd.log'), 'utf8'), /"msg":"relockd ready"/, 'logs went to the configured file');
+  process.kill(pid, 'SIGTERM');
+  const end = Date.now() + 5000;
+  while (existsSync(`/proc/${pid}`) && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
+  t.notOk(existsSync(join(dir, 'virtlockd.pid')), 'clean exit');
+});
+
 t.test('signals: SIGHUP and SIGPIPE never kill; stop policies with real owners', async (t) => {
   t.test('SIGHUP, SIGUSR2, SIGPIPE are survived', async (t) => {
     const d = await startRelockd();

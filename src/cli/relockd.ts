@@ -12,6 +12,7 @@ import { REEXEC_ENV } from '../daemon/reexec.js';
 import { VERSION } from '../version.js';
 import { mark } from '../bootMarks.js';
 import { PidFileBusyError } from '../daemon/pidFile.js';
+import { STATUS_FD_ENV, daemonize, reportToInvoker } from '../daemon/daemonize.js';
 
 /** Interactive parse: help, version, strict usage errors. */
 export async function parseArgs(argv: string[]): Promise<CliArgs> {
@@ -35,13 +36,7 @@ export class UsageError extends Error {
   override name = 'UsageError';
 }
 
-/** Options whose implementation has not landed yet must not be silently ignored. */
-function refuseUnsupported(a: CliArgs): void {
-  if (a.daemon) throw new UsageError('-d/--daemon is not supported yet');
-}
-
 function checkArgs(args: CliArgs): void {
-  refuseUnsupported(args);
   if (args.termGrace !== undefined && !(args.termGrace >= 0)) throw new UsageError('--term-grace takes a number of seconds >= 0');
   if (args.storageTimeout !== undefined && !(args.storageTimeout > 0)) throw new UsageError('--storage-timeout takes a positive number of seconds');
   if (args.timeout !== undefined && !(Number.isInteger(args.timeout) && args.timeout >= 0 && args.timeout <= 2147483)) throw new UsageError('Invalid value for timeout');
@@ -61,6 +56,9 @@ export async function main(argv: string[], originalArgv?: string[]): Promise<Dae
     process.stderr.write(`relockd: error: ${(err as Error).message}\n`);
     process.exit(1);
   }
+  // -d: the invoking process waits for the daemon's verdict and exits.
+  // (A re-exec'd image, or the daemon child itself, never daemonizes again.)
+  if (args.daemon && !reexec && process.env[STATUS_FD_ENV] === undefined) await daemonize();
   mark('args');
   const base = defaultPaths();
   const paths = args.runtimeDir ? pathsUnder(args.runtimeDir, base) : base;
@@ -71,6 +69,7 @@ export async function main(argv: string[], originalArgv?: string[]): Promise<Dae
   } catch (err) {
     if (!reexec) {
       // virtlockd: a bad configuration is fatal at start (exit 1).
+      reportToInvoker(`ERROR ${(err as Error).message}`);
       process.stderr.write(`relockd: error: ${(err as Error).message}\n`);
       process.exit(1);
     }
@@ -92,9 +91,11 @@ export async function main(argv: string[], originalArgv?: string[]): Promise<Dae
     await daemon.start();
   } catch (err) {
     log.fatal({ err: (err as Error).message }, 'startup failed');
+    reportToInvoker(`ERROR ${(err as Error).message}`);
     process.stderr.write(`relockd: error: ${(err as Error).message}\n`);
     // virtlockd's exit codes: 1 pid file, 6 sockets (activation included).
     process.exit(err instanceof PidFileBusyError ? 1 : 6);
   }
+  reportToInvoker('READY');
   return daemon;
 }
