@@ -291,6 +291,67 @@ for (const target of targets) {
       t.equal(r2.header.type, MessageType.REPLY, 'plain REPLY to CALL_WITH_FDS');
     });
 
+    t.test('CALL_WITH_FDS: passed fds are closed, the call is answered with a plain REPLY', async (t) => {
+      // python3 can send SCM_RIGHTS (Node cannot): libvirt's layout is the packet
+      // with nfds after the header, then one sendmsg per fd carrying one dummy byte.
+      const marker = join(work, 'passed-fd-marker');
+      writeFileSync(marker, '');
+      const py = `
+import socket, struct, sys, os, array
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(sys.argv[1])
+path = b''
+body = struct.pack('>I', 2) + struct.pack('>I', len(path)) + path   # nfds=2, CREATE_LOCKSPACE("")
+hdr = struct.pack('>IIiiIi', 0x0EA7BEEF, 1, 8, 4, 7, 0)
+pkt = struct.pack('>I', 4 + len(hdr) + len(body)) + hdr + body
+s.sendall(pkt)
+fds = [os.open(sys.argv[2], os.O_RDONLY), os.open(sys.argv[2], os.O_RDONLY)]
+for fd in fds:
+    s.sendmsg([b'\\0'], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array('i', [fd]))])
+    os.close(fd)
+# a PING after the dummy bytes must be read as the next packet
+s.sendall(bytes.fromhex('0000001c6b6565700000000100000001000000020000000000000000'))
+got = b''
+while len(got) < 56:
+    chunk = s.recv(4096)
+    if not chunk: break
+    got += chunk
+reply = struct.unpack('>IIIiiIi', got[:28])
+pong = struct.unpack('>IIIiiIi', got[28:56])
+print(reply[4], reply[5], reply[6], pong[3])
+`;
+      const { execFileSync } = await import('node:child_process');
+      const out = execFileSync('python3', ['-c', py, d.socketPath, marker], { encoding: 'utf8' }).trim().split(' ').map(Number);
+      t.same(out, [1, 7, 0, 2], 'REPLY (type 1) to serial 7, status OK, then the PONG');
+      const { readdirSync, readlinkSync } = await import('node:fs');
+      let held = 0;
+      for (const fd of readdirSync(`/proc/${d.pid}/fd`)) {
+        try {
+          if (readlinkSync(`/proc/${d.pid}/fd/${fd}`) === marker) held++;
+        } catch {
+          /* gone */
+        }
+      }
+      t.equal(held, 0, 'the daemon holds none of the passed fds');
+    });
+
+    if (target.name === 'relockd') {
+      t.test('relockd only: bad names and failed NEW are errors (virtlockd: escapes, replies success)', async (t) => {
+        const c = await connect();
+        await c.register(owner());
+        const space = join(work, 'escape-space');
+        await c.createLockspace(space);
+        for (const bad of ['../escape', 'a/b', '..', '.']) {
+          await expectError(t, c.acquire(space, bad, 2), { code: 8, domain: 51, message: `invalid argument: Lockspace resource name '${bad}' is not valid in lockspace ${space}: it must be a single path component (no '/', not '.' or '..')` }, `name '${bad}'`);
+        }
+        t.notOk(existsSync(join(work, 'escape')), 'nothing created outside the lock space');
+        await expectError(t, c.acquire('', 'relative/image.raw', 0), { code: 8, domain: 51, message: "invalid argument: Lockspace resource 'relative/image.raw' is not an absolute path" }, 'relative path in the default lock space');
+        const afile = newFile();
+        await expectError(t, c.newLockspace(afile), { code: 1, domain: 51, message: `internal error: Lockspace location ${afile} exists, but is not a directory` }, 'NEW on a file reports the failure');
+        await expectError(t, c.acquire(afile, 'x', 2), { code: 1, domain: 7, message: `internal error: Lockspace for path ${afile} does not exist` }, 'and no lock space was recorded');
+      });
+    }
+
     t.test('pipelined requests are answered in order, each once', async (t) => {
       const rpc = await RpcClient.connect(d.socketPath);
       t.teardown(() => rpc.close());

@@ -8,8 +8,7 @@ import { mkdtempSync, writeFileSync, rmSync, mkdirSync, copyFileSync, cpSync, sy
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
-import { startRelockd, ROOT, waitExit } from './lib/relockd.js';
-import type { StartedDaemon } from './lib/relockd.js';
+import { startRelockd, ROOT } from './lib/relockd.js';
 import { targets, spawnOwner } from './lib/targets.js';
 import { Hammer, probeOne } from './lib/probe.js';
 import { LockspaceClient } from '../src/protocol/lockspaceClient.js';
