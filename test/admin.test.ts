@@ -19,6 +19,7 @@ import { ADMIN_PROGRAM, decodeVersion, typedParamValue } from '../src/protocol/a
 import type { TypedParam } from '../src/protocol/admin.js';
 import { RELOCKD_ADMIN_PROGRAM } from '../src/protocol/relockdAdmin.js';
 import { VERSION } from '../src/version.js';
+import { waitFor } from './lib/wait.js';
 
 /** tap's t.rejects pattern for an error reply (its types want an Error). */
 const wireError = (wire: Record<string, unknown>) => ({ wire }) as unknown as Error;
@@ -41,15 +42,6 @@ async function admin(): Promise<AdminClient> {
   const c = await AdminClient.connect(adminPath);
   clients.push(c);
   return c;
-}
-
-async function waitFor(cond: () => boolean | Promise<boolean>, ms = 5000): Promise<boolean> {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (await cond()) return true;
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  return cond();
 }
 
 interface Run {

@@ -53,15 +53,6 @@ async function expectError(t: Test, p: Promise<unknown>, e: Expect, what: string
 
 const rpcErr = (message: string): Expect => ({ code: 39, domain: 7, message, str1: '%s', str2: message, int1: -1, int2: -1 });
 
-async function waitFor(cond: () => boolean, ms = 5000): Promise<boolean> {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (cond()) return true;
-    await new Promise((r) => setTimeout(r, 10));
-  }
-  return cond();
-}
-
 for (const target of targets) {
   t.test(target.name, { skip: target.available ? false : target.why }, async (t) => {
     const d: StartedDaemon = await target.start();
@@ -418,6 +409,7 @@ import { decodeWireError } from '../src/rpc/errors.js';
 import { XdrReader } from '../src/rpc/xdr.js';
 import { HEADER_SIZE } from '../src/rpc/packet.js';
 import { spawn } from 'node:child_process';
+import { waitFor } from './lib/wait.js';
 function decodeErr(p: import('../src/rpc/packet.js').Packet) {
   return decodeWireError(new XdrReader(p.body, HEADER_SIZE));
 }

@@ -16,21 +16,13 @@ import { RpcClient } from '../src/rpc/client.js';
 import { LOCKSPACE_PROGRAM, Proc, codec } from '../src/protocol/lockspace.js';
 import { encodePacket } from '../src/rpc/packet.js';
 import { XdrWriter } from '../src/rpc/xdr.js';
+import { waitFor } from './lib/wait.js';
 
 const UUID = '00112233-4455-6677-8899-aabbccddeeff';
 const REEXECS = Number(process.env.RELOCKD_REEXECS ?? 20);
 
 const work = mkdtempSync(join(tmpdir(), 'reexec-'));
 t.teardown(() => rmSync(work, { recursive: true, force: true }));
-
-async function waitFor(cond: () => boolean, ms = 5000): Promise<boolean> {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (cond()) return true;
-    await new Promise((r) => setTimeout(r, 10));
-  }
-  return cond();
-}
 
 for (const target of targets) {
   t.test(`zero gap across ${REEXECS} re-execs: ${target.name}`, { skip: target.available ? false : target.why }, async (t) => {

@@ -16,6 +16,8 @@ import { AdminClient } from '../src/protocol/adminClient.js';
 import { LockspaceClient } from '../src/protocol/lockspaceClient.js';
 import { RemoteError } from '../src/rpc/client.js';
 import { VERSION } from '../src/version.js';
+import { waitFor as waitForMs } from './lib/wait.js';
+const waitFor = (cond: () => boolean | Promise<boolean>, ms = 10000) => waitForMs(cond, ms, 25);
 
 const CTL = join(ROOT, 'bin', 'relockctl.cjs');
 const work = mkdtempSync(join(tmpdir(), 'relockctl-test-'));
@@ -61,15 +63,6 @@ async function ctlJson<T = any>(...args: string[]): Promise<T> {
   const r = await ctl(...args, '--json');
   if (r.code !== 0) throw new Error(`relockctl ${args.join(' ')} exited ${r.code}: ${r.stderr}${r.stdout}`);
   return JSON.parse(r.stdout) as T;
-}
-
-async function waitFor(cond: () => boolean | Promise<boolean>, ms = 10000): Promise<boolean> {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (await cond()) return true;
-    await new Promise((r) => setTimeout(r, 25));
-  }
-  return cond();
 }
 
 async function admin(): Promise<AdminClient> {

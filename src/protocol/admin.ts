@@ -411,17 +411,7 @@ const noClientMatching = (id: bigint) =>
 
 /** virCheckFlags in an admin function (domain ADMIN). */
 function unsupportedFlags(unsupported: number, fn: string): ProtocolError {
-  return new ProtocolError({
-    code: ErrorCode.INVALID_ARG,
-    domain: ErrorDomain.ADMIN,
-    message: `unsupported flags (0x${(unsupported >>> 0).toString(16)}) in function ${fn}`,
-    level: VIR_ERR_ERROR,
-    str1: fn,
-    str2: 'flags',
-    str3: null,
-    int1: 0,
-    int2: 0,
-  });
+  return ProtocolError.unsupportedFlags(unsupported, fn, ErrorDomain.ADMIN);
 }
 
 function checkFlags(flags: number, fn: string): void {

@@ -111,11 +111,11 @@ export class ProtocolError extends Error {
     });
   }
 
-  /** virCheckFlags failure: unsupported bits in hex, the C function name. */
-  static unsupportedFlags(unsupported: number, fn: string): ProtocolError {
+  /** virCheckFlags failure: unsupported bits in hex, the C function name; domain of the caller. */
+  static unsupportedFlags(unsupported: number, fn: string, domain: number = ErrorDomain.RPC): ProtocolError {
     return new ProtocolError({
       code: ErrorCode.INVALID_ARG,
-      domain: ErrorDomain.RPC,
+      domain,
       message: `unsupported flags (0x${(unsupported >>> 0).toString(16)}) in function ${fn}`,
       level: VIR_ERR_ERROR,
       str1: fn,
