@@ -18,4 +18,4 @@ try {
 // Storage calls run on libuv's pool; give a hung mount room to not starve
 // the others (see src/locks/storageGate.ts). Must be set before first use.
 if (!process.env.UV_THREADPOOL_SIZE) process.env.UV_THREADPOOL_SIZE = '32';
-import('../dist/src/cli/main.js').then((m) => m.run(process.argv.slice(2), early, cmdline));
+import('../dist/relockd.mjs').then((m) => m.run(process.argv.slice(2), early, cmdline));

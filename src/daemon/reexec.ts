@@ -117,7 +117,7 @@ export class Reexecutor {
       for (const c of this.allClients()) if (!c.isClosed) detached.set(c, c.detachForExec());
       const doc = this.snapshot(trigger, requestedAtNs, detached);
       validateState(doc);
-      writeFileAtomic(d.stateFile, JSON.stringify(doc, null, 2));
+      writeFileAtomic(d.stateFile, JSON.stringify(doc));
       written = true;
       const keep = [...doc.relockd!.fds, ...doc.relockd!.orphans].map((f) => f.fd);
       stdioCloexec = [0, 1, 2].map((fd) => safeGetCloexec(fd));
