@@ -420,6 +420,7 @@ t.test('REEXEC: answered by the new image, leases kept, recorded', async (t) => 
   t.ok(Date.now() - t0 < 20_000);
   const after = await c.daemonInfo();
   t.equal(after.pid, before.pid, 'same pid');
+  t.equal(after.startedAt, before.startedAt, 'uptime is the daemon\'s, not the image\'s');
   t.equal(after.boot, 'restored');
   t.ok(after.lastReexec, 'recorded');
   t.match(after.lastReexec, { result: { ok: true }, trigger: 'admin', toVersion: VERSION });

@@ -87,7 +87,8 @@ export class Daemon {
    * exit, 0 = never. Stored here; the shutdown policy (host-integration issue) acts on it.
    */
   autoShutdownTimeout = 0;
-  readonly startedAt = Date.now();
+  /** When the daemon first started (carried across re-execs: uptime is the daemon's, not the image's). */
+  startedAt = Date.now();
   readonly version = VERSION;
   /** Node binary and exact original argv, for execve. */
   execPath = process.execPath;
@@ -279,6 +280,7 @@ export class Daemon {
     }
     this.orphans = report.orphans;
     this.history = doc.relockd?.history ?? [];
+    if (doc.relockd?.startedAt) this.startedAt = doc.relockd.startedAt;
     for (const t of report.terminations) {
       const handle = t.pidfd >= 0 ? { pid: t.owner.pid, pidfd: t.pidfd, startTime: t.startTime } : openProcessHandle(t.owner.pid, -1);
       this.lockService.startTermination(t.owner, handle, t.startedAt);

@@ -214,6 +214,7 @@ export class Reexecutor {
       safeMode: d.safeMode,
       history: d.history,
       pidFile: d.pidFile ? { path: d.pidFile.path, fd: d.pidFile.fd } : null,
+      startedAt: d.startedAt,
     });
     const live = this.replyTos.filter((r) => !r.conn.isClosed);
     if (live.length) doc.relockd!.pendingReplies = live.map((r) => ({ server: r.conn.service.name, clientId: r.conn.id, header: r.header }));

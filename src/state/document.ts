@@ -115,6 +115,8 @@ export interface RelockdExtension {
   orphans: FdIdentity[];
   safeMode: boolean;
   history: ReexecRecord[];
+  /** Epoch ms the daemon first started (before any re-exec). */
+  startedAt?: number;
   /** The locked pid file, kept open across the exec so its lock never lapses. */
   pidFile?: { path: string; fd: number };
   /** Calls the old image took whose reply the new image sends (admin re-exec). */

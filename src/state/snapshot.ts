@@ -44,6 +44,7 @@ export interface SnapshotInput {
   safeMode: boolean;
   history: ReexecRecord[];
   pidFile: { path: string; fd: number } | null;
+  startedAt: number;
 }
 
 export function fdIdentity(fd: number, kind: FdIdentity['kind']): FdIdentity {
@@ -143,6 +144,7 @@ export function buildState(input: SnapshotInput): StateDocument {
       orphans: input.orphans,
       safeMode: input.safeMode,
       history: input.history,
+      startedAt: input.startedAt,
       ...(input.pidFile ? { pidFile: input.pidFile } : {}),
     },
   };
