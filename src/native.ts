@@ -89,6 +89,7 @@ interface Binding {
   setCloexec(fd: number, on: boolean): void;
   fsync(fd: number): void;
   dup(fd: number): number;
+  fdInfo(fds: Int32Array, cloexec: -1 | 0 | 1): Float64Array;
   peerCred(fd: number): PeerCred;
   peerPidfd(sockfd: number): number;
   execve(path: string, argv: readonly string[], env: readonly string[]): never;
@@ -166,6 +167,15 @@ export function getCloexec(fd: number): boolean {
 
 export function setCloexec(fd: number, on: boolean): void {
   native.setCloexec(fd, on);
+}
+
+/**
+ * fstat of many fds at once, optionally setting (1) or clearing (0)
+ * FD_CLOEXEC on each: [dev, ino, mode] per fd, mode = -errno on failure.
+ * dev/ino are doubles, rounded like lockFile's.
+ */
+export function fdInfo(fds: Int32Array, cloexec: -1 | 0 | 1 = -1): Float64Array {
+  return native.fdInfo(fds, cloexec);
 }
 
 /** A close-on-exec duplicate of fd (F_DUPFD_CLOEXEC, lowest free number >= 3). */

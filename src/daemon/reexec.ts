@@ -119,13 +119,12 @@ export class Reexecutor {
       validateState(doc);
       writeFileAtomic(d.stateFile, JSON.stringify(doc));
       written = true;
-      const keep = [...doc.relockd!.fds, ...doc.relockd!.orphans].map((f) => f.fd);
+      const ext = doc.relockd!;
+      const keep = [...ext.fds.map((f) => f.fd), ...ext.resources.map((r) => r.fd), ...ext.orphans.map((f) => f.fd)];
       stdioCloexec = [0, 1, 2].map((fd) => safeGetCloexec(fd));
       for (const fd of [0, 1, 2]) native.setCloexec(fd, false);
-      for (const fd of keep) {
-        native.setCloexec(fd, false);
-        cleared.push(fd);
-      }
+      cleared.push(...keep);
+      native.fdInfo(Int32Array.from(keep), 0); // one call for every fd to keep
       d.notify(`RELOADING=1\nMONOTONIC_USEC=${process.hrtime.bigint() / 1000n}\nSTATUS=re-executing`);
       log.info({ fds: keep.length, stateFile: d.stateFile, argv: d.originalArgv }, 're-exec: state written, executing');
       // A SIGUSR1 arriving now stays pending until the new image is ready for it.
@@ -136,7 +135,7 @@ export class Reexecutor {
     } catch (err) {
       // ---- failure before execve: undo everything, keep serving -------------
       native.sigmask('unblock', [constants.signals.SIGUSR1]);
-      for (const fd of cleared) trySetCloexec(fd, true);
+      if (cleared.length) native.fdInfo(Int32Array.from(cleared), 1);
       stdioCloexec.forEach((on, fd) => trySetCloexec(fd, on));
       if (written) {
         try {

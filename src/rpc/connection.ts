@@ -46,7 +46,8 @@ export class ClientConnection<Ctx> {
   readonly peer: PeerCred;
   readonly connTime: number;
   readonly ctx: Ctx;
-  readonly log: Logger;
+  private readonly parentLog: Logger;
+  private childLog: Logger | null = null;
   private readonly reader = new FrameReader();
   private readonly programs = new Map<string, Program<Ctx>>();
   /** A request is being handled or its reply is being flushed. */
@@ -66,9 +67,15 @@ export class ClientConnection<Ctx> {
     this.id = opts.id;
     this.peer = opts.peer;
     this.connTime = opts.connTime ?? Math.floor(Date.now() / 1000);
-    this.log = opts.logger.child({ client: this.id, peerPid: this.peer.pid });
+    this.parentLog = opts.logger;
     for (const p of service.programs) this.programs.set(`${p.prog}/${p.vers}`, p);
     this.ctx = service.createContext(this);
+  }
+
+  /** This client's logger, made on first use (adopting 1000 clients after a re-exec should not build 1000 loggers). */
+  get log(): Logger {
+    this.childLog ??= this.parentLog.child({ client: this.id, peerPid: this.peer.pid });
+    return this.childLog;
   }
 
   /** Starts reading; `initial` are bytes received by an earlier image. */

@@ -108,7 +108,8 @@ export interface RelockdExtension {
   settings: Record<string, unknown>;
   listeners: ListenerState[];
   clients: RelockdClientExtra[];
-  resources: Array<{ fd: number; since: number; classic?: boolean }>;
+  /** Per lease: since when, its identity (dev/ino) and lock flavour. */
+  resources: Array<{ fd: number; since: number; dev?: string; ino?: string; classic?: boolean }>;
   terminations: TerminationState[];
   fds: FdIdentity[];
   /** Inherited fds a safe-mode image could not interpret; kept open forever. */

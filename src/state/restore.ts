@@ -4,7 +4,7 @@
 // problem, its fd is kept open (never closed: it may hold a lock), and the
 // daemon goes into safe mode. Nothing here ever closes an inherited fd.
 
-import { fstatSync, statSync } from 'node:fs';
+import { statSync } from 'node:fs';
 import net from 'node:net';
 import * as native from '../native.js';
 import type { LockManager, Resource } from '../locks/lockManager.js';
@@ -51,44 +51,72 @@ export function serversOf(doc: StateDocument): { virtlockd?: ServerState; admin?
 
 type Kind = FdIdentity['kind'];
 
-/** Checks that `fd` is open and is the file recorded before the exec. */
-function checkFd(fd: number, kind: Kind, recorded: Map<number, FdIdentity>): string | null {
-  let st;
-  try {
-    st = fstatSync(fd, { bigint: true });
-  } catch {
-    return `fd ${fd} (${kind}) is not open`;
-  }
+/** What fstat says of an fd: identity and file type, or the errno. */
+interface FdStat {
+  dev: number;
+  ino: number;
+  mode: number;
+}
+
+const S_IFMT = 0o170000;
+const isType = (st: FdStat, t: number) => (st.mode & S_IFMT) === t;
+const SOCK = 0o140000;
+const REG = 0o100000;
+const BLK = 0o060000;
+const CHR = 0o020000;
+
+/**
+ * fstat (and set FD_CLOEXEC on) many fds in one addon call: a re-exec may
+ * adopt tens of thousands of lease fds, and each one kept goes back to
+ * close-on-exec anyway.
+ */
+function statAll(fds: number[]): Map<number, FdStat | { errno: number }> {
+  const raw = native.fdInfo(Int32Array.from(fds), 1);
+  const m = new Map<number, FdStat | { errno: number }>();
+  fds.forEach((fd, i) => {
+    const mode = raw[i * 3 + 2]!;
+    m.set(fd, mode < 0 ? { errno: -mode } : { dev: raw[i * 3]!, ino: raw[i * 3 + 1]!, mode });
+  });
+  return m;
+}
+
+/**
+ * Checks that `fd` is open and is the file recorded before the exec.
+ * Returns the problem, or the fd's stat. dev/ino compare as doubles: the
+ * addon reports them so, and a recorded value was rounded the same way.
+ */
+function checkFd(fd: number, kind: Kind, recorded: Map<number, FdIdentity>, known?: FdStat | { errno: number }): { why: string } | { st: FdStat } {
+  const st = known ?? statAll([fd]).get(fd)!;
+  if ('errno' in st) return { why: `fd ${fd} (${kind}) is not open` };
   const want = recorded.get(fd);
   if (want) {
-    if (want.kind !== kind) return `fd ${fd} was recorded as ${want.kind}, expected ${kind}`;
-    if (want.dev !== st.dev.toString() || want.ino !== st.ino.toString()) return `fd ${fd} (${kind}) is not the file it was before the exec (dev/ino changed)`;
-    return null;
+    if (want.kind !== kind) return { why: `fd ${fd} was recorded as ${want.kind}, expected ${kind}` };
+    if (Number(want.dev) !== st.dev || Number(want.ino) !== st.ino) return { why: `fd ${fd} (${kind}) is not the file it was before the exec (dev/ino changed)` };
+    return { st };
   }
   // Documents without identities (virtlockd's): check the type at least.
-  if ((kind === 'listener' || kind === 'client') && !st.isSocket()) return `fd ${fd} (${kind}) is not a socket`;
-  if (kind === 'resource' && !st.isFile() && !st.isBlockDevice() && !st.isCharacterDevice()) return `fd ${fd} (resource) is not a file`;
-  return null;
+  if ((kind === 'listener' || kind === 'client') && !isType(st, SOCK)) return { why: `fd ${fd} (${kind}) is not a socket` };
+  if (kind === 'resource' && !isType(st, REG) && !isType(st, BLK) && !isType(st, CHR)) return { why: `fd ${fd} (resource) is not a file` };
+  return { st };
 }
+
+const problem = (r: { why: string } | { st: FdStat }): string | null => ('why' in r ? r.why : null);
 
 export async function restoreState(doc: StateDocument, target: RestoreTarget): Promise<RestoreReport> {
   const ext = doc.relockd;
   const recorded = new Map<number, FdIdentity>((ext?.fds ?? []).map((f) => [f.fd, f]));
+  // Resource identities travel with their resource records (one record per lease).
+  for (const r of ext?.resources ?? []) if (r.dev !== undefined && r.ino !== undefined) recorded.set(r.fd, { fd: r.fd, kind: 'resource', dev: r.dev, ino: r.ino });
   const report: RestoreReport = { listeners: 0, clients: 0, resources: 0, lockspaces: 0, terminations: [], orphans: [], problems: [], pidFile: null };
   const keep = (fd: number, kind: Kind) => {
     // An fd we cannot use is still never closed: it may hold a lock.
-    try {
-      const st = fstatSync(fd, { bigint: true });
-      report.orphans.push({ fd, kind, dev: st.dev.toString(), ino: st.ino.toString() });
-      native.setCloexec(fd, true);
-    } catch {
-      /* not open at all */
-    }
+    const st = statAll([fd]).get(fd)!;
+    if (!('errno' in st)) report.orphans.push({ fd, kind, dev: String(st.dev), ino: String(st.ino) });
   };
 
   // Orphans carried from an earlier safe-mode image stay orphans.
   for (const o of ext?.orphans ?? []) {
-    const why = checkFd(o.fd, o.kind, new Map([[o.fd, o]]));
+    const why = problem(checkFd(o.fd, o.kind, new Map([[o.fd, o]])));
     if (why) report.problems.push(`orphan ${why}`);
     else {
       report.orphans.push(o);
@@ -100,23 +128,24 @@ export async function restoreState(doc: StateDocument, target: RestoreTarget): P
   // children never inherit them.
   const extraByFd = new Map((ext?.resources ?? []).map((r) => [r.fd, r]));
   const spaces = [{ dir: '', st: doc.defaultLockspace }, ...doc.lockspaces.map((l) => ({ dir: l.directory!, st: l }))];
+  const leaseStats = statAll(spaces.flatMap(({ st }) => st.resources.map((r) => r.fd)));
   for (const { dir, st } of spaces) {
     const ls = target.manager.adoptLockSpace(dir);
     if (dir) report.lockspaces++;
     for (const r of st.resources) {
-      const why = checkFd(r.fd, 'resource', recorded);
-      if (why) {
-        report.problems.push(`resource '${r.name}' in lockspace '${dir}': ${why}`);
+      const checked = checkFd(r.fd, 'resource', recorded, leaseStats.get(r.fd));
+      if ('why' in checked) {
+        report.problems.push(`resource '${r.name}' in lockspace '${dir}': ${checked.why}`);
         keep(r.fd, 'resource');
         continue;
       }
-      const fst = fstatSync(r.fd, { bigint: true });
+      const fst = checked.st;
       if (!recorded.has(r.fd)) {
         // virtlockd documents: the fd must still be the file at `path`, if it exists.
         let mismatch = false;
         try {
           const pst = statSync(r.path, { bigint: true });
-          mismatch = pst.ino !== fst.ino || pst.dev !== fst.dev;
+          mismatch = Number(pst.ino) !== fst.ino || Number(pst.dev) !== fst.dev;
         } catch {
           /* lease file gone: the fd still holds the lock */
         }
@@ -132,8 +161,8 @@ export async function restoreState(doc: StateDocument, target: RestoreTarget): P
         name: r.name,
         path: r.path,
         fd: r.fd,
-        dev: Number(fst.dev),
-        ino: Number(fst.ino),
+        dev: fst.dev,
+        ino: fst.ino,
         flags: r.flags,
         owners: [...r.owners],
         since: extraByFd.get(r.fd)?.since ?? Date.now(),
@@ -141,8 +170,7 @@ export async function restoreState(doc: StateDocument, target: RestoreTarget): P
         ...(!ext || extraByFd.get(r.fd)?.classic ? { classic: true } : {}),
       };
       try {
-        target.manager.adoptResource(ls, res);
-        native.setCloexec(r.fd, true);
+        target.manager.adoptResource(ls, res); // close-on-exec was set by statAll
         report.resources++;
       } catch (err) {
         report.problems.push((err as Error).message);
@@ -165,7 +193,7 @@ export async function restoreState(doc: StateDocument, target: RestoreTarget): P
     if (st.next_client_id && st.next_client_id > srv.nextClientId) srv.nextClientId = st.next_client_id;
     for (const svc of st.services) {
       for (const s of svc.socks) {
-        const why = checkFd(s.fd, 'listener', recorded);
+        const why = problem(checkFd(s.fd, 'listener', recorded));
         if (why) {
           report.problems.push(`${name} listener: ${why}`);
           keep(s.fd, 'listener');
@@ -185,7 +213,7 @@ export async function restoreState(doc: StateDocument, target: RestoreTarget): P
     const extraClients = new Map((ext?.clients ?? []).filter((c) => c.server === name).map((c) => [c.id, c]));
     for (const c of st.clients) {
       const fd = c.sock.fd;
-      const why = checkFd(fd, 'client', recorded);
+      const why = problem(checkFd(fd, 'client', recorded));
       if (why) {
         report.problems.push(`${name} client ${c.id ?? '?'}: ${why}`);
         keep(fd, 'client');
@@ -200,7 +228,7 @@ export async function restoreState(doc: StateDocument, target: RestoreTarget): P
         let process: ProcessHandle | null = null;
         if (name === 'virtlockd' && pd.ownerId !== 0 && pd.ownerPid === peer.pid) {
           if (extra?.process && extra.process.pidfd >= 0) {
-            const pwhy = checkFd(extra.process.pidfd, 'pidfd', recorded);
+            const pwhy = problem(checkFd(extra.process.pidfd, 'pidfd', recorded));
             if (pwhy) report.problems.push(`client ${c.id} owner handle: ${pwhy}`);
             else {
               process = { pid: pd.ownerPid, pidfd: extra.process.pidfd, startTime: extra.process.startTime };
@@ -228,7 +256,7 @@ export async function restoreState(doc: StateDocument, target: RestoreTarget): P
 
   // 3. The pid file (its lock is ours for as long as the fd is open).
   if (ext?.pidFile) {
-    const why = checkFd(ext.pidFile.fd, 'pidfile', recorded);
+    const why = problem(checkFd(ext.pidFile.fd, 'pidfile', recorded));
     if (why) report.problems.push(`pid file: ${why}`);
     else report.pidFile = ext.pidFile;
   }
@@ -236,7 +264,7 @@ export async function restoreState(doc: StateDocument, target: RestoreTarget): P
   // 4. Owner terminations in progress: the caller resumes them.
   for (const t of ext?.terminations ?? []) {
     if (t.pidfd >= 0) {
-      const why = checkFd(t.pidfd, 'pidfd', recorded);
+      const why = problem(checkFd(t.pidfd, 'pidfd', recorded));
       if (why) {
         report.problems.push(`termination of pid ${t.owner.pid}: ${why}`);
         report.terminations.push({ ...t, pidfd: -1 });

@@ -114,8 +114,8 @@ export function buildState(input: SnapshotInput): StateDocument {
   const space = (ls: LockSpace): LockspaceState => ({
     ...(ls.isDefault ? {} : { directory: ls.dir }),
     resources: [...ls.resources.values()].map((r) => {
-      fds.push(fdIdentity(r.fd, 'resource'));
-      resources.push({ fd: r.fd, since: r.since, ...(r.classic ? { classic: true } : {}) });
+      // Identity as recorded when the lock was taken: no fstat per lease here.
+      resources.push({ fd: r.fd, since: r.since, dev: String(r.dev), ino: String(r.ino), ...(r.classic ? { classic: true } : {}) });
       return { name: r.name, path: r.path, fd: r.fd, lockHeld: true, flags: r.flags, owners: [...r.owners] };
     }),
   });
