@@ -18,7 +18,7 @@
 // relockd and virtlockd are interleaved (run 1 of every cell, then run 2, …),
 // so drift on a noisy machine hits both alike. See bench/README.md.
 
-import { fork, execFileSync, spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync, openSync, closeSync, fstatSync, ftruncateSync } from 'node:fs';
 import { tmpdir, cpus } from 'node:os';
@@ -29,6 +29,7 @@ import { NODE_FLAGS, ENV_PREFIX, cleanEnv, waitForSocket, waitExit } from '../te
 import { packageRoot } from '../src/packageRoot.js';
 import { startVirtlockd, virtlockdAvailable, virtlockdUnavailableReason } from '../test/lib/virtlockd.js';
 import type { FromWorker, Scenario, SetupMsg, ToWorker, WindowResult } from './worker.js';
+import { Generator } from './generator.js';
 
 const NCPU = cpus().length;
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -220,51 +221,7 @@ async function startVirtlockdForBench(dir: string): Promise<Daemon> {
 
 // ---- the generator process ----------------------------------------------------------
 
-class Generator {
-  private readonly waiters = new Map<string, { resolve: (m: FromWorker) => void; reject: (e: Error) => void }>();
-  private exitErr: Error | null = null;
-
-  constructor(readonly child: ChildProcess) {
-    child.on('message', (m: FromWorker) => {
-      const w = this.waiters.get(m.id);
-      if (!w) return;
-      this.waiters.delete(m.id);
-      if (m.type === 'error') w.reject(new Error(`generator: ${m.message}`));
-      else w.resolve(m);
-    });
-    child.once('exit', (code, sig) => {
-      this.exitErr = new Error(`generator exited (${code ?? sig})`);
-      for (const w of this.waiters.values()) w.reject(this.exitErr);
-      this.waiters.clear();
-    });
-  }
-
-  static start(): Generator {
-    // A plain node, none of our flags: the generator must be as cheap as possible.
-    return new Generator(fork(join(HERE, 'worker.js'), [], { execArgv: [], stdio: ['ignore', 'inherit', 'inherit', 'ipc'], env: cleanEnv() }));
-  }
-
-  request(m: ToWorker & { id: string }): Promise<FromWorker> {
-    if (this.exitErr) return Promise.reject(this.exitErr);
-    return new Promise((resolve, reject) => {
-      this.waiters.set(m.id, { resolve, reject });
-      this.child.send(m);
-    });
-  }
-
-  async stop(): Promise<void> {
-    if (this.child.exitCode !== null || this.child.signalCode !== null) return;
-    try {
-      this.child.send({ type: 'exit' });
-    } catch {
-      /* channel closed */
-    }
-    if (!(await waitExit(this.child, 3000))) {
-      this.child.kill('SIGKILL');
-      await waitExit(this.child, 3000);
-    }
-  }
-}
+type Gen = Generator<ToWorker, FromWorker>;
 
 // ---- cells and results ---------------------------------------------------------------
 
@@ -360,7 +317,7 @@ async function main(): Promise<void> {
 
   const root = mkdtempSync(join(tmpdir(), 'lockbench-'));
   const daemons: Daemon[] = [];
-  let gen: Generator | null = null;
+  let gen: Gen | null = null;
   let cleaning: Promise<void> | null = null;
   let stopPerf = async (): Promise<void> => {};
   const cleanup = () =>
@@ -448,7 +405,7 @@ async function main(): Promise<void> {
       });
     });
 
-    gen = Generator.start();
+    gen = Generator.start<ToWorker, FromWorker>('worker.js');
     err(`lockbench: ${cpus().length} CPUs, CLK_TCK ${clk}; daemons: ${daemons.map((d) => `${d.label} (pid ${d.pid})`).join(', ')}; generator pid ${gen.child.pid}`);
     err(`${cells.length} cells × ${opts.runs} runs × ${opts.durationMs / 1000} s`);
     for (const cell of cells) {

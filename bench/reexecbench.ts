@@ -30,21 +30,19 @@
 // (relockd, virtlockd, virtlockd, relockd, …), so drift hits both alike.
 // See bench/README.md.
 
-import { fork, execFileSync } from 'node:child_process';
-import type { ChildProcess } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, statfsSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { dirname, join, resolve as resolvePath } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { cleanEnv, startRelockd, waitExit } from '../test/lib/relockd.js';
+import { startRelockd } from '../test/lib/relockd.js';
 import { startVirtlockd, virtlockdAvailable, virtlockdUnavailableReason, visibleTmpDir } from '../test/lib/virtlockd.js';
 import { probe } from '../test/lib/probe.js';
 import { statTicks } from './worker.js';
 import type { CellRunMsg, CellSetupMsg, FromReexecWorker, RunResult, ToReexecWorker } from './reexec-worker.js';
 import { fmt1, fmtMs, hostJiffies, median, table } from './reexec-stats.js';
+import { Generator } from './generator.js';
 
-const HERE = dirname(fileURLToPath(import.meta.url));
 
 // ---- options -------------------------------------------------------------------
 
@@ -227,55 +225,7 @@ function raiseFdLimit(need: number, err: (s: string) => void): number {
 
 // ---- the generator process ----------------------------------------------------------
 
-class Generator {
-  private readonly waiters = new Map<string, { resolve: (m: FromReexecWorker) => void; reject: (e: Error) => void }>();
-  private exitErr: Error | null = null;
-
-  get dead(): boolean {
-    return this.exitErr !== null;
-  }
-
-  constructor(readonly child: ChildProcess) {
-    child.on('message', (m: FromReexecWorker) => {
-      const w = this.waiters.get(m.id);
-      if (!w) return;
-      this.waiters.delete(m.id);
-      if (m.type === 'error') w.reject(new Error(`generator: ${m.message}`));
-      else w.resolve(m);
-    });
-    child.once('exit', (code, sig) => {
-      this.exitErr = new Error(`generator exited (${code ?? sig})`);
-      for (const w of this.waiters.values()) w.reject(this.exitErr);
-      this.waiters.clear();
-    });
-  }
-
-  static start(): Generator {
-    // A plain node, none of the daemon's flags.
-    return new Generator(fork(join(HERE, 'reexec-worker.js'), [], { execArgv: [], stdio: ['ignore', 'inherit', 'inherit', 'ipc'], env: cleanEnv() }));
-  }
-
-  request(m: ToReexecWorker & { id: string }): Promise<FromReexecWorker> {
-    if (this.exitErr) return Promise.reject(this.exitErr);
-    return new Promise((resolve, reject) => {
-      this.waiters.set(m.id, { resolve, reject });
-      this.child.send(m);
-    });
-  }
-
-  async stop(): Promise<void> {
-    if (this.child.exitCode !== null || this.child.signalCode !== null) return;
-    try {
-      this.child.send({ type: 'exit' });
-    } catch {
-      /* channel closed */
-    }
-    if (!(await waitExit(this.child, 3000))) {
-      this.child.kill('SIGKILL');
-      await waitExit(this.child, 3000);
-    }
-  }
-}
+type Gen = Generator<ToReexecWorker, FromReexecWorker>;
 
 // ---- cells and runs --------------------------------------------------------------------
 
@@ -368,7 +318,7 @@ function sampleLeases(cell: Cell, n: number): string[] {
   return [...idx].map((j) => join(cell.leaseDir, `lease-${j}.img`));
 }
 
-async function runOnce(cell: Cell, gen: Generator, opts: Opts, clk: number, warmup: boolean, seq: number): Promise<Run> {
+async function runOnce(cell: Cell, gen: Gen, opts: Opts, clk: number, warmup: boolean, seq: number): Promise<Run> {
   const d = cell.daemon!;
   const logFrom = d.logs().length;
   const ticks0 = statTicks(`/proc/${d.pid}/stat`);
@@ -569,7 +519,7 @@ async function main(): Promise<void> {
   } catch {
     /* unknown */
   }
-  let gen: Generator | null = null;
+  let gen: Gen | null = null;
   const live = new Set<Daemon>();
   let cleaning: Promise<void> | null = null;
   const cleanup = () =>
@@ -595,7 +545,7 @@ async function main(): Promise<void> {
   const cells: Cell[] = [];
   const started = Date.now();
   try {
-    gen = Generator.start();
+    gen = Generator.start<ToReexecWorker, FromReexecWorker>('reexec-worker.js');
     err(
       `reexecbench: ${cpus().length} CPUs; targets ${targets.map((t) => t.label).join(', ')}; leases ${opts.leases.join(',')} × clients ${opts.clients.join(',')}; ` +
         `${opts.warmup} warm-up + ${opts.runs} measured re-execs per cell; RLIMIT_NOFILE ${fdLimit}; generator pid ${gen.child.pid}; leases in ${root}; relockd state in ${stateRoot} (${stateFs})`,

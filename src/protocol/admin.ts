@@ -5,7 +5,7 @@
 // backend and encode the reply. The backend (daemon/adminService.ts) owns the
 // state; this file owns the wire.
 
-import { ErrorCode, ErrorDomain, ProtocolError, VIR_ERR_ERROR } from '../rpc/errors.js';
+import { ErrorCode, ErrorDomain, ProtocolError } from '../rpc/errors.js';
 import type { Procedure, Program } from '../rpc/program.js';
 import { defineProgram, noArgs } from '../rpc/program.js';
 import { XdrDecodeError } from '../rpc/xdr.js';
@@ -381,17 +381,7 @@ export interface AdminContext {
 // ---- errors (libvirt's texts) -----------------------------------------------------
 
 function libvirtError(code: number, domain: number, fmt: string, detail: string): ProtocolError {
-  return new ProtocolError({
-    code,
-    domain,
-    message: fmt.replace('%s', detail),
-    level: VIR_ERR_ERROR,
-    str1: fmt,
-    str2: detail,
-    str3: null,
-    int1: -1,
-    int2: -1,
-  });
+  return ProtocolError.formatted(code, domain, fmt, detail);
 }
 
 /** virNetDaemonGetServer's error (domain RPC). */

@@ -81,7 +81,11 @@ export class ProtocolError extends Error {
 
   /** virReportError(code, detail): message = info format with the detail. */
   static report(code: number, domain: number, detail: string): ProtocolError {
-    const fmt = INFO_FORMAT[code] ?? '%s';
+    return ProtocolError.formatted(code, domain, INFO_FORMAT[code] ?? '%s', detail);
+  }
+
+  /** An ordinary error with an explicit info format (codes outside INFO_FORMAT, e.g. the admin ones). */
+  static formatted(code: number, domain: number, fmt: string, detail: string): ProtocolError {
     return new ProtocolError({
       code,
       domain,
