@@ -13,13 +13,21 @@ export async function run(argv: string[], early: Sig[], originalArgv?: string[])
   process.stdout.on('error', () => {});
   process.stderr.on('error', () => {});
 
+  // Exiting would drop every lock (a re-exec'd image holds them from its
+  // first instruction): log loudly and keep running instead. Until the
+  // daemon's logger exists, stderr it is.
+  let fatal = (what: string, err: unknown): void => {
+    process.stderr.write(`relockd: ${what} (kept running to keep the locks): ${String((err as Error)?.stack ?? err)}\n`);
+  };
+  process.on('uncaughtException', (err) => fatal('uncaught exception', err));
+  process.on('unhandledRejection', (err) => fatal('unhandled rejection', err));
+
   const daemon = await main(argv, originalArgv);
   if (!daemon) return;
   const log = daemon.log;
-
-  // Exiting would drop every lock: log loudly and keep serving instead.
-  process.on('uncaughtException', (err) => log.fatal({ err }, 'uncaught exception (daemon keeps running to keep its locks)'));
-  process.on('unhandledRejection', (err) => log.fatal({ err }, 'unhandled rejection (daemon keeps running to keep its locks)'));
+  fatal = (what, err) => {
+    log.fatal({ err }, `${what} (daemon keeps running to keep its locks)`);
+  };
 
   const handle = (sig: Sig) => {
     switch (sig) {

@@ -90,6 +90,14 @@ export async function main(argv: string[], originalArgv?: string[]): Promise<Dae
   try {
     await daemon.start();
   } catch (err) {
+    if (reexec) {
+      // This image inherited the old one's locks: exiting would drop them all.
+      // Stay, in safe mode, with whatever was adopted; SIGUSR1 retries.
+      log.fatal({ err: (err as Error).stack }, 'SAFE MODE: start after re-exec failed unexpectedly; every inherited fd is kept, acquisitions refused; send SIGUSR1 to retry');
+      daemon.enterSafeMode();
+      setInterval(() => {}, 1 << 30); // never exit by ourselves
+      return daemon;
+    }
     log.fatal({ err: (err as Error).message }, 'startup failed');
     reportToInvoker(`ERROR ${(err as Error).message}`);
     process.stderr.write(`relockd: error: ${(err as Error).message}\n`);

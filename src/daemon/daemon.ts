@@ -177,6 +177,15 @@ export class Daemon {
     this.log.info({ socket: this.opts.socketPath, version: this.version, boot: this.boot, ...this.manager.counts() }, 'relockd ready');
   }
 
+  /** After an unexpected failure while restoring: refuse acquisitions, keep everything. */
+  enterSafeMode(): void {
+    this.safeMode = true;
+    this.boot = 'safe-mode';
+    this.manager.acquireRefusal = safeModeRefusal;
+    this.startTimers();
+    this.notify(`READY=1\nSTATUS=${this.statusLine()}`);
+  }
+
   /** The state document if it is ours; stale ones are moved aside. */
   private readStateFile(ours: boolean): StateDocument | 'corrupt' | null {
     const path = this.stateFile;
@@ -521,6 +530,7 @@ export class Daemon {
 
   /** Periodic STATUS= for systemd, and the --timeout idle check. */
   private startTimers(): void {
+    if (this.statusTimer) return;
     this.statusTimer = setInterval(() => {
       const st = this.statusLine();
       if (st !== this.lastStatus) {
