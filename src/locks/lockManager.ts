@@ -202,6 +202,22 @@ export class LockManager {
     });
   }
 
+  /**
+   * A logger with the owner bound: pino serializes child bindings once, so
+   * the owner is not re-serialized on every lease line (cheaper at 'info',
+   * the default level, where every acquire and release is logged).
+   */
+  private ownerLog(owner: Owner): Logger {
+    let l = this.ownerLogs.get(owner);
+    if (!l) {
+      l = this.log.child({ owner });
+      this.ownerLogs.set(owner, l);
+    }
+    return l;
+  }
+
+  private readonly ownerLogs = new WeakMap<Owner, Logger>();
+
   /** Whether calls for this resource may run on the event loop. */
   private inline(ls: LockSpace, name: string): boolean {
     return this.classifier !== null && this.classifier.mode(ls.storageKeyOf(name)) === 'inline';
@@ -216,10 +232,10 @@ export class LockManager {
     if (!held) return false;
     if (shared && (held.flags & AcquireFlags.SHARED) !== 0) {
       held.owners.push(owner.pid);
-      this.log.info({ owner, lockspace: ls.dir, resource: name, shared, owners: held.owners.length }, 'lease acquired (shared)');
+      this.ownerLog(owner).info({ lockspace: ls.dir, resource: name, shared, owners: held.owners.length }, 'lease acquired (shared)');
       return true;
     }
-    this.log.info({ owner, lockspace: ls.dir, resource: name, shared }, 'lease refused: held by this daemon');
+    this.ownerLog(owner).info({ lockspace: ls.dir, resource: name, shared }, 'lease refused: held by this daemon');
     throw errors.resourceLocked(name);
   }
 
@@ -239,13 +255,13 @@ export class LockManager {
 
   private refused(ls: LockSpace, name: string, flags: number, owner: Owner, err: unknown) {
     const e = this.acquireError(err, name, ls.pathOf(name), (flags & AcquireFlags.AUTOCREATE) !== 0);
-    this.log.info({ owner, lockspace: ls.dir, resource: name, shared: (flags & AcquireFlags.SHARED) !== 0, err: e.message }, 'lease refused');
+    this.ownerLog(owner).info({ lockspace: ls.dir, resource: name, shared: (flags & AcquireFlags.SHARED) !== 0, err: e.message }, 'lease refused');
     return e;
   }
 
   private stored(ls: LockSpace, name: string, flags: number, owner: Owner, locked: LockedFile): void {
     ls.resources.set(name, { name, path: ls.pathOf(name), fd: locked.fd, dev: locked.dev, ino: locked.ino, flags, owners: [owner.pid], since: Date.now() });
-    this.log.info({ owner, lockspace: ls.dir, resource: name, shared: (flags & AcquireFlags.SHARED) !== 0, autocreate: (flags & AcquireFlags.AUTOCREATE) !== 0, fd: locked.fd }, 'lease acquired');
+    this.ownerLog(owner).info({ lockspace: ls.dir, resource: name, shared: (flags & AcquireFlags.SHARED) !== 0, autocreate: (flags & AcquireFlags.AUTOCREATE) !== 0, fd: locked.fd }, 'lease acquired');
   }
 
   /**
@@ -298,7 +314,7 @@ export class LockManager {
     const i = res.owners.indexOf(owner.pid);
     if (i < 0) throw errors.notOwner(owner.pid);
     res.owners.splice(i, 1);
-    this.log.info({ owner, lockspace: ls.dir, resource: name, owners: res.owners.length }, 'lease released');
+    this.ownerLog(owner).info({ lockspace: ls.dir, resource: name, owners: res.owners.length }, 'lease released');
     if (res.owners.length > 0) return null;
     ls.resources.delete(name);
     if (res.classic) this.classicCount--;
@@ -392,7 +408,7 @@ export class LockManager {
             const i = cur ? cur.owners.indexOf(pid) : -1;
             if (!cur || i < 0) return false;
             cur.owners.splice(i, 1);
-            this.log.info({ owner: owner ?? { pid }, lockspace: ls.dir, resource: cur.name, owners: cur.owners.length }, 'lease released: owner gone');
+            this.ownerLog(owner ?? { uuid: '', name: '', id: 0, pid }).info({ lockspace: ls.dir, resource: cur.name, owners: cur.owners.length }, 'lease released: owner gone');
             if (cur.owners.length === 0) {
               ls.resources.delete(cur.name);
               if (cur.classic) this.classicCount--;
