@@ -267,13 +267,8 @@ Napi::Value FdInfo(const Napi::CallbackInfo& info) {
     out[i * 3] = static_cast<double>(st.st_dev);
     out[i * 3 + 1] = static_cast<double>(st.st_ino);
     out[i * 3 + 2] = st.st_mode;
-    if (cloexec >= 0) {
-      int flags = fcntl(fd, F_GETFD);
-      if (flags >= 0) {
-        int want = cloexec ? (flags | FD_CLOEXEC) : (flags & ~FD_CLOEXEC);
-        if (want != flags) fcntl(fd, F_SETFD, want);
-      }
-    }
+    // FD_CLOEXEC is the only fd flag: set the word directly, no F_GETFD.
+    if (cloexec >= 0) fcntl(fd, F_SETFD, cloexec ? FD_CLOEXEC : 0);
   }
   return out;
 }
