@@ -808,3 +808,81 @@ t.test('addonPath points at the built addon', async (t) => {
   t.match(native.addonPath, /build\/Release\/relockd_native\.node$/);
   t.ok(fs.existsSync(native.addonPath));
 });
+
+// ---- added with inline storage and re-exec: the synchronous and batched calls ----
+
+t.test('lockFileSync / releaseFileSync: the same sequences on the calling thread', async (t) => {
+  const file = path.join(tmp, 'sync.lock');
+  const res = native.lockFileSync(file, { shared: false, create: true });
+  t.equal(res.created, true);
+  t.equal(fs.statSync(file).ino, res.ino, 'the path names the locked file');
+  t.equal(native.getCloexec(res.fd), true);
+  t.notOk(otherCanLock(file, 'read'), 'write-locked, seen from another process');
+  const busy = (() => {
+    try {
+      native.lockFileSync(file, { shared: false, create: true });
+      return null;
+    } catch (e) {
+      return e as NativeError;
+    }
+  })();
+  t.ok(busy, 'a second write lock from this process (another fd) conflicts');
+  t.equal(busy?.code, 'EAGAIN');
+  t.equal(busy?.stage, 'lock');
+  try {
+    native.lockFileSync(path.join(tmp, 'nope', 'x'), { shared: false, create: false });
+    t.fail('expected ENOENT');
+  } catch (e) {
+    t.match(e, { code: 'ENOENT', stage: 'open', syscall: 'open' });
+  }
+  const rel = native.releaseFileSync(res.fd, { unlinkPath: file, onlyIfExclusive: true });
+  t.same(rel, { unlinked: true });
+  t.notOk(fs.existsSync(file), 'unlinked');
+  t.notOk(fdIsOpen(res.fd), 'closed');
+  t.throws(() => native.releaseFileSync(res.fd, { unlinkPath: null, onlyIfExclusive: false }), { code: 'EBADF', stage: 'close' });
+});
+
+t.test('dup: a close-on-exec duplicate of the same open file (the lock is shared)', async (t) => {
+  const file = tmpFile();
+  const fd = fs.openSync(file, 'r+');
+  native.ofdLock(fd, 'write', 0, 1);
+  const d = native.dup(fd);
+  t.not(d, fd);
+  t.ok(d >= 3);
+  t.equal(native.getCloexec(d), true, 'CLOEXEC on the duplicate');
+  fs.closeSync(fd);
+  t.notOk(otherCanLock(file, 'write'), 'the OFD lock lives on through the duplicate');
+  fs.closeSync(d);
+  t.ok(otherCanLock(file, 'write'), 'and goes with the last fd');
+  t.throws(() => native.dup(d), { code: 'EBADF' });
+});
+
+t.test('fsync works where Node refuses it under the permission model', async (t) => {
+  const fd = fs.openSync(tmpFile('data'), 'r+');
+  t.doesNotThrow(() => native.fsync(fd));
+  fs.closeSync(fd);
+  t.throws(() => native.fsync(fd), { code: 'EBADF' });
+});
+
+t.test('fdInfo: dev/ino/mode of many fds in one call, setting or clearing FD_CLOEXEC', async (t) => {
+  const a = fs.openSync(tmpFile(), 'r');
+  const b = fs.openSync(tmpFile(), 'r');
+  const closed = fs.openSync(tmpFile(), 'r');
+  fs.closeSync(closed);
+  const info = native.fdInfo(Int32Array.from([a, b, closed]), 0);
+  t.equal(info.length, 9);
+  const st = fs.fstatSync(a);
+  t.same([info[0], info[1]], [st.dev, st.ino], 'dev and ino');
+  t.equal(info[2]! & 0o170000, 0o100000, 'a regular file');
+  t.equal(info[8], -9, 'a closed fd reports -EBADF');
+  t.equal(native.getCloexec(a), false, 'cleared');
+  t.equal(native.getCloexec(b), false);
+  native.fdInfo(Int32Array.from([a, b]), 1);
+  t.equal(native.getCloexec(a), true, 'set again');
+  native.fdInfo(Int32Array.from([a]), -1);
+  t.equal(native.getCloexec(a), true, '-1 leaves it alone');
+  t.throws(() => native.fdInfo([a] as unknown as Int32Array, 0), TypeError);
+  t.throws(() => native.fdInfo(Int32Array.from([a]), 2 as 1), RangeError);
+  fs.closeSync(a);
+  fs.closeSync(b);
+});
