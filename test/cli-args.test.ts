@@ -11,6 +11,8 @@ const corpus: string[][] = [
   ['--term-grace', '1.5', '--storage-timeout', '2'],
   ['--state-file=/tmp/s.json', '--admin-socket', '/tmp/a'],
   ['-p', '/tmp/pid', '-f', '/tmp/conf', '-t', '30', '-d'],
+  ['--log-level', 'debug', '--log-level', 'warn', '--runtime-dir', '/a', '--runtime-dir', '/b'],
+  ['--lockspace', '/l1', '--lockspace', '/l2'],
 ];
 
 t.test('yargs and the re-exec parser agree', async (t) => {

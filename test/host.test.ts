@@ -4,7 +4,7 @@
 
 import t from 'tap';
 import type { Test } from 'tap';
-import { mkdtempSync, rmSync, writeFileSync, existsSync, readFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync, existsSync, readFileSync, openSync, closeSync, fstatSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
@@ -160,6 +160,29 @@ t.test('--timeout exits only with no client and no lease', async (t) => {
     c.close();
     t.ok(await waitExit(d.child, 5000), 'exits after the client left');
   });
+});
+
+t.test('under systemd (JOURNAL_STREAM names our stderr) every line carries its syslog priority', async (t) => {
+  const dir = mkdtempSync(join(work, 'journal-'));
+  const errPath = join(dir, 'stderr');
+  const fd = openSync(errPath, 'w');
+  const st = fstatSync(fd);
+  const p = spawn('/usr/bin/env', daemonArgv(dir, ['--log-level', 'info']), {
+    stdio: ['ignore', 'ignore', fd],
+    env: { ...process.env, JOURNAL_STREAM: `${st.dev}:${st.ino}` },
+  });
+  closeSync(fd);
+  t.teardown(() => killHard(p));
+  await waitForSocket(join(dir, 'virtlockd-sock'));
+  process.kill(p.pid!, 'SIGUSR2'); // 'signal ignored' is logged as a warning
+  await new Promise((r) => setTimeout(r, 300));
+  process.kill(p.pid!, 'SIGTERM');
+  t.ok(await waitExit(p, 5000));
+  const lines = readFileSync(errPath, 'utf8').trim().split('\n');
+  t.ok(lines.length > 3);
+  t.ok(lines.every((l) => /^<[2-7]>\{"level":/.test(l)), 'every line starts with <N>');
+  t.ok(lines.some((l) => l.startsWith('<6>{"level":"info"')), 'info is <6>');
+  t.ok(lines.some((l) => l.startsWith('<4>{"level":"warn"')), 'warn is <4>');
 });
 
 t.test('-d/--daemon returns only when the daemon is ready, or with its startup error', async (t) => {

@@ -14,13 +14,26 @@ import { mark } from '../bootMarks.js';
 import { PidFileBusyError } from '../daemon/pidFile.js';
 import { STATUS_FD_ENV, daemonize, reportToInvoker } from '../daemon/daemonize.js';
 
+/**
+ * The option table for yargs. A repeated option keeps its last value
+ * (getopt's rule, and node:util's on the re-exec path), except the
+ * repeatable ones (--lockspace), which collect.
+ */
+function yargsOptions(): Record<string, import('yargs').Options> {
+  const out: Record<string, import('yargs').Options> = {};
+  for (const [name, spec] of Object.entries(RELOCKD_OPTIONS)) {
+    out[name] = spec.array ? { ...spec } : { ...spec, coerce: (v: unknown) => (Array.isArray(v) ? v[v.length - 1] : v) };
+  }
+  return out;
+}
+
 /** Interactive parse: help, version, strict usage errors. */
 export async function parseArgs(argv: string[]): Promise<CliArgs> {
   const { default: yargs } = await import('yargs');
   const y = yargs(argv)
     .scriptName('relockd')
     .usage('$0 [options]\n\nLock-holding daemon for virtualization hosts, wire-compatible with virtlockd.')
-    .options(RELOCKD_OPTIONS as Record<string, import('yargs').Options>)
+    .options(yargsOptions())
     .version('version', 'show version', `relockd (relockd) ${VERSION}`)
     .alias('version', 'V')
     .help('help')
