@@ -28,3 +28,21 @@ t.test('yargs refuses unknown options; the table has no positional arguments', a
   await t.rejects(parseArgs(['--no-such-flag']));
   t.throws(() => parseKnownArgs(['stray']));
 });
+
+import { defaultPaths, pathsUnder } from '../src/daemon/paths.js';
+
+t.test("default paths follow virtlockd's, so libvirt finds relockd unconfigured", async (t) => {
+  const root = defaultPaths({}, true);
+  t.equal(root.socket, '/run/libvirt/virtlockd-sock');
+  t.equal(root.adminSocket, '/run/libvirt/virtlockd-admin-sock');
+  t.equal(root.pidFile, '/run/virtlockd.pid');
+  t.equal(root.configFile, '/etc/libvirt/virtlockd.conf');
+  const user = defaultPaths({ XDG_RUNTIME_DIR: '/run/user/1000', HOME: '/home/u' }, false);
+  t.equal(user.socket, '/run/user/1000/libvirt/virtlockd-sock', 'needs no root');
+  t.equal(user.configFile, '/home/u/.config/libvirt/virtlockd.conf');
+  t.equal(defaultPaths({ HOME: '/home/u' }, false).socket, '/home/u/.cache/libvirt/virtlockd-sock', "GLib's fallback without XDG_RUNTIME_DIR");
+  const under = pathsUnder('/tmp/rt', root);
+  t.equal(under.socket, '/tmp/rt/virtlockd-sock');
+  t.equal(under.stateFile, '/tmp/rt/relockd-restart-exec.json');
+  t.equal(under.configFile, root.configFile, '--runtime-dir does not move the configuration');
+});
