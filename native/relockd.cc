@@ -418,6 +418,13 @@ void PidfdSendSignal(const Napi::CallbackInfo& info) {
 
 // ---- acquire -----------------------------------------------------------------------
 
+std::string DirName(const std::string& path) {
+  size_t slash = path.find_last_of('/');
+  if (slash == std::string::npos) return ".";
+  if (slash == 0) return "/";
+  return path.substr(0, slash);
+}
+
 // virtlockd's acquire sequence: open (optionally creating), OFD-lock byte 0,
 // and when creating make sure the path still names the file we locked: a
 // releasing holder may have unlinked it between our open and our lock.
@@ -446,21 +453,51 @@ struct LockJob {
           f = open(path.c_str(), O_RDWR | O_CLOEXEC | O_CREAT, 0600);
         }
       }
+      if (f < 0 && errno == ESTALE) continue;  // NFS: stale cached name, look it up again
       if (f < 0) return Fail(-1, errno, "open", "open");
 
       struct flock fl = MakeFlock(shared ? F_RDLCK : F_WRLCK, 0, 1);
-      if (fcntl(f, F_OFD_SETLK, &fl) < 0) return Fail(f, errno, "fcntl(F_OFD_SETLK)", "lock");
+      if (fcntl(f, F_OFD_SETLK, &fl) < 0) {
+        if (errno == ESTALE) {  // NFS: the name went away under us; look it up again
+          close(f);
+          continue;
+        }
+        return Fail(f, errno, "fcntl(F_OFD_SETLK)", "lock");
+      }
 
-      struct stat fst, pst;
-      if (fstat(f, &fst) < 0) return Fail(f, errno, "fstat", "stat");
+      struct stat fst;
+      if (fstat(f, &fst) < 0) {
+        if (errno == ESTALE) {
+          close(f);
+          continue;
+        }
+        return Fail(f, errno, "fstat", "stat");
+      }
       if (create) {
-        if (stat(path.c_str(), &pst) < 0) {
-          if (errno != ENOENT) return Fail(f, errno, "stat", "stat");
+        // The lock must be on the file the path names *now*: a releasing
+        // holder (on any host) unlinks the lease file while still locked.
+        // On NFS, names and attributes may come from the client's caches,
+        // so revalidate the directory and ask the server (FORCE_SYNC) for
+        // both the fd and the path, and require the file to still be linked.
+        // Without this, two hosts can be granted the same lease (seen in the
+        // UML NFS lab, test/nfs/). On local filesystems these are cheap.
+        struct statx dsx, fsx, psx;
+        statx(AT_FDCWD, DirName(path).c_str(), AT_STATX_FORCE_SYNC, STATX_INO, &dsx);
+        if (statx(f, "", AT_EMPTY_PATH | AT_STATX_FORCE_SYNC, STATX_BASIC_STATS, &fsx) < 0) {
+          if (errno == ESTALE) {
+            close(f);
+            continue;
+          }
+          return Fail(f, errno, "statx", "stat");
+        }
+        if (statx(AT_FDCWD, path.c_str(), AT_STATX_FORCE_SYNC, STATX_BASIC_STATS, &psx) < 0) {
+          if (errno != ENOENT && errno != ESTALE) return Fail(f, errno, "statx", "stat");
           close(f);  // unlinked under us: retry
           continue;
         }
-        if (pst.st_dev != fst.st_dev || pst.st_ino != fst.st_ino) {
-          close(f);  // replaced under us: retry
+        if (fsx.stx_nlink == 0 || fsx.stx_ino != psx.stx_ino || fsx.stx_dev_major != psx.stx_dev_major ||
+            fsx.stx_dev_minor != psx.stx_dev_minor) {
+          close(f);  // replaced (or unlinked) under us: retry
           continue;
         }
       }
