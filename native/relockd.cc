@@ -418,6 +418,12 @@ void PidfdSendSignal(const Napi::CallbackInfo& info) {
 
 // ---- acquire -----------------------------------------------------------------------
 
+// NFS: make the client look the directory up again (drops stale names).
+void RefreshDir(const std::string& dir) {
+  struct statx sx;
+  statx(AT_FDCWD, dir.c_str(), AT_STATX_FORCE_SYNC, STATX_INO, &sx);
+}
+
 std::string DirName(const std::string& path) {
   size_t slash = path.find_last_of('/');
   if (slash == std::string::npos) return ".";
@@ -453,13 +459,17 @@ struct LockJob {
           f = open(path.c_str(), O_RDWR | O_CLOEXEC | O_CREAT, 0600);
         }
       }
-      if (f < 0 && errno == ESTALE) continue;  // NFS: stale cached name, look it up again
+      if (f < 0 && errno == ESTALE) {  // NFS: stale cached name, look it up again
+        RefreshDir(DirName(path));
+        continue;
+      }
       if (f < 0) return Fail(-1, errno, "open", "open");
 
       struct flock fl = MakeFlock(shared ? F_RDLCK : F_WRLCK, 0, 1);
       if (fcntl(f, F_OFD_SETLK, &fl) < 0) {
         if (errno == ESTALE) {  // NFS: the name went away under us; look it up again
           close(f);
+          RefreshDir(DirName(path));
           continue;
         }
         return Fail(f, errno, "fcntl(F_OFD_SETLK)", "lock");
@@ -469,6 +479,7 @@ struct LockJob {
       if (fstat(f, &fst) < 0) {
         if (errno == ESTALE) {
           close(f);
+          RefreshDir(DirName(path));
           continue;
         }
         return Fail(f, errno, "fstat", "stat");
@@ -481,18 +492,21 @@ struct LockJob {
         // both the fd and the path, and require the file to still be linked.
         // Without this, two hosts can be granted the same lease (seen in the
         // UML NFS lab, test/nfs/). On local filesystems these are cheap.
-        struct statx dsx, fsx, psx;
-        statx(AT_FDCWD, DirName(path).c_str(), AT_STATX_FORCE_SYNC, STATX_INO, &dsx);
+        struct statx fsx, psx;
+        RefreshDir(DirName(path));
         if (statx(f, "", AT_EMPTY_PATH | AT_STATX_FORCE_SYNC, STATX_BASIC_STATS, &fsx) < 0) {
           if (errno == ESTALE) {
             close(f);
+            RefreshDir(DirName(path));
             continue;
           }
           return Fail(f, errno, "statx", "stat");
         }
         if (statx(AT_FDCWD, path.c_str(), AT_STATX_FORCE_SYNC, STATX_BASIC_STATS, &psx) < 0) {
-          if (errno != ENOENT && errno != ESTALE) return Fail(f, errno, "statx", "stat");
+          int err = errno;
+          if (err != ENOENT && err != ESTALE) return Fail(f, err, "statx", "stat");
           close(f);  // unlinked under us: retry
+          if (err == ESTALE) RefreshDir(DirName(path));
           continue;
         }
         if (fsx.stx_nlink == 0 || fsx.stx_ino != psx.stx_ino || fsx.stx_dev_major != psx.stx_dev_major ||
