@@ -175,7 +175,8 @@ t.test('under systemd (JOURNAL_STREAM names our stderr) every line carries its s
   t.teardown(() => killHard(p));
   await waitForSocket(join(dir, 'virtlockd-sock'));
   process.kill(p.pid!, 'SIGUSR2'); // 'signal ignored' is logged as a warning
-  await new Promise((r) => setTimeout(r, 300));
+  const until = Date.now() + 10000;
+  while (!/"level":"warn"/.test(readFileSync(errPath, 'utf8')) && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
   process.kill(p.pid!, 'SIGTERM');
   t.ok(await waitExit(p, 5000));
   const lines = readFileSync(errPath, 'utf8').trim().split('\n');
