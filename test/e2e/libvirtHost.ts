@@ -109,10 +109,22 @@ export function createWorkDir(): WorkDir {
       '',
     ].join('\n'),
   );
-  // QEMU's own image locking (OFD locks on bytes 100+/200+) would refuse the
-  // second guest before the lock daemon is asked; turn it off per file node.
+  writeEmulatorWrapper(w.emulator);
+  writeFileSync(join(root, 'not-an-emulator'), '');
+  return w;
+}
+
+/**
+ * QEMU's own image locking (OFD locks on bytes 100+/200+) would refuse the
+ * second guest before the lock daemon is asked; `path` becomes a wrapper that
+ * turns it off per file node and execs the real QEMU (same pid).
+ * `extraGuestArgs` are appended when QEMU runs a guest (`-name` given), not
+ * for libvirtd's capability probe.
+ */
+export function writeEmulatorWrapper(path: string, extraGuestArgs: string[] = []): void {
+  const quote = (a: string) => `'${a.replace(/'/g, `'\\''`)}'`;
   writeFileSync(
-    w.emulator,
+    path,
     [
       '#!/bin/bash',
       '# written by test/e2e/libvirtHost.ts: qemu-system-x86_64 with "locking":"off" on file blockdevs',
@@ -123,13 +135,12 @@ export function createWorkDir(): WorkDir {
       '  esac',
       '  args+=("$a")',
       'done',
+      ...(extraGuestArgs.length ? [`case " $* " in *' -name '*) args+=(${extraGuestArgs.map(quote).join(' ')}) ;; esac`] : []),
       `exec ${QEMU} "\${args[@]}"`,
       '',
     ].join('\n'),
   );
-  chmodSync(w.emulator, 0o755);
-  writeFileSync(join(root, 'not-an-emulator'), '');
-  return w;
+  chmodSync(path, 0o755);
 }
 
 export function sha256(s: string): string {
