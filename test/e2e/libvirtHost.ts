@@ -295,7 +295,7 @@ export class Libvirtd {
     const ns = mountNamespace(this.pid);
     if (!ns || ns === mountNamespace('self')) throw new Error('libvirtd is not in a private mount namespace');
     this.ns = ns;
-    trackNamespace(ns);
+    trackNamespace(ns, this.w.root);
     return ms;
   }
 

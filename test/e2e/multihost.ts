@@ -25,6 +25,7 @@
 //          --migrations=N          A→B→A round trips in scenario 1 (default 2; gap samples = 2N)
 //          --keep                  keep the work directory (configs and logs)
 //          --time-limit=SECONDS    stop everything and fail after this long (default 600)
+//          --only=1,2,2b,3,4,5     run only these scenarios (development)
 // See docs/libvirt-e2e.md ("Across hosts").
 
 import { closeSync, existsSync, ftruncateSync, mkdirSync, mkdtempSync, openSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -53,15 +54,17 @@ interface Options {
   migrations: number;
   keep: boolean;
   timeLimitS: number;
+  /** Scenario numbers to run (default all): 1, 2, 2b, 3, 4, 5. */
+  only: string[] | undefined;
 }
 
 function usage(msg: string): never {
-  process.stderr.write(`${msg}\nusage: multihost.ts [--virtlockd=full|off] [--modes=indirect,direct] [--migrations=N] [--keep] [--time-limit=SECONDS]\n`);
+  process.stderr.write(`${msg}\nusage: multihost.ts [--virtlockd=full|off] [--modes=indirect,direct] [--migrations=N] [--keep] [--time-limit=SECONDS] [--only=1,2,2b,3,4,5]\n`);
   process.exit(2);
 }
 
 function parseOptions(argv: string[]): Options {
-  const o: Options = { virtlockd: 'full', modes: ['indirect', 'direct'], migrations: 2, keep: false, timeLimitS: 600 };
+  const o: Options = { virtlockd: 'full', modes: ['indirect', 'direct'], migrations: 2, keep: false, timeLimitS: 600, only: undefined };
   for (const a of argv) {
     const [k, v] = a.split('=', 2) as [string, string | undefined];
     if (k === '--virtlockd' && (v === 'full' || v === 'off')) o.virtlockd = v;
@@ -72,6 +75,7 @@ function parseOptions(argv: string[]): Options {
     } else if (k === '--migrations' && v && Number(v) >= 1) o.migrations = Math.floor(Number(v));
     else if (k === '--time-limit' && v && Number(v) > 0) o.timeLimitS = Number(v);
     else if (k === '--keep') o.keep = true;
+    else if (k === '--only' && v) o.only = v.split(',');
     else usage(`unknown option ${a}`);
   }
   return o;
@@ -812,12 +816,15 @@ async function segment(kind: DaemonKind, mode: LeaseMode, o: Options, w: Work, A
     return;
   }
   currentCtx = c;
-  await step(c, '1. live migration A → B → A: lease moves between the hosts\' daemons', () => scenarioMigrate(c, o));
-  await step(c, '2. cancelled live migration: lease stays on the source', () => scenarioCancel(c, true));
-  await step(c, '2b. cancelled non-live migration: source re-acquires on resume', () => scenarioCancel(c, false));
-  await step(c, '3. disk hotplug: attach takes the lease, detach releases, shareable shares', () => scenarioHotplug(c));
-  await step(c, '4. libvirtd restart with guests running', () => scenarioLibvirtdRestart(c));
-  await step(c, `5. re-exec (SIGUSR1) of the source ${kind} during a migration`, () => scenarioReexec(c));
+  const scenarios: Array<[string, string, () => Promise<string>]> = [
+    ['1', "1. live migration A → B → A: lease moves between the hosts' daemons", () => scenarioMigrate(c, o)],
+    ['2', '2. cancelled live migration: lease stays on the source', () => scenarioCancel(c, true)],
+    ['2b', '2b. cancelled non-live migration: source re-acquires on resume', () => scenarioCancel(c, false)],
+    ['3', '3. disk hotplug: attach takes the lease, detach releases, shareable shares', () => scenarioHotplug(c)],
+    ['4', '4. libvirtd restart with guests running', () => scenarioLibvirtdRestart(c)],
+    ['5', `5. re-exec (SIGUSR1) of the source ${kind} during a migration`, () => scenarioReexec(c)],
+  ];
+  for (const [id, label, fn] of scenarios) if (!o.only || o.only.includes(id)) await step(c, label, fn);
   await step(c, 'teardown: both libvirtds stopped, nothing left in their namespaces, both daemons exit 0 on SIGTERM', async () => {
     const killed = [...(await A.stop()), ...(await B.stop())];
     if (killed.length) throw new Fail(`had to kill: ${killed.join('; ')}`);

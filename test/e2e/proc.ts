@@ -39,8 +39,59 @@ export function trackPid(pid: number, what: string): void {
 export function untrackPid(pid: number): void {
   trackedPids.delete(pid);
 }
-export function trackNamespace(ns: string): void {
+/**
+ * A mount namespace's id is an inode number, and the kernel hands a dead
+ * namespace's number to the next one created — possibly by another program.
+ * So a process counts as ours only if its /proc/PID/mountinfo also mentions
+ * `marker` (our work directory, bind-mounted into every namespace we make).
+ */
+const namespaceMarkers = new Map<string, string>();
+export function trackNamespace(ns: string, marker?: string): void {
   trackedNamespaces.add(ns);
+  if (marker !== undefined) namespaceMarkers.set(ns, marker);
+}
+
+/**
+ * Mounts whose processes are ours: [mount point, source path], e.g.
+ * ['/run', W/host-a/run] for a simulated host's private /run. Unlike a
+ * namespace id this cannot be reused by someone else.
+ */
+const trackedMounts = new Map<string, [string, string]>();
+export function trackMount(mountPoint: string, root: string): void {
+  trackedMounts.set(`${mountPoint}\0${root}`, [mountPoint, root]);
+}
+
+function mountInfo(pid: number): string {
+  try {
+    return readFileSync(`/proc/${pid}/mountinfo`, 'utf8');
+  } catch {
+    return '';
+  }
+}
+
+/** Every live process that has `root` (a path on the host) mounted at `mountPoint` (mountinfo fields 4 and 5). */
+export function pidsWithMount(mountPoint: string, root: string): number[] {
+  // mountinfo's root is relative to its filesystem: all of `root` when /tmp is on /, less when not
+  const tail3 = root.split('/').slice(-3).join('/');
+  const ours = (line: string) => {
+    const f = line.split(' ');
+    return f[4] === mountPoint && f[3] !== undefined && f[3].endsWith(tail3) && root.endsWith(f[3]);
+  };
+  const out: number[] = [];
+  for (const n of readdirSync('/proc')) {
+    if (!/^\d+$/.test(n)) continue;
+    const pid = Number(n);
+    if (pid === process.pid) continue;
+    const info = mountInfo(pid);
+    if (info.includes(tail3) && info.split('\n').some(ours) && pidAlive(pid)) out.push(pid);
+  }
+  return out;
+}
+
+function trackedMountPids(): number[] {
+  const out = new Set<number>();
+  for (const [mp, root] of trackedMounts.values()) for (const p of pidsWithMount(mp, root)) out.add(p);
+  return [...out];
 }
 
 export function sleep(ms: number): Promise<void> {
@@ -137,7 +188,10 @@ export function pidsInNamespace(ns: string): number[] {
     if (!/^\d+$/.test(n)) continue;
     const pid = Number(n);
     if (pid === process.pid) continue;
-    if (mountNamespace(pid) === ns && pidAlive(pid)) out.push(pid);
+    if (mountNamespace(pid) !== ns || !pidAlive(pid)) continue;
+    const marker = namespaceMarkers.get(ns);
+    if (marker !== undefined && !mountInfo(pid).includes(marker)) continue; // a reused namespace id: not ours
+    out.push(pid);
   }
   return out;
 }
@@ -169,6 +223,10 @@ export async function killEverything(): Promise<string[]> {
       signalPid(pid, 'SIGKILL');
     }
   }
+  for (const pid of trackedMountPids()) {
+    killed.push(`${pid} (${cmdline(pid)})`);
+    signalPid(pid, 'SIGKILL');
+  }
   for (const [pid, what] of trackedPids) {
     if (pidAlive(pid)) {
       killed.push(`${pid} (${what})`);
@@ -176,6 +234,7 @@ export async function killEverything(): Promise<string[]> {
     }
   }
   for (const ns of trackedNamespaces) for (const pid of pidsInNamespace(ns)) await waitGone(pid, 5000);
+  for (const pid of trackedMountPids()) await waitGone(pid, 5000);
   for (const pid of trackedPids.keys()) await waitGone(pid, 5000);
   return killed;
 }
@@ -184,6 +243,7 @@ export async function killEverything(): Promise<string[]> {
 export function leftovers(): string[] {
   const out: string[] = [];
   for (const ns of trackedNamespaces) for (const pid of pidsInNamespace(ns)) out.push(`${pid} (${cmdline(pid)}) in ${ns}`);
+  for (const pid of trackedMountPids()) out.push(`${pid} (${cmdline(pid)})`);
   for (const [pid, what] of trackedPids) if (pidAlive(pid)) out.push(`${pid} (${what})`);
   return out;
 }
@@ -196,6 +256,11 @@ export function killEverythingSync(): void {
     } catch {
       /* /proc unreadable: nothing more we can do */
     }
+  }
+  try {
+    for (const pid of trackedMountPids()) signalPid(pid, 'SIGKILL');
+  } catch {
+    /* /proc unreadable */
   }
   for (const pid of trackedPids.keys()) if (pidAlive(pid)) signalPid(pid, 'SIGKILL');
 }

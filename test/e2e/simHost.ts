@@ -26,7 +26,7 @@ import { join } from 'node:path';
 import { spawn } from 'node:child_process';
 import { LIBVIRTD, VIRSH } from './libvirtHost.js';
 import type { LeaseMode } from './libvirtHost.js';
-import { assertNotAborted, cmdline, mountNamespace, pidAlive, pidsInNamespace, run, sleep, stopPid, trackNamespace, trackPid, untrackPid } from './proc.js';
+import { assertNotAborted, cmdline, mountNamespace, pidAlive, pidsWithMount, run, sleep, stopPid, trackMount, trackPid, untrackPid } from './proc.js';
 import type { RunResult } from './proc.js';
 
 const QEMU_I386 = '/usr/bin/qemu-system-i386';
@@ -78,8 +78,6 @@ function readFrom(p: string, offset: number): string {
 
 export class SimHost {
   pid = 0;
-  /** Mount namespaces this host's libvirtd instances ran in (QEMU guests stay in the one they were started in). */
-  readonly namespaces = new Set<string>();
   ns: string | undefined;
   private exited = true;
   readonly dir: string;
@@ -90,9 +88,12 @@ export class SimHost {
   /** Symlink that /run/libvirt/virtlockd-sock (inside this host) points to. */
   readonly lockdLink: string;
   readonly etc: string;
+  readonly runDir: string;
 
   constructor(readonly cfg: SimHostConfig) {
     this.dir = join(cfg.root, `host-${cfg.name}`);
+    this.runDir = join(this.dir, 'run');
+    trackMount('/run', this.runDir);
     this.hostname = `relockd-e2e-${cfg.name}`;
     this.etc = join(this.dir, 'etc-libvirt');
     this.logPath = join(this.dir, 'logs', 'libvirtd.log');
@@ -182,11 +183,6 @@ export class SimHost {
     const deadline = Date.now() + 120_000;
     for (;;) {
       if (!this.isRunning()) throw new Error(`libvirtd on ${this.hostname} exited during start-up (${exitInfo})\n${this.logSince({ log: 0, out: 0 }).slice(-4000)}`);
-      const ns = mountNamespace(pid);
-      if (ns && ns !== mountNamespace('self') && !this.namespaces.has(ns)) {
-        this.namespaces.add(ns);
-        trackNamespace(ns);
-      }
       const r = await this.virsh(['version'], 10_000);
       if (r.code === 0) break;
       if (Date.now() > deadline) throw new Error(`libvirtd on ${this.hostname} did not answer virsh within 120 s: ${r.stderr.trim()}`);
@@ -210,15 +206,23 @@ export class SimHost {
     }
   }
 
-  /** libvirtd (SIGTERM), then SIGKILL whatever is left in any of this host's namespaces. Returns what had to be killed. */
+  /**
+   * This host's processes: libvirtd and its QEMU guests, in whichever of its
+   * namespaces (a libvirtd restart makes a new one; running guests stay in
+   * the old). Recognised by H/run mounted on /run, which nothing else has
+   * (namespace ids are reused by the kernel, possibly for others' namespaces).
+   */
+  pids(): number[] {
+    return pidsWithMount('/run', this.runDir);
+  }
+
+  /** libvirtd (SIGTERM), then SIGKILL whatever of this host is left. Returns what had to be killed. */
   async stop(): Promise<string[]> {
     await this.stopDaemonOnly();
     const killed: string[] = [];
-    for (const ns of this.namespaces) {
-      for (const pid of pidsInNamespace(ns)) {
-        killed.push(`${pid} (${cmdline(pid)})`);
-        await stopPid(pid, 'SIGKILL', 5000);
-      }
+    for (const pid of this.pids()) {
+      killed.push(`${pid} (${cmdline(pid)})`);
+      await stopPid(pid, 'SIGKILL', 5000);
     }
     return killed;
   }
@@ -249,9 +253,7 @@ export class SimHost {
 
   /** QEMU processes of this host (any of its namespaces, not libvirtd itself). */
   qemuPids(): number[] {
-    const out: number[] = [];
-    for (const ns of this.namespaces) for (const p of pidsInNamespace(ns)) if (p !== this.pid && /qemu-system/.test(cmdline(p))) out.push(p);
-    return out;
+    return this.pids().filter((p) => p !== this.pid && /qemu-system/.test(cmdline(p)));
   }
 
   guestLog(name: string): string {
