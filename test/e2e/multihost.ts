@@ -11,8 +11,9 @@
 // Scenarios, per lease mode (indirect: file_lockspace_dir, sha256 lease
 // files, AUTOCREATE; direct: the image in the default lock space), first
 // with relockd on both hosts, then with the real virtlockd on both hosts:
-//   1. live migration A → B and back (p2p over UNIX sockets, the migration
-//      stream over 127.0.0.1), the lease gap measured by a watcher process
+//   1. live migration A → B and back (p2p: libvirtd to libvirtd over UNIX
+//      sockets; QEMU's stream over a UNIX socket or 127.0.0.1), the lease gap
+//      measured by a watcher process
 //   2. a cancelled (slowed-down) live migration; 2b. a cancelled non-live one
 //   3. disk hotplug (writable and shareable)
 //   4. libvirtd restart with guests running
@@ -26,6 +27,7 @@
 //          --keep                  keep the work directory (configs and logs)
 //          --time-limit=SECONDS    stop everything and fail after this long (default 600)
 //          --only=1,2,2b,3,4,5     run only these scenarios (development)
+//          --stream=unix|tcp       QEMU's migration stream over a UNIX socket (default) or 127.0.0.1
 // See docs/libvirt-e2e.md ("Across hosts").
 
 import { closeSync, existsSync, ftruncateSync, mkdirSync, mkdtempSync, openSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -56,15 +58,17 @@ interface Options {
   timeLimitS: number;
   /** Scenario numbers to run (default all): 1, 2, 2b, 3, 4, 5. */
   only: string[] | undefined;
+  /** QEMU's migration stream: a UNIX socket in the work directory, or TCP on 127.0.0.1. */
+  stream: 'unix' | 'tcp';
 }
 
 function usage(msg: string): never {
-  process.stderr.write(`${msg}\nusage: multihost.ts [--virtlockd=full|off] [--modes=indirect,direct] [--migrations=N] [--keep] [--time-limit=SECONDS] [--only=1,2,2b,3,4,5]\n`);
+  process.stderr.write(`${msg}\nusage: multihost.ts [--virtlockd=full|off] [--modes=indirect,direct] [--migrations=N] [--keep] [--time-limit=SECONDS] [--only=1,2,2b,3,4,5] [--stream=unix|tcp]\n`);
   process.exit(2);
 }
 
 function parseOptions(argv: string[]): Options {
-  const o: Options = { virtlockd: 'full', modes: ['indirect', 'direct'], migrations: 2, keep: false, timeLimitS: 600, only: undefined };
+  const o: Options = { virtlockd: 'full', modes: ['indirect', 'direct'], migrations: 2, keep: false, timeLimitS: 600, only: undefined, stream: 'unix' };
   for (const a of argv) {
     const [k, v] = a.split('=', 2) as [string, string | undefined];
     if (k === '--virtlockd' && (v === 'full' || v === 'off')) o.virtlockd = v;
@@ -76,6 +80,7 @@ function parseOptions(argv: string[]): Options {
     else if (k === '--time-limit' && v && Number(v) > 0) o.timeLimitS = Number(v);
     else if (k === '--keep') o.keep = true;
     else if (k === '--only' && v) o.only = v.split(',');
+    else if (k === '--stream' && (v === 'unix' || v === 'tcp')) o.stream = v;
     else usage(`unknown option ${a}`);
   }
   return o;
@@ -158,7 +163,7 @@ interface Work {
 function createWork(): Work {
   const root = mkdtempSync(join(visibleTmpDir(), 'relockd-multihost-e2e-'));
   const w: Work = { root, images: join(root, 'images'), lockspace: join(root, 'lockspace'), emulator: join(root, 'bin', 'qemu-system-x86_64'), xml: join(root, 'xml') };
-  for (const d of [w.images, w.xml, join(root, 'bin')]) mkdirSync(d, { recursive: true });
+  for (const d of [w.images, w.xml, join(root, 'bin'), join(root, 'mig')]) mkdirSync(d, { recursive: true });
   for (const img of Object.values(IMAGES)) {
     const f = openSync(join(w.images, img), 'w');
     ftruncateSync(f, 1 << 20);
@@ -235,6 +240,7 @@ interface Ctx {
   B: SimHost;
   dA: LockDaemon;
   dB: LockDaemon;
+  stream: 'unix' | 'tcp';
   /** m's and n's disk */
   Lm: Lease;
   Lhp: Lease;
@@ -438,10 +444,15 @@ const MIGRATE_FLAGS = [
   '--unsafe', // the images are on a local filesystem (shared by being one machine); libvirt cannot tell
 ];
 
+let streamSeq = 0;
+
 function migrateArgs(c: Ctx, to: Side, name: string, extra: string[] = [], live = true): string[] {
   const flags = live ? MIGRATE_FLAGS : MIGRATE_FLAGS.filter((f) => f !== '--live');
-  // the stream: QEMU on the destination listens on 127.0.0.1, the source connects there
-  return ['migrate', ...flags, ...extra, name, hostOf(c, to).uri, 'tcp://127.0.0.1', '--listen-address', '127.0.0.1'];
+  // QEMU's stream. qemu.conf's migration_address / migration_host refuse
+  // loopback addresses, and without a URI libvirt sends the destination's
+  // hostname (unresolvable here): so the URI is given per migration.
+  const stream = c.stream === 'unix' ? [`unix://${join(c.w.root, 'mig', `${++streamSeq}.sock`)}`] : ['tcp://127.0.0.1', '--listen-address', '127.0.0.1'];
+  return ['migrate', ...flags, ...extra, name, hostOf(c, to).uri, ...stream];
 }
 
 interface Timing {
@@ -798,7 +809,7 @@ async function segment(kind: DaemonKind, mode: LeaseMode, o: Options, w: Work, A
     daemons.push(await startDaemon(kind, A), await startDaemon(kind, B));
     const msA = await A.start(mode);
     const msB = await B.start(mode);
-    c = { kind, mode, w, A, B, dA: daemons[0]!, dB: daemons[1]!, Lm: leaseOf(w, mode, 'm'), Lhp: leaseOf(w, mode, 'hp'), Lsh: leaseOf(w, mode, 'sh') };
+    c = { kind, mode, stream: o.stream, w, A, B, dA: daemons[0]!, dB: daemons[1]!, Lm: leaseOf(w, mode, 'm'), Lhp: leaseOf(w, mode, 'hp'), Lsh: leaseOf(w, mode, 'sh') };
     if (mode === 'indirect' && !statSync(w.lockspace, { throwIfNoEntry: false })?.isDirectory()) throw new Fail(`libvirtd's CREATE_LOCKSPACE did not create ${w.lockspace}`);
     for (const g of GUESTS) {
       const f = join(w.xml, `${g.name}.xml`);
@@ -806,7 +817,7 @@ async function segment(kind: DaemonKind, mode: LeaseMode, o: Options, w: Work, A
       await virshOk(g.host === 'a' ? A : B, ['define', f]);
     }
     passed++;
-    say(`PASS  ${tag}  setup: ${kind} pids ${c.dA.pid} (A), ${c.dB.pid} (B); libvirtd ${A.hostname} (host_uuid …${HOST_UUIDS.a.slice(-4)}) answered after ${secs(msA)}, ${B.hostname} (…${HOST_UUIDS.b.slice(-4)}) after ${secs(msB)}; guests defined [${secs(performance.now() - ts)}]`);
+    say(`PASS  ${tag}  setup: ${kind} pids ${c.dA.pid} (A), ${c.dB.pid} (B); libvirtd ${A.hostname} (host_uuid …${HOST_UUIDS.a.slice(-4)}) answered after ${secs(msA)}, ${B.hostname} (…${HOST_UUIDS.b.slice(-4)}) after ${secs(msB)}; guests defined; migration stream over ${o.stream === "unix" ? "UNIX sockets" : "127.0.0.1"} [${secs(performance.now() - ts)}]`);
   } catch (e) {
     recordFail(`${tag}  setup`, e instanceof Fail ? e.message : `${(e as Error).stack ?? e}`);
     for (const h of [A, B]) say(`  --- ${h.hostname} libvirtd log ---\n${tail(h.logSince({ log: 0, out: 0 }), 30)}`);
