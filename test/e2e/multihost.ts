@@ -817,7 +817,7 @@ async function segment(kind: DaemonKind, mode: LeaseMode, o: Options, w: Work, A
       await virshOk(g.host === 'a' ? A : B, ['define', f]);
     }
     passed++;
-    say(`PASS  ${tag}  setup: ${kind} pids ${c.dA.pid} (A), ${c.dB.pid} (B); libvirtd ${A.hostname} (host_uuid …${HOST_UUIDS.a.slice(-4)}) answered after ${secs(msA)}, ${B.hostname} (…${HOST_UUIDS.b.slice(-4)}) after ${secs(msB)}; guests defined; migration stream over ${o.stream === "unix" ? "UNIX sockets" : "127.0.0.1"} [${secs(performance.now() - ts)}]`);
+    say(`PASS  ${tag}  setup: ${kind} pids ${c.dA.pid} (A), ${c.dB.pid} (B); libvirtd ${A.hostname} (host_uuid …${HOST_UUIDS.a.slice(-4)}) answered after ${secs(msA)}, ${B.hostname} (…${HOST_UUIDS.b.slice(-4)}) after ${secs(msB)}; guests defined; migration stream over ${o.stream === 'unix' ? 'UNIX sockets' : '127.0.0.1'} [${secs(performance.now() - ts)}]`);
   } catch (e) {
     recordFail(`${tag}  setup`, e instanceof Fail ? e.message : `${(e as Error).stack ?? e}`);
     for (const h of [A, B]) say(`  --- ${h.hostname} libvirtd log ---\n${tail(h.logSince({ log: 0, out: 0 }), 30)}`);
