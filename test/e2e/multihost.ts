@@ -18,10 +18,12 @@
 //   3. disk hotplug (writable and shareable)
 //   4. libvirtd restart with guests running
 //   5. re-exec (SIGUSR1) of the source daemon during a migration
-// relockd's checks are strict; where the real virtlockd behaves differently,
-// that is printed as a NOTE (its result), not as a failure.
+// Then a mixed cluster (relockd on A, the real virtlockd on B: a site moving
+// from one to the other) runs scenarios 1 and 3. relockd's checks are
+// strict; where the real virtlockd (on both hosts) behaves differently, that
+// is printed as a NOTE (its result), not as a failure.
 //
-// Options: --virtlockd=full|off    also run every scenario against virtlockd (default full)
+// Options: --virtlockd=full|off    also run the scenarios against virtlockd and mixed (default full)
 //          --modes=indirect,direct lease setups (default both)
 //          --migrations=N          A→B→A round trips in scenario 1 (default 2; gap samples = 2N)
 //          --keep                  keep the work directory (configs and logs)
@@ -233,7 +235,8 @@ function leaseOf(w: Work, mode: LeaseMode, img: keyof typeof IMAGES): Lease {
 }
 
 interface Ctx {
-  kind: DaemonKind;
+  /** 'relockd', 'virtlockd', or 'relockd+virtlockd' (A runs relockd, B the real virtlockd). */
+  label: string;
   mode: LeaseMode;
   w: Work;
   A: SimHost;
@@ -320,8 +323,8 @@ async function expectHeldBy(c: Ctx, l: Lease, by: Side[], how: 'exclusive' | 'sh
   for (const s of ['A', 'B'] as Side[]) {
     const got = holders.get(daemonOf(c, s).pid);
     const should = by.includes(s);
-    if (should && got !== want) throw new Fail(`${why}: host ${s}'s ${c.kind} (pid ${daemonOf(c, s).pid}) should hold lease ${short(l)} (${want}) but its fds show ${got ?? 'no lock'}`);
-    if (!should && got) throw new Fail(`${why}: host ${s}'s ${c.kind} (pid ${daemonOf(c, s).pid}) holds lease ${short(l)} (${got}); only ${by.join('+')} should`);
+    if (should && got !== want) throw new Fail(`${why}: host ${s}'s ${daemonOf(c, s).kind} (pid ${daemonOf(c, s).pid}) should hold lease ${short(l)} (${want}) but its fds show ${got ?? 'no lock'}`);
+    if (!should && got) throw new Fail(`${why}: host ${s}'s ${daemonOf(c, s).kind} (pid ${daemonOf(c, s).pid}) holds lease ${short(l)} (${got}); only ${by.join('+')} should`);
   }
 }
 
@@ -384,14 +387,14 @@ let currentCtx: Ctx | undefined;
  * as a failure of this suite.
  */
 async function step(c: Ctx, label: string, fn: () => Promise<string>): Promise<boolean> {
-  const tag = `${c.kind}/${c.mode}`;
+  const tag = `${c.label}/${c.mode}`;
   const marks = { dA: c.dA.logMark(), dB: c.dB.logMark(), A: c.A.mark(), B: c.B.mark() };
   const ts = performance.now();
   let ok = true;
   let detail = '';
   try {
     for (const s of ['A', 'B'] as Side[]) {
-      if (!daemonOf(c, s).isRunning()) throw new Fail(`host ${s}'s ${c.kind} (pid ${daemonOf(c, s).pid}) is not running`);
+      if (!daemonOf(c, s).isRunning()) throw new Fail(`host ${s}'s ${daemonOf(c, s).kind} (pid ${daemonOf(c, s).pid}) is not running`);
       if (!hostOf(c, s).isRunning()) throw new Fail(`libvirtd on ${hostOf(c, s).hostname} is not running`);
     }
     detail = await fn();
@@ -404,7 +407,7 @@ async function step(c: Ctx, label: string, fn: () => Promise<string>): Promise<b
   if (ok) {
     passed++;
     say(`PASS  ${tag}  ${label}: ${detail} [${took}]`);
-  } else if (c.kind === 'virtlockd') {
+  } else if (c.label === 'virtlockd') {
     notes++;
     say(`NOTE  ${tag}  ${label}: virtlockd's result: ${detail} [${took}]`);
   } else {
@@ -414,7 +417,7 @@ async function step(c: Ctx, label: string, fn: () => Promise<string>): Promise<b
   }
   if (!ok) {
     for (const s of ['A', 'B'] as Side[]) {
-      say(`  --- host ${s}: ${c.kind} log during this step (pid ${daemonOf(c, s).pid}) ---`);
+      say(`  --- host ${s}: ${daemonOf(c, s).kind} log during this step (pid ${daemonOf(c, s).pid}) ---`);
       say(tail(daemonOf(c, s).logSince(s === 'A' ? marks.dA : marks.dB), 25) || '  (empty)');
       say(`  --- host ${s}: libvirtd log during this step ---`);
       say(tail(hostOf(c, s).logSince(s === 'A' ? marks.A : marks.B), 25) || '  (empty)');
@@ -464,7 +467,7 @@ interface Timing {
 const timings = new Map<string, Timing>();
 
 function timingOf(c: Ctx): Timing {
-  const k = `${c.kind}/${c.mode}`;
+  const k = `${c.label}/${c.mode}`;
   let t = timings.get(k);
   if (!t) timings.set(k, (t = { migrate: [], gap: [], resolution: [], restart: [] }));
   return t;
@@ -797,19 +800,24 @@ async function stopDaemonCleanly(d: LockDaemon): Promise<string> {
   return 'exit 0';
 }
 
-async function segment(kind: DaemonKind, mode: LeaseMode, o: Options, w: Work, A: SimHost, B: SimHost): Promise<void> {
-  const tag = `${kind}/${mode}`;
+/**
+ * Every scenario with `kinds[0]` on host A and `kinds[1]` on host B. `only`:
+ * the scenarios to run (the mixed relockd/virtlockd pair runs a subset).
+ */
+async function segment(kinds: [DaemonKind, DaemonKind], mode: LeaseMode, o: Options, w: Work, A: SimHost, B: SimHost, only?: string[]): Promise<void> {
+  const label = kinds[0] === kinds[1] ? kinds[0] : kinds.join('+');
+  const tag = `${label}/${mode}`;
   say('');
-  say(`== ${kind} on both hosts, ${mode === 'indirect' ? `indirect leases (file_lockspace_dir ${w.lockspace}, sha256 names, AUTOCREATE)` : 'direct leases (the disk image itself, default lock space)'} ==`);
+  say(`== ${kinds[0] === kinds[1] ? `${label} on both hosts` : `${kinds[0]} on host A, the real ${kinds[1]} on host B (a mixed cluster)`}, ${mode === 'indirect' ? `indirect leases (file_lockspace_dir ${w.lockspace}, sha256 names, AUTOCREATE)` : 'direct leases (the disk image itself, default lock space)'} ==`);
   const ts = performance.now();
   const daemons: LockDaemon[] = [];
   let c: Ctx;
   try {
     if (mode === 'indirect') rmSync(w.lockspace, { recursive: true, force: true });
-    daemons.push(await startDaemon(kind, A), await startDaemon(kind, B));
+    daemons.push(await startDaemon(kinds[0], A), await startDaemon(kinds[1], B));
     const msA = await A.start(mode);
     const msB = await B.start(mode);
-    c = { kind, mode, stream: o.stream, w, A, B, dA: daemons[0]!, dB: daemons[1]!, Lm: leaseOf(w, mode, 'm'), Lhp: leaseOf(w, mode, 'hp'), Lsh: leaseOf(w, mode, 'sh') };
+    c = { label, mode, stream: o.stream, w, A, B, dA: daemons[0]!, dB: daemons[1]!, Lm: leaseOf(w, mode, 'm'), Lhp: leaseOf(w, mode, 'hp'), Lsh: leaseOf(w, mode, 'sh') };
     if (mode === 'indirect' && !statSync(w.lockspace, { throwIfNoEntry: false })?.isDirectory()) throw new Fail(`libvirtd's CREATE_LOCKSPACE did not create ${w.lockspace}`);
     for (const g of GUESTS) {
       const f = join(w.xml, `${g.name}.xml`);
@@ -817,7 +825,7 @@ async function segment(kind: DaemonKind, mode: LeaseMode, o: Options, w: Work, A
       await virshOk(g.host === 'a' ? A : B, ['define', f]);
     }
     passed++;
-    say(`PASS  ${tag}  setup: ${kind} pids ${c.dA.pid} (A), ${c.dB.pid} (B); libvirtd ${A.hostname} (host_uuid …${HOST_UUIDS.a.slice(-4)}) answered after ${secs(msA)}, ${B.hostname} (…${HOST_UUIDS.b.slice(-4)}) after ${secs(msB)}; guests defined; migration stream over ${o.stream === 'unix' ? 'UNIX sockets' : '127.0.0.1'} [${secs(performance.now() - ts)}]`);
+    say(`PASS  ${tag}  setup: ${c.dA.kind} pid ${c.dA.pid} (A), ${c.dB.kind} pid ${c.dB.pid} (B); libvirtd ${A.hostname} (host_uuid …${HOST_UUIDS.a.slice(-4)}) answered after ${secs(msA)}, ${B.hostname} (…${HOST_UUIDS.b.slice(-4)}) after ${secs(msB)}; guests defined; migration stream over ${o.stream === 'unix' ? 'UNIX sockets' : '127.0.0.1'} [${secs(performance.now() - ts)}]`);
   } catch (e) {
     recordFail(`${tag}  setup`, e instanceof Fail ? e.message : `${(e as Error).stack ?? e}`);
     for (const h of [A, B]) say(`  --- ${h.hostname} libvirtd log ---\n${tail(h.logSince({ log: 0, out: 0 }), 30)}`);
@@ -833,9 +841,9 @@ async function segment(kind: DaemonKind, mode: LeaseMode, o: Options, w: Work, A
     ['2b', '2b. cancelled non-live migration: source re-acquires on resume', () => scenarioCancel(c, false)],
     ['3', '3. disk hotplug: attach takes the lease, detach releases, shareable shares', () => scenarioHotplug(c)],
     ['4', '4. libvirtd restart with guests running', () => scenarioLibvirtdRestart(c)],
-    ['5', `5. re-exec (SIGUSR1) of the source ${kind} during a migration`, () => scenarioReexec(c)],
+    ['5', `5. re-exec (SIGUSR1) of the source ${kinds[0]} during a migration`, () => scenarioReexec(c)],
   ];
-  for (const [id, label, fn] of scenarios) if (!o.only || o.only.includes(id)) await step(c, label, fn);
+  for (const [id, what, fn] of scenarios) if ((!o.only || o.only.includes(id)) && (!only || only.includes(id))) await step(c, what, fn);
   await step(c, 'teardown: both libvirtds stopped, nothing left in their namespaces, both daemons exit 0 on SIGTERM', async () => {
     const killed = [...(await A.stop()), ...(await B.stop())];
     if (killed.length) throw new Fail(`had to kill: ${killed.join('; ')}`);
@@ -955,8 +963,12 @@ async function main(): Promise<number> {
   hostB = new SimHost({ name: 'b', root: w.root, hostUuid: HOST_UUIDS.b, migrationPort: 49160, lockspace: w.lockspace });
   say(`work directory ${w.root}; relockd ${join(ROOT, 'bin', 'relockd.cjs')}`);
   try {
-    const kinds: DaemonKind[] = o.virtlockd === 'full' ? ['relockd', 'virtlockd'] : ['relockd'];
-    for (const kind of kinds) for (const mode of o.modes) if (!isAborted()) await segment(kind, mode, o, w, hostA, hostB);
+    for (const mode of o.modes) if (!isAborted()) await segment(['relockd', 'relockd'], mode, o, w, hostA, hostB);
+    if (o.virtlockd === 'full') {
+      for (const mode of o.modes) if (!isAborted()) await segment(['virtlockd', 'virtlockd'], mode, o, w, hostA, hostB);
+      // a site moving from virtlockd to relockd: guests migrate between the two kinds of host
+      for (const mode of o.modes) if (!isAborted()) await segment(['relockd', 'virtlockd'], mode, o, w, hostA, hostB, ['1', '3']);
+    }
   } catch (e) {
     recordFail('harness', `${(e as Error).stack ?? e}`);
   } finally {
