@@ -19,7 +19,8 @@ for (const [entry, out] of [
     platform: 'node',
     format: 'esm',
     target: 'node20',
-    external: ['yargs', 'yargs/*'],
+    // prom-client too: the daemon loads it on the first scrape only (src/metrics/exposition.ts).
+    external: ['yargs', 'yargs/*', 'prom-client'],
     // CommonJS dependencies (pino) call require(); give the ESM bundle one.
     banner: { js: "import { createRequire as __relockdCreateRequire } from 'node:module'; const require = __relockdCreateRequire(import.meta.url);" },
     sourcemap: 'linked',

@@ -18,6 +18,7 @@ import type { GlobalArgs } from '../ctl/command.js';
 import { cmdLeases } from '../ctl/leases.js';
 import { err, out } from '../ctl/output.js';
 import { cmdReexec } from '../ctl/reexec.js';
+import { cmdMetrics } from '../ctl/metrics.js';
 import { cmdRun } from '../ctl/run.js';
 import { cmdStatus } from '../ctl/status.js';
 
@@ -55,6 +56,12 @@ export function buildParser(argv: string[], onCommand: (h: Handler, a: unknown) 
       (c) => c.option('server', { type: 'string', choices: ['virtlockd', 'admin', 'all'], default: 'all', describe: 'which socket' }),
       (a) => onCommand(cmdClients, a),
     )
+    .command(
+      'metrics',
+      'Prometheus metrics (text format), for a scrape or node_exporter\'s textfile collector',
+      (c) => c.option('output', { alias: 'o', type: 'string', describe: 'write to FILE atomically (e.g. /var/lib/prometheus/node-exporter/relockd.prom)' }),
+      (a) => onCommand(cmdMetrics, a),
+    )
     .command('reexec', 're-exec relockd in place (no lease is dropped); prints the blackout time', {}, (a) => onCommand(cmdReexec, a))
     .command(
       'cleanup <dir>',
@@ -79,7 +86,7 @@ export function buildParser(argv: string[], onCommand: (h: Handler, a: unknown) 
           .option('uuid', { type: 'string', describe: 'owner UUID (default: random)' }),
       (a) => onCommand(cmdRun, { ...a, command: ((a as Record<string, unknown>)['--'] as string[] | undefined)?.map(String) ?? [] }),
     )
-    .demandCommand(1, 'give a command: status, leases, clients, reexec, cleanup or run')
+    .demandCommand(1, 'give a command: status, leases, clients, metrics, reexec, cleanup or run')
     .version('version', 'show version', `relockctl (relockd) ${VERSION}`)
     .alias('version', 'V')
     .help('help')

@@ -17,6 +17,7 @@ import type { RpcServer } from '../rpc/server.js';
 import { adminProgram, ClientTransport, encodeVersion, invalidArg } from '../protocol/admin.js';
 import type { AdminBackend, AdminClientHandle, AdminContext, AdminServerHandle, ClientLimits, TypedParam } from '../protocol/admin.js';
 import { relockdAdminProgram, noSuchLockspace } from '../protocol/relockdAdmin.js';
+import { daemonMetricsText } from './metrics.js';
 import type {
   ClientInfo,
   DaemonInfo,
@@ -219,6 +220,7 @@ export class AdminService implements Service<AdminContext> {
       resources: (f) => this.resources(f),
       clients: (f) => this.clients(f),
       reexec: (caller) => this.reexec(caller as AdminConnState),
+      metrics: () => daemonMetricsText(this.daemon),
     };
     this.programs = [adminProgram(libvirt), relockdAdminProgram(ours)];
   }

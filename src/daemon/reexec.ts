@@ -215,6 +215,7 @@ export class Reexecutor {
       pidFile: d.pidFile ? { path: d.pidFile.path, fd: d.pidFile.fd } : null,
       startedAt: d.startedAt,
     });
+    doc.relockd!.metrics = d.metrics.save() as unknown as Record<string, unknown>;
     const live = this.replyTos.filter((r) => !r.conn.isClosed);
     if (live.length) doc.relockd!.pendingReplies = live.map((r) => ({ server: r.conn.service.name, clientId: r.conn.id, header: r.header }));
     return doc;

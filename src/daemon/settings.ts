@@ -81,6 +81,7 @@ export function fromConfig(
     // --lockspace replaces the file's list.
     lockspaces: args.lockspace ?? cfg.lockspaces,
     storageInline: args.storageInline ?? 'local',
+    metricsListen: cfg.metricsListen,
   };
   const cliLevel = args.logLevel as Level | undefined;
   const plan = loggingPlan(cfg, { defaultLevel: cliLevel ?? 'info', verbose: args.verbose });

@@ -137,6 +137,11 @@ export class AdminClient {
     return this.ours(RelockdProc.REEXEC, (w) => relockdCodec.flags.encode(w, { flags }), relockdCodec.reexecResult.decode);
   }
 
+  /** The Prometheus text exposition (relockctl metrics). */
+  metrics(flags = 0): Promise<string> {
+    return this.ours(RelockdProc.GET_METRICS, (w) => relockdCodec.flags.encode(w, { flags }), relockdCodec.text.decode);
+  }
+
   close(): void {
     this.rpc.close();
   }

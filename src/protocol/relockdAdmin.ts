@@ -56,6 +56,8 @@
 //     3 LIST_RESOURCES    (relockd_string *lockspace, flags) -> relockd_resource<>
 //     4 LIST_CLIENTS      (relockd_string *server, flags)  -> relockd_client<>
 //     5 REEXEC            (flags)                          -> relockd_reexec_result
+//    16 GET_METRICS       (flags)                          -> relockd_string
+//                         (Prometheus text exposition format 0.0.4; docs/metrics.md)
 //
 // Cleanup of lease files (relockctl cleanup) uses LIST_RESOURCES: dev/ino say
 // which files relockd holds; a lock probe from relockctl covers everyone else.
@@ -79,6 +81,7 @@ export const RelockdProc = {
   LIST_RESOURCES: 3,
   LIST_CLIENTS: 4,
   REEXEC: 5,
+  GET_METRICS: 16,
 } as const;
 
 // ---- types -------------------------------------------------------------------------
@@ -322,6 +325,10 @@ export const relockdCodec = {
     decode: (r: XdrReader): ClientInfo[] => r.array(RELOCKD_ADMIN_LIST_MAX, client.decode),
   },
   reexecResult,
+  text: {
+    encode: (w: XdrWriter, v: string) => w.string(v),
+    decode: (r: XdrReader): string => str(r),
+  },
 };
 
 // ---- what the table needs ------------------------------------------------------------
@@ -338,6 +345,8 @@ export interface RelockdAdminBackend {
    * sends. Absent when this build cannot re-exec.
    */
   reexec?: (caller: AdminContext) => Promise<ReexecResult>;
+  /** The Prometheus exposition text. */
+  metrics?: () => Promise<string>;
 }
 
 // ---- errors ------------------------------------------------------------------------------
@@ -411,6 +420,17 @@ function rows(b: RelockdAdminBackend): Row[] {
         checkFlags(a.flags, fnName('Reexec'));
         if (!b.reexec) throw reexecUnsupported();
         return b.reexec(c);
+      },
+    },
+    {
+      proc: RelockdProc.GET_METRICS,
+      name: 'GET_METRICS',
+      decodeArgs: relockdCodec.flags.decode,
+      encodeRet: relockdCodec.text.encode,
+      handle: (_c, a: FlagsArgs) => {
+        checkFlags(a.flags, fnName('GetMetrics'));
+        if (!b.metrics) throw ProtocolError.report(ErrorCode.NO_SUPPORT, ErrorDomain.ADMIN, 'metrics are not available in this relockd build');
+        return b.metrics();
       },
     },
   ];
