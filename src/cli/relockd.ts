@@ -13,6 +13,7 @@ import { VERSION } from '../version.js';
 import { mark } from '../bootMarks.js';
 import { PidFileBusyError } from '../daemon/pidFile.js';
 import { STATUS_FD_ENV, daemonize, reportToInvoker } from '../daemon/daemonize.js';
+import { KEPT_STATE_ENV, settingsFromState } from '../daemon/keptSettings.js';
 
 /**
  * The option table for yargs. A repeated option keeps its last value
@@ -77,6 +78,7 @@ export async function main(argv: string[], originalArgv?: string[]): Promise<Dae
   const paths = args.runtimeDir ? pathsUnder(args.runtimeDir, base) : base;
   let settings: ResolvedSettings;
   let configError: Error | null = null;
+  let keptFromState = true;
   try {
     settings = resolveSettings(args, paths);
   } catch (err) {
@@ -86,19 +88,31 @@ export async function main(argv: string[], originalArgv?: string[]): Promise<Dae
       process.stderr.write(`relockd: error: ${(err as Error).message}\n`);
       process.exit(1);
     }
-    // A re-exec'd image must never exit over it (every lock would go):
-    // run with the command line and defaults, and say so loudly.
+    // A re-exec'd image must never exit over it (every lock would go), nor
+    // fall back to the defaults: it keeps the settings the old image ran
+    // with (recorded in the state document), and says so loudly.
     configError = err as Error;
-    settings = fromConfig(args, paths);
+    const fallback = fromConfig(args, paths);
+    settings = settingsFromState(process.env[KEPT_STATE_ENV] ?? fallback.options.stateFile, process.pid, args.config ?? paths.configFile) ?? fallback;
+    if (settings === fallback) keptFromState = false;
   }
+  delete process.env[KEPT_STATE_ENV];
   mark('config');
   const logging = createDaemonLogger(settings.level, settings.outputs);
   const log = logging.log;
-  if (configError) log.error({ err: configError.message }, 'configuration invalid: running with the command line and defaults; fix it and send SIGHUP or SIGUSR1');
+  if (configError) {
+    log.error(
+      { err: configError.message, configFile: settings.configFile },
+      keptFromState
+        ? 'configuration invalid after re-exec: running with the settings in force before it; fix the file and send SIGHUP'
+        : 'configuration invalid after re-exec and no settings recorded: running with the command line and defaults; fix it and send SIGHUP or SIGUSR1',
+    );
+  }
   for (const w of settings.warnings) log.warn({ configFile: settings.configFile }, w);
   const daemon = new Daemon(settings.options, log);
   daemon.logging = logging;
   daemon.reloadSettings = () => resolveSettings(args, paths);
+  if (configError) daemon.configError = configError.message;
   if (originalArgv && originalArgv.length) daemon.originalArgv = originalArgv;
   try {
     await daemon.start();

@@ -378,6 +378,7 @@ export class AdminService implements Service<AdminContext> {
       reexecSupported: true,
       lastReexec: this.lastReexec(),
       terminations,
+      configError: d.configError,
     };
   }
 

@@ -38,6 +38,7 @@ import { DaemonMetrics } from '../metrics/counters.js';
 import { instrument } from '../metrics/instrument.js';
 import type { LockspaceHealthProvider } from '../metrics/exposition.js';
 import { MetricsListener } from './metrics.js';
+import { checkConfigBeforeReexec } from './reexecConfig.js';
 
 export interface DaemonOptions {
   socketPath: string;
@@ -111,6 +112,8 @@ export class Daemon {
   logging: DaemonLogger | null = null;
   /** Recomputes the settings from the command line and configuration (SIGHUP). */
   reloadSettings: (() => ResolvedSettings) | null = null;
+  /** The configuration file's errors while running with earlier settings (a re-exec met a bad file); null: none. */
+  configError: string | null = null;
   /** Set once a stop was accepted (draining or exiting). */
   stopping: ShutdownPolicy | null = null;
   private readonly reexecutor = new Reexecutor(this);
@@ -427,7 +430,7 @@ export class Daemon {
   /** Settings in force, recorded in the state document for inspection. */
   settings(): Record<string, unknown> {
     const { termination, ...rest } = this.opts;
-    return { ...rest, termination: { ...termination }, logLevel: this.log.level };
+    return { ...rest, termination: { ...termination }, logLevel: this.log.level, logOutputs: this.logging?.outputs.specs ?? [] };
   }
 
   /**
@@ -443,8 +446,10 @@ export class Daemon {
       next = this.reloadSettings();
     } catch (err) {
       this.log.error({ err: (err as Error).message }, 'configuration reload failed: keeping the current settings');
+      this.configError = (err as Error).message;
       return;
     }
+    this.configError = null;
     for (const w of next.warnings) this.log.warn({ configFile: next.configFile }, w);
     const o = next.options;
     const cur = this.opts;
@@ -487,6 +492,8 @@ export class Daemon {
 
   /** Re-exec (SIGUSR1, or the admin interface with a call to answer afterwards). */
   reexec(trigger = 'SIGUSR1', replyTo?: ReplyAfterExec): Promise<ReexecResult> {
+    const refused = checkConfigBeforeReexec(this, trigger);
+    if (refused) return Promise.resolve(refused);
     return this.reexecutor.run(trigger, replyTo);
   }
 

@@ -48,6 +48,7 @@
 //       bool safe_mode; unsigned int daemon_timeout; /* s, 0 = none */
 //       bool reexec_supported; relockd_last_reexec *last_reexec;
 //       relockd_termination terminations<>;
+//       relockd_string *config_error; /* running with earlier settings: the file's errors */
 //   };
 //
 //   procedures (all args end with `unsigned int flags`, which must be 0):
@@ -164,6 +165,8 @@ export interface DaemonInfo {
   reexecSupported: boolean;
   lastReexec: LastReexec | null;
   terminations: TerminationInfo[];
+  /** Set while the configuration file has errors and the daemon runs with the settings it had before. */
+  configError: string | null;
 }
 
 export interface FlagsArgs {
@@ -280,6 +283,7 @@ const daemonInfo = {
       wr.string(l.trigger).string(l.fromVersion).string(l.toVersion);
     });
     w.array(d.terminations, termination.encode);
+    wOptStr(w, d.configError);
   },
   decode: (r: XdrReader): DaemonInfo => ({
     version: str(r),
@@ -299,6 +303,7 @@ const daemonInfo = {
     reexecSupported: r.bool(),
     lastReexec: r.optional((rd) => ({ at: num(rd.i64()), result: reexecResult.decode(rd), trigger: str(rd), fromVersion: str(rd), toVersion: str(rd) })),
     terminations: r.array(RELOCKD_ADMIN_LIST_MAX, termination.decode),
+    configError: optStr(r),
   }),
 };
 
