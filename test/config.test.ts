@@ -396,7 +396,7 @@ t.test('invalid values name file, line, key and what was expected', async (t) =>
     ['log_outputs = [ "3:stderr" ]', 1, 'log_outputs', /must be string/],
     ['shutdown_policy = "kill"', 1, 'shutdown_policy', /"kill" \(must be equal to one of the allowed values.*\); expected one of "drain", "kill-owners", "refuse"/],
     ['shutdown_policy = 1', 1, 'shutdown_policy', /must be string/],
-    ['owner_term_grace = 0', 1, 'owner_term_grace', /0 \(must be > 0\); expected a number of seconds from 1 to 2147483/],
+    ['owner_term_grace = -1', 1, 'owner_term_grace', /-1 \(must be >= 0\); expected a number of seconds from 0 to 2147483/],
     ['owner_term_grace = "3"', 1, 'owner_term_grace', /must be number/],
     ['storage_timeout = 2147484', 1, 'storage_timeout', /must be <= 2147483/],
     ['storage_concurrency = 0', 1, 'storage_concurrency', /must be >= 1\); expected an integer from 1 to 64/],

@@ -112,6 +112,7 @@ export async function runCli(argv: string[]): Promise<number> {
     if (usageError) throw new CtlError(usageError, Exit.USAGE);
     if (!chosen) return Exit.OK; // --help, --version
     const { h, a } = chosen as { h: Handler; a: unknown };
+    checkTimeout((a as GlobalArgs).timeout, own);
     return await h(a);
   } catch (e) {
     const ce =
@@ -132,7 +133,18 @@ export async function runCli(argv: string[]): Promise<number> {
   }
 }
 
+/** --timeout: seconds, > 0, within what a Node timer can wait (NaN from "abc" would mean: never). */
+function checkTimeout(v: number, argv: string[]): void {
+  if (Number.isFinite(v) && v > 0 && v <= 2147483) return;
+  const given = argv[argv.findIndex((x) => x === '--timeout') + 1] ?? argv.find((x) => x.startsWith('--timeout='))?.slice(10) ?? String(v);
+  throw new CtlError(`--timeout takes a number of seconds from 0.001 to 2147483, not '${given}'`, Exit.USAGE);
+}
+
 export async function main(argv: string[]): Promise<void> {
   process.stdout.on('error', () => {});
-  process.exitCode = await runCli(argv);
+  const code = await runCli(argv);
+  // A one-shot command: once it has answered, nothing (a connection a
+  // daemon never answered on, a timer) may keep it running. stdout and
+  // stderr are synchronous for files and pipes on Linux, so nothing is lost.
+  process.exit(code);
 }

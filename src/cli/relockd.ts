@@ -13,6 +13,7 @@ import { VERSION } from '../version.js';
 import { mark } from '../bootMarks.js';
 import { PidFileBusyError } from '../daemon/pidFile.js';
 import { STATUS_FD_ENV, daemonize, reportToInvoker } from '../daemon/daemonize.js';
+import { cliBoundsError } from './cliBounds.js';
 import { KEPT_STATE_ENV, settingsFromState } from '../daemon/keptSettings.js';
 
 /**
@@ -51,10 +52,9 @@ export class UsageError extends Error {
 }
 
 function checkArgs(args: CliArgs): void {
-  if (args.termGrace !== undefined && !(args.termGrace >= 0)) throw new UsageError('--term-grace takes a number of seconds >= 0');
-  if (args.storageTimeout !== undefined && !(args.storageTimeout > 0)) throw new UsageError('--storage-timeout takes a positive number of seconds');
+  const bounds = cliBoundsError(args);
+  if (bounds) throw new UsageError(bounds);
   if (args.timeout !== undefined && !(Number.isInteger(args.timeout) && args.timeout >= 0 && args.timeout <= 2147483)) throw new UsageError('Invalid value for timeout');
-  if (args.maxClients !== undefined && !(Number.isInteger(args.maxClients) && args.maxClients > 0)) throw new UsageError('--max-clients takes a positive integer');
   for (const dir of args.lockspace ?? []) if (!dir.startsWith('/')) throw new UsageError(`--lockspace needs an absolute path: '${dir}'`);
 }
 

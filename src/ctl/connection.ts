@@ -5,7 +5,7 @@
 import { statSync } from 'node:fs';
 import { defaultPaths, pathsUnder } from '../daemon/paths.js';
 import { AdminClient } from '../protocol/adminClient.js';
-import { ConnectionClosedError, RemoteError } from '../rpc/client.js';
+import { ConnectionClosedError, RemoteError, RpcClient } from '../rpc/client.js';
 import { CtlError, Exit } from './command.js';
 import type { GlobalArgs } from './command.js';
 
@@ -56,9 +56,15 @@ export function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise
 
 export async function connectAdmin(a: GlobalArgs): Promise<AdminClient> {
   const path = socketPaths(a).adminSocket;
+  let c: AdminClient | null = null;
   try {
-    return await withTimeout(AdminClient.connect(path, a.timeout * 1000), a.timeout * 1000, 'CONNECT_OPEN');
+    c = new AdminClient(await RpcClient.connect(path, a.timeout * 1000));
+    await withTimeout(c.open(), a.timeout * 1000, 'CONNECT_OPEN');
+    return c;
   } catch (e) {
+    // A daemon that accepted (or whose backlog did) but never answers: close
+    // our end, or the open socket keeps relockctl running after its message.
+    c?.close();
     if (e instanceof CtlError) throw e;
     throw connectionError(e, path, 'admin');
   }
