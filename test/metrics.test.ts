@@ -50,7 +50,7 @@ function httpGet(path: string): Promise<{ status: number; type: string; body: st
   });
 }
 
-function checked(t: Tap.Test, text: string): Sample[] {
+function checked(t: { equal(a: unknown, b: unknown, m: string): unknown }, text: string): Sample[] {
   const lint = promtoolCheck(text);
   t.equal(lint.status, 0, `promtool check metrics accepts it${lint.output ? `: ${lint.output}` : ''}`);
   t.equal(lint.output.trim(), '', 'promtool has no lint complaint (names, units, _total)');
@@ -145,7 +145,7 @@ t.test('metrics_listen: loopback or a socket path; no wildcard, no host names', 
   t.same(parseMetricsListen('/run/relockd/metrics.sock'), { kind: 'unix', path: '/run/relockd/metrics.sock' });
   t.equal((parseMetricsListen('192.0.2.1:9855') as { loopback: boolean }).loopback, false);
   for (const bad of ['0.0.0.0:9855', '[::]:9855', 'localhost:9855', '127.0.0.1', '127.0.0.1:0', '::1:9855', 'rel/ative']) {
-    t.throws(() => parseMetricsListen(bad), undefined, `refused: ${bad}`);
+    t.throws(() => parseMetricsListen(bad), `refused: ${bad}`);
   }
   t.throws(() => parseConfig('metrics_listen = "0.0.0.0:9855"\n', '/etc/x.conf'), /x\.conf:1:.*metrics_listen.*wildcard/);
 });

@@ -47,6 +47,11 @@ export async function parseArgs(argv: string[]): Promise<CliArgs> {
   return y.parseSync() as unknown as CliArgs;
 }
 
+/** The log files a failed -d start should point at. */
+function logFiles(s: ResolvedSettings): string[] {
+  return s.outputs.filter((o) => o.kind === 'file' && o.path).map((o) => o.path!);
+}
+
 export class UsageError extends Error {
   override name = 'UsageError';
 }
@@ -126,7 +131,10 @@ export async function main(argv: string[], originalArgv?: string[]): Promise<Dae
       return daemon;
     }
     log.fatal({ err: (err as Error).message }, 'startup failed');
-    reportToInvoker(`ERROR ${(err as Error).message}`);
+    // A start that failed leaves no pid file behind (an exit by signal still
+    // can: the next start takes it over, as its lock is gone).
+    daemon.pidFile?.remove();
+    reportToInvoker(`ERROR ${(err as Error).message}`, logFiles(settings));
     process.stderr.write(`relockd: error: ${(err as Error).message}\n`);
     // virtlockd's exit codes: 1 pid file, 6 sockets (activation included).
     process.exit(err instanceof PidFileBusyError ? 1 : 6);

@@ -365,8 +365,9 @@ export class AdminService implements Service<AdminContext> {
       pid: process.pid,
       startedAt: d.startedAt,
       uptimeMs: now - d.startedAt,
-      socket: d.opts.socketPath,
-      adminSocket: d.opts.adminSocketPath ?? '',
+      // Where the sockets really are (socket activation decides, not our defaults).
+      socket: d.lockServer.listeners.map((l) => l.path).join(', ') || d.opts.socketPath,
+      adminSocket: d.adminServer?.listeners.map((l) => l.path).join(', ') || (d.opts.adminSocketPath ?? ''),
       lockClients: d.lockServer.clients.size,
       adminClients: d.adminServer?.clients.size ?? 0,
       lockspaces: counts.lockspaces,
@@ -379,6 +380,7 @@ export class AdminService implements Service<AdminContext> {
       lastReexec: this.lastReexec(),
       terminations,
       configError: d.configError,
+      stopping: d.stopping,
     };
   }
 

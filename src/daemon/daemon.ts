@@ -511,7 +511,7 @@ export class Daemon {
 
   statusLine(): string {
     const c = this.manager.counts();
-    return `${this.safeMode ? 'SAFE MODE; ' : ''}${this.lockServer.clients.size} clients, ${c.resources} leases held in ${c.lockspaces} lockspaces`;
+    return `${this.safeMode ? 'SAFE MODE; ' : ''}${this.stopping ? `stopping (${this.stopping}); ` : ''}${this.lockServer.clients.size} clients, ${c.resources} leases held in ${c.lockspaces} lockspaces`;
   }
 
   /** sd_notify, when run under systemd (or a test acting as it). */
@@ -665,11 +665,14 @@ export class Daemon {
     this.exiting = true;
     this.notify('STOPPING=1');
     this.log.info({ reason }, 'exiting: no leases held');
-    await this.lockServer.closeListeners();
-    await this.adminServer?.closeListeners();
+    // Stop accepting first (server.close() does at once), then close the
+    // clients: a net.Server's close completes only once its connections are
+    // gone, so awaiting it first hung a drained daemon with a client connected.
+    const listenersClosed = Promise.all([this.lockServer.closeListeners(), this.adminServer?.closeListeners()]);
     this.metricsListener.close();
     for (const c of this.lockServer.clients.values()) c.close('daemon stopping');
     for (const c of this.adminServer?.clients.values() ?? []) c.close('daemon stopping');
+    await listenersClosed;
     this.pidFile?.remove();
     process.exit(0);
   }

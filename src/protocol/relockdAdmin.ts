@@ -49,6 +49,7 @@
 //       bool reexec_supported; relockd_last_reexec *last_reexec;
 //       relockd_termination terminations<>;
 //       relockd_string *config_error; /* running with earlier settings: the file's errors */
+//       relockd_string *stopping;     /* a stop was accepted: the shutdown policy (drain, kill-owners, refuse) */
 //   };
 //
 //   procedures (all args end with `unsigned int flags`, which must be 0):
@@ -167,6 +168,8 @@ export interface DaemonInfo {
   terminations: TerminationInfo[];
   /** Set while the configuration file has errors and the daemon runs with the settings it had before. */
   configError: string | null;
+  /** A stop was requested and accepted while leases are held: the policy at work; null: not stopping. */
+  stopping: string | null;
 }
 
 export interface FlagsArgs {
@@ -284,6 +287,7 @@ const daemonInfo = {
     });
     w.array(d.terminations, termination.encode);
     wOptStr(w, d.configError);
+    wOptStr(w, d.stopping);
   },
   decode: (r: XdrReader): DaemonInfo => ({
     version: str(r),
@@ -304,6 +308,7 @@ const daemonInfo = {
     lastReexec: r.optional((rd) => ({ at: num(rd.i64()), result: reexecResult.decode(rd), trigger: str(rd), fromVersion: str(rd), toVersion: str(rd) })),
     terminations: r.array(RELOCKD_ADMIN_LIST_MAX, termination.decode),
     configError: optStr(r),
+    stopping: optStr(r),
   }),
 };
 

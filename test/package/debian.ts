@@ -41,7 +41,7 @@ function run(cmd: string, args: string[], opts: { env?: NodeJS.ProcessEnv; cwd?:
   const r = spawnSync(cmd, args, { encoding: 'utf8', env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', LC_ALL: 'C.UTF-8', ...opts.env }, cwd: opts.cwd ?? ROOT, maxBuffer: 64 << 20 });
   return { status: r.status, out: `${r.stdout ?? ''}${r.stderr ?? ''}`, stdout: r.stdout ?? '' };
 }
-const must = (what: string, r: { status: number | null; out: string }) => {
+const must = <R extends { status: number | null; out: string }>(what: string, r: R): R => {
   if (r.status !== 0) throw new Error(`${what} failed (${r.status}):\n${r.out.slice(-3000)}`);
   return r;
 };
@@ -72,13 +72,22 @@ t.test('lintian: nothing but the justified overrides', async (t) => {
 });
 
 await timed('mmdebstrap minbase bookworm', () => must('mmdebstrap', run('mmdebstrap', ['--variant=minbase', '--include=python3,ca-certificates', 'bookworm', root, MIRROR])));
-const nodeDeb = await timed('dpkg-repack nodejs', () => {
-  const dir = join(work, 'repack');
-  must('mkdir', run('mkdir', [dir]));
-  must('dpkg-repack', run('dpkg-repack', ['--generate', 'nodejs'], { cwd: dir }));
-  const gen = readdirSync(dir).find((f) => f.startsWith('dpkg-repack.nodejs'))!;
-  must('dpkg-deb', run('dpkg-deb', ['-Znone', '--root-owner-group', '--build', join(dir, gen), join(root, 'tmp', 'nodejs.deb')]));
-  rmSync(join(dir, gen), { recursive: true, force: true });
+// dpkg-repack's job (the installed package back into a .deb), done with one
+// tar pipe instead of a process per file: dpkg-repack took ~3 min here.
+const nodeDeb = await timed('repack the installed nodejs', () => {
+  const pkg = join(work, 'nodejs-pkg');
+  must('mkdir', run('mkdir', ['-p', join(pkg, 'DEBIAN')]));
+  const files = must('dpkg-query -L', run('dpkg-query', ['-L', 'nodejs'])).stdout.split('\n').filter((p) => p.startsWith('/') && p !== '/.');
+  writeFileSync(join(work, 'nodejs.list'), files.map((p) => p.slice(1)).join('\n') + '\n');
+  must('tar', run('sh', ['-c', `tar -C / --no-recursion --ignore-failed-read -cf - -T '${join(work, 'nodejs.list')}' 2>/dev/null | tar -C '${pkg}' -xf -`]));
+  const control = must('dpkg-query -s', run('dpkg-query', ['-s', 'nodejs'])).stdout.split('\n').filter((l) => !l.startsWith('Status:')).join('\n');
+  writeFileSync(join(pkg, 'DEBIAN', 'control'), control.trimEnd() + '\n');
+  for (const s of ['preinst', 'postinst', 'prerm', 'postrm']) {
+    const f = `/var/lib/dpkg/info/nodejs.${s}`;
+    if (existsSync(f)) copyFileSync(f, join(pkg, 'DEBIAN', s));
+  }
+  must('dpkg-deb', run('dpkg-deb', ['-Znone', '--root-owner-group', '--build', pkg, join(root, 'tmp', 'nodejs.deb')]));
+  rmSync(pkg, { recursive: true, force: true });
   return '/tmp/nodejs.deb';
 });
 for (const [src, fs, opts] of [['/proc', 'proc', ['-t', 'proc', 'proc']], ['/dev', 'dev', ['--bind', '/dev']], ['/run', 'run', ['-t', 'tmpfs', 'tmpfs']]] as const) {
@@ -108,8 +117,10 @@ t.test('install on a fresh Debian 12', async (t) => {
   t.notOk(existsSync(join(root, 'etc/systemd/system/multi-user.target.wants/relockd.service')), 'relockd.service not enabled');
   t.notOk(existsSync(join(root, 'etc/systemd/system/virtlockd.service.d')), 'takeover drop-in not installed into systemd');
   t.equal(inRoot('dpkg-query', '-W', '-f=${Status} ${Version}', 'relockd').stdout, `install ok installed ${version}`);
-  t.equal(inRoot('/usr/sbin/relockd', '--version').stdout.trim(), `relockd (relockd) ${version}`);
-  t.equal(inRoot('relockctl', '--version').stdout.trim(), `relockctl (relockd) ${version}`);
+  const rv = inRoot('/usr/sbin/relockd', '--version');
+  t.equal(rv.stdout.trim(), `relockd (relockd) ${version}`, rv.out);
+  const cv = inRoot('relockctl', '--version');
+  t.equal(cv.stdout.trim(), `relockctl (relockd) ${version}`, cv.out);
   t.match(inRoot('zcat', '/usr/share/man/man8/relockctl.8.gz').stdout, /^\.TH RELOCKCTL 8/m, 'man page relockctl(8)');
 });
 
@@ -118,7 +129,7 @@ t.test('an upgrade re-execs the running daemon: same pid, new version, lease hel
   children.push(daemon);
   daemon.stdout!.on('data', (b) => (daemonLog += b));
   daemon.stderr!.on('data', (b) => (daemonLog += b));
-  t.ok(await waitFor(() => daemonLog.includes('"msg":"relockd ready"'), 30000, 50), 'daemon ready in the root');
+  t.ok(await waitFor(() => daemonLog.includes('"msg":"relockd ready"'), 30000, 50), `daemon ready in the root\n${daemonLog.slice(-2000)}`);
   writeFileSync(join(root, 'var/tmp/disk.img'), '');
   const holder = spawn('chroot', [root, 'relockctl', '--runtime-dir', '/run/relockd', 'run', '--lease', '/var/tmp/disk.img', '--', 'sleep', '600'], { stdio: 'ignore', env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' } });
   children.push(holder);
