@@ -187,6 +187,7 @@ t.test('defaults', async (t) => {
     storageTimeout: 30,
     storageConcurrency: 4,
     reexecQuiesceTimeout: 5,
+    metricsListen: null,
   });
   t.ok(Object.isFrozen(DEFAULT_CONFIG));
   const a = configOf('');
@@ -214,6 +215,7 @@ t.test('every key: value, camelCase field, source line', async (t) => {
     'storage_timeout = 60',
     'storage_concurrency = 16',
     'reexec_quiesce_timeout = 10',
+    'metrics_listen = "127.0.0.1:9855"',
   ].join('\n');
   const r = parseConfig(text, F);
   t.same(r.warnings, []);
@@ -234,6 +236,7 @@ t.test('every key: value, camelCase field, source line', async (t) => {
   t.equal(c.storageTimeout, 60);
   t.equal(c.storageConcurrency, 16);
   t.equal(c.reexecQuiesceTimeout, 10);
+  t.equal(c.metricsListen, '127.0.0.1:9855');
   t.same(Object.keys(r.sources).sort(), Object.values(CONFIG_KEYS).sort(), 'a source for every field set');
   t.same(r.sources.lockspaces, { key: 'lockspaces', line: 8, column: 1 });
   t.same(r.sources.reexecQuiesceTimeout, { key: 'reexec_quiesce_timeout', line: 16, column: 1 });

@@ -228,7 +228,7 @@ t.test('relockd.service: notify, reload = re-exec, never SIGKILLed, limits', asy
   const u = parseUnit(read('relockd.service'));
   t.equal(get(u, 'Service', 'Type'), 'notify');
   t.equal(get(u, 'Service', 'NotifyAccess'), 'main', 'the re-exec keeps the pid');
-  t.match(get(u, 'Service', 'ExecStart'), /^\/usr\/bin\/relockd .*\$RELOCKD_ARGS$/);
+  t.match(get(u, 'Service', 'ExecStart'), /^\/usr\/sbin\/relockd .*\$RELOCKD_ARGS$/);
   t.match(get(u, 'Service', 'ExecStart'), /--runtime-dir=\/run\/relockd/, "pid and state files apart from virtlockd's");
   t.equal(get(u, 'Service', 'EnvironmentFile'), '-/etc/default/relockd');
   t.equal(get(u, 'Service', 'ExecReload'), '/bin/kill -USR1 $MAINPID');
