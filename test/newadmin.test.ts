@@ -12,6 +12,8 @@ import { cleanEnv, ENV_PREFIX, NODE_FLAGS, RELOCKD_BIN, ROOT, startRelockd, wait
 import { waitFor } from './lib/wait.js';
 import { LockspaceClient } from '../src/protocol/lockspaceClient.js';
 import { socketCandidates } from '../src/ctl/connection.js';
+import { relockdCodec } from '../src/protocol/relockdAdmin.js';
+import { XdrReader, XdrWriter } from '../src/rpc/xdr.js';
 import { defaultPaths } from '../src/daemon/paths.js';
 
 // npm's own range semantics (semver comes with the dev dependencies).
@@ -163,4 +165,17 @@ t.test('npm pack is plainly unsupported; engines names only the tested Node line
   t.ok(semver.satisfies(process.versions.node, pkg.engines.node), `this Node (${process.versions.node}) satisfies engines (${pkg.engines.node})`);
   for (const other of ['21.0.0', '22.13.0', '23.5.0', '24.0.0']) t.notOk(semver.satisfies(other, pkg.engines.node), `engines excludes untested Node ${other}`);
   t.match(readFileSync(RELOCKD_BIN, 'utf8').split('\n')[0]!, /--experimental-permission/);
+});
+
+t.test('daemon info from an older relockd (no appended fields) still decodes', async (t) => {
+  const info = { version: '0.1.0', pid: 1, startedAt: 0, uptimeMs: 0, socket: '/s', adminSocket: '/a', lockClients: 0, adminClients: 0, lockspaces: 1, resources: 0, leases: 0, boot: 'fresh', safeMode: false, daemonTimeout: 0, reexecSupported: true, lastReexec: null, terminations: [], configError: 'bad', stopping: 'drain' };
+  const w = new XdrWriter();
+  relockdCodec.daemonInfo.encode(w, info);
+  const full = w.bytes();
+  t.same(relockdCodec.daemonInfo.decode(new XdrReader(full)), info);
+  // an old daemon stops before config_error
+  const w0 = new XdrWriter();
+  relockdCodec.daemonInfo.encode(w0, { ...info, configError: null, stopping: null });
+  const old = w0.bytes().subarray(0, w0.bytes().length - 8); // two absent optionals: 4 bytes each
+  t.same(relockdCodec.daemonInfo.decode(new XdrReader(old)), { ...info, configError: null, stopping: null });
 });

@@ -48,6 +48,7 @@
 //       bool safe_mode; unsigned int daemon_timeout; /* s, 0 = none */
 //       bool reexec_supported; relockd_last_reexec *last_reexec;
 //       relockd_termination terminations<>;
+//       /* appended later; absent in replies of older daemons: */
 //       relockd_string *config_error; /* running with earlier settings: the file's errors */
 //       relockd_string *stopping;     /* a stop was accepted: the shutdown policy (drain, kill-owners, refuse) */
 //   };
@@ -307,8 +308,10 @@ const daemonInfo = {
     reexecSupported: r.bool(),
     lastReexec: r.optional((rd) => ({ at: num(rd.i64()), result: reexecResult.decode(rd), trigger: str(rd), fromVersion: str(rd), toVersion: str(rd) })),
     terminations: r.array(RELOCKD_ADMIN_LIST_MAX, termination.decode),
-    configError: optStr(r),
-    stopping: optStr(r),
+    // Appended fields: a daemon older than this relockctl (e.g. during a
+    // package upgrade, before its re-exec) does not send them.
+    configError: r.remaining > 0 ? optStr(r) : null,
+    stopping: r.remaining > 0 ? optStr(r) : null,
   }),
 };
 

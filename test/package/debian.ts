@@ -38,7 +38,8 @@ t.teardown(() => {
 });
 
 function run(cmd: string, args: string[], opts: { env?: NodeJS.ProcessEnv; cwd?: string } = {}) {
-  const r = spawnSync(cmd, args, { encoding: 'utf8', env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', LC_ALL: 'C.UTF-8', ...opts.env }, cwd: opts.cwd ?? ROOT, maxBuffer: 64 << 20 });
+  // env -u NODE_OPTIONS: tap's process tracking injects an --import into children's NODE_OPTIONS.
+  const r = spawnSync('/usr/bin/env', ['-u', 'NODE_OPTIONS', cmd, ...args], { encoding: 'utf8', env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', LC_ALL: 'C.UTF-8', ...opts.env }, cwd: opts.cwd ?? ROOT, maxBuffer: 64 << 20 });
   return { status: r.status, out: `${r.stdout ?? ''}${r.stderr ?? ''}`, stdout: r.stdout ?? '' };
 }
 const must = <R extends { status: number | null; out: string }>(what: string, r: R): R => {
@@ -125,13 +126,13 @@ t.test('install on a fresh Debian 12', async (t) => {
 });
 
 t.test('an upgrade re-execs the running daemon: same pid, new version, lease held', async (t) => {
-  daemon = spawn('chroot', [root, '/usr/sbin/relockd', '--runtime-dir', '/run/relockd'], { stdio: ['ignore', 'pipe', 'pipe'], env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' } });
+  daemon = spawn('/usr/bin/env', ['-u', 'NODE_OPTIONS', 'chroot', root, '/usr/sbin/relockd', '--runtime-dir', '/run/relockd'], { stdio: ['ignore', 'pipe', 'pipe'], env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' } });
   children.push(daemon);
   daemon.stdout!.on('data', (b) => (daemonLog += b));
   daemon.stderr!.on('data', (b) => (daemonLog += b));
   t.ok(await waitFor(() => daemonLog.includes('"msg":"relockd ready"'), 30000, 50), `daemon ready in the root\n${daemonLog.slice(-2000)}`);
   writeFileSync(join(root, 'var/tmp/disk.img'), '');
-  const holder = spawn('chroot', [root, 'relockctl', '--runtime-dir', '/run/relockd', 'run', '--lease', '/var/tmp/disk.img', '--', 'sleep', '600'], { stdio: 'ignore', env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' } });
+  const holder = spawn('/usr/bin/env', ['-u', 'NODE_OPTIONS', 'chroot', root, 'relockctl', '--runtime-dir', '/run/relockd', 'run', '--lease', '/var/tmp/disk.img', '--', 'sleep', '600'], { stdio: 'ignore', env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' } });
   children.push(holder);
   t.ok(await waitFor(() => probeOne(join(root, 'var/tmp/disk.img')) === 'held', 30000, 50), 'lease held (probed from outside the root)');
   const pid = daemon.pid;
