@@ -90,10 +90,10 @@ t.test('relockctl finds a daemon started by relockd.socket (relockd-*-sock names
   t.notMatch(r.stdout, /virtlockd-sock/, 'no socket path that does not exist');
   const m = relockctl(['--runtime-dir', dir, 'metrics']);
   t.equal(m.status, 0);
-  // without --runtime-dir, root looks in virtlockd's place and then relockd's units' place
+  // without --runtime-dir, root looks in relockd's units' place, then virtlockd's (the takeover)
   const c = socketCandidates({ json: false, timeout: 30 }, defaultPaths({}, true), true);
-  t.same(c.adminSocket, ['/run/libvirt/virtlockd-admin-sock', '/run/relockd/relockd-admin-sock', '/run/relockd/virtlockd-admin-sock']);
-  t.same(c.socket, ['/run/libvirt/virtlockd-sock', '/run/relockd/relockd-sock', '/run/relockd/virtlockd-sock']);
+  t.same(c.adminSocket, ['/run/relockd/relockd-admin-sock', '/run/relockd/virtlockd-admin-sock', '/run/libvirt/virtlockd-admin-sock']);
+  t.same(c.socket, ['/run/relockd/relockd-sock', '/run/relockd/virtlockd-sock', '/run/libvirt/virtlockd-sock']);
   const none = relockctl(['--runtime-dir', join(dir, 'nothing'), 'status']);
   t.equal(none.status, 69);
   t.match(none.stderr, /looked for .*nothing\/virtlockd-admin-sock, .*nothing\/relockd-admin-sock/, 'says where it looked');

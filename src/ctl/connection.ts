@@ -17,16 +17,19 @@ const UNIT_NAMES = { socket: 'relockd-sock', adminSocket: 'relockd-admin-sock' }
 /**
  * Where relockctl looks, in order: --socket/--admin-socket; else in
  * --runtime-dir both names a relockd uses there (virtlockd's, when started
- * with --runtime-dir, and relockd.socket's); else virtlockd's default paths
- * and then, for root, relockd's own units' (/run/relockd).
+ * with --runtime-dir, and relockd.socket's); else, for root, relockd's own
+ * units' (/run/relockd), then virtlockd's default paths (the takeover).
  */
 export function socketCandidates(a: GlobalArgs, base = defaultPaths(), privileged = isPrivileged()): { socket: string[]; adminSocket: string[] } {
   const units = (dir: string) => ({ socket: join(dir, UNIT_NAMES.socket), adminSocket: join(dir, UNIT_NAMES.adminSocket) });
   const places: Array<{ socket: string; adminSocket: string }> = [];
   if (a.runtimeDir) places.push(pathsUnder(a.runtimeDir, base), units(a.runtimeDir));
   else {
-    places.push(base);
+    // /run/relockd first: only relockd creates it, while virtlockd's path may
+    // belong to the real virtlockd (libvirt's socket units), which a connect
+    // would even start.
     if (privileged) places.push(units(RELOCKD_UNITS_RUNTIME_DIR), pathsUnder(RELOCKD_UNITS_RUNTIME_DIR, base));
+    places.push(base);
   }
   return { socket: a.socket ? [a.socket] : places.map((p) => p.socket), adminSocket: a.adminSocket ? [a.adminSocket] : places.map((p) => p.adminSocket) };
 }
