@@ -41,7 +41,8 @@ function ctlMetrics(): string {
 function httpGet(path: string): Promise<{ status: number; type: string; body: string }> {
   return new Promise((resolve, reject) => {
     http
-      .get({ socketPath: httpSock, path }, (res) => {
+      // agent: false: no keep-alive reuse of a socket the server may have closed after 5 s idle
+      .get({ socketPath: httpSock, path, agent: false }, (res) => {
         let body = '';
         res.on('data', (b) => (body += b));
         res.on('end', () => resolve({ status: res.statusCode ?? 0, type: String(res.headers['content-type'] ?? ''), body }));
@@ -158,7 +159,7 @@ t.test('loopback TCP listener', async (t) => {
   t.teardown(() => d2.stop());
   t.ok(await waitFor(() => d2.logs().includes('serving metrics over HTTP'), 10000, 20), 'listener up');
   const body = await new Promise<string>((resolve, reject) => {
-    http.get({ host: '127.0.0.1', port, path: '/metrics' }, (res) => {
+    http.get({ host: '127.0.0.1', port, path: '/metrics', agent: false }, (res) => {
       let b = '';
       res.on('data', (x) => (b += x));
       res.on('end', () => resolve(b));
