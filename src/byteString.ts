@@ -107,3 +107,67 @@ export function parseDisplay(s: string): ByteString {
   }
   return out + fromUnicode(text);
 }
+
+// ---- in JSON documents (the re-exec state file) ------------------------------
+
+/**
+ * A byte string as JSON-safe text, exactly reversible (PEP 383's
+ * "surrogateescape"): valid UTF-8 is decoded as text, and each byte that is
+ * not part of valid UTF-8 becomes the lone surrogate U+DC80..U+DCFF
+ * (JSON.stringify writes it as the escape "\udcff"). UTF-8 cannot encode
+ * surrogates, so nothing else maps there. A name that is valid UTF-8 is
+ * written exactly as before (plain text), so old documents stay readable.
+ */
+export function toDocText(b: ByteString): string {
+  if (!NEEDS_WORK.test(b)) return b;
+  const buf = toBuffer(b);
+  if (isUtf8(buf)) return buf.toString('utf8');
+  let out = '';
+  let i = 0;
+  while (i < buf.length) {
+    const c = buf[i]!;
+    if (c < 0x80) {
+      out += String.fromCharCode(c);
+      i++;
+      continue;
+    }
+    const n = c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3 : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
+    if (n > 0 && i + n <= buf.length && isUtf8(buf.subarray(i, i + n))) {
+      out += buf.subarray(i, i + n).toString('utf8');
+      i += n;
+      continue;
+    }
+    out += String.fromCharCode(0xdc00 + c);
+    i++;
+  }
+  return out;
+}
+
+/** The inverse of toDocText(): text as UTF-8 bytes, U+DC80..U+DCFF as the raw byte. */
+export function fromDocText(s: string): ByteString {
+  if (!NEEDS_WORK.test(s)) return s;
+  if (!/[\udc80-\udcff]/.test(s)) return Buffer.from(s, 'utf8').toString('latin1');
+  let out = '';
+  let text = '';
+  for (let i = 0; i < s.length; i++) {
+    const u = s.charCodeAt(i);
+    const lone = u >= 0xdc80 && u <= 0xdcff && !(i > 0 && s.charCodeAt(i - 1) >= 0xd800 && s.charCodeAt(i - 1) <= 0xdbff);
+    if (lone) {
+      out += Buffer.from(text, 'utf8').toString('latin1') + String.fromCharCode(u - 0xdc00);
+      text = '';
+    } else {
+      text += s[i];
+    }
+  }
+  return out + Buffer.from(text, 'utf8').toString('latin1');
+}
+
+/**
+ * A whole JSON file's bytes as text for JSON.parse: UTF-8, with any invalid
+ * bytes as lone surrogates (toDocText). A libvirt built with json-c writes a
+ * name's raw bytes into its state file; with this they survive parsing and
+ * fromDocText() gives them back exactly.
+ */
+export function decodeDocFile(buf: Buffer): string {
+  return isUtf8(buf) ? buf.toString('utf8') : toDocText(buf.toString('latin1'));
+}
