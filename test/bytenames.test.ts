@@ -101,3 +101,30 @@ t.test('the names survive a re-exec, and release exactly', async (t) => {
   t.equal(probeOne(leaseFile), 'held', 'and can be acquired again');
   await c.release(space, lease, 0);
 });
+
+// What the real virtlockd 9.0 does with the same name: its state writer
+// (yajl, UTF-8 validating) cannot write it, so a SIGUSR1 re-exec ends the
+// daemon (status 9) and every lock it held is gone. There is no virtlockd
+// 9.0 state document with such a name to restore; relockd reads the raw
+// bytes a json-c based libvirt would write (byteString.test.ts).
+t.test('the real virtlockd 9.0 exits on a re-exec while holding such a name', async (t) => {
+  const { virtlockdAvailable, startVirtlockd } = await import('./lib/virtlockd.js');
+  if (!virtlockdAvailable()) return t.skip('needs /usr/sbin/virtlockd (Debian package libvirt-daemon)');
+  const v = await startVirtlockd();
+  t.teardown(() => v.stop());
+  // The owner must be another process: virtlockd SIGKILLs an owner whose connection closes.
+  const standIn = (await import('node:child_process')).spawn('sleep', ['600'], { stdio: 'ignore' });
+  t.teardown(() => standIn.kill('SIGKILL'));
+  const vimg = bytes(join(work, 'vdisk-'), [0xff], '.raw');
+  writeFileSync(vimg, '');
+  const vc = await LockspaceClient.connect(v.socketPath);
+  t.teardown(() => vc.close());
+  await vc.register({ uuid: '00112233-4455-6677-8899-aabbccddeeff', name: 'vm-bytes', id: 1, pid: standIn.pid! });
+  await vc.acquire('', vimg, 0);
+  t.equal(probeOne(vimg), 'held', 'virtlockd locks disk-\\xff.raw');
+  v.kill('SIGUSR1');
+  const exit = await Promise.race([v.exited, new Promise((r) => setTimeout(() => r('still running'), 20000))]);
+  t.same(exit, { code: 9, signal: null }, 'virtlockd exited with status 9 instead of re-executing');
+  t.match(v.logs(), /failed to convert virJSONValue to yajl data/, 'its state writer refused the name');
+  t.equal(probeOne(vimg), 'free', 'and the lock is gone with it');
+});
