@@ -109,7 +109,10 @@ t.test('the names survive a re-exec, and release exactly', async (t) => {
 // bytes a json-c based libvirt would write (byteString.test.ts).
 t.test('the real virtlockd 9.0 exits on a re-exec while holding such a name', async (t) => {
   const { virtlockdAvailable, startVirtlockd } = await import('./lib/virtlockd.js');
-  if (!virtlockdAvailable()) return t.skip('needs /usr/sbin/virtlockd (Debian package libvirt-daemon)');
+  if (!virtlockdAvailable()) {
+    t.comment('skipped: needs /usr/sbin/virtlockd (Debian package libvirt-daemon)');
+    return;
+  }
   const v = await startVirtlockd();
   t.teardown(() => v.stop());
   // The owner must be another process: virtlockd SIGKILLs an owner whose connection closes.
