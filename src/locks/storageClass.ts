@@ -66,7 +66,8 @@ export class StorageClassifier {
         const fs = LOCAL_FS.get(Number(st.type));
         this.modes.set(dir, fs ? 'inline' : 'offload');
         this.hostLocal.set(dir, fs !== undefined);
-        this.log.debug({ dir, fsType: `0x${Number(st.type).toString(16)}`, fs: fs ?? 'remote or unknown', mode: fs ? 'inline' : 'offload' }, 'storage classified');
+        const mode = fs && this.policy !== 'never' ? 'inline' : 'offload';
+        this.log.debug({ dir, fsType: `0x${Number(st.type).toString(16)}`, fs: fs ?? 'remote or unknown', mode, hostLocal: fs !== undefined }, 'storage classified');
       },
       () => {
         /* missing directory and the like: try again next time */
