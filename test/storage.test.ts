@@ -4,7 +4,7 @@
 // And the same daemon serves leases correctly with inlining on and off.
 
 import t from 'tap';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -104,4 +104,19 @@ t.test('shared storage (FUSE): autocreated lease files are kept; relockctl clean
   t.ok(existsSync(join(back, 'leases', 'kept-exclusive')), 'cleanup keeps the held one');
   t.notOk(existsSync(join(back, 'leases', 'kept-shared')), 'and removes the unused one');
   await c.release(space, 'kept-exclusive', 0);
+
+  // DELETE_RESOURCE there never removes a file someone else holds.
+  const victim = join(space, 'held-elsewhere');
+  writeFileSync(victim, '');
+  const holder = spawn('python3', ['-c', 'import fcntl,os,sys,time; fd=os.open(sys.argv[1],os.O_RDWR); fcntl.lockf(fd,fcntl.LOCK_EX,1,0); print("locked",flush=True); time.sleep(60)', victim], { stdio: ['ignore', 'pipe', 'inherit'] });
+  t.teardown(() => holder.kill('SIGKILL'));
+  await new Promise((r) => holder.stdout!.once('data', r));
+  await t.rejects(c.deleteResource(space, 'held-elsewhere'), { code: 87 }, 'DELETE_RESOURCE of a file another process holds: busy');
+  t.ok(existsSync(join(back, 'leases', 'held-elsewhere')), 'and the file is still there');
+  holder.kill('SIGKILL');
+  await new Promise((r) => holder.once('exit', r));
+  await c.deleteResource(space, 'held-elsewhere');
+  t.notOk(existsSync(join(back, 'leases', 'held-elsewhere')), 'once nobody holds it, DELETE_RESOURCE removes it');
+  await c.deleteResource(space, 'held-elsewhere');
+  t.pass('a missing file is fine');
 });

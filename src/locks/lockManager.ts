@@ -401,11 +401,37 @@ export class LockManager {
       if (ls.resources.has(name)) throw errors.resourceLocked(name);
       const file = ls.pathOf(name);
       try {
+        if (this.classifier && !this.classifier.isHostLocal(ls.storageKeyOf(name))) return await this.deleteShared(ls, name, file);
         await this.gate.run(ls.storageKeyOf(name), () => this.locker.unlink(file));
       } catch (err) {
+        if ((err as ProtocolError).code === errors.resourceLocked(name).code) throw err;
         throw errors.storageError(ErrorDomain.LOCKSPACE, `Unable to delete lockspace resource ${file}`, err);
       }
     });
+  }
+
+  /**
+   * DELETE_RESOURCE on storage other hosts may share: a plain unlink could
+   * remove a lease file another host holds (the next acquirer would create a
+   * new one: two holders). As relockctl cleanup does, take an exclusive lock
+   * first (busy if anyone holds it) and unlink while holding it.
+   */
+  private async deleteShared(ls: LockSpace, name: string, file: string): Promise<void> {
+    await this.guardClassic(ls, name, file);
+    let locked: LockedFile;
+    try {
+      locked = await this.gate.run(
+        ls.storageKeyOf(name),
+        () => this.locker.lock(file, { shared: false, create: false }),
+        (late) => void this.locker.release(late.fd, { unlinkPath: null, onlyIfExclusive: false }).catch(() => undefined),
+      );
+    } catch (err) {
+      const e = err as { code?: string; stage?: string };
+      if (e.code === 'ENOENT') return;
+      if (e.stage === 'lock' && (e.code === 'EAGAIN' || e.code === 'EACCES')) throw errors.resourceLocked(name);
+      throw err;
+    }
+    await this.gate.run(ls.storageKeyOf(name), () => this.locker.release(locked.fd, { unlinkPath: file, onlyIfExclusive: false }));
   }
 
   /** Number of resources whose owner list contains `pid`. */
