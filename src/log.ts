@@ -9,6 +9,7 @@ import { dirname } from 'node:path';
 import { pino } from 'pino';
 import type { Level, Logger } from 'pino';
 import * as native from './native.js';
+import { display } from './byteString.js';
 
 export type { Logger };
 
@@ -169,6 +170,26 @@ export interface DaemonLogger {
   apply(level: Level, outputs: OutputSpec[]): void;
 }
 
+/**
+ * Lock-space paths and resource names are byte strings (src/byteString.ts):
+ * these fields are logged with display(), i.e. as UTF-8 when they are, and
+ * with unambiguous \xHH escapes otherwise. Error messages quote such names.
+ */
+const shown = (v: unknown) => (typeof v === 'string' ? display(v) : v);
+const NAME_SERIALIZERS = {
+  lockspace: shown,
+  resource: shown,
+  dir: shown,
+  path: shown,
+  file: shown,
+  err: (e: unknown) => {
+    if (typeof e === 'string') return display(e);
+    const o = pino.stdSerializers.err(e as Error) as unknown as { message?: unknown };
+    if (o && typeof o === 'object' && typeof o.message === 'string') o.message = display(o.message);
+    return o;
+  },
+};
+
 export function createDaemonLogger(level: Level, outputs: OutputSpec[]): DaemonLogger {
   const out = new LogOutputs(outputs);
   // pino children keep the level they were born with; track them so a new
@@ -180,6 +201,7 @@ export function createDaemonLogger(level: Level, outputs: OutputSpec[]): DaemonL
       base: { pid: process.pid },
       timestamp: pino.stdTimeFunctions.isoTime,
       formatters: { level: (label) => ({ level: label }) },
+      serializers: NAME_SERIALIZERS,
       onChild: (child) => {
         children.add(new WeakRef(child));
       },

@@ -2,6 +2,7 @@
 // boots fresh, from a re-exec state document, or in safe mode; re-execs;
 // and shuts down only by an explicit, logged decision.
 
+import { decodeDocFile, fromUnicode } from '../byteString.js';
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, unlinkSync } from 'node:fs';
 import type { Logger } from 'pino';
 import { LockManager } from '../locks/lockManager.js';
@@ -209,7 +210,7 @@ export class Daemon {
     if (!existsSync(path)) return null;
     let text: string;
     try {
-      text = readFileSync(path, 'utf8');
+      text = decodeDocFile(readFileSync(path)); // raw non-UTF-8 name bytes survive (byteString.ts)
     } catch (err) {
       this.log.error({ err, stateFile: path }, 'cannot read state file');
       return ours ? 'corrupt' : null;
@@ -271,7 +272,7 @@ export class Daemon {
   private async createConfiguredLockspaces(): Promise<void> {
     for (const dir of this.opts.lockspaces) {
       try {
-        await this.manager.createLockSpace(dir);
+        await this.manager.createLockSpace(fromUnicode(dir)); // configured as text; names are bytes
       } catch (err) {
         this.log.error({ lockspace: dir, err: (err as Error).message }, 'cannot create configured lockspace');
       }

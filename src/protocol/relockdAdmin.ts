@@ -184,6 +184,8 @@ export interface FilterArgs {
 // ---- codecs --------------------------------------------------------------------------
 
 const str = (r: XdrReader) => r.string(RELOCKD_ADMIN_STRING_MAX);
+/** Lock-space paths and resource names: byte strings (src/byteString.ts). */
+const bytes = (r: XdrReader) => r.byteString(RELOCKD_ADMIN_STRING_MAX);
 const optStr = (r: XdrReader) => r.optional(str);
 const wOptStr = (w: XdrWriter, s: string | null) => w.optional(s, (wr, v) => wr.string(v));
 const num = (b: bigint) => Number(b);
@@ -212,14 +214,14 @@ const leaseOwner = {
 
 const resource = {
   encode: (w: XdrWriter, x: ResourceInfo) => {
-    w.string(x.lockspace).string(x.name).string(x.path).u32(x.flags).i64(BigInt(Math.trunc(x.since))).i32(x.fd);
+    w.byteString(x.lockspace).byteString(x.name).byteString(x.path).u32(x.flags).i64(BigInt(Math.trunc(x.since))).i32(x.fd);
     w.u64(BigInt(Math.max(0, Math.trunc(x.dev)))).u64(BigInt(Math.max(0, Math.trunc(x.ino))));
     w.array(x.owners, leaseOwner.encode);
   },
   decode: (r: XdrReader): ResourceInfo => ({
-    lockspace: str(r),
-    name: str(r),
-    path: str(r),
+    lockspace: bytes(r),
+    name: bytes(r),
+    path: bytes(r),
     flags: r.u32(),
     since: num(r.i64()),
     fd: r.i32(),
@@ -230,8 +232,8 @@ const resource = {
 };
 
 const lockspace = {
-  encode: (w: XdrWriter, x: LockspaceInfo) => w.string(x.dir).u32(x.resources).u32(x.leases),
-  decode: (r: XdrReader): LockspaceInfo => ({ dir: str(r), resources: r.u32(), leases: r.u32() }),
+  encode: (w: XdrWriter, x: LockspaceInfo) => w.byteString(x.dir).u32(x.resources).u32(x.leases),
+  decode: (r: XdrReader): LockspaceInfo => ({ dir: bytes(r), resources: r.u32(), leases: r.u32() }),
 };
 
 const client = {
@@ -321,8 +323,9 @@ export const relockdCodec = {
     encode: (w: XdrWriter, a: FlagsArgs) => w.u32(a.flags),
   },
   filter: {
-    decode: (r: XdrReader): FilterArgs => ({ filter: optStr(r), flags: r.u32() }),
-    encode: (w: XdrWriter, a: FilterArgs) => wOptStr(w, a.filter).u32(a.flags),
+    // A lock-space path (LIST_RESOURCES) or a server name: a byte string.
+    decode: (r: XdrReader): FilterArgs => ({ filter: r.optional(bytes), flags: r.u32() }),
+    encode: (w: XdrWriter, a: FilterArgs) => w.optional(a.filter, (wr, v) => wr.byteString(v)).u32(a.flags),
   },
   daemonInfo,
   lockspaces: {
