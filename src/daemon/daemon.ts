@@ -34,6 +34,7 @@ import { safeModeRefusal, stoppingRefusal } from '../locks/errors.js';
 import { listenerPath } from '../state/orphans.js';
 import type { ReexecResult, ReplyAfterExec } from './reexec.js';
 import net from 'node:net';
+import { codeCacheStatus, scheduleCodeCache } from './codeCache.js';
 
 export interface DaemonOptions {
   socketPath: string;
@@ -172,9 +173,11 @@ export class Daemon {
     await this.createConfiguredLockspaces();
     this.startTimers();
     this.notify(`READY=1\nSTATUS=${this.statusLine()}`);
-    // Counting fds walks /proc/self/fd (~20 ms with 10k leases): not in the blackout.
-    setImmediate(() => this.logFdLimit());
-    this.log.info({ socket: this.opts.socketPath, version: this.version, boot: this.boot, ...this.manager.counts() }, 'relockd ready');
+    // Counting fds walks /proc/self/fd (~20 ms with 10k leases): not in the
+    // blackout, and not before the clients queued behind it are answered.
+    setTimeout(() => this.logFdLimit(), 100);
+    this.log.info({ socket: this.opts.socketPath, version: this.version, boot: this.boot, codeCache: codeCacheStatus(), ...this.manager.counts() }, 'relockd ready');
+    scheduleCodeCache(`${this.stateFile.replace(/\.json$/, '')}.v8cache`, this.log);
   }
 
   /** After an unexpected failure while restoring: refuse acquisitions, keep everything. */
