@@ -49,7 +49,7 @@ function category(stack: string[]): string {
 }
 
 /** JS frames of relockd's bundle with one of these function names. */
-const JS = (names: string) => new RegExp(`JS:[*~^]?(?:${names}) file:\\S*relockd[-\\w]*\\.c?m?js`);
+const JS = (names: string) => new RegExp(`JS:[*~^]?(?:${names}) \\S*relockd[-\\w]*\\.c?m?js`);
 const COMPONENTS: Array<[string, RegExp]> = [
   ['logging', JS('asJson|genLog|LOG|write|flush|writeAll|writeMany|child|isLevelEnabled|ownerLog|mixin|stdTimeFunctions|isoTime|formatters|level')],
   ['lock manager', new RegExp(`relockd_native|${JS('acquire|release|lockInline|freeInline|dropOwner|stored|tryJoinHeld|unqueued|inline|lookup|checkName|lockFileSync|releaseFileSync|mode|observe|run|busy').source}`)],

@@ -594,7 +594,7 @@ async function main(): Promise<void> {
             const r = await gen.request(setup);
             if (r.type !== 'ready') throw new Error(`unexpected ${r.type}`);
             cell.setupMs = r.setupMs;
-            await sleep(300); // let the daemon go idle
+            await sleep(1000); // let the daemon go idle
             cell.memSetup = procMem(d.pid);
             err(`${cell.id}: ${L} leases over ${C} clients set up in ${fmtMs(r.setupMs)} ms (pid ${d.pid})`);
           }
@@ -631,7 +631,8 @@ async function main(): Promise<void> {
           for (const cell of group) cell.aborted ??= (e as Error).message;
           err(`L${L}/C${C}: ${(e as Error).message}`);
         } finally {
-          await sleep(300);
+          // After the last re-exec, idle: V8 collects the parsed state document's garbage.
+          await sleep(3000);
           for (const cell of group) if (cell.daemon) cell.memFinal = procMem(cell.daemon.pid);
           for (const cell of group) {
             await gen.request({ type: 'teardown', id: cell.id }).catch(() => {});
@@ -808,7 +809,7 @@ function reportScale(cells: Cell[], sum: Map<string, Summary>, out: (s: string) 
     Number.isFinite(perLease(c, 'memFinal')) ? String(Math.round(perLease(c, 'memFinal'))) : '-',
   ]);
   out('');
-  out('Memory (MB; one sample each: once every lease is held, and after the last re-exec):');
+  out('Memory (MB; one sample each: 1 s after every lease is held, and 3 s after the last re-exec):');
   out(table(memRows, ['leases', 'clients', 'daemon', 'RSS held', 'anon held', 'RSS re-exec\'d', 'anon re-exec\'d', 'PSS re-exec\'d', 'B/lease held', 'B/lease re-exec\'d']));
   out(
     '  RSS: VmRSS (includes the clean, shared pages of the executable and libraries: for relockd ~40 MB of the node binary);\n' +
