@@ -24,6 +24,11 @@ export function atTurnEnd(f: Flusher): void {
   }
 }
 
+/** Nothing is waiting for the end of this turn (a write now keeps every order). */
+export function turnIdle(): boolean {
+  return queue.length === 0;
+}
+
 /** Runs every pending flusher now (before execve, at exit, in tests). */
 export function flushTurnNow(): void {
   scheduled = false;

@@ -2,8 +2,8 @@
 // the program table, writes replies in order. One request is in flight per
 // client (virtlockd's nrequests_client_max = 1), and a client that does not
 // read its replies stops being read, so the daemon never buffers without
-// bound. Replies are written at the end of the event-loop turn (turnFlush.ts),
-// together with the turn's log lines and every other client's replies.
+// bound. When log lines or other replies wait for the end of the event-loop
+// turn (turnFlush.ts), a reply waits behind them and goes out with them.
 
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
@@ -12,7 +12,7 @@ import { FrameReader, FramingError, MessageStatus, MessageType, NUM_FDS_MAX, HEA
 import type { Header, Packet } from './packet.js';
 import type { Program } from './program.js';
 import { XdrDecodeError, XdrReader, XdrWriter } from './xdr.js';
-import { atTurnEnd } from '../turnFlush.js';
+import { atTurnEnd, turnIdle } from '../turnFlush.js';
 
 /** libvirt's keepalive program ("keep"). */
 export const KEEPALIVE_PROGRAM = 0x6b656570;
@@ -205,9 +205,18 @@ export class ClientConnection<Ctx> {
     }
   }
 
-  /** Sends a complete packet (at the end of this event-loop turn). */
+  /**
+   * Sends a complete packet: at once when nothing waits for the end of this
+   * turn (no log line, no other reply: e.g. below the log level), else at
+   * its end, behind them.
+   */
   send(buf: Buffer): void {
     if (this.closed) return;
+    if (this.outbox.length === 0 && turnIdle()) {
+      this.lastSent = buf;
+      this.socket.write(buf);
+      return;
+    }
     if (this.outbox.length === 0) atTurnEnd(this.flushOutbox);
     this.outbox.push(buf);
   }
