@@ -40,6 +40,7 @@ import { instrument } from '../metrics/instrument.js';
 import type { LockspaceHealthProvider } from '../metrics/exposition.js';
 import { MetricsListener } from './metrics.js';
 import { checkConfigBeforeReexec } from './reexecConfig.js';
+import { codeCacheStatus, scheduleCodeCache } from './codeCache.js';
 
 export interface DaemonOptions {
   socketPath: string;
@@ -189,10 +190,12 @@ export class Daemon {
     await this.createConfiguredLockspaces();
     this.startTimers();
     this.notify(`READY=1\nSTATUS=${this.statusLine()}`);
-    // Counting fds walks /proc/self/fd (~20 ms with 10k leases): not in the blackout.
-    setImmediate(() => this.logFdLimit());
+    // Counting fds walks /proc/self/fd (~20 ms with 10k leases): not in the
+    // blackout, and not before the clients queued behind it are answered.
+    setTimeout(() => this.logFdLimit(), 100);
     setImmediate(() => void this.startMetricsListener());
-    this.log.info({ socket: this.opts.socketPath, version: this.version, boot: this.boot, ...this.manager.counts() }, 'relockd ready');
+    this.log.info({ socket: this.opts.socketPath, version: this.version, boot: this.boot, codeCache: codeCacheStatus(), ...this.manager.counts() }, 'relockd ready');
+    scheduleCodeCache(`${this.stateFile.replace(/\.json$/, '')}.v8cache`, this.log);
   }
 
   /** After an unexpected failure while restoring: refuse acquisitions, keep everything. */

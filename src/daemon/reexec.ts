@@ -15,6 +15,8 @@ import { closeSync, openSync, renameSync, unlinkSync, writeSync } from 'node:fs'
 import { dirname, basename, join } from 'node:path';
 import { constants } from 'node:os';
 import * as native from '../native.js';
+import { flushTurnNow } from '../turnFlush.js';
+import { codeCacheEnv } from './codeCache.js';
 import type { ClientConnection } from '../rpc/connection.js';
 import type { Header } from '../rpc/packet.js';
 import { buildState } from '../state/snapshot.js';
@@ -129,7 +131,8 @@ export class Reexecutor {
       log.info({ fds: keep.length, stateFile: d.stateFile, argv: d.originalArgv }, 're-exec: state written, executing');
       // A SIGUSR1 arriving now stays pending until the new image is ready for it.
       native.sigmask('block', [constants.signals.SIGUSR1]);
-      const env = { ...process.env, [REEXEC_ENV]: `${process.pid}:${requestedAtNs}` };
+      const env = { ...process.env, ...codeCacheEnv(), [REEXEC_ENV]: `${process.pid}:${requestedAtNs}` };
+      flushTurnNow(); // this turn's log lines (replies were all written before detaching)
       native.execve(d.execPath, d.originalArgv, Object.entries(env).map(([k, v]) => `${k}=${v}`));
       throw new ReexecFailure('execve returned'); // not reached: execve throws on failure
     } catch (err) {

@@ -166,6 +166,11 @@ export class LockManager {
     return `res\0${ls.dir}\0${name}`;
   }
 
+  /** Nothing running or queued on this resource (no key built when nothing runs at all: the hot path). */
+  private unqueued(ls: LockSpace, name: string): boolean {
+    return this.mutex.idle || !this.mutex.busy(this.key(ls, name));
+  }
+
   /**
    * ACQUIRE_RESOURCE for `owner.pid`. On local storage with nothing queued
    * for this resource it completes synchronously (no promise, no thread
@@ -177,12 +182,11 @@ export class LockManager {
     this.checkName(ls, name);
     if (this.acquireRefusal) throw this.acquireRefusal();
     const shared = (flags & AcquireFlags.SHARED) !== 0;
-    const key = this.key(ls, name);
-    if (!this.mutex.busy(key) && this.classicCount === 0) {
+    if (this.unqueued(ls, name) && this.classicCount === 0) {
       if (this.tryJoinHeld(ls, name, shared, owner)) return;
       if (this.inline(ls, name)) return this.lockInline(ls, name, flags, owner);
     }
-    return this.mutex.run(key, async () => {
+    return this.mutex.run(this.key(ls, name), async () => {
       if (this.tryJoinHeld(ls, name, shared, owner)) return;
       const create = (flags & AcquireFlags.AUTOCREATE) !== 0;
       const file = ls.pathOf(name);
@@ -296,14 +300,13 @@ export class LockManager {
   /** RELEASE_RESOURCE: removes the first entry of `owner.pid` (synchronous on local storage). */
   release(path: string, name: string, owner: Owner): void | Promise<void> {
     const ls = this.lookup(path);
-    const key = this.key(ls, name);
-    if (!this.mutex.busy(key)) {
+    if (this.unqueued(ls, name)) {
       const res = this.dropOwner(ls, name, owner);
       if (!res) return;
       if (this.inline(ls, name)) return this.freeInline(ls, res);
-      return this.mutex.run(key, () => this.free(ls, res, true));
+      return this.mutex.run(this.key(ls, name), () => this.free(ls, res, true));
     }
-    return this.mutex.run(key, async () => {
+    return this.mutex.run(this.key(ls, name), async () => {
       const res = this.dropOwner(ls, name, owner);
       if (res) await this.free(ls, res, true);
     });
