@@ -15,6 +15,7 @@ import { PidFileBusyError } from '../daemon/pidFile.js';
 import { STATUS_FD_ENV, daemonize, reportToInvoker } from '../daemon/daemonize.js';
 import { cliBoundsError } from './cliBounds.js';
 import { KEPT_STATE_ENV, settingsFromState } from '../daemon/keptSettings.js';
+import { lazyRequire } from '../lazyRequire.js';
 
 /**
  * The option table for yargs. A repeated option keeps its last value
@@ -31,7 +32,8 @@ function yargsOptions(): Record<string, import('yargs').Options> {
 
 /** Interactive parse: help, version, strict usage errors. */
 export async function parseArgs(argv: string[]): Promise<CliArgs> {
-  const { default: yargs } = await import('yargs');
+  // yargs' CommonJS entry exports the function itself.
+  const yargs = lazyRequire('yargs') as typeof import('yargs').default;
   const y = yargs(argv)
     .scriptName('relockd')
     .usage('$0 [options]\n\nLock-holding daemon for virtualization hosts, wire-compatible with virtlockd.')

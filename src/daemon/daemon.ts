@@ -41,6 +41,7 @@ import type { LockspaceHealthProvider } from '../metrics/exposition.js';
 import { MetricsListener } from './metrics.js';
 import { checkConfigBeforeReexec } from './reexecConfig.js';
 import { codeCacheStatus, scheduleCodeCache } from './codeCache.js';
+import { lazyRequire } from '../lazyRequire.js';
 
 export interface DaemonOptions {
   socketPath: string;
@@ -383,7 +384,7 @@ export class Daemon {
     }
     for (const o of orphans) {
       try {
-        const st = (await import('node:fs')).fstatSync(o.fd, { bigint: true });
+        const st = (lazyRequire('node:fs') as typeof import('node:fs')).fstatSync(o.fd, { bigint: true });
         o.dev = st.dev.toString();
         o.ino = st.ino.toString();
         native.setCloexec(o.fd, true);

@@ -11,6 +11,7 @@ import { METRICS_CONTENT_TYPE, renderMetrics } from '../metrics/exposition.js';
 import type { LockspaceHealthProvider, MetricsSnapshot } from '../metrics/exposition.js';
 import { parseMetricsListen } from '../metrics/listen.js';
 import type { Daemon } from './daemon.js';
+import { lazyRequire } from '../lazyRequire.js';
 
 /**
  * Until the lock-space health work provides its own, health is what the
@@ -72,7 +73,7 @@ export class MetricsListener {
 
   async start(spec: string): Promise<void> {
     const where = parseMetricsListen(spec);
-    const http = await import('node:http');
+    const http = lazyRequire('node:http') as typeof import('node:http');
     const server = http.createServer((req, res) => {
       const path = (req.url ?? '/').split('?')[0];
       if (req.method !== 'GET' && req.method !== 'HEAD') {

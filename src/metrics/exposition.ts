@@ -10,6 +10,7 @@
 
 import type { DaemonMetrics } from './counters.js';
 import { ACQUIRE_RESULTS, RELEASE_RESULTS, STORAGE_BUCKETS, TERMINATION_OUTCOMES } from './counters.js';
+import { lazyRequire } from '../lazyRequire.js';
 
 /** One lock space's health, as the storage-failure work defines it. */
 export interface LockspaceHealth {
@@ -104,12 +105,13 @@ export function families(s: MetricsSnapshot): Family[] {
 }
 
 type PromClient = typeof import('prom-client');
-let promClient: Promise<PromClient> | null = null;
+let promClient: PromClient | null = null;
 
 /** The exposition text (Prometheus text format 0.0.4). */
 export async function renderMetrics(s: MetricsSnapshot): Promise<string> {
-  promClient ??= import('prom-client');
-  const { Registry } = await promClient;
+  // require, not import(): see src/lazyRequire.ts.
+  promClient ??= lazyRequire('prom-client') as PromClient;
+  const { Registry } = promClient;
   const reg = new Registry();
   for (const f of families(s)) {
     // A metric object as prom-client's registry reads them (name + get()).
