@@ -4,7 +4,7 @@
 // killed, or re-exec'd) on one host behaves as it must on the other.
 //
 // The "hosts" are the User-Mode Linux guests of the multi-host NFS lab
-// (../shared/lab/nfs-hosts/multihost-setup.sh): srv (kernel nfsd), c1 and c2
+// (test/nfs/lab/multihost-setup.sh): srv (kernel nfsd), c1 and c2
 // (kernel NFS clients, each its own kernel, lockd and NFSv4 client id), the
 // export mounted on /mnt/nfs4 (vers=4.2) and /mnt/nfs3 (vers=3, NLM) in each.
 // A driver in each guest (test/nfs/guest-driver.mjs) starts the lock daemons
@@ -17,15 +17,17 @@
 // Options: --setup                 let the lab's `up` apt-get install its Debian packages when
 //                                  missing (without it they are listed and the run fails)
 //          --lab=WORKDIR           use a lab that is already up (and leave it up)
-//          --lab-script=PATH       multihost-setup.sh (default ../shared/lab/nfs-hosts/, or $RELOCKD_NFS_LAB_SCRIPT)
+//          --lab-dir=DIR           bring this run's own lab up in DIR (new or empty; purged afterwards)
+//          --lab-script=PATH       multihost-setup.sh (default test/nfs/lab/, or $RELOCKD_NFS_LAB_SCRIPT)
 //          --protocols=4,3         NFS versions to run (default both)
-//          --samples=N             handovers per direction and lease kind (default 10)
+//          --samples=N             handovers per direction and lease kind (default 60)
+//          --direct-samples=N      … for direct leases only (default: --samples)
 //          --kills=N               kill -9 samples, relockd vs relockd (default 3)
 //          --reexecs=N             re-execs while the other host hammers (default 3)
 //          --tolerate-stale        relockd's first ACQUIRE after a cross-host release failing with
 //                                  "Stale file handle" (then granted on a retry) is a note, not a FAIL
 //          --keep                  keep logs (and the lab running, when this run created it)
-//          --time-limit=SECONDS    stop everything and fail after this long (default 600)
+//          --time-limit=SECONDS    stop everything and fail after this long (default 900)
 //
 // Needs root, a built relockd (npm run build), /usr/sbin/virtlockd, python3,
 // and the lab's packages (user-mode-linux nfs-kernel-server nfs-common rpcbind
@@ -67,7 +69,7 @@ function parseOptions(argv: string[]): Options {
     reexecs: 3,
     tolerateStale: false,
     keep: false,
-    timeLimitS: 600,
+    timeLimitS: 900,
   };
   const count = (v: string | undefined, min: number) => (v !== undefined && /^\d+$/.test(v) && Number(v) >= min ? Number(v) : NaN);
   for (const a of argv) {
@@ -89,20 +91,19 @@ function parseOptions(argv: string[]): Options {
     else if (k === '--time-limit' && v && Number(v) > 0) o.timeLimitS = Number(v);
     else usage(`unknown option ${a}`);
   }
-  if (Number.isNaN(o.directSamples)) o.directSamples = Math.min(o.samples, DEFAULT_DIRECT_SAMPLES);
+  if (Number.isNaN(o.directSamples)) o.directSamples = o.samples;
   if (o.lab && o.labDir) usage('--lab (a lab that is up) and --lab-dir (where to bring one up) exclude each other');
   if (o.labDir && existsSync(o.labDir) && readdirSync(o.labDir).length > 0) usage(`--lab-dir=${o.labDir}: exists and is not empty (the run purges it afterwards)`);
   return o;
 }
 
 /**
- * Handovers per direction in the release -> available steps. Indirect: 60, so
- * that a race hitting 1 handover in 20 shows in a direction with probability
- * 1 - 0.95^60 = 95%; direct leases (never unlinked, no known race): 30 per
- * direction, 120 per protocol and pair. See docs/nfs-crosshost.md (timing).
+ * Handovers per direction, lease kind, protocol and pair in the release ->
+ * available steps: 60, so that a race hitting 1 handover in 20 shows in each
+ * such cell with probability 1 - 0.95^60 = 95% (16 cells, 960 handovers; about
+ * 0.1–0.25 s each in the lab). See docs/nfs-crosshost.md for the timing.
  */
 const DEFAULT_SAMPLES = 60;
-const DEFAULT_DIRECT_SAMPLES = 30;
 
 function usage(msg: string): never {
   process.stderr.write(`${msg}\nusage: crosshost.ts [--setup] [--lab=WORKDIR] [--lab-script=PATH] [--protocols=4,3] [--lab-dir=DIR] [--samples=N] [--direct-samples=N] [--kills=N] [--reexecs=N] [--tolerate-stale] [--keep] [--time-limit=SECONDS]\n`);
@@ -128,7 +129,7 @@ async function missingPrerequisites(o: Options): Promise<{ missing: string[]; pa
   const missing: string[] = [];
   const packages: string[] = [];
   if (process.getuid?.() !== 0) missing.push('root: the lab creates a network namespace, tap devices and UML guests; the daemons run as root in the guests');
-  if (!existsSync(o.labScript)) missing.push(`the lab script ${o.labScript} (../shared/lab/nfs-hosts/multihost-setup.sh; or --lab-script=PATH / RELOCKD_NFS_LAB_SCRIPT)`);
+  if (!existsSync(o.labScript)) missing.push(`the lab script ${o.labScript} (test/nfs/lab/multihost-setup.sh; or --lab-script=PATH / RELOCKD_NFS_LAB_SCRIPT)`);
   for (const f of ['dist/src/cli/main.js', 'dist/src/protocol/lockspaceClient.js', 'dist/test/lib/relockd.js']) {
     if (!existsSync(join(ROOT, f))) missing.push(`a built relockd (${f}): run \`npm run build\``);
   }
@@ -404,7 +405,7 @@ const CLASS_TEXT: Record<FindingClass, string> = {
   'acquire-orphan': 'KNOWN class (issue 10 §1 "no interleaving may hold a lease twice", i10a): double grant after virtlockd\'s release — relockd was granted a lock on the file virtlockd had just unlinked (relockd\'s acquire-side check missed it)',
   eloop: 'KNOWN (issue 10 §1, i10a): relockd\'s ACQUIRE of a free lease failed with "Too many levels of symbolic links" right after the other host\'s release',
   estale: 'KNOWN (issue 10 §1, i10a): relockd\'s ACQUIRE of a free lease failed with "Stale file handle" right after the other host\'s release',
-  'virtlockd-estale': 'VIRTLOCKD\'S OWN RESULT (recorded, not a relockd failure): the real virtlockd\'s ACQUIRE failed with "Stale file handle" right after the other host\'s release, granted on a retry',
+  'virtlockd-estale': 'VIRTLOCKD\'S OWN RESULT (recorded, not a relockd failure): the real virtlockd\'s ACQUIRE failed with "Stale file handle" right after the other host\'s release, granted on a retry (virtlockd does not retry; after relockd\'s release it is a side effect of relockd unlinking the lease file, and goes with that)',
   'virtlockd-error': 'VIRTLOCKD\'S OWN RESULT: the real virtlockd\'s ACQUIRE of a free lease failed with another error',
   other: 'NEW: not one of the known classes',
 };

@@ -1,4 +1,4 @@
-// The multi-host NFS lab (../shared/lab/nfs-hosts/multihost-setup.sh: User-Mode
+// The multi-host NFS lab (test/nfs/lab/multihost-setup.sh: User-Mode
 // Linux guests srv, c1, c2 in a private network namespace; see
 // docs/nfs-crosshost.md) and the runner's connection to the guest driver
 // (test/nfs/guest-driver.mjs) on each client.
