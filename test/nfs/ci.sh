@@ -26,7 +26,7 @@ t0=$(date +%s)
 lab_pids() {
   local p
   for p in /proc/[0-9]*; do
-    tr '\0' '\n' <"$p/cmdline" 2>/dev/null | grep -qxF "mh_work=$lab" && echo "${p#/proc/}"
+    tr '\0' '\n' 2>/dev/null <"$p/cmdline" | grep -qxF "mh_work=$lab" && echo "${p#/proc/}"
   done
 }
 
