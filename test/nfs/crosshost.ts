@@ -714,6 +714,7 @@ async function step(tag: string, label: string, sides: Side[], fn: () => Promise
   const marks = sides.map((s) => s.g.logMark(logFile(s)));
   const ts = performance.now();
   stepFindings = [];
+  runningStep = `${tag}  ${label}`;
   let detail: string;
   let ok = true;
   try {
@@ -744,6 +745,7 @@ async function multiStep(tag: string, label: string, protos: Proto[], sides: Sid
   const marks = sides.map((s) => s.g.logMark(logFile(s)));
   const ts = performance.now();
   stepFindings = [];
+  runningStep = `${tag}  ${label}`;
   let res: Map<Proto, string | Fail>;
   try {
     for (const s of sides) if (!(await daemonRunning(s))) throw new Fail(`${s.label} is not running`);
@@ -771,6 +773,9 @@ async function multiStep(tag: string, label: string, protos: Proto[], sides: Sid
   }
   await giveBack();
 }
+
+/** The step in progress, for the time-limit message. */
+let runningStep = '';
 
 /** Prints the classes of what a failed step found; a failure that matches none is NEW. */
 function classify(label: string, p?: Proto): void {
@@ -1102,7 +1107,7 @@ async function main(): Promise<number> {
     });
   }
   const limit = setTimeout(() => {
-    say(`\nFAIL  time limit of ${o.timeLimitS} s exceeded; stopping everything`);
+    say(`\nFAIL  time limit of ${o.timeLimitS} s exceeded${runningStep ? ` during "${runningStep}"` : ''} (a hung NFS mount or guest?); stopping everything`);
     void cleanup(o, true).finally(() => {
       say(`${passed} passed, ${failed + 1} failed`);
       process.exit(1);
@@ -1120,6 +1125,7 @@ async function main(): Promise<number> {
     if (ownLab) {
       mkdirSync(labDir, { recursive: true });
       const ts = performance.now();
+      runningStep = 'lab up';
       const r = await lab.up(2, o.setup);
       if (r.code !== 0) {
         // the guests' consoles say why (they go with the purge, so quote them here)
@@ -1145,6 +1151,7 @@ async function main(): Promise<number> {
     const protos = protosAll;
     {
       const ts = performance.now();
+      runningStep = 'guests (drivers in c1, c2, srv)';
       c1 = await Guest.start(lab, 'c1', logDir);
       c2 = await Guest.start(lab, 'c2', logDir);
       srv = await Guest.start(lab, 'srv', logDir);
