@@ -66,7 +66,7 @@ export class Lab {
   }
 
   /** Without `install`, a missing Debian package makes `up` fail with the list (MH_NO_INSTALL=1) instead of running apt-get. */
-  up(nclients: number, install: boolean, timeoutMs = 900_000): Promise<RunResult> {
+  up(nclients: number, install = true, timeoutMs = 900_000): Promise<RunResult> {
     return run('/bin/bash', [this.script, 'up', this.dir, String(nclients)], { timeoutMs, env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive', MH_NO_INSTALL: install ? '0' : '1' } });
   }
 
@@ -95,7 +95,7 @@ export class Lab {
    * guest); then whatever still runs in the lab's netns is SIGKILLed by pid, and
    * down fails if anything survives.
    */
-  down(purge: boolean, hard: boolean): Promise<RunResult> {
+  down(purge: boolean, hard = false): Promise<RunResult> {
     return runEvenIfAborted('/bin/bash', [this.script, 'down', this.dir, ...(purge ? ['--purge'] : []), ...(hard ? ['--hard'] : [])], 120_000);
   }
 
