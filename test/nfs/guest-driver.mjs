@@ -449,8 +449,9 @@ function serverView({ paths }) {
   const out = {};
   for (const p of paths) {
     let ino;
+    let dev;
     try {
-      ino = statSync(p).ino;
+      ({ ino, dev } = statSync(p));
     } catch (e) {
       if (e.code === 'ENOENT') {
         out[p] = { exists: false };
@@ -458,10 +459,20 @@ function serverView({ paths }) {
       }
       throw e;
     }
-    const re = new RegExp(`:[0-9a-f]+:${ino} `, 'g');
+    // /proc/locks names the inode as MAJ:MIN:INO (hex device numbers): match the device
+    // too, so that a lock on another filesystem's inode with the same number cannot pass
+    // for a lock on this file
+    const re = new RegExp(` ${devName(dev)}:${ino} `, 'g');
     out[p] = { exists: true, ino, locks: (locks.match(re) ?? []).length };
   }
   return out;
+}
+
+/** st_dev as /proc/locks prints it: "%02x:%02x" of the kernel's major and minor (glibc's encoding of dev_t). */
+function devName(dev) {
+  const major = ((dev >> 8) & 0xfff) | (Math.floor(dev / 2 ** 32) & ~0xfff);
+  const minor = (dev & 0xff) | ((dev >> 12) & 0xfff00);
+  return `${major.toString(16).padStart(2, '0')}:${minor.toString(16).padStart(2, '0')}`;
 }
 
 /** Sparse disk images for direct leases (created on this client, over NFS). */
