@@ -1004,6 +1004,7 @@ const guestLeftovers: string[] = [];
 let labNs = '';
 let labUmlPids: number[] = [];
 let labDownOk = false;
+let labDownMs = 0;
 
 function cleanup(o: Options, interrupted: boolean): Promise<void> {
   cleaning ??= (async () => {
@@ -1045,7 +1046,8 @@ function cleanup(o: Options, interrupted: boolean): Promise<void> {
       // interrupted with --keep: a clean down, the files (logs, disk image) stay
       const r = await lab.down(!o.keep, !o.keep);
       labDownOk = r.code === 0;
-      if (r.code !== 0) say(`cleanup: lab down failed (exit ${r.code}): ${oneLine(r.stdout + r.stderr)}`);
+      labDownMs = r.ms;
+      if (r.code !== 0) say(`cleanup: lab down failed (${r.timedOut ? `timed out after ${secs(r.ms)}, killed` : `exit ${r.code ?? r.signal}`}): ${oneLine(r.stdout + r.stderr) || 'no output'}`);
       else if (o.keep) say(`lab stopped, files kept: ${labDir} (remove: ${o.labScript} down ${labDir} --purge)`);
     } else if (lab && ownLab) say(`lab kept running: ${labDir} (stop it: ${o.labScript} down ${labDir} --purge)`);
     if (logDir && existsSync(logDir)) {
@@ -1243,7 +1245,7 @@ async function main(): Promise<number> {
     const nsLeft = labNs !== '' && (await netnsExists(labNs));
     const traces = labTraces(labDir, labNs);
     if (!labDownOk || umlAlive.length || nsLeft || existsSync(labDir) || traces.length) fail('cleanup', `lab down --purge left: ${[!labDownOk ? 'a failed down' : '', ...umlAlive.map((p) => `UML pid ${p}`), nsLeft ? `netns ${labNs}` : '', existsSync(labDir) ? labDir : '', ...traces].filter(Boolean).join(', ')}`);
-    else pass('cleanup', `guest drivers stopped every daemon, poll and probe they started (by pid); relays gone; UML guests (pids ${labUmlPids.join(', ')}) SIGKILLed by process group, lab down --purge --hard: netns ${labNs} (bridge, tap devices) deleted, ${labDir} removed; no process, mount or netns of the lab left (checked in /proc)`);
+    else pass('cleanup', `guest drivers stopped every daemon, poll and probe they started (by pid); relays gone; UML guests (pids ${labUmlPids.join(', ')}) SIGKILLed by process group, lab down --purge --hard (${secs(labDownMs)}): netns ${labNs} (bridge, tap devices) deleted, ${labDir} removed; no process, mount or netns of the lab left (checked in /proc)`);
   } else pass('cleanup', `guest drivers stopped every daemon and probe they started (by pid) and exited; relays gone; ${o.keep ? "this run's files on the export kept (--keep)" : "this run's files on the export removed"}; the lab in ${labDir} is left ${ownLab ? 'running (--keep)' : 'up (it was up before)'}`);
   say('');
   const table = figureTable(protosAll);

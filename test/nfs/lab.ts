@@ -96,7 +96,7 @@ export class Lab {
    * down fails if anything survives.
    */
   down(purge: boolean, hard = false): Promise<RunResult> {
-    return runEvenIfAborted('/bin/bash', [this.script, 'down', this.dir, ...(purge ? ['--purge'] : []), ...(hard ? ['--hard'] : [])], 120_000);
+    return runEvenIfAborted('/bin/bash', [this.script, 'down', this.dir, ...(purge ? ['--purge'] : []), ...(hard ? ['--hard'] : [])], 300_000);
   }
 
   /** The UML kernels' process-group leaders recorded by the lab (host pids). */

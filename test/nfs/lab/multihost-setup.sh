@@ -277,6 +277,7 @@ stop_guest() { # name [hard]
   fi
   kill -9 -- "-$p" 2>/dev/null || true          # whole process group of that UML only
   for _ in $(seq 1 50); do kill -0 -- "-$p" 2>/dev/null || break; sleep 0.1; done
+  phase "$name: process group $p SIGKILLed"
   if kill -0 -- "-$p" 2>/dev/null; then
     echo "multihost: guest $name: processes of group $p survive SIGKILL: $(pgrep -g "$p" | tr '\n' ' ')" >&2
     return 1
@@ -284,19 +285,23 @@ stop_guest() { # name [hard]
   rm -f "$W/run/$name.pid" "$W/box/$name/ready"
 }
 
+# progress of a teardown on stderr, with the seconds since this command started
+# (shown by the test runner when a teardown fails or hangs)
+phase() { echo "multihost: $cmd +${SECONDS}s: $*" >&2; }
+
 # Everything still running in the lab's network namespace (the guests run there,
 # and so do the test runner's relays), SIGKILLed by pid. Only this lab's namespace,
 # so only this lab's processes. Fails if any survives.
 sweep_netns() {
   local pids left _
-  ip netns list | grep -qw "$MH_NS" || return 0
-  pids=$(ip netns pids "$MH_NS" 2>/dev/null | tr '\n' ' ')
+  timeout 30 ip netns list | grep -qw "$MH_NS" || return 0
+  pids=$(timeout 30 ip netns pids "$MH_NS" 2>/dev/null | tr '\n' ' ')
   [ -z "${pids// }" ] && return 0
   echo "multihost: SIGKILL of processes still in netns $MH_NS: $pids" >&2
   # shellcheck disable=SC2086
   kill -9 $pids 2>/dev/null || true
   for _ in $(seq 1 50); do
-    left=$(ip netns pids "$MH_NS" 2>/dev/null | tr '\n' ' ')
+    left=$(timeout 30 ip netns pids "$MH_NS" 2>/dev/null | tr '\n' ' ')
     [ -z "${left// }" ] && return 0
     sleep 0.1
   done
@@ -366,16 +371,19 @@ down)
     case $a in --purge) purge=1 ;; --hard) how=hard ;; *) die "down: unknown option $a" ;; esac
   done
   ok=1
+  phase "start${how:+ ($how)}"
   if [ -f "$STATE/env" ]; then
     load_state
     for i in $(seq 1 "$MH_NCLIENTS"); do stop_guest "c$i" $how || ok=0; done
     stop_guest srv $how || ok=0
     sweep_netns || ok=0
-    if ip netns list | grep -qw "$MH_NS"; then ip netns del "$MH_NS" || ok=0; fi
-    if ip netns list | grep -qw "$MH_NS"; then echo "multihost: netns $MH_NS still exists" >&2; ok=0; fi
+    phase "netns $MH_NS swept"
+    if timeout 30 ip netns list | grep -qw "$MH_NS"; then timeout 60 ip netns del "$MH_NS" || ok=0; fi
+    if timeout 30 ip netns list | grep -qw "$MH_NS"; then echo "multihost: netns $MH_NS still exists" >&2; ok=0; fi
+    phase "netns $MH_NS deleted"
   fi
   [ $ok = 1 ] || die "down: the lab in $W did not stop completely (files kept for inspection)"
-  if [ $purge = 1 ]; then rm -rf "$W"; echo "purged $W"; fi
+  if [ $purge = 1 ]; then rm -rf "$W"; phase "purged"; echo "purged $W"; fi
   echo "lab down"
   ;;
 *) die "unknown command $cmd" ;;
