@@ -671,6 +671,12 @@ struct ReleaseJob {
 
   void Run() {
     if (unlink) MaybeUnlink();
+    // Unlock first, then close: the kernel drops an OFD lock only at the
+    // final fput, after close's flush, and on FUSE (or NFS) that flush can
+    // hang for as long as the server does, keeping a lock nobody holds.
+    // A failed unlock changes nothing: close still drops the lock.
+    struct flock fl = MakeFlock(F_UNLCK, 0, 1);
+    fcntl(fd, classic ? F_SETLK : F_OFD_SETLK, &fl);
     if (close(fd) < 0) closeFail = {errno, "close", "close", nullptr};
   }
 

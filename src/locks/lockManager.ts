@@ -9,6 +9,7 @@ import type { ProtocolError } from '../rpc/errors.js';
 import * as errors from './errors.js';
 import type { FileLocker, LockedFile } from './fileLocker.js';
 import { KeyedMutex } from './keyedMutex.js';
+import { StorageTimeoutError } from './storageGate.js';
 import type { StorageGate } from './storageGate.js';
 import type { StorageClassifier } from './storageClass.js';
 
@@ -368,14 +369,23 @@ export class LockManager {
   /**
    * Closes a resource's fd, which drops the lock; autocreated lease files
    * are unlinked first (a shared one only if we can upgrade to exclusive,
-   * i.e. nobody on another host still shares it).
+   * i.e. nobody on another host still shares it). Releases bypass the
+   * gate's fail-fast (StorageGate.runRelease): on hung storage the call
+   * waits and still runs once the storage answers, so the lock is never
+   * kept for nobody. Past the deadline the caller gets the error, and the
+   * completion is logged when it comes.
    */
   private async free(ls: LockSpace, res: Resource, reportErrors = false): Promise<void> {
+    const started = Date.now();
+    const onLate = (err: unknown) => {
+      if (err) this.log.error({ lockspace: ls.dir, resource: res.name, fd: res.fd, err }, 'late release failed');
+      else this.log.warn({ lockspace: ls.dir, resource: res.name, fd: res.fd, ms: Date.now() - started }, 'late release completed: lock dropped');
+    };
     try {
-      const out = await this.gate.run(ls.storageKeyOf(res.name), () => this.locker.release(res.fd, this.releaseRequest(ls, res)));
+      const out = await this.gate.runRelease(ls.storageKeyOf(res.name), () => this.locker.release(res.fd, this.releaseRequest(ls, res)), onLate);
       if (out.unlinkError) this.log.warn({ lockspace: ls.dir, resource: res.name, err: out.unlinkError }, 'could not unlink lease file');
     } catch (err) {
-      this.log.error({ lockspace: ls.dir, resource: res.name, fd: res.fd, err }, 'closing lease fd failed or timed out');
+      this.log.error({ lockspace: ls.dir, resource: res.name, fd: res.fd, err }, err instanceof StorageTimeoutError ? 'release timed out: it still runs and drops the lock when the storage answers' : 'closing lease fd failed');
       if (reportErrors) throw errors.storageError(ErrorDomain.LOCKSPACE, `Unable to release lock on '${res.path}'`, err);
     }
   }
