@@ -118,6 +118,11 @@ t.test('lock spaces: creation, lookup by exact string, bad names', async (t) => 
   await rejectsWith(t, () => m.newLockSpace('/ls'), 1, 7, 'internal error: Lockspace for path /ls already exists');
   await rejectsWith(t, () => m.newLockSpace(''), 55, 7, 'Requested operation is not valid: the default lockspace already exists');
   await rejectsWith(t, () => m.createLockSpace('/img/a'), 1, 51, 'internal error: Lockspace location /img/a exists, but is not a directory');
+  for (const rel of ['relative/name', 'x', './ls', '../ls']) {
+    await rejectsWith(t, () => m.createLockSpace(rel), 8, 51, `invalid argument: Lockspace path '${rel}' is not an absolute path`);
+    await rejectsWith(t, () => m.newLockSpace(rel), 8, 51, `invalid argument: Lockspace path '${rel}' is not an absolute path`);
+  }
+  t.notOk([...locker.dirs].some((d) => !d.startsWith('/')), 'no relative directory created');
   for (const bad of ['..', '.', '', 'a/b', '../x']) {
     try {
       await m.acquire('/ls', bad, 2, owner(1));

@@ -67,6 +67,14 @@ export class LockSpace {
   }
 }
 
+/**
+ * A lock-space directory must be absolute: the daemon runs in '/', and a
+ * relative path would name a different directory than the client meant.
+ */
+function checkLockSpacePath(path: string): void {
+  if (!path.startsWith('/')) throw errors.relativeLockspacePath(path);
+}
+
 export interface LockManagerOptions {
   locker: FileLocker;
   gate: StorageGate;
@@ -112,6 +120,7 @@ export class LockManager {
   async createLockSpace(path: string): Promise<LockSpace> {
     if (path === '') return this.defaultSpace;
     const known = this.spaces.get(path);
+    if (!known) checkLockSpacePath(path);
     if (known) return known;
     return this.mutex.run(`space\0${path}`, async () => {
       const again = this.spaces.get(path);
@@ -129,6 +138,7 @@ export class LockManager {
   async newLockSpace(path: string): Promise<void> {
     if (path === '') throw errors.defaultLockspaceExists();
     if (this.spaces.has(path)) throw errors.lockspaceExists(path);
+    checkLockSpacePath(path);
     await this.mutex.run(`space\0${path}`, async () => {
       if (this.spaces.has(path)) throw errors.lockspaceExists(path);
       await this.ensureDirectory(path);
