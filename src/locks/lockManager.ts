@@ -484,7 +484,15 @@ export class LockManager {
             if (cur.owners.length === 0) {
               ls.resources.delete(cur.name);
               if (cur.classic) this.classicCount--;
-              await this.free(ls, cur);
+              // Local storage: close right here, no thread hop (an owner's
+              // death should free its leases at once).
+              if (this.inline(ls, cur.name)) {
+                try {
+                  this.freeInline(ls, cur);
+                } catch {
+                  /* logged by freeInline */
+                }
+              } else await this.free(ls, cur);
             }
             return true;
           }),
