@@ -128,10 +128,10 @@ const neverFrozen: Freeze = { frozen: false, onFreeze: () => () => {} };
  * Waits until the process behind the pidfd exits, `ms` pass, or a freeze,
  * whichever comes first. Everything it arms is disarmed before it resolves.
  */
-function waitExit(pidfd: number, ms: number, freeze: Freeze): Promise<'exited' | 'timeout' | 'frozen'> {
+function waitExit(pidfd: number, ms: number, freeze: Freeze): Promise<'exited' | 'timeout' | 'frozen' | 'broken'> {
   return new Promise((resolve) => {
     let done = false;
-    const finish = (r: 'exited' | 'timeout' | 'frozen') => {
+    const finish = (r: 'exited' | 'timeout' | 'frozen' | 'broken') => {
       if (done) return;
       done = true;
       watch?.close();
@@ -141,11 +141,10 @@ function waitExit(pidfd: number, ms: number, freeze: Freeze): Promise<'exited' |
     };
     let watch: native.PidfdWatch | null = null;
     try {
-      // An error (EBADF: not ours to poll any more) counts as an exit; the
-      // caller re-checks liveness before releasing anything.
-      watch = native.watchPidfd(pidfd, () => finish('exited'));
+      // An error is never taken for an exit: the caller falls back to /proc.
+      watch = native.watchPidfd(pidfd, (err) => finish(err ? 'broken' : 'exited'));
     } catch {
-      /* fall back to the timer; the caller re-checks liveness */
+      queueMicrotask(() => finish('broken'));
     }
     const timer = setTimeout(() => finish('timeout'), Math.max(0, ms));
     const unsubscribe = freeze.onFreeze(() => finish('frozen'));
@@ -170,20 +169,28 @@ function isExiting(pid: number): boolean {
 }
 
 /** Liveness through the pidfd alone: it is readable once the process has exited. */
-function exitedByPidfd(h: ProcessHandle): boolean {
+function pidfdState(h: ProcessHandle): 'exited' | 'running' | 'broken' {
   try {
-    return native.pidfdExited(h.pidfd);
+    return native.pidfdExited(h.pidfd) ? 'exited' : 'running';
   } catch {
-    return true;
+    return 'broken';
   }
 }
 
+class BrokenPidfd extends Error {}
+
+function exitedByPidfd(h: ProcessHandle): boolean {
+  const st = pidfdState(h);
+  if (st === 'broken') throw new BrokenPidfd();
+  return st === 'exited';
+}
+
 /**
- * SIGTERM, then SIGKILL once the grace time (counted from `started`, so a
- * termination resumed after a re-exec keeps its schedule) has passed;
- * resolves once the process can no longer run. A process that survives
- * SIGKILL (stuck in the kernel) is waited for indefinitely, with a warning
- * now and then: its leases must outlive it.
+ * SIGTERM, then SIGKILL once the grace time has passed; resolves once the
+ * process can no longer run. A termination resumed after a re-exec starts
+ * over (SIGTERM again, the whole grace time); `started` is for the logs. A
+ * process that survives SIGKILL (stuck in the kernel) is waited for
+ * indefinitely, with a warning now and then: its leases must outlive it.
  */
 export async function terminate(
   h: ProcessHandle,
@@ -194,18 +201,31 @@ export async function terminate(
   started: number = Date.now(),
 ): Promise<TerminationResult> {
   if (h.pidfd < 0) return terminateByPolling(h, owner, opts, log, freeze);
+  try {
+    return await terminateByPidfd(h, owner, opts, log, freeze, started);
+  } catch (err) {
+    if (!(err instanceof BrokenPidfd)) throw err;
+    // Never seen in practice; never take it for an exit: /proc and the start time decide.
+    log.error({ owner, pid: h.pid }, 'owner pidfd unusable: watching /proc instead');
+    return terminateByPolling({ ...h, pidfd: -1 }, owner, opts, log, freeze);
+  }
+}
+
+async function terminateByPidfd(h: ProcessHandle, owner: Owner, opts: TerminationOptions, log: Logger, freeze: Freeze, started: number): Promise<TerminationResult> {
   const l = log.child({ owner });
   if (exitedByPidfd(h)) return 'gone';
   if (freeze.frozen) return 'frozen';
-  let graceLeft = started + opts.termGraceMs - Date.now();
+  const graceFrom = Date.now();
+  let graceLeft = opts.termGraceMs;
   if (graceLeft > 0 && isExiting(h.pid)) {
     // The usual case: the owner is dying, which is what closed its
     // connection (the kernel closes fds before the exit is complete).
     // Nothing to signal; wait for the exit itself, within the grace time.
     const r = await waitExit(h.pidfd, graceLeft, freeze);
     if (r === 'frozen') return 'frozen';
+    if (r === 'broken') throw new BrokenPidfd();
     if (r === 'exited' || exitedByPidfd(h)) return 'gone';
-    graceLeft = started + opts.termGraceMs - Date.now();
+    graceLeft = graceFrom + opts.termGraceMs - Date.now();
   }
   if (graceLeft > 0) {
     try {
@@ -216,6 +236,7 @@ export async function terminate(
     }
     const r = await waitExit(h.pidfd, graceLeft, freeze);
     if (r === 'frozen') return 'frozen';
+    if (r === 'broken') throw new BrokenPidfd();
     if (r === 'exited' || exitedByPidfd(h)) {
       l.info({ pid: h.pid, ms: Date.now() - started }, 'owner exited after SIGTERM');
       return 'exited-on-term';
@@ -223,13 +244,14 @@ export async function terminate(
   }
   try {
     signal(h, constants.signals.SIGKILL);
-    l.warn({ pid: h.pid }, graceLeft > 0 ? 'owner ignored SIGTERM: sent SIGKILL' : 'owner still running after the grace time: sent SIGKILL');
+    l.warn({ pid: h.pid }, graceLeft > 0 ? 'owner ignored SIGTERM: sent SIGKILL' : 'owner still exiting after the grace time: sent SIGKILL');
   } catch {
     return 'exited-on-term';
   }
   for (;;) {
     const r = await waitExit(h.pidfd, opts.killWarnMs, freeze);
     if (r === 'frozen') return 'frozen';
+    if (r === 'broken') throw new BrokenPidfd();
     if (r === 'exited' || exitedByPidfd(h)) {
       l.info({ pid: h.pid, ms: Date.now() - started }, 'owner exited after SIGKILL');
       return 'exited-on-kill';

@@ -118,17 +118,20 @@ export class StorageGate {
       }, this.options.timeoutMs);
     });
     const op = (async () => {
+      // A finishing release hands its slot straight to the next one waiting.
       if (st.releasing >= RELEASES_PER_KEY) await new Promise<void>((resolve) => st.releaseQueue.push(resolve));
-      st.releasing++;
+      else st.releasing++;
       try {
         return await fn();
       } finally {
-        st.releasing--;
         clearTimeout(timer);
         if (timedOut) st.overdue--;
         const wake = st.releaseQueue.shift();
         if (wake) wake();
-        else this.next(key, st, true);
+        else {
+          st.releasing--;
+          this.next(key, st, true);
+        }
       }
     })();
     op.then(
