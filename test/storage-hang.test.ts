@@ -1,9 +1,9 @@
 // Phantom locks after a storage hang (issue 9 §1): a lock space on a FUSE
 // mount whose server (bindfs) is frozen with SIGSTOP, several calls on the
 // same directory overrunning the storage deadline. Every lock that arrives
-// late, and every release made during the hang, must be dropped once the
-// storage answers again: checked from another process, and no fd may be
-// left behind.
+// late, and every release made during the hang (one of them blocked in its
+// unlink), must be dropped once the storage answers again: checked from
+// another process, and no fd may be left behind.
 // (Whether a release itself blocks on this mount depends on FUSE details:
 // here the unlock is local and close does not wait for bindfs. The gate's
 // own handling of a release that hangs is covered in lockManager.test.ts.)
@@ -57,6 +57,7 @@ t.test('locks that arrive after the deadline on a frozen FUSE mount are all rele
   await holder.acquire(space, 'warm', 0);
   await holder.release(space, 'warm', 0);
   await holder.acquire(space, 'held', 0);
+  await holder.acquire(space, 'hauto', AUTOCREATE); // its release must unlink: that call blocks
   t.equal(probe([join(space, 'held')])[join(space, 'held')], 'held');
   const baseline = fdCount(d.pid);
 
@@ -71,6 +72,7 @@ t.test('locks that arrive after the deadline on a frozen FUSE mount are all rele
   // must still get an answer within the deadline, not wait for the storage.
   const queued = within(latecomer.acquire(space, 'l5', 0), 3000);
   const release = within(holder.release(space, 'held', 0), 6000);
+  const blockedRelease = within(holder.release(space, 'hauto', 0), 6000);
   const results = await acquires;
   for (const [i, r] of results.entries()) {
     t.equal(r.status, 'rejected', `acquire ${i + 1} failed`);
@@ -84,6 +86,7 @@ t.test('locks that arrive after the deadline on a frozen FUSE mount are all rele
   await bystander.release(local, 'x', 0);
   t.pass('another lock space is served meanwhile');
 
+  t.match(await blockedRelease, /did not answer within 0\.5 s/, 'a release that blocks on the storage reports the timeout');
   m.thaw();
   // Awaited only now: without a deadline of its own it would wait for the storage.
   t.match(await release, /^ok$|did not answer within 0\.5 s/, 'the release during the hang succeeds or reports the timeout');
@@ -93,13 +96,16 @@ t.test('locks that arrive after the deadline on a frozen FUSE mount are all rele
   t.same(probe(leaseFiles), Object.fromEntries(leaseFiles.map((f) => [f, 'free'])), 'probed from another process');
   const auto = join(space, 'auto');
   t.ok(await waitFor(() => !existsSync(auto) || probe([auto])[auto] === 'free', 5000, 50), 'the late autocreated lease is free (or unlinked)');
-  // the lease fd held at baseline is gone too
-  const expected = baseline - 1;
+  const hauto = join(space, 'hauto');
+  t.ok(await waitFor(() => !existsSync(hauto), 5000, 50), 'the blocked release completed once the storage answered (file unlinked)');
+  // the two lease fds held at baseline are gone too
+  const expected = baseline - 2;
   t.ok(await waitFor(() => fdCount(d.pid) === expected, 5000, 20), `daemon fds back to baseline (${fdCount(d.pid)}, expected ${expected})`);
   await new Promise((r) => setTimeout(r, 100)); // log lines
   const logs = d.logs();
   t.equal((logs.match(/lock arrived after the storage deadline/g) ?? []).length, 4, 'four late locks logged');
   t.notMatch(logs, /"msg":"late release failed"/);
+  t.match(logs, /"resource":"hauto"[^\n]*"msg":"late release completed: lock dropped"/, 'the late release is logged');
 
   // The leases can be taken again, by anyone.
   for (const n of ['l1', 'l2', 'l3', 'held']) await latecomer.acquire(space, n, 0);
