@@ -533,7 +533,13 @@ class PidfdWatch : public Napi::ObjectWrap<PidfdWatch> {
     Napi::Env env = self->Env();
     Napi::HandleScope scope(env);
     napi_value arg = status < 0 ? SysError(env, -status, "uv_poll").Value() : env.Null();
-    self->cb_.MakeCallback(env.Global(), {arg}, self->ctx_);
+    try {
+      self->cb_.MakeCallback(env.Global(), {arg}, self->ctx_);
+    } catch (const Napi::Error& e) {
+      // A C++ exception must not unwind through libuv (that would abort the
+      // daemon and drop every lock): hand it to process 'uncaughtException'.
+      napi_fatal_exception(env, e.Value());
+    }
     self->Disarm();
   }
 

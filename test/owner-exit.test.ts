@@ -101,6 +101,23 @@ t.test('addon: bad arguments and fds that are not pidfds', async (t) => {
   t.match((await ownerExit(fd)).how, /^exit status unknown \(the kernel does not report it: ENOTTY\)$/);
 });
 
+t.test('addon: a callback that throws reaches uncaughtException, and the process lives on', async (t) => {
+  const code = `
+    const native = await import(${JSON.stringify(`${ROOT}/dist/src/native.js`)});
+    const { spawn } = await import('node:child_process');
+    process.on('uncaughtException', (e) => { console.log('caught: ' + e.message); setTimeout(() => console.log('alive'), 20); });
+    const c = spawn('true');
+    native.watchPidfd(native.pidfdOpen(c.pid), () => { throw new Error('boom'); });
+  `;
+  const p = spawn('/usr/bin/env', ['-u', 'NODE_OPTIONS', process.execPath, '--input-type=module', '-e', code], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  p.stdout!.on('data', (d) => (out += d));
+  p.stderr!.on('data', (d) => (out += d));
+  t.ok(await waitExit(p, 10000));
+  t.equal(p.exitCode, 0, out);
+  t.match(out, /caught: boom\nalive/);
+});
+
 t.test('an owner that exits with a code: released at once, "exited with code 7" logged after', async (t) => {
   const d = await startRelockd({ args: ['--term-grace', '20'] });
   t.teardown(() => d.stop());
