@@ -3,7 +3,7 @@
 // as the owner is gone, and then logs how it ended (PIDFD_INFO_EXIT). Real
 // owner processes: exit codes, SIGKILL, owners handling SIGTERM, and a watch
 // carried across a re-exec. (The latency figure comes from
-// bench/ownerexit.ts; timing is not asserted here beyond "no grace timer".)
+// bench/ownerdeath.ts; timing is not asserted here beyond "no grace timer".)
 
 import t from 'tap';
 import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';

@@ -1,7 +1,7 @@
-// ownerexit: how soon after an owner's death its lease is free, relockd
+// ownerdeath: how soon after an owner's death its lease is free, relockd
 // against the real virtlockd in the same run (issue 9 §5).
 //
-//   npm run build && node dist/bench/ownerexit.js [--runs 30] [--targets relockd,virtlockd]
+//   npm run build && node dist/bench/ownerdeath.js [--runs 30] [--targets relockd,virtlockd]
 //
 // Per run a real owner process (node) connects, REGISTERs itself (its own
 // pid, as QEMU does on its inherited connection) and acquires one file in
