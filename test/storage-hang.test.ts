@@ -1,12 +1,11 @@
 // Phantom locks after a storage hang (issue 9 §1): a lock space on a FUSE
 // mount whose server (bindfs) is frozen with SIGSTOP, several calls on the
 // same directory overrunning the storage deadline. Every lock that arrives
-// late, and every release made during the hang (one of them blocked in its
-// unlink), must be dropped once the storage answers again: checked from
-// another process, and no fd may be left behind.
-// (Whether a release itself blocks on this mount depends on FUSE details:
-// here the unlock is local and close does not wait for bindfs. The gate's
-// own handling of a release that hangs is covered in lockManager.test.ts.)
+// late, and every release made during the hang, must be dropped once the
+// storage answers again: checked from another process, and no fd may be
+// left behind. (A release that itself blocks is covered by the gate tests in
+// lockManager.test.ts: on this mount unlock is local, close does not wait
+// for bindfs, and lease files on shared storage are not unlinked.)
 
 import t from 'tap';
 import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync, existsSync } from 'node:fs';
@@ -57,7 +56,7 @@ t.test('locks that arrive after the deadline on a frozen FUSE mount are all rele
   await holder.acquire(space, 'warm', 0);
   await holder.release(space, 'warm', 0);
   await holder.acquire(space, 'held', 0);
-  await holder.acquire(space, 'hauto', AUTOCREATE); // its release must unlink: that call blocks
+  await holder.acquire(space, 'hauto', AUTOCREATE); // its release blocks where it must unlink
   t.equal(probe([join(space, 'held')])[join(space, 'held')], 'held');
   const baseline = fdCount(d.pid);
 
@@ -86,7 +85,8 @@ t.test('locks that arrive after the deadline on a frozen FUSE mount are all rele
   await bystander.release(local, 'x', 0);
   t.pass('another lock space is served meanwhile');
 
-  t.match(await blockedRelease, /did not answer within 0\.5 s/, 'a release that blocks on the storage reports the timeout');
+  const hautoRelease = await blockedRelease;
+  t.match(hautoRelease, /^ok$|did not answer within 0\.5 s/, 'the autocreated lease\'s release succeeds or reports the timeout');
   m.thaw();
   // Awaited only now: without a deadline of its own it would wait for the storage.
   t.match(await release, /^ok$|did not answer within 0\.5 s/, 'the release during the hang succeeds or reports the timeout');
@@ -97,7 +97,7 @@ t.test('locks that arrive after the deadline on a frozen FUSE mount are all rele
   const auto = join(space, 'auto');
   t.ok(await waitFor(() => !existsSync(auto) || probe([auto])[auto] === 'free', 5000, 50), 'the late autocreated lease is free (or unlinked)');
   const hauto = join(space, 'hauto');
-  t.ok(await waitFor(() => !existsSync(hauto), 5000, 50), 'the blocked release completed once the storage answered (file unlinked)');
+  t.ok(await waitFor(() => !existsSync(hauto) || probe([hauto])[hauto] === 'free', 5000, 50), 'its lock is dropped (lease files on shared storage are kept, elsewhere unlinked)');
   // the two lease fds held at baseline are gone too
   const expected = baseline - 2;
   t.ok(await waitFor(() => fdCount(d.pid) === expected, 5000, 20), `daemon fds back to baseline (${fdCount(d.pid)}, expected ${expected})`);
@@ -105,7 +105,7 @@ t.test('locks that arrive after the deadline on a frozen FUSE mount are all rele
   const logs = d.logs();
   t.equal((logs.match(/lock arrived after the storage deadline/g) ?? []).length, 4, 'four late locks logged');
   t.notMatch(logs, /"msg":"late release failed"/);
-  t.match(logs, /"resource":"hauto"[^\n]*"msg":"late release completed: lock dropped"/, 'the late release is logged');
+  if (hautoRelease !== 'ok') t.match(logs, /"resource":"hauto"[^\n]*"msg":"late release completed: lock dropped"/, 'the late release is logged');
 
   // The leases can be taken again, by anyone.
   for (const n of ['l1', 'l2', 'l3', 'held']) await latecomer.acquire(space, n, 0);
