@@ -12,15 +12,19 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <signal.h>
 #include <stddef.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/ioctl.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include <uv.h>
 
 #include <cmath>
 #include <string>
@@ -37,6 +41,20 @@
 #ifndef SYS_pidfd_send_signal
 #define SYS_pidfd_send_signal 424
 #endif
+
+// PIDFD_GET_INFO (Linux 6.13) with PIDFD_INFO_EXIT (6.15); Debian 12's
+// headers have neither. The kernel takes any size >= the first published
+// struct (64 bytes, PIDFD_INFO_SIZE_VER0, which already holds exit_code),
+// so this is the prefix we need under names of our own.
+struct RelockdPidfdInfo {
+  uint64_t mask;
+  uint64_t cgroupid;
+  uint32_t pid, tgid, ppid, ruid, rgid, euid, egid, suid, sgid, fsuid, fsgid;
+  int32_t exit_code;  // a wait(2) status
+};
+static_assert(sizeof(RelockdPidfdInfo) == 64, "PIDFD_INFO_SIZE_VER0");
+constexpr uint64_t kPidfdInfoExit = 1ULL << 3;  // PIDFD_INFO_EXIT
+constexpr unsigned long kPidfdGetInfo = _IOWR(0xFF, 11, RelockdPidfdInfo);  // PIDFS_IOCTL_MAGIC, 11
 
 namespace {
 
@@ -431,6 +449,133 @@ void PidfdSendSignal(const Napi::CallbackInfo& info) {
     throw SysError(info.Env(), errno, "pidfd_send_signal");
 }
 
+// Whether the process has exited (the pidfd is readable), without waiting.
+Napi::Value PidfdExited(const Napi::CallbackInfo& info) {
+  struct pollfd p = {FdArg(info, 0, "pidfd"), POLLIN, 0};
+  int n = poll(&p, 1, 0);
+  if (n < 0) throw SysError(info.Env(), errno, "poll");
+  if (n > 0 && (p.revents & POLLNVAL)) throw SysError(info.Env(), EBADF, "poll");
+  return Napi::Boolean::New(info.Env(), n > 0);
+}
+
+// How a process ended, from its pidfd (PIDFD_INFO_EXIT). The kernel records
+// it when the process is reaped by its parent, so it may not be there yet:
+// then null, and the caller asks again later. Kernels without the ioctl (or
+// without PIDFD_INFO_EXIT, which answer ESRCH for a reaped process) throw.
+Napi::Value PidfdExitInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int pidfd = FdArg(info, 0, "pidfd");
+  RelockdPidfdInfo pi;
+  memset(&pi, 0, sizeof pi);
+  pi.mask = kPidfdInfoExit;
+  if (ioctl(pidfd, kPidfdGetInfo, &pi) < 0) throw SysError(env, errno, "ioctl(PIDFD_GET_INFO)");
+  if (!(pi.mask & kPidfdInfoExit)) return env.Null();
+  Napi::Object r = Napi::Object::New(env);
+  int st = pi.exit_code;
+  if (WIFEXITED(st)) {
+    r.Set("code", WEXITSTATUS(st));
+  } else if (WIFSIGNALED(st)) {
+    r.Set("signal", WTERMSIG(st));
+    r.Set("coreDumped", WCOREDUMP(st) != 0);
+  }
+  r.Set("status", st);
+  return r;
+}
+
+// A one-shot wait for a pidfd to become readable, which the kernel does when
+// the process exits (before it is reaped): a uv_poll_t on the main loop, so
+// no thread and no timer. The callback runs once, with null or an Error;
+// the poll is stopped before it runs. close() stops it early (re-exec
+// freeze, cancellation); the pidfd itself stays open (the caller owns it).
+// While armed the handle keeps the event loop alive, like a child process;
+// unref() lifts that.
+class PidfdWatch : public Napi::ObjectWrap<PidfdWatch> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "PidfdWatch",
+                       {InstanceMethod("close", &PidfdWatch::Close),
+                        InstanceMethod("ref", &PidfdWatch::RefLoop),
+                        InstanceMethod("unref", &PidfdWatch::UnrefLoop)});
+  }
+
+  explicit PidfdWatch(const Napi::CallbackInfo& info)
+      : Napi::ObjectWrap<PidfdWatch>(info), ctx_(info.Env(), "relockd.pidfdWatch") {
+    Napi::Env env = info.Env();
+    int fd = FdArg(info, 0, "pidfd");
+    cb_ = Napi::Persistent(FunctionArg(info, 1, "cb"));
+    uv_loop_t* loop = nullptr;
+    if (napi_get_uv_event_loop(env, &loop) != napi_ok || !loop)
+      throw Napi::Error::New(env, "no libuv loop");
+    poll_ = new uv_poll_t;
+    int rc = uv_poll_init(loop, poll_, fd);
+    if (rc < 0) {
+      delete poll_;
+      poll_ = nullptr;
+      throw SysError(env, -rc, "uv_poll_init");
+    }
+    poll_->data = this;
+    rc = uv_poll_start(poll_, UV_READABLE, OnPoll);
+    if (rc < 0) {
+      Stop();
+      throw SysError(env, -rc, "uv_poll_start");
+    }
+    Ref();  // the JS object lives while armed, whoever holds it
+    armed_ = true;
+  }
+
+  ~PidfdWatch() override { Stop(); }
+
+ private:
+  static void OnPoll(uv_poll_t* h, int status, int /*events*/) {
+    auto* self = static_cast<PidfdWatch*>(h->data);
+    if (!self) return;
+    self->Stop();
+    Napi::Env env = self->Env();
+    Napi::HandleScope scope(env);
+    napi_value arg = status < 0 ? SysError(env, -status, "uv_poll").Value() : env.Null();
+    try {
+      self->cb_.MakeCallback(env.Global(), {arg}, self->ctx_);
+    } catch (const Napi::Error& e) {
+      // A C++ exception must not unwind through libuv (that would abort the
+      // daemon and drop every lock): hand it to process 'uncaughtException'.
+      napi_fatal_exception(env, e.Value());
+    }
+    self->Disarm();
+  }
+
+  void Stop() {
+    if (!poll_) return;
+    poll_->data = nullptr;
+    uv_poll_stop(poll_);
+    uv_close(reinterpret_cast<uv_handle_t*>(poll_), [](uv_handle_t* hd) { delete reinterpret_cast<uv_poll_t*>(hd); });
+    poll_ = nullptr;
+  }
+
+  void Disarm() {
+    if (!armed_) return;
+    armed_ = false;
+    Unref();
+  }
+
+  void Close(const Napi::CallbackInfo&) {
+    Stop();
+    Disarm();
+  }
+
+  void RefLoop(const Napi::CallbackInfo&) {
+    if (poll_) uv_ref(reinterpret_cast<uv_handle_t*>(poll_));
+  }
+
+  void UnrefLoop(const Napi::CallbackInfo&) {
+    if (poll_) uv_unref(reinterpret_cast<uv_handle_t*>(poll_));
+  }
+
+  uv_poll_t* poll_ = nullptr;
+  bool armed_ = false;
+  Napi::FunctionReference cb_;
+  Napi::AsyncContext ctx_;
+};
+
 // ---- acquire -----------------------------------------------------------------------
 
 // NFS: make the client look the directory up again (drops stale names).
@@ -671,6 +816,12 @@ struct ReleaseJob {
 
   void Run() {
     if (unlink) MaybeUnlink();
+    // Unlock first, then close: the kernel drops an OFD lock only at the
+    // final fput, after close's flush, and on FUSE (or NFS) that flush can
+    // hang for as long as the server does, keeping a lock nobody holds.
+    // A failed unlock changes nothing: close still drops the lock.
+    struct flock fl = MakeFlock(F_UNLCK, 0, 1);
+    fcntl(fd, classic ? F_SETLK : F_OFD_SETLK, &fl);
     if (close(fd) < 0) closeFail = {errno, "close", "close", nullptr};
   }
 
@@ -796,6 +947,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   fn("sigpending", Sigpending);
   fn("pidfdOpen", PidfdOpen);
   fn("pidfdSendSignal", PidfdSendSignal);
+  fn("pidfdExited", PidfdExited);
+  fn("pidfdExitInfo", PidfdExitInfo);
+  exports.Set("PidfdWatch", PidfdWatch::Define(env));
   fn("lockFile", LockFile);
   fn("lockFileSync", LockFileSync);
   fn("releaseFile", ReleaseFile);

@@ -79,6 +79,26 @@ export interface ReleaseFileResult {
   closeError?: string;
 }
 
+/** How a process ended (a wait(2) status, decoded). */
+export interface ExitInfo {
+  /** Exit code, when it exited. */
+  code?: number;
+  /** Signal number, when a signal killed it. */
+  signal?: number;
+  coreDumped?: boolean;
+  /** The raw wait status. */
+  status: number;
+}
+
+/** A one-shot wait on a pidfd (see watchPidfd). */
+export interface PidfdWatch {
+  /** Stops waiting; the callback will not run. Idempotent. */
+  close(): void;
+  /** Let (or stop letting) the armed watch keep the event loop alive (default: it does). */
+  ref(): void;
+  unref(): void;
+}
+
 export type LockFileCallback = (err: NativeError | null, res?: LockFileResult) => void;
 export type ReleaseFileCallback = (err: NativeError | null, res?: ReleaseFileResult) => void;
 
@@ -102,6 +122,9 @@ interface Binding {
   sigpending(): number[];
   pidfdOpen(pid: number): number;
   pidfdSendSignal(pidfd: number, sig: number): void;
+  pidfdExited(pidfd: number): boolean;
+  pidfdExitInfo(pidfd: number): ExitInfo | null;
+  PidfdWatch: new (pidfd: number, cb: (err: NativeError | null) => void) => PidfdWatch;
   lockFile(path: string, opts: LockFileOptions, cb: LockFileCallback): void;
   releaseFile(fd: number, opts: ReleaseFileOptions, cb: ReleaseFileCallback): void;
   lockFileSync(path: string, opts: LockFileOptions): LockFileResult;
@@ -243,6 +266,29 @@ export function pidfdOpen(pid: number): number {
 /** pidfd_send_signal; sig 0 probes. Throws ESRCH once the process has exited. */
 export function pidfdSendSignal(pidfd: number, sig: number): void {
   native.pidfdSendSignal(pidfd, sig);
+}
+
+/**
+ * Calls `cb` once, on the event loop, when the pidfd becomes readable: the
+ * process has exited (it may not be reaped yet). A uv_poll_t, no thread.
+ */
+export function watchPidfd(pidfd: number, cb: (err: NativeError | null) => void): PidfdWatch {
+  return new native.PidfdWatch(pidfd, cb);
+}
+
+/** True once the process has exited (its pidfd is readable); never waits. */
+export function pidfdExited(pidfd: number): boolean {
+  return native.pidfdExited(pidfd);
+}
+
+/**
+ * PIDFD_GET_INFO with PIDFD_INFO_EXIT (Linux >= 6.15): how the process ended,
+ * or null while it is not reaped yet (the kernel records the status at
+ * reaping). Throws ENOTTY/EINVAL where the kernel has no PIDFD_GET_INFO and
+ * ESRCH where it has it without PIDFD_INFO_EXIT and the process is gone.
+ */
+export function pidfdExitInfo(pidfd: number): ExitInfo | null {
+  return native.pidfdExitInfo(pidfd);
 }
 
 // ---- storage work, on the libuv threadpool ----

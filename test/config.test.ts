@@ -502,7 +502,7 @@ t.test('log_filters and log_outputs: libvirt syntax, structured', async (t) => {
   }
 
   const rel = parseConfig('log_outputs = "1:file:relative.log"', F);
-  t.match(rel.warnings[0], /relative file: it is made absolute against the working directory/);
+  t.match(rel.warnings[0], /relative file: it is made absolute against the directory relockd was started in/);
 });
 
 t.test('log settings mapped onto pino', async (t) => {

@@ -18,8 +18,14 @@ class MemLocker implements FileLocker {
   delayMs = 0;
   hang = false;
   log: string[] = [];
+  private waiters: Array<() => void> = [];
+  /** Ends a hang: every call blocked so far continues. */
+  resume() {
+    this.hang = false;
+    for (const w of this.waiters.splice(0)) w();
+  }
   private wait() {
-    if (this.hang) return new Promise<void>(() => {});
+    if (this.hang) return new Promise<void>((r) => this.waiters.push(r));
     return new Promise<void>((r) => setTimeout(r, this.delayMs));
   }
   async lock(path: string, req: LockRequest) {
@@ -112,6 +118,11 @@ t.test('lock spaces: creation, lookup by exact string, bad names', async (t) => 
   await rejectsWith(t, () => m.newLockSpace('/ls'), 1, 7, 'internal error: Lockspace for path /ls already exists');
   await rejectsWith(t, () => m.newLockSpace(''), 55, 7, 'Requested operation is not valid: the default lockspace already exists');
   await rejectsWith(t, () => m.createLockSpace('/img/a'), 1, 51, 'internal error: Lockspace location /img/a exists, but is not a directory');
+  for (const rel of ['relative/name', 'x', './ls', '../ls']) {
+    await rejectsWith(t, () => m.createLockSpace(rel), 8, 51, `invalid argument: Lockspace path '${rel}' is not an absolute path`);
+    await rejectsWith(t, () => m.newLockSpace(rel), 8, 51, `invalid argument: Lockspace path '${rel}' is not an absolute path`);
+  }
+  t.notOk([...locker.dirs].some((d) => !d.startsWith('/')), 'no relative directory created');
   for (const bad of ['..', '.', '', 'a/b', '../x']) {
     try {
       await m.acquire('/ls', bad, 2, owner(1));
@@ -193,3 +204,54 @@ t.test('a hung storage call times out, then fails fast, and a late lock is relea
     t.ok(Date.now() - started < 50, 'fails fast while the earlier call is stuck');
   }
 });
+
+t.test('late results while the storage stays stuck: every late lock and every release still closes its fd', async (t) => {
+  const { m, locker } = setup(100);
+  await m.createLockSpace('/ls');
+  await m.acquire('/ls', 'held', 2, owner(9));
+  locker.hang = true;
+  // several late calls on one directory, more than its concurrency (4)
+  const acq = await Promise.allSettled(['a', 'b', 'c', 'd', 'e'].map((n, i) => m.acquire('/ls', n, 2, owner(i + 1))));
+  t.same(acq.map((r) => r.status), Array(5).fill('rejected'), 'all refused');
+  t.match((acq[4] as PromiseRejectedResult).reason.message, /not responding/, 'the queued fifth gets an answer within the deadline');
+  // a release while stuck: the caller hears the timeout, the call goes on
+  await rejectsWith(t, () => m.release('/ls', 'held', owner(9)), 38, 51, "Unable to release lock on '/ls/held': storage for '/ls' did not answer within 0.1 s");
+  t.equal(m.defaultSpace.resources.size + m.lookup('/ls').resources.size, 0, 'nothing in the table');
+  locker.resume();
+  t.ok(await waitUntil(() => locker.locks.size === 0), `every fd closed once the storage answers (open: ${[...locker.locks.keys()]})`);
+  t.same([...locker.files].filter((f) => f.startsWith('/ls/')), [], 'late autocreated files unlinked');
+  await m.acquire('/ls', 'a', 2, owner(1));
+  t.equal(locker.locks.size, 1, 'and the storage is usable again');
+});
+
+t.test('a release is never refused by a stuck key and waits in memory beyond its slots', async (t) => {
+  const gate = new StorageGate({ timeoutMs: 50, perKeyConcurrency: 1 });
+  let release: () => void = () => {};
+  const stuck = new Promise<void>((r) => (release = r));
+  await t.rejects(gate.run('/k', () => stuck), /did not answer/);
+  t.same(gate.stuckKeys(), ['/k']);
+  let running = 0;
+  let maxRunning = 0;
+  const done: number[] = [];
+  const releases = [1, 2, 3, 4, 5].map((i) =>
+    gate.runRelease('/k', async () => {
+      running++;
+      maxRunning = Math.max(maxRunning, running);
+      await stuck;
+      running--;
+      done.push(i);
+    }),
+  );
+  const outcome = await Promise.allSettled(releases);
+  t.ok(outcome.every((o) => o.status === 'rejected'), 'callers hear the deadline');
+  t.ok(maxRunning <= 2, `at most RELEASES_PER_KEY in flight (${maxRunning})`);
+  release();
+  t.ok(await waitUntil(() => done.length === 5), 'every release ran once the storage answered');
+  t.same(gate.stuckKeys(), [], 'and the key is no longer stuck');
+});
+
+async function waitUntil(cond: () => boolean, ms = 2000): Promise<boolean> {
+  const end = Date.now() + ms;
+  while (!cond() && Date.now() < end) await new Promise((r) => setTimeout(r, 5));
+  return cond();
+}

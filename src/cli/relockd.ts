@@ -1,7 +1,9 @@
 // `relockd`: parses the command line (virtlockd's flags plus relockd's own)
 // and hands over to the daemon. No logic beyond turning flags into options.
 
+import { isAbsolute, resolve } from 'node:path';
 import { Daemon } from '../daemon/daemon.js';
+import { enterRoot } from '../startCwd.js';
 import { defaultPaths, pathsUnder } from '../daemon/paths.js';
 import { createDaemonLogger } from '../log.js';
 import { fromConfig, resolveSettings } from '../daemon/settings.js';
@@ -86,6 +88,23 @@ function checkArgs(args: CliArgs): void {
   for (const dir of args.lockspace ?? []) if (!dir.startsWith('/')) throw new UsageError(`--lockspace needs an absolute path: '${dir}'`);
 }
 
+/** Path options resolved once against the start directory (also for SIGHUP). */
+function withAbsolutePaths(args: CliArgs, cwd: string): CliArgs {
+  const abs = (p: string | undefined) => (p === undefined ? p : resolve(cwd, p));
+  return { ...args, config: abs(args.config), socket: abs(args.socket), adminSocket: abs(args.adminSocket), pidFile: abs(args.pidFile), stateFile: abs(args.stateFile), runtimeDir: abs(args.runtimeDir) };
+}
+
+/**
+ * The argv a re-exec runs again, with the entry script made absolute (it is
+ * relative when started as ./bin/relockd.cjs, and the new image starts in
+ * '/'). Options stay as given: the new image resolves them like this one.
+ */
+function withAbsoluteScript(argv: string[], cwd: string): string[] {
+  const script = process.argv[1];
+  const i = script ? argv.findIndex((a, k) => k > 0 && !isAbsolute(a) && resolve(cwd, a) === script) : -1;
+  return i < 0 ? argv : argv.map((a, k) => (k === i ? script! : a));
+}
+
 export async function main(argv: string[], originalArgv?: string[]): Promise<Daemon | undefined> {
   mark('modules');
   const reexec = process.env[REEXEC_ENV] !== undefined;
@@ -98,6 +117,9 @@ export async function main(argv: string[], originalArgv?: string[]): Promise<Dae
     process.stderr.write(`relockd: error: ${(err as Error).message}\n`);
     process.exit(1);
   }
+  // Work in '/' in every mode; relative paths mean the start directory.
+  const cwd = enterRoot(reexec || process.env[STATUS_FD_ENV] !== undefined);
+  args = withAbsolutePaths(args, cwd);
   // -d: the invoking process waits for the daemon's verdict and exits.
   // (A re-exec'd image, or the daemon child itself, never daemonizes again.)
   if (args.daemon && !reexec && process.env[STATUS_FD_ENV] === undefined) await daemonize();
@@ -141,7 +163,7 @@ export async function main(argv: string[], originalArgv?: string[]): Promise<Dae
   daemon.logging = logging;
   daemon.reloadSettings = () => resolveSettings(args, paths);
   if (configError) daemon.configError = configError.message;
-  if (originalArgv && originalArgv.length) daemon.originalArgv = originalArgv;
+  if (originalArgv && originalArgv.length) daemon.originalArgv = withAbsoluteScript(originalArgv, cwd);
   try {
     await daemon.start();
   } catch (err) {

@@ -185,11 +185,12 @@ function convert(key: ConfigKey, value: VirConfValue, e: VirConfEntry, warn: (p:
     case 'log_filters':
       return parseLogFilters(value as string);
     case 'log_outputs': {
-      // Relative file paths are made absolute as libvirt does: against the working directory.
+      // Relative file paths are made absolute, as libvirt does, against the
+      // directory relockd was started in (the daemon itself runs in '/').
       const outputs = parseLogOutputs(value as string);
       for (const o of outputs) {
         if (o.kind === 'file' && !o.text.slice(o.text.indexOf(':file:') + 6).startsWith('/')) {
-          warn(e.valueAt, `log output '${o.text}' names a relative file: it is made absolute against the working directory, as '${o.path}'`, key);
+          warn(e.valueAt, `log output '${o.text}' names a relative file: it is made absolute against the directory relockd was started in, as '${o.path}'`, key);
         }
       }
       return outputs;

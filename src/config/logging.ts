@@ -8,12 +8,13 @@
 //            fields are ignored (as by virtlockd 9.0: "1:a:b" matches "a");
 //   outputs: space-separated "LEVEL:stderr", "LEVEL:journald",
 //            "LEVEL:syslog:IDENT" or "LEVEL:file:PATH" (PATH made absolute
-//            against the working directory, as libvirt does; no ':' in it);
+//            against the directory relockd was started in (see src/startCwd.ts); no ':' in it);
 //            a later output with the same destination replaces an earlier one;
 //   LEVEL:   1 debug, 2 info, 3 warning, 4 error.
 
 import { resolve } from 'node:path';
 import type { Level } from 'pino';
+import { startCwd } from '../startCwd.js';
 
 export type LibvirtPriority = 1 | 2 | 3 | 4;
 /** The pino levels libvirt priorities map onto. */
@@ -103,7 +104,7 @@ export function parseLogFilters(spec: string): LogFilter[] {
 
 const KINDS: readonly LogOutputKind[] = ['stderr', 'journald', 'syslog', 'file'];
 
-export function parseLogOutputs(spec: string, cwd: string = process.cwd()): LogOutput[] {
+export function parseLogOutputs(spec: string, cwd: string = startCwd()): LogOutput[] {
   const out: LogOutput[] = [];
   for (const text of items(spec)) {
     const parts = text.split(':');

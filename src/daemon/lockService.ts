@@ -14,7 +14,8 @@ import { lockspaceProgram } from '../protocol/lockspace.js';
 import type { LockClientState } from '../protocol/lockspace.js';
 import type { LockPrivateData } from '../state/document.js';
 import { closeProcessHandle, openProcessHandle, terminate } from './terminator.js';
-import type { ProcessHandle, TerminationOptions } from './terminator.js';
+import type { Freeze, ProcessHandle, TerminationOptions } from './terminator.js';
+import { logOwnerExit } from './ownerExit.js';
 
 export interface LockClient extends LockClientState {
   readonly conn: ClientConnection<LockClient>;
@@ -33,15 +34,28 @@ export interface Termination {
 
 const NIL_UUID = '00000000-0000-0000-0000-000000000000';
 
-export class LockService implements Service<LockClient> {
+export class LockService implements Service<LockClient>, Freeze {
   readonly name = 'virtlockd';
   readonly programs;
   /** Owners being terminated, by pid. */
   readonly terminations = new Map<number, Termination>();
-  /** Set while quiescing for re-exec: terminations stop at their next step. */
-  frozen = false;
   /** Told how each termination ended (metrics). */
   onTerminated: ((outcome: 'gone' | 'exited_on_term' | 'exited_on_kill' | 'error') => void) | null = null;
+  private isFrozen = false;
+  private readonly freezeListeners = new Set<() => void>();
+  /** Set while quiescing for re-exec: running terminations stop at once. */
+  get frozen(): boolean {
+    return this.isFrozen;
+  }
+  set frozen(on: boolean) {
+    this.isFrozen = on;
+    if (on) for (const cb of [...this.freezeListeners]) cb();
+  }
+  /** Freeze: wakes terminations waiting for an exit when a re-exec freezes them. */
+  onFreeze(cb: () => void): () => void {
+    this.freezeListeners.add(cb);
+    return () => this.freezeListeners.delete(cb);
+  }
 
   constructor(
     private readonly manager: LockManager,
@@ -84,7 +98,7 @@ export class LockService implements Service<LockClient> {
     const log = this.log.child({ client: clientId, owner });
     t.done = (async () => {
       try {
-        const outcome = handle ? await terminate(handle, owner, this.termination, log, () => this.frozen) : 'gone';
+        const outcome = handle ? await terminate(handle, owner, this.termination, log, this, started) : 'gone';
         if (outcome === 'frozen') return; // carried across the re-exec
         t.phase = 'releasing';
         const n = await this.manager.releaseOwner(owner.pid, owner);
@@ -95,7 +109,10 @@ export class LockService implements Service<LockClient> {
         this.onTerminated?.('error');
       }
       this.terminations.delete(owner.pid);
-      if (handle) closeProcessHandle(handle);
+      // Released first; how the owner ended is for the log, and may take a
+      // moment (the kernel has it once the owner's parent reaps it).
+      if (handle && handle.pidfd >= 0) logOwnerExit(handle.pidfd, owner.pid, log, () => closeProcessHandle(handle));
+      else if (handle) closeProcessHandle(handle);
     })();
     this.terminations.set(owner.pid, t);
   }

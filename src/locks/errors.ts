@@ -39,6 +39,10 @@ export const badResourceName = (name: string, dir: string) =>
 export const relativeResourcePath = (name: string) =>
   ProtocolError.report(ErrorCode.INVALID_ARG, ErrorDomain.LOCKSPACE, `Lockspace resource '${name}' is not an absolute path`);
 
+/** relockd only: CREATE_LOCKSPACE/NEW with a relative directory. */
+export const relativeLockspacePath = (path: string) =>
+  ProtocolError.report(ErrorCode.INVALID_ARG, ErrorDomain.LOCKSPACE, `Lockspace path '${path}' is not an absolute path`);
+
 /** relockd only: new acquisitions are refused while the daemon is in safe mode. */
 export const safeModeRefusal = () =>
   ProtocolError.report(

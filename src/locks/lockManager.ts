@@ -9,6 +9,7 @@ import type { ProtocolError } from '../rpc/errors.js';
 import * as errors from './errors.js';
 import type { FileLocker, LockedFile } from './fileLocker.js';
 import { KeyedMutex } from './keyedMutex.js';
+import { StorageTimeoutError } from './storageGate.js';
 import type { StorageGate } from './storageGate.js';
 import type { StorageClassifier } from './storageClass.js';
 
@@ -66,6 +67,14 @@ export class LockSpace {
   }
 }
 
+/**
+ * A lock-space directory must be absolute: the daemon runs in '/', and a
+ * relative path would name a different directory than the client meant.
+ */
+function checkLockSpacePath(path: string): void {
+  if (!path.startsWith('/')) throw errors.relativeLockspacePath(path);
+}
+
 export interface LockManagerOptions {
   locker: FileLocker;
   gate: StorageGate;
@@ -111,6 +120,7 @@ export class LockManager {
   async createLockSpace(path: string): Promise<LockSpace> {
     if (path === '') return this.defaultSpace;
     const known = this.spaces.get(path);
+    if (!known) checkLockSpacePath(path);
     if (known) return known;
     return this.mutex.run(`space\0${path}`, async () => {
       const again = this.spaces.get(path);
@@ -128,6 +138,7 @@ export class LockManager {
   async newLockSpace(path: string): Promise<void> {
     if (path === '') throw errors.defaultLockspaceExists();
     if (this.spaces.has(path)) throw errors.lockspaceExists(path);
+    checkLockSpacePath(path);
     await this.mutex.run(`space\0${path}`, async () => {
       if (this.spaces.has(path)) throw errors.lockspaceExists(path);
       await this.ensureDirectory(path);
@@ -368,14 +379,23 @@ export class LockManager {
   /**
    * Closes a resource's fd, which drops the lock; autocreated lease files
    * are unlinked first (a shared one only if we can upgrade to exclusive,
-   * i.e. nobody on another host still shares it).
+   * i.e. nobody on another host still shares it). Releases bypass the
+   * gate's fail-fast (StorageGate.runRelease): on hung storage the call
+   * waits and still runs once the storage answers, so the lock is never
+   * kept for nobody. Past the deadline the caller gets the error, and the
+   * completion is logged when it comes.
    */
   private async free(ls: LockSpace, res: Resource, reportErrors = false): Promise<void> {
+    const started = Date.now();
+    const onLate = (err: unknown) => {
+      if (err) this.log.error({ lockspace: ls.dir, resource: res.name, fd: res.fd, err }, 'late release failed');
+      else this.log.warn({ lockspace: ls.dir, resource: res.name, fd: res.fd, ms: Date.now() - started }, 'late release completed: lock dropped');
+    };
     try {
-      const out = await this.gate.run(ls.storageKeyOf(res.name), () => this.locker.release(res.fd, this.releaseRequest(ls, res)));
+      const out = await this.gate.runRelease(ls.storageKeyOf(res.name), () => this.locker.release(res.fd, this.releaseRequest(ls, res)), onLate);
       if (out.unlinkError) this.log.warn({ lockspace: ls.dir, resource: res.name, err: out.unlinkError }, 'could not unlink lease file');
     } catch (err) {
-      this.log.error({ lockspace: ls.dir, resource: res.name, fd: res.fd, err }, 'closing lease fd failed or timed out');
+      this.log.error({ lockspace: ls.dir, resource: res.name, fd: res.fd, err }, err instanceof StorageTimeoutError ? 'release timed out: it still runs and drops the lock when the storage answers' : 'closing lease fd failed');
       if (reportErrors) throw errors.storageError(ErrorDomain.LOCKSPACE, `Unable to release lock on '${res.path}'`, err);
     }
   }
@@ -464,7 +484,15 @@ export class LockManager {
             if (cur.owners.length === 0) {
               ls.resources.delete(cur.name);
               if (cur.classic) this.classicCount--;
-              await this.free(ls, cur);
+              // Local storage: close right here, no thread hop (an owner's
+              // death should free its leases at once).
+              if (this.inline(ls, cur.name)) {
+                try {
+                  this.freeInline(ls, cur);
+                } catch {
+                  /* logged by freeInline */
+                }
+              } else await this.free(ls, cur);
             }
             return true;
           }),

@@ -8,6 +8,9 @@
 //    fail at once instead of tying up more worker threads;
 //  - at most `perKeyConcurrency` calls per key run at a time, so one dead
 //    NFS mount cannot occupy the whole thread pool.
+// Releases (closing a locked fd) are different: a release that never runs is
+// a lock the daemon keeps although nobody holds it. They go through
+// `runRelease`, which never refuses and never abandons a call (see there).
 
 export class StorageTimeoutError extends Error {
   override name = 'StorageTimeoutError';
@@ -28,7 +31,17 @@ interface KeyState {
   running: number;
   overdue: number;
   queue: Array<() => void>;
+  /** Release calls in flight, and those waiting for a free slot. */
+  releasing: number;
+  releaseQueue: Array<() => void>;
 }
+
+/**
+ * Release calls in flight per key. Releases are never refused, so this is
+ * what bounds the threads a hung mount can hold through them; the rest wait
+ * in memory (no thread) and run as soon as the storage answers again.
+ */
+export const RELEASES_PER_KEY = 2;
 
 export interface GateOptions {
   timeoutMs: number;
@@ -64,6 +77,9 @@ export class StorageGate {
         timedOut = true;
         st.overdue++;
         reject(new StorageTimeoutError(key, this.options.timeoutMs, false));
+        // Calls queued behind this one would otherwise wait for the storage
+        // without any deadline: wake them, they fail fast (the key is stuck).
+        for (const wake of st.queue.splice(0)) wake();
       }, this.options.timeoutMs);
     });
     const settle = () => {
@@ -82,18 +98,61 @@ export class StorageGate {
     return Promise.race([op, deadline]);
   }
 
+  /**
+   * A release: never refused (not even while the key is stuck) and never
+   * abandoned. It waits in memory for one of RELEASES_PER_KEY slots, then
+   * runs to completion however long the storage takes. The returned promise
+   * still fails after the deadline (the caller's answer; the key then counts
+   * as stuck until the call returns), but the call itself goes on;
+   * `onLate` hears how it ended.
+   */
+  async runRelease<T>(key: string, fn: () => Promise<T>, onLate?: (err: unknown, value?: T) => void): Promise<T> {
+    const st = this.state(key);
+    let timedOut = false;
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        timedOut = true;
+        st.overdue++;
+        reject(new StorageTimeoutError(key, this.options.timeoutMs, false));
+      }, this.options.timeoutMs);
+    });
+    const op = (async () => {
+      // A finishing release hands its slot straight to the next one waiting.
+      if (st.releasing >= RELEASES_PER_KEY) await new Promise<void>((resolve) => st.releaseQueue.push(resolve));
+      else st.releasing++;
+      try {
+        return await fn();
+      } finally {
+        clearTimeout(timer);
+        if (timedOut) st.overdue--;
+        const wake = st.releaseQueue.shift();
+        if (wake) wake();
+        else {
+          st.releasing--;
+          this.next(key, st, true);
+        }
+      }
+    })();
+    op.then(
+      (v) => timedOut && onLate?.(null, v),
+      (e: unknown) => timedOut && onLate?.(e),
+    );
+    return Promise.race([op, deadline]);
+  }
+
   private state(key: string): KeyState {
     let st = this.keys.get(key);
     if (!st) {
-      st = { running: 0, overdue: 0, queue: [] };
+      st = { running: 0, overdue: 0, queue: [], releasing: 0, releaseQueue: [] };
       this.keys.set(key, st);
     }
     return st;
   }
 
-  private next(key: string, st: KeyState): void {
-    const wake = st.queue.shift();
+  private next(key: string, st: KeyState, releaseDone = false): void {
+    const wake = releaseDone ? undefined : st.queue.shift();
     if (wake) wake();
-    else if (st.running === 0 && st.overdue === 0) this.keys.delete(key);
+    else if (st.running === 0 && st.overdue === 0 && st.releasing === 0 && st.queue.length === 0 && st.releaseQueue.length === 0) this.keys.delete(key);
   }
 }
