@@ -49,8 +49,13 @@ export async function run(argv: string[], early: Sig[], originalArgv?: string[])
     }
   };
   for (const sig of SIGNALS) {
-    process.removeAllListeners(sig);
+    // Add ours before removing the early ones: with no listener left even
+    // for a moment, Node closes the signal's handle and drops a signal that
+    // arrived but was not dispatched yet (seen under load: a SIGUSR2 sent
+    // right after the socket appeared was never seen).
+    const loading = process.listeners(sig);
     process.on(sig, () => handle(sig));
+    for (const l of loading) process.removeListener(sig, l as (...a: unknown[]) => void);
   }
   // Under the permission model Node leaves SIGUSR1 blocked; we own it now.
   native.sigmask('unblock', [constants.signals.SIGUSR1]);
