@@ -16,6 +16,7 @@ import { mark } from '../bootMarks.js';
 import { PidFileBusyError } from '../daemon/pidFile.js';
 import { STATUS_FD_ENV, daemonize, reportToInvoker } from '../daemon/daemonize.js';
 import { cliBoundsError } from './cliBounds.js';
+import { flushTurnNow } from '../turnFlush.js';
 import { KEPT_STATE_ENV, settingsFromState } from '../daemon/keptSettings.js';
 import { lazyRequire } from '../lazyRequire.js';
 
@@ -179,6 +180,7 @@ export async function main(argv: string[], originalArgv?: string[]): Promise<Dae
     // A start that failed leaves no pid file behind (an exit by signal still
     // can: the next start takes it over, as its lock is gone).
     daemon.pidFile?.remove();
+    flushTurnNow(); // the log file the message points at has the lines before the invoker returns
     reportToInvoker(`ERROR ${(err as Error).message}`, logFiles(settings));
     process.stderr.write(`relockd: error: ${(err as Error).message}\n`);
     // virtlockd's exit codes: 1 pid file, 6 sockets (activation included).
