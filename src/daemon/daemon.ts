@@ -191,9 +191,9 @@ export class Daemon {
     await this.createConfiguredLockspaces();
     this.startTimers();
     this.notify(`READY=1\nSTATUS=${this.statusLine()}`);
-    // Counting fds walks /proc/self/fd (~20 ms with 10k leases): not in the
-    // blackout, and not before the clients queued behind it are answered.
-    setTimeout(() => this.logFdLimit(), 100);
+    // Counting fds walks /proc/self/fd (~20 ms with 10k leases): with many
+    // leases that count waits until the clients queued behind it are answered.
+    this.logFdLimit();
     setImmediate(() => void this.startMetricsListener());
     this.log.info({ socket: this.opts.socketPath, version: this.version, boot: this.boot, codeCache: codeCacheStatus(), ...this.manager.counts() }, 'relockd ready');
     scheduleCodeCache(`${this.stateFile.replace(/\.json$/, '')}.v8cache`, this.log);
@@ -553,12 +553,20 @@ export class Daemon {
       for (const c of this.lockServer.clients.values()) if (c.ctx.process && c.ctx.process.pidfd >= 0) n++;
       return n;
     };
-    let base = 0;
-    try {
-      base = readdirSync('/proc/self/fd').length - tracked();
-    } catch {
-      base = 32;
-    }
+    // What Node holds itself: counted from /proc/self/fd when it is cheap
+    // (few fds: a fresh start) or once the first replies are out (see
+    // startTimers' caller); until then a conservative estimate, so the budget
+    // is in force from the first accept.
+    let base = 32;
+    const count = () => {
+      try {
+        base = readdirSync('/proc/self/fd').length - tracked();
+      } catch {
+        /* keep the estimate */
+      }
+    };
+    if (tracked() < 256) count();
+    else setTimeout(count, 100);
     const reserve = Math.max(4, Math.min(64, Math.floor(soft / 16))); // room for acquires and logs
     const exhausted = () => base + tracked() >= soft - reserve;
     this.lockServer.fdsExhausted = exhausted;
