@@ -32,7 +32,7 @@ import type { DaemonLogger } from '../log.js';
 import type { ResolvedSettings } from './settings.js';
 import { safeModeRefusal, stoppingRefusal } from '../locks/errors.js';
 import { listenerPath } from '../state/orphans.js';
-import type { ReexecResult, ReplyAfterExec } from './reexec.js';
+import type { ExecTarget, ReexecResult, ReplyAfterExec } from './reexec.js';
 import net from 'node:net';
 
 export interface DaemonOptions {
@@ -461,8 +461,8 @@ export class Daemon {
   }
 
   /** Re-exec (SIGUSR1, or the admin interface with a call to answer afterwards). */
-  reexec(trigger = 'SIGUSR1', replyTo?: ReplyAfterExec): Promise<ReexecResult> {
-    return this.reexecutor.run(trigger, replyTo);
+  reexec(trigger = 'SIGUSR1', replyTo?: ReplyAfterExec, target?: ExecTarget): Promise<ReexecResult> {
+    return this.reexecutor.run(trigger, replyTo, target);
   }
 
   get reexecInProgress(): boolean {
