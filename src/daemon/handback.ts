@@ -111,6 +111,9 @@ export function handbackTarget(d: Daemon, req: HandbackRequest, ctx: HandbackCon
         execPath: req.path,
         argv,
         env,
+        // virtlockd never unblocks it; like its own re-exec, a SIGUSR1 in the
+        // few ms before its handler is installed would end it (docs/takeover.md).
+        blockSigusr1: false,
       };
     },
   };

@@ -44,6 +44,12 @@ export interface ExecPlan {
   execPath: string;
   argv: string[];
   env: string[];
+  /**
+   * Keep SIGUSR1 blocked across execve (the signal mask is inherited): right
+   * for relockd, which unblocks it once ready; wrong for virtlockd, which
+   * never unblocks it and so could never re-exec again.
+   */
+  blockSigusr1: boolean;
 }
 
 /** A refusal raised by an ExecTarget: nothing was changed; `transient` when retrying may succeed. */
@@ -160,7 +166,7 @@ export class Reexecutor {
       d.notify(`RELOADING=1\nMONOTONIC_USEC=${process.hrtime.bigint() / 1000n}\nSTATUS=re-executing`);
       log.info({ fds: keep.length, stateFile: plan.stateFile, exec: plan.execPath, argv: plan.argv }, 're-exec: state written, executing');
       // A SIGUSR1 arriving now stays pending until the new image is ready for it.
-      native.sigmask('block', [constants.signals.SIGUSR1]);
+      if (plan.blockSigusr1) native.sigmask('block', [constants.signals.SIGUSR1]);
       native.execve(plan.execPath, plan.argv, plan.env);
       throw new ReexecFailure('execve returned'); // not reached: execve throws on failure
     } catch (err) {
@@ -202,6 +208,7 @@ export class Reexecutor {
       execPath: this.d.execPath,
       argv: this.d.originalArgv,
       env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
+      blockSigusr1: true,
     };
   }
 
