@@ -168,4 +168,123 @@ function run(): void {
     t.ok(await waitFor(() => !existsSync(leaseC), 10_000), "c dies: relockd removes c's lease file (it knows the lock is OFD now)");
     t.match(d.logs(), /"msg":"handback to virtlockd requested by admin"/, "relockd logs to virtlockd's log output (its configuration)");
   });
+
+  t.test('takeover refuses while a connection may not have registered; nothing changes', async (t) => {
+    const d = await startVirtlockd({ logLevel: 3 });
+    const img = join(work, 'refuse.img');
+    writeFileSync(img, '');
+    const o = spawnOwner(d.socketPath, [{ path: '', name: img, flags: 0 }], { restrict: true, name: 'vm-r' });
+    // a connection that never registers (what virtlockd 9.0 cannot save)
+    const silent = spawn('python3', ['-c', `import socket,sys,time\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\nprint('ready',flush=True)\ntime.sleep(600)`, d.socketPath], { stdio: ['ignore', 'pipe', 'inherit'] });
+    t.teardown(async () => {
+      o.child.kill('SIGKILL');
+      silent.kill('SIGKILL');
+      await d.stop(5000);
+    });
+    await o.ready;
+    await new Promise((r) => silent.stdout.once('data', r));
+    const r = await relockctl(takeoverArgs(d, ['--wait', '1']));
+    t.equal(r.code, 75, 'refused (EX_TEMPFAIL) after waiting');
+    t.match(r.json?.error?.message, /may not have[\s\S]*python3[\s\S]*nothing was changed; virtlockd keeps serving/, `says why, naming the peer: ${r.json?.error?.message}`);
+    t.equal(exe(d.pid), '/usr/sbin/virtlockd', 'still virtlockd');
+    t.notOk(bindMounted(d.pid), 'no bind mount left');
+    t.equal(probeOne(img, 'read'), 'held', 'lease still held');
+    silent.kill('SIGKILL');
+    // the owner's node process is not QEMU: only with --assume-registered
+    await new Promise((r) => setTimeout(r, 300));
+    const r2 = await relockctl(takeoverArgs(d, ['--wait', '0']));
+    t.equal(r2.code, 75, 'an owner that is neither QEMU nor libvirt needs --assume-registered');
+    const r3 = await relockctl(takeoverArgs(d, ['--assume-registered', '--wait', '5']));
+    t.equal(r3.code, 0, `then it goes: ${r3.stdout}`);
+    t.equal(probeOne(img, 'read'), 'held', 'lease held by relockd');
+    o.child.kill('SIGKILL');
+    t.ok(await waitFor(() => probeOne(img) === 'free', 10_000), 'freed when the owner dies');
+  });
+
+  t.test('handback: refusals leave relockd serving; what virtlockd gets it can save again', async (t) => {
+    const d = await startVirtlockd({ logLevel: 3 });
+    const dir = join(work, 'hb');
+    mkdirSync(dir);
+    const img = join(dir, 'disk.img');
+    writeFileSync(img, '');
+    const ls = join(dir, 'ls');
+    const owners: Array<ReturnType<typeof spawnOwner>> = [];
+    let late: ReturnType<typeof spawn> | null = null;
+    t.teardown(async () => {
+      for (const o of owners) o.child.kill('SIGKILL');
+      late?.kill('SIGKILL');
+      await d.stop(5000);
+    });
+    const r0 = await relockctl(takeoverArgs(d, ['--assume-registered']));
+    t.equal(r0.code, 0, 'relockd took over (no leases yet)');
+    // relockd's own leases (OFD locks): one exclusive image, one shared autocreated lease
+    {
+      const c = await LockspaceClient.connect(d.socketPath);
+      await c.createLockspace(ls);
+      c.rpc.close();
+    }
+    const a = spawnOwner(d.socketPath, [{ path: '', name: img, flags: 0 }], { restrict: true, name: 'vm-h1' });
+    const b = spawnOwner(d.socketPath, [{ path: ls, name: 'sh', flags: AcquireFlags.SHARED | AcquireFlags.AUTOCREATE }], { restrict: true, name: 'vm-h2' });
+    owners.push(a, b);
+    await Promise.all([a.ready, b.ready]);
+    const lease = join(ls, 'sh');
+    // a connected client that registers only after the handback
+    late = spawn(process.execPath, ['--input-type=module', '-e', `
+      const { LockspaceClient } = await import(${JSON.stringify(`${ROOT}/dist/src/protocol/lockspaceClient.js`)});
+      const c = await LockspaceClient.connect(${JSON.stringify(d.socketPath)});
+      process.stdout.write('connected\\n');
+      process.stdin.once('data', async () => {
+        try {
+          await c.register({ uuid: '99990000-3333-4444-5555-666677778888', name: 'late', id: 9, pid: 4242 });
+          await c.acquire('', ${JSON.stringify(join(dir, 'late.img'))}, 0);
+          process.stdout.write('acquired\\n');
+        } catch (e) { process.stdout.write('error ' + e.message + '\\n'); }
+      });
+    `], { stdio: ['pipe', 'pipe', 'inherit'] });
+    writeFileSync(join(dir, 'late.img'), '');
+    let lateOut = '';
+    late.stdout!.on('data', (x) => (lateOut += x));
+    t.ok(await waitFor(() => lateOut.includes('connected'), 10_000), 'late client connected, not registered');
+
+    const stillRelockd = async (what: string) => {
+      t.match(basename(exe(d.pid)), /^node/, `${what}: still relockd`);
+      t.equal(probeOne(img, 'read'), 'held', `${what}: image lease held`);
+      const adm = await AdminClient.connect(d.adminSocketPath, 10_000);
+      t.equal((await adm.daemonInfo()).resources, 2, `${what}: relockd serves, 2 leases`);
+      adm.close();
+    };
+    const bad = await relockctl(['handback', '--admin-socket', d.adminSocketPath, '--systemd', 'no', '--json', '--virtlockd', join(dir, 'no-such-virtlockd'), '--', '-f', d.configPath]);
+    t.equal(bad.code, 1, 'a binary that does not exist: refused');
+    t.match(bad.json?.error?.message, /refusing: .*no-such-virtlockd[\s\S]*nothing was changed, relockd keeps serving/);
+    await stillRelockd('missing binary');
+    const conf = await relockctl(['handback', '--admin-socket', d.adminSocketPath, '--systemd', 'no', '--json', '--', '-f', join(dir, 'no-such.conf')]);
+    t.equal(conf.code, 1, 'a configuration virtlockd cannot load: refused by the trial start');
+    t.match(conf.json?.error?.message, /exited 1 in a dry run/);
+    await stillRelockd('bad configuration');
+    const dae = await relockctl(['handback', '--admin-socket', d.adminSocketPath, '--systemd', 'no', '--json', '--no-trial', '--', '-f', d.configPath, '-d']);
+    t.equal(dae.code, 1, '-d: refused by relockd');
+    t.match(dae.json?.refused, /must not daemonize/);
+    await stillRelockd('-d');
+
+    const ok = await relockctl(handbackArgs(d));
+    t.equal(ok.code, 0, `handback with a connected, unregistered client: ${ok.stdout}${ok.stderr}`);
+    t.equal(exe(d.pid), '/usr/sbin/virtlockd', 'virtlockd again');
+    t.match(d.logs(), /shared, autocreated and OFD-locked/, 'relockd logged the lease-file warning');
+    // virtlockd 9.0 would exit 9 here with a NULL owner name; relockd wrote "".
+    await d.reexec();
+    t.equal(exe(d.pid), '/usr/sbin/virtlockd', 'virtlockd re-execs with the unregistered client it was handed');
+    late.stdin!.write('go\n');
+    t.ok(await waitFor(() => /acquired|error/.test(lateOut), 10_000), 'late client answered');
+    t.match(lateOut, /acquired/, 'the late client registers and acquires with virtlockd');
+    t.equal(probeOne(join(dir, 'late.img'), 'read'), 'held', 'its lease is held');
+    t.equal(probeOne(img, 'read'), 'held', "a's lease (relockd's OFD lock) held by virtlockd");
+    t.equal(probeOne(lease, 'write'), 'held', "b's shared lease held by virtlockd");
+    // virtlockd releases an OFD-locked shared autocreated lease but keeps its file (docs/takeover.md)
+    b.child.kill('SIGKILL');
+    t.ok(await waitFor(() => probeOne(lease) === 'free', 10_000), "b dies: virtlockd frees b's lease");
+    t.ok(existsSync(lease), 'and leaves its empty lease file behind, as documented');
+    a.child.kill('SIGKILL');
+    t.ok(await waitFor(() => probeOne(img) === 'free', 10_000), "a dies: virtlockd closes relockd's OFD-locked fd, the image is free");
+    late.kill('SIGKILL');
+  });
 }
