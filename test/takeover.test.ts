@@ -4,7 +4,7 @@
 // owner processes, real locks checked from another process.
 
 import t from 'tap';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { mkdtempSync, mkdirSync, readFileSync, readlinkSync, existsSync, rmSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { ROOT } from './lib/relockd.js';
@@ -20,7 +20,7 @@ import { AcquireFlags } from '../src/locks/lockManager.js';
 const RELOCKCTL = join(ROOT, 'bin', 'relockctl.cjs');
 
 if (!virtlockdAvailable()) {
-  t.skip(`real virtlockd unavailable: ${virtlockdUnavailableReason()}`);
+  t.skip(`real virtlockd unavailable: ${virtlockdUnavailableReason()}`, async () => {});
 } else {
   run();
 }
