@@ -21,9 +21,8 @@ if (why) t.skip(`systemd lab: ${why}`, async () => {});
 else main();
 
 function main(): void {
-  // Not under /tmp: the lab mounts a private tmpfs there.
-  mkdirSync('/var/lib/relockd-test', { recursive: true });
-  const base = mkdtempSync('/var/lib/relockd-test/systemd-takeover-');
+  // Not under /tmp or /var/tmp (the lab mounts private tmpfs there), and no system path: in the checkout.
+  const base = mkdtempSync(join(ROOT, '.lab-systemd-takeover-'));
   const unitDir = join(base, 'units');
   const state = join(base, 'state');
   mkdirSync(join(unitDir, 'virtlockd.service.d'), { recursive: true });
