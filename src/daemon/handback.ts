@@ -33,10 +33,33 @@ export interface HandbackContext {
 /** Environment variables virtlockd must not see. */
 const DROP_ENV = /^(RELOCKD_|LISTEN_PID$|LISTEN_FDS$|LISTEN_FDNAMES$|UV_THREADPOOL_SIZE$)/;
 
+/** Whether virtlockd's getopt ("df:p:t:vVh") sees option `opt` in `args`. */
+export function hasVirtlockdOption(args: string[], opt: 'd' | 'p', long: string): boolean {
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    if (a === '--') return false;
+    if (a === `--${long}` || a.startsWith(`--${long}=`)) return true;
+    if (a.startsWith('--')) {
+      if (!a.includes('=') && /^--(config|pid-file|timeout)$/.test(a)) i++;
+      continue;
+    }
+    if (!a.startsWith('-') || a.length < 2) continue;
+    for (let j = 1; j < a.length; j++) {
+      const c = a[j]!;
+      if (c === opt) return true;
+      if (c === 'f' || c === 'p' || c === 't') {
+        if (j === a.length - 1) i++; // the value is the next argument
+        break; // the rest of this word is the value
+      }
+    }
+  }
+  return false;
+}
+
 /** The argv virtlockd gets: ours when given, plus -p for relockd's pid file so it re-claims the same one. */
 export function virtlockdArgv(req: HandbackRequest, pidFile: string | null): string[] {
   const args = [...req.args];
-  const hasPid = args.some((a) => a === '-p' || a === '--pid-file' || a.startsWith('--pid-file=') || /^-[^-]*p/.test(a));
+  const hasPid = hasVirtlockdOption(args, 'p', 'pid-file');
   if (!hasPid && pidFile) args.push('-p', pidFile);
   return [req.path, ...args];
 }
@@ -51,9 +74,7 @@ export function checkRequest(d: Daemon, req: HandbackRequest): void {
   } catch (err) {
     throw new ExecRefusal(`cannot execute ${req.path}: ${(err as Error).message}`, false);
   }
-  for (const a of req.args) {
-    if (a === '-d' || a === '--daemon' || /^-[^-]*d/.test(a)) throw new ExecRefusal(`virtlockd must not daemonize on a handback (${a}): it would fork away from its locks`, false);
-  }
+  if (hasVirtlockdOption(req.args, 'd', 'daemon')) throw new ExecRefusal('virtlockd must not daemonize on a handback (-d/--daemon): it would fork away from its locks', false);
   if (d.safeMode) throw new ExecRefusal('relockd is in safe mode (a restore was incomplete): fix that first (relockctl status)', false);
   if (d.lockService.terminations.size) throw new ExecRefusal(`${d.lockService.terminations.size} owner termination(s) in progress; virtlockd cannot continue them`, true);
 }
