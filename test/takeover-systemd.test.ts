@@ -14,6 +14,8 @@ import { join } from 'node:path';
 import { ROOT } from './lib/relockd.js';
 
 const LAB = join(ROOT, 'test', 'fixtures', 'systemd-ns.sh');
+// Real daemons switching programs several times: allow for a loaded machine (tap's default is 180 s).
+t.setTimeout(600_000);
 const UNITS = ['virtlockd.service', 'virtlockd.socket', 'virtlockd-admin.socket'].map((u) => `/lib/systemd/system/${u}`);
 const why = process.getuid?.() !== 0 ? 'needs root' : !existsSync('/lib/systemd/systemd') ? 'needs systemd (Debian package systemd)' : !UNITS.every(existsSync) ? "needs Debian's virtlockd units (package libvirt-daemon-system)" : '';
 

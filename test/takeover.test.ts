@@ -18,6 +18,8 @@ import { AdminClient } from '../src/protocol/adminClient.js';
 import { AcquireFlags } from '../src/locks/lockManager.js';
 
 const RELOCKCTL = join(ROOT, 'bin', 'relockctl.cjs');
+// Real daemons switching programs several times: allow for a loaded machine (tap's default is 180 s).
+t.setTimeout(600_000);
 
 if (!virtlockdAvailable()) {
   t.skip(`real virtlockd unavailable: ${virtlockdUnavailableReason()}`, async () => {});

@@ -10,7 +10,7 @@
 // lock virtlockd held. See docs/takeover.md for the rules.
 
 import { spawnSync } from 'node:child_process';
-import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { packageRoot } from '../packageRoot.js';
@@ -103,19 +103,57 @@ interface UnixSock {
   local: string;
   inode: number;
   peer: number;
-  users: Array<{ pid: number; fd: number }>;
 }
 
-/** Every UNIX stream socket of this network namespace, with its peer inode and holders (ss -xapn). */
+/** Every UNIX stream socket of this network namespace with its peer inode (ss -xan: netlink only, fast). */
 function unixSockets(): UnixSock[] {
-  const r = spawnSync('ss', ['-xapn'], { encoding: 'utf8', timeout: 10_000, maxBuffer: 256 << 20 });
-  if (r.status !== 0) throw new Error(`ss -xapn failed: ${(r.stderr || r.error?.message || '').trim()}`);
+  const r = spawnSync('ss', ['-xan'], { encoding: 'utf8', timeout: 30_000, maxBuffer: 256 << 20 });
+  if (r.status !== 0) throw new Error(`ss -xan failed: ${(r.stderr || r.error?.message || '').trim()}`);
   const out: UnixSock[] = [];
   for (const line of r.stdout.split('\n')) {
-    const m = /^u_str\s+(\S+)\s+\d+\s+\d+\s+(.*?)\s+(\d+)\s+\S+\s+(\d+)\s*(users:.*)?$/.exec(line);
-    if (!m) continue;
-    const users = [...(m[5] ?? '').matchAll(/pid=(\d+),fd=(\d+)/g)].map((u) => ({ pid: Number(u[1]), fd: Number(u[2]) }));
-    out.push({ state: m[1]!, local: m[2]!, inode: Number(m[3]), peer: Number(m[4]), users });
+    const m = /^u_str\s+(\S+)\s+\d+\s+\d+\s+(.*?)\s+(\d+)\s+\S+\s+(\d+)\s*$/.exec(line);
+    if (m) out.push({ state: m[1]!, local: m[2]!, inode: Number(m[3]), peer: Number(m[4]) });
+  }
+  return out;
+}
+
+/** socket inode → fd, for one process (readlink of /proc/PID/fd/*). */
+function socketFds(pid: number | 'self'): Map<number, number> {
+  const m = new Map<number, number>();
+  let fds: string[] = [];
+  try {
+    fds = readdirSync(`/proc/${pid}/fd`);
+  } catch {
+    return m;
+  }
+  for (const f of fds) {
+    try {
+      const s = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${f}`));
+      if (s) m.set(Number(s[1]), Number(f));
+    } catch {
+      /* closed meanwhile */
+    }
+  }
+  return m;
+}
+
+/**
+ * Which processes hold these socket inodes. Only readlinks under
+ * /proc/PID/fd: unlike `ss -p` (which also reads /proc/PID/stat) this never
+ * waits on a process stuck in a hung filesystem.
+ */
+function holders(inodes: Set<number>, skip: Set<number>): Map<number, number[]> {
+  const out = new Map<number, number[]>();
+  if (!inodes.size) return out;
+  for (const e of readdirSync('/proc')) {
+    const pid = Number(e);
+    if (!Number.isInteger(pid) || skip.has(pid)) continue;
+    for (const ino of socketFds(pid).keys()) {
+      if (!inodes.has(ino)) continue;
+      const l = out.get(ino) ?? [];
+      if (!l.includes(pid)) l.push(pid);
+      out.set(ino, l);
+    }
   }
   return out;
 }
@@ -129,16 +167,17 @@ async function lockClients(pid: number, adminSocket: string, timeoutMs: number):
   const c = await AdminClient.connect(adminSocket, timeoutMs);
   try {
     const socks = unixSockets();
-    const byInode = new Map(socks.map((s) => [s.inode, s]));
-    const mine = socks.filter((s) => s.state === 'ESTAB' && s.users.some((u) => u.pid === pid) && s.local !== '*');
-    const adminName = mine.find((s) => byInode.get(s.peer)?.users.some((u) => u.pid === process.pid))?.local;
+    const theirs = socketFds(pid);
+    const ours = socketFds('self');
+    const mine = socks.filter((s) => s.state === 'ESTAB' && theirs.has(s.inode) && s.local !== '*');
+    const adminName = mine.find((s) => ours.has(s.peer))?.local;
     if (!adminName) throw new Error(`cannot find our own connection to ${adminSocket} among virtlockd's sockets`);
-    return mine
-      .filter((s) => s.local !== adminName)
-      .map((s) => ({
-        fd: s.users.find((u) => u.pid === pid)!.fd,
-        peers: (byInode.get(s.peer)?.users ?? []).filter((u, i, a) => a.findIndex((x) => x.pid === u.pid) === i).map((u) => ({ pid: u.pid, exe: exeOf(u.pid) ?? '(gone)' })),
-      }));
+    const lock = mine.filter((s) => s.local !== adminName);
+    const held = holders(new Set(lock.map((s) => s.peer)), new Set([pid]));
+    return lock.map((s) => ({
+      fd: theirs.get(s.inode)!,
+      peers: (held.get(s.peer) ?? []).map((p) => ({ pid: p, exe: exeOf(p) ?? '(gone)' })),
+    }));
   } finally {
     c.close();
   }

@@ -280,7 +280,7 @@ async function main(): Promise<number> {
   const argv = process.argv.slice(2);
   const keep = argv.includes('--keep');
   const lim = argv.find((a) => a.startsWith('--time-limit='));
-  const timeLimitS = lim ? Number(lim.split('=')[1]) : 420;
+  const timeLimitS = lim ? Number(lim.split('=')[1]) : 540;
   say('relockctl takeover / handback end-to-end test (real libvirtd + QEMU, real virtlockd and relockd)');
   const miss: string[] = [];
   if (process.getuid?.() !== 0) miss.push('root');
