@@ -10,7 +10,8 @@
 // lock virtlockd held. See docs/takeover.md for the rules.
 
 import { spawnSync } from 'node:child_process';
-import { chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import * as native from '../native.js';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { packageRoot } from '../packageRoot.js';
@@ -90,11 +91,11 @@ export function relockdArgvFor(v: VirtlockdArgs, paths: { socket: string; adminS
   ];
 }
 
-/** One of virtlockd's lock-server connections and who holds its other end. */
+/** One of virtlockd's lock-server connections and who is at its other end. */
 export interface LockClientView {
   /** virtlockd's fd. */
   fd: number;
-  /** Processes holding the peer socket (none: the peer has closed it). */
+  /** The peer process (SO_PEERCRED: the process that connected; none: the peer has closed it). */
   peers: Array<{ pid: number; exe: string }>;
 }
 
@@ -138,24 +139,22 @@ function socketFds(pid: number | 'self'): Map<number, number> {
 }
 
 /**
- * Which processes hold these socket inodes. Only readlinks under
- * /proc/PID/fd: unlike `ss -p` (which also reads /proc/PID/stat) this never
- * waits on a process stuck in a hung filesystem.
+ * The peer of one of virtlockd's connections: SO_PEERCRED on a copy of its
+ * fd (pidfd_getfd). Nothing here reads other processes' /proc entries: a scan
+ * of every /proc/PID/fd (or `ss -p`) was measured to hang for minutes behind one
+ * process stuck on a dead mount.
  */
-function holders(inodes: Set<number>, skip: Set<number>): Map<number, number[]> {
-  const out = new Map<number, number[]>();
-  if (!inodes.size) return out;
-  for (const e of readdirSync('/proc')) {
-    const pid = Number(e);
-    if (!Number.isInteger(pid) || skip.has(pid)) continue;
-    for (const ino of socketFds(pid).keys()) {
-      if (!inodes.has(ino)) continue;
-      const l = out.get(ino) ?? [];
-      if (!l.includes(pid)) l.push(pid);
-      out.set(ino, l);
-    }
+function peerOf(pidfd: number, fd: number): number | null {
+  let copy = -1;
+  try {
+    copy = native.pidfdGetfd(pidfd, fd);
+    return native.peerCred(copy).pid;
+  } catch {
+    return null;
+  } finally {
+    // Closing our copy leaves virtlockd's socket open (a socket, no lock).
+    if (copy >= 0) closeSync(copy);
   }
-  return out;
 }
 
 /**
@@ -173,11 +172,18 @@ async function lockClients(pid: number, adminSocket: string, timeoutMs: number):
     const adminName = mine.find((s) => ours.has(s.peer))?.local;
     if (!adminName) throw new Error(`cannot find our own connection to ${adminSocket} among virtlockd's sockets`);
     const lock = mine.filter((s) => s.local !== adminName);
-    const held = holders(new Set(lock.map((s) => s.peer)), new Set([pid]));
-    return lock.map((s) => ({
-      fd: theirs.get(s.inode)!,
-      peers: (held.get(s.peer) ?? []).map((p) => ({ pid: p, exe: exeOf(p) ?? '(gone)' })),
-    }));
+    const live = new Set(socks.map((s) => s.inode));
+    const pidfd = native.pidfdOpen(pid);
+    try {
+      return lock.map((s) => {
+        const fd = theirs.get(s.inode)!;
+        // The other end gone from the socket table: closed, virtlockd has not seen the EOF yet.
+        const peer = live.has(s.peer) ? peerOf(pidfd, fd) : null;
+        return { fd, peers: peer ? [{ pid: peer, exe: exeOf(peer) ?? '(gone)' }] : [] };
+      });
+    } finally {
+      closeSync(pidfd);
+    }
   } finally {
     c.close();
   }
