@@ -30,6 +30,8 @@ import { packageRoot } from '../src/packageRoot.js';
 import { startVirtlockd, virtlockdAvailable, virtlockdUnavailableReason } from '../test/lib/virtlockd.js';
 import type { FromWorker, Scenario, SetupMsg, ToWorker, WindowResult } from './worker.js';
 import { Generator } from './generator.js';
+import { fmtMb, procMem } from './procmem.js';
+import type { ProcMem } from './procmem.js';
 
 const NCPU = cpus().length;
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -61,6 +63,7 @@ const USAGE = `usage: node dist/bench/lockbench.js [options]
                       (DIR/<daemon>.data); then: perf script -i DIR/relockd.data -F tid,ip,sym
                       | node dist/bench/perfsummary.js
   --node-flags="..."  extra node flags for relockd and relockd-alt (e.g. --perf-basic-prof)
+  --owner-exits N     owner-exit latency samples per daemon (default 20; 0: none)
   --json              print the results as JSON on stdout (the table goes to stderr)
   -h, --help`;
 
@@ -79,6 +82,7 @@ interface Opts {
   perf?: string;
   nodeFlags: string[];
   alt?: string;
+  ownerExits: number;
   json: boolean;
 }
 
@@ -99,6 +103,7 @@ function parseOpts(): Opts {
       perf: { type: 'string' },
       'node-flags': { type: 'string', default: '' },
       alt: { type: 'string' },
+      'owner-exits': { type: 'string', default: '20' },
       json: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
     },
@@ -135,6 +140,7 @@ function parseOpts(): Opts {
     perf: values.perf,
     alt: values.alt ? resolvePath(values.alt) : undefined,
     nodeFlags: values['node-flags']!.split(/\s+/).filter(Boolean),
+    ownerExits: Math.floor(num(values['owner-exits']!, '--owner-exits', 0)),
     json: values.json!,
   };
 }
@@ -149,6 +155,14 @@ interface Daemon {
   /** Bytes of log output since the last call (relockd only; -1 unknown). */
   takeLogBytes(): number;
   stop(): Promise<void>;
+  /** Memory right after start (no client), and after every window (its clients connected, idle). */
+  memIdle?: ProcMem | null;
+  memAfter?: ProcMem | null;
+  /** relockd: its "slow storage call" warnings so far (a directory demoted to worker threads). */
+  demotions?: () => number;
+  /** Owner-exit latencies, ms. */
+  ownerExitMs?: number[];
+  ownerExitErrors?: string[];
 }
 
 /**
@@ -170,6 +184,7 @@ async function startRelockdForBench(dir: string, label: string, logLevel: string
     { stdio: ['ignore', logFd, logFd], env: cleanEnv(), cwd: dir },
   );
   let dead = false;
+  let demoted = 0;
   child.once('exit', () => (dead = true));
   try {
     await waitForSocket(socketPath, 15000, () => dead);
@@ -190,9 +205,14 @@ async function startRelockdForBench(dir: string, label: string, logLevel: string
     socketPath,
     takeLogBytes: () => {
       const n = fstatSync(logFd).size;
+      // Under heavy host load an inline storage call can be preempted past
+      // the 50 ms limit and its directory handled off-thread from then on:
+      // count it (logs small enough to read: --log-level warn).
+      if (n > 0 && n < 4 << 20) demoted += readFileSync(logPath, 'utf8').split('slow storage call on the event loop').length - 1;
       ftruncateSync(logFd, 0);
       return n;
     },
+    demotions: () => demoted,
     stop: async () => {
       if (!dead) {
         // With --cpu-prof the profile is written on a clean exit: SIGTERM
@@ -356,6 +376,8 @@ async function main(): Promise<void> {
     }
     if (opts.info) daemons.push(await startRelockdForBench(join(root, 'relockd-info'), 'relockd@info', 'info', NODE_FLAGS));
     if (!daemons.length) throw new Error('no daemon to measure');
+    await new Promise((r) => setTimeout(r, 1000));
+    for (const d of daemons) d.memIdle = procMem(d.pid);
 
     // Cells: scenario × clients × daemon.
     const cells: Cell[] = [];
@@ -440,15 +462,24 @@ async function main(): Promise<void> {
         err(
           `run ${run + 1}/${opts.runs} ${cell.id.padEnd(26)} ${fmtInt(d.cyclesPerSec).padStart(7)} cycles/s` +
             `${cell.scenario === 'contend' ? ` ${fmtInt(d.refusalsPerSec).padStart(7)} refusals/s` : ''}` +
-            `  daemon ${fmt1(d.cpuUsPerCycle)} µs/cycle (${pct(d.daemonCores)} of a core)  gen ${pct(d.genCores)}  others ${pct(d.otherCores)}`,
+            `  daemon ${fmt1(d.cpuUsPerCycle)} µs/cycle (${pct(d.daemonCores)} of a core)  gen ${pct(d.genCores)}  others ${pct(d.otherCores)}` +
+            `${cell.daemon.demotions?.() ? `  [${cell.daemon.label}: ${cell.daemon.demotions()} directories demoted to worker threads so far]` : ''}`,
         );
       }
     }
     await stopPerf();
     if (opts.perf) err(`perf data in ${opts.perf}: perf script -i ${join(opts.perf, '<daemon>.data')} -F tid,ip,sym | node ${join(HERE, 'perfsummary.js')}`);
+    await new Promise((r) => setTimeout(r, 500));
+    for (const d of daemons) d.memAfter = procMem(d.pid);
     for (const cell of cells) await gen.request({ type: 'teardown', id: cell.id });
+    if (opts.ownerExits > 0) await measureOwnerExits(daemons, opts.ownerExits, join(root, 'data'), err);
 
     report(cells, opts, clk, out);
+    for (const d of daemons) {
+      const n = d.demotions?.() ?? 0;
+      if (n) out(`note: ${d.label} logged ${n} "slow storage call" warning(s): an inline call took > 50 ms (preempted on a loaded host?) and that directory's calls ran on worker threads afterwards (off-main CPU); its later cells of that directory measure the off-thread path`);
+    }
+    reportIssueFigures(cells, daemons, opts, clk, out);
   } finally {
     process.removeListener('SIGINT', onSignal);
     process.removeListener('SIGTERM', onSignal);
@@ -496,11 +527,11 @@ function report(cells: Cell[], opts: Opts, clk: number, out: (s: string) => void
     const r = med.get(c.id)!;
     const thr = r.cyclesPerSec / v.cyclesPerSec;
     const cpu = r.cpuUsPerCycle / v.cpuUsPerCycle;
-    ratioRows.push([scenarioLabel(c.scenario), String(c.clients), c.daemon.label, `${fmt2(thr)}×`, `${fmt2(cpu)}×`, thr >= 2 && cpu <= 0.5 ? 'met' : 'NOT met']);
+    ratioRows.push([scenarioLabel(c.scenario), String(c.clients), c.daemon.label, `${fmt2(thr)}×`, `${fmt2(cpu)}×`, thr >= 1.5 && cpu <= 0.5 ? 'met' : 'NOT met']);
   }
   if (ratioRows.length) {
     out('');
-    out('relockd / virtlockd, ratios of the medians (aim: cycles/s ≥ 2×, CPU per cycle ≤ 0.5×):');
+    out('relockd / virtlockd, ratios of the medians (aim: cycles/s ≥ 1.5×, CPU per cycle ≤ 0.5×):');
     out(table(ratioRows, ['scenario', 'N', 'daemon', 'cycles/s', 'CPU/cycle', 'aim']));
   }
   const info = cells.filter((c) => c.daemon.label === 'relockd@info');
@@ -539,6 +570,80 @@ function report(cells: Cell[], opts: Opts, clk: number, out: (s: string) => void
     };
     process.stdout.write(`${JSON.stringify(json, null, 2)}\n`);
   }
+}
+
+/**
+ * Owner-exit latency (bench/ownerexit.py): SIGTERM to an owner that holds a
+ * lease and exits on SIGTERM → the lease is free for another process. In
+ * rounds of 5 per daemon, interleaved.
+ */
+async function measureOwnerExits(daemons: Daemon[], n: number, dataDir: string, err: (s: string) => void): Promise<void> {
+  const script = join(packageRoot, 'bench', 'ownerexit.py');
+  for (const d of daemons) {
+    d.ownerExitMs = [];
+    d.ownerExitErrors = [];
+  }
+  for (let done = 0; done < n; done += 5) {
+    for (const d of daemons) {
+      const file = join(dataDir, d.label.replace('@', '-'), 'owner-exit.img');
+      mkdirSync(dirname(file), { recursive: true });
+      writeFileSync(file, '');
+      const reps = Math.min(5, n - done);
+      try {
+        const outText = execFileSync('python3', [script, d.socketPath, file, String(reps)], { encoding: 'utf8', timeout: 120_000 });
+        const r = JSON.parse(outText) as { ms: number[]; errors: string[] };
+        d.ownerExitMs!.push(...r.ms);
+        d.ownerExitErrors!.push(...r.errors);
+      } catch (e) {
+        d.ownerExitErrors!.push((e as Error).message);
+      }
+    }
+  }
+  for (const d of daemons) {
+    err(`owner exit ${d.label}: ${d.ownerExitMs!.map((x) => x.toFixed(2)).join(' ')} ms${d.ownerExitErrors!.length ? `  ERRORS: ${d.ownerExitErrors!.slice(0, 3).join('; ')}` : ''}`);
+  }
+}
+
+/** The issue's figures this bench measures, relockd / virtlockd, with their goals. */
+function reportIssueFigures(cells: Cell[], daemons: Daemon[], opts: Opts, clk: number, out: (s: string) => void): void {
+  const v = daemons.find((d) => d.label === 'virtlockd');
+  const rows: string[][] = [];
+  const ownRows = (label: string) =>
+    cells.filter((c) => c.daemon.label === label && c.scenario === 'own').map((c) => ({ c, m: medians(c, clk) }));
+  const verdict = (ok: boolean | null) => (ok === null ? '-' : ok ? 'met' : 'NOT met');
+  for (const d of daemons) {
+    if (d.label === 'virtlockd') continue;
+    const rv = ownRows(d.label);
+    for (const { c, m } of rv) {
+      const vm = cells.find((x) => x.daemon.label === 'virtlockd' && x.scenario === 'own' && x.clients === c.clients);
+      const vmed = vm ? medians(vm, clk) : null;
+      const q = vmed ? m.cpuUsPerCycle / vmed.cpuUsPerCycle : NaN;
+      rows.push([`daemon CPU per acquire+release, ${c.clients} clients (${d.label})`, `${fmt1(m.cpuUsPerCycle)} µs`, vmed ? `${fmt1(vmed.cpuUsPerCycle)} µs` : '-', Number.isFinite(q) ? `${fmt2(q)}×` : '-', '≤ 0.5×', verdict(Number.isFinite(q) ? q <= 0.5 : null)]);
+      const t = vmed ? m.cyclesPerSec / vmed.cyclesPerSec : NaN;
+      rows.push([`acquire+release cycles/s, ${c.clients} clients (${d.label})`, fmtInt(m.cyclesPerSec), vmed ? fmtInt(vmed.cyclesPerSec) : '-', Number.isFinite(t) ? `${fmt2(t)}×` : '-', '≥ 1.5×', verdict(Number.isFinite(t) ? t >= 1.5 : null)]);
+    }
+  }
+  for (const d of daemons) {
+    if (d.label === 'virtlockd') continue;
+    const r = d.memIdle?.rssKb ?? NaN;
+    const vv = v?.memIdle?.rssKb ?? NaN;
+    rows.push([`RSS idle, just started (${d.label})`, `${fmtMb(r)} MB`, `${fmtMb(vv)} MB`, Number.isFinite(r / vv) ? `${fmt2(r / vv)}×` : '-', '≤ 45 MB', verdict(Number.isFinite(r) ? r <= 45 * 1024 : null)]);
+    rows.push([`  private anon of that`, `${fmtMb(d.memIdle?.anonKb ?? NaN)} MB`, `${fmtMb(v?.memIdle?.anonKb ?? NaN)} MB`, '', '', '']);
+    const a = d.memAfter?.rssKb ?? NaN;
+    const va = v?.memAfter?.rssKb ?? NaN;
+    rows.push([`RSS after the load, clients idle (${d.label})`, `${fmtMb(a)} MB`, `${fmtMb(va)} MB`, Number.isFinite(a / va) ? `${fmt2(a / va)}×` : '-', '', '']);
+  }
+  for (const d of daemons) {
+    if (d.label === 'virtlockd' || !d.ownerExitMs) continue;
+    const r = median(d.ownerExitMs);
+    const vv = v?.ownerExitMs ? median(v.ownerExitMs) : NaN;
+    rows.push([`lease free after its owner exits, median of ${d.ownerExitMs.length} (${d.label})`, `${r.toFixed(2)} ms`, `${Number.isFinite(vv) ? vv.toFixed(2) : '-'} ms`, '—', '≤ 2 ms', verdict(Number.isFinite(r) ? r <= 2 : null)]);
+    rows.push([`  max`, `${Math.max(...d.ownerExitMs).toFixed(2)} ms`, v?.ownerExitMs?.length ? `${Math.max(...v.ownerExitMs).toFixed(2)} ms` : '-', '', '', d.ownerExitErrors?.length ? `${d.ownerExitErrors.length} errors` : '']);
+  }
+  if (!rows.length) return;
+  out('');
+  out(`The issue's figures (medians of this run${opts.logLevel !== 'warn' ? `; relockd at --log-level ${opts.logLevel}` : ''}; relockd@info: at its default level):`);
+  out(table(rows, ['figure', 'relockd', 'virtlockd', 'ratio', 'goal', '']));
 }
 
 main().catch((e: Error) => {

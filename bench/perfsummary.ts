@@ -9,6 +9,14 @@
 // lockbench --perf DIR records DIR/<daemon>.data for every daemon. For JS
 // frame names in relockd's samples add --node-flags=--perf-basic-prof.
 // The main thread is the lowest tid seen unless --main is given.
+//
+// --components (relockd, recorded with --perf-basic-prof): buckets the main
+// thread's samples by the part of the request path on the stack instead:
+// logging, lock manager (with its open/fcntl/fstat/close), encode, write
+// (reply writes, kernel included), decode, dispatch, read (socket read and
+// Node's stream machinery), GC, event loop. A sample goes to the first
+// bucket in that order that any frame of its stack matches, so a write(2)
+// under pino counts as logging and a write(2) of a reply as write.
 
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
@@ -40,6 +48,25 @@ function category(stack: string[]): string {
   return 'user code';
 }
 
+/** JS frames of relockd's bundle with one of these function names. */
+const JS = (names: string) => new RegExp(`JS:[*~^]?(?:${names}) \\S*relockd[-\\w]*\\.c?m?js`);
+const COMPONENTS: Array<[string, RegExp]> = [
+  ['logging', JS('asJson|genLog|LOG|write|flush|writeAll|writeMany|child|isLevelEnabled|ownerLog|mixin|stdTimeFunctions|isoTime|formatters|level')],
+  ['lock manager', new RegExp(`relockd_native|${JS('acquire|release|lockInline|freeInline|dropOwner|stored|tryJoinHeld|unqueued|inline|lookup|checkName|lockFileSync|releaseFileSync|mode|observe|run|busy').source}`)],
+  ['encode', JS('encodePacket|encodeReply|replyOk|replyError')],
+  ['write (replies)', /JS:\*?(?:writeOutbox|flushOutbox|send|Writable\.write|_write|writeOrBuffer|writeGeneric|writeBuffer|handleWriteReq|afterWrite\w*|onwrite) |StreamBase::Write|LibuvStreamWrap::DoTryWrite/],
+  ['decode', JS('next|take|peek|decodeHeader|u32|i32|string|opaque|fixedOpaque|decode|decodeArgs')],
+  ['dispatch', JS('pump|dispatch|handle|finish|finishSync|onData|flushTurnNow|atTurnEnd|processImmediate')],
+  ['read (socket + streams)', /JS:\*?(?:onStreamRead|Readable\.push|readableAddChunk\w*|addChunk|emit|maybeReadMore\w*|resume\w*|flow) |OnStreamRead|uv__read|ksys_read/],
+  ['GC', /Scavenge|Heap::|MarkCompact|ConcurrentMarking|Sweeper/],
+  ['event loop, other', /./],
+];
+
+function component(stack: string[]): string {
+  for (const [name, re] of COMPONENTS) if (stack.some((f) => re.test(`${f} `))) return name;
+  return 'event loop, other';
+}
+
 const inScheduler = (stack: string[]) => stack.some((f) => f.startsWith('__schedule') || f.startsWith('finish_task_switch'));
 
 function parse(text: string): Sample[] {
@@ -62,7 +89,7 @@ function parse(text: string): Sample[] {
 }
 
 function main(): void {
-  const { values } = parseArgs({ options: { main: { type: 'string' } } });
+  const { values } = parseArgs({ options: { main: { type: 'string' }, components: { type: 'boolean', default: false } } });
   const samples = parse(readFileSync(0, 'utf8'));
   if (!samples.length) {
     process.stderr.write('no samples on stdin (pipe `perf script -F tid,ip,sym` into this)\n');
@@ -72,6 +99,23 @@ function main(): void {
   const n = samples.length;
   const p = (x: number) => `${((100 * x) / n).toFixed(1).padStart(5)}%`;
   process.stdout.write(`${n} samples; shares are of all the daemon's samples; [in brackets: of which inside the scheduler]\n`);
+  if (values.components) {
+    const ss = samples.filter((s) => s.tid === mainTid);
+    const by = new Map<string, { all: number; sched: number }>();
+    for (const s of ss) {
+      const c = component(s.stack);
+      const e = by.get(c) ?? { all: 0, sched: 0 };
+      e.all++;
+      if (inScheduler(s.stack)) e.sched++;
+      by.set(c, e);
+    }
+    process.stdout.write(`== main thread by component: ${p(ss.length)}\n`);
+    for (const [c] of COMPONENTS) {
+      const e = by.get(c);
+      if (e) process.stdout.write(`  ${p(e.all)} [${p(e.sched)}]  ${c}\n`);
+    }
+    return;
+  }
   for (const [who, pick] of [
     ['main thread', (t: number) => t === mainTid],
     ['other threads', (t: number) => t !== mainTid],

@@ -42,6 +42,8 @@ import { statTicks } from './worker.js';
 import type { CellRunMsg, CellSetupMsg, FromReexecWorker, RunResult, ToReexecWorker } from './reexec-worker.js';
 import { fmt1, fmtMs, hostJiffies, median, table } from './reexec-stats.js';
 import { Generator } from './generator.js';
+import { fmtMb, procMem } from './procmem.js';
+import type { ProcMem } from './procmem.js';
 
 
 // ---- options -------------------------------------------------------------------
@@ -268,6 +270,9 @@ interface Cell {
   runs: Run[];
   /** Why the cell stopped early. */
   aborted?: string;
+  /** Daemon memory once every lease is held (fresh image), and after the last re-exec (re-exec'd image). */
+  memSetup?: ProcMem | null;
+  memFinal?: ProcMem | null;
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -589,6 +594,8 @@ async function main(): Promise<void> {
             const r = await gen.request(setup);
             if (r.type !== 'ready') throw new Error(`unexpected ${r.type}`);
             cell.setupMs = r.setupMs;
+            await sleep(1000); // let the daemon go idle
+            cell.memSetup = procMem(d.pid);
             err(`${cell.id}: ${L} leases over ${C} clients set up in ${fmtMs(r.setupMs)} ms (pid ${d.pid})`);
           }
           const total = opts.warmup + opts.runs;
@@ -624,6 +631,9 @@ async function main(): Promise<void> {
           for (const cell of group) cell.aborted ??= (e as Error).message;
           err(`L${L}/C${C}: ${(e as Error).message}`);
         } finally {
+          // After the last re-exec, idle: V8 collects the parsed state document's garbage.
+          await sleep(3000);
+          for (const cell of group) if (cell.daemon) cell.memFinal = procMem(cell.daemon.pid);
           for (const cell of group) {
             await gen.request({ type: 'teardown', id: cell.id }).catch(() => {});
             if (cell.daemon) {
@@ -735,6 +745,8 @@ function report(cells: Cell[], opts: Opts, out: (s: string) => void): void {
     );
   }
 
+  reportScale(cells, sum, out);
+
   if (opts.json) {
     const json = {
       options: opts,
@@ -746,6 +758,8 @@ function report(cells: Cell[], opts: Opts, out: (s: string) => void): void {
         setupMs: c.setupMs,
         aborted: c.aborted,
         summary: sum.get(c.id),
+        memSetup: c.memSetup,
+        memFinal: c.memFinal,
         runs: c.runs.map((r) => {
           // -1 = never answered: a max over the clients only when all were.
           const all = (xs: number[]) => (xs.every((x) => x >= 0) ? Math.max(...xs) : null);
@@ -756,6 +770,110 @@ function report(cells: Cell[], opts: Opts, out: (s: string) => void): void {
     };
     process.stdout.write(`${JSON.stringify(json, null, 2)}\n`);
   }
+}
+
+/** Least-squares line through (x, y); null with fewer than two distinct x. */
+function fitLine(pts: Array<[number, number]>): { slope: number; at: (x: number) => number } | null {
+  const ok = pts.filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y));
+  if (new Set(ok.map(([x]) => x)).size < 2) return null;
+  const n = ok.length;
+  const mx = ok.reduce((a, [x]) => a + x, 0) / n;
+  const my = ok.reduce((a, [, y]) => a + y, 0) / n;
+  const slope = ok.reduce((a, [x, y]) => a + (x - mx) * (y - my), 0) / ok.reduce((a, [x]) => a + (x - mx) ** 2, 0);
+  return { slope, at: (x) => my + slope * (x - mx) };
+}
+
+/**
+ * Memory per cell, growth per lease, the projection to 100k leases, and the
+ * issue's figures with their goals.
+ */
+function reportScale(cells: Cell[], sum: Map<string, Summary>, out: (s: string) => void): void {
+  const key = (label: string, L: number, C: number) => `${label}/${L}/${C}`;
+  const byKey = new Map(cells.map((c) => [key(c.target.label, c.leases, c.clients), c]));
+  const perLease = (c: Cell, which: 'memSetup' | 'memFinal'): number => {
+    const base = byKey.get(key(c.target.label, 0, c.clients))?.[which];
+    const m = c[which];
+    if (!base || !m || c.leases === 0) return NaN;
+    return ((m.rssKb - base.rssKb) * 1024) / c.leases;
+  };
+  const memRows = cells.map((c) => [
+    String(c.leases),
+    String(c.clients),
+    c.target.label,
+    fmtMb(c.memSetup?.rssKb ?? -1),
+    fmtMb(c.memSetup?.anonKb ?? -1),
+    fmtMb(c.memFinal?.rssKb ?? -1),
+    fmtMb(c.memFinal?.anonKb ?? -1),
+    fmtMb(c.memFinal?.pssKb ?? -1),
+    Number.isFinite(perLease(c, 'memSetup')) ? String(Math.round(perLease(c, 'memSetup'))) : '-',
+    Number.isFinite(perLease(c, 'memFinal')) ? String(Math.round(perLease(c, 'memFinal'))) : '-',
+  ]);
+  out('');
+  out('Memory (MB; one sample each: 1 s after every lease is held, and 3 s after the last re-exec):');
+  out(table(memRows, ['leases', 'clients', 'daemon', 'RSS held', 'anon held', 'RSS re-exec\'d', 'anon re-exec\'d', 'PSS re-exec\'d', 'B/lease held', 'B/lease re-exec\'d']));
+  out(
+    '  RSS: VmRSS (includes the clean, shared pages of the executable and libraries: for relockd ~40 MB of the node binary);\n' +
+      '  anon: RssAnon (private heap, stacks, JIT); PSS: shared pages divided among their users; B/lease: (RSS − RSS of the\n' +
+      '  same daemon with 0 leases and as many clients) / leases.',
+  );
+
+  // Growth per lease and the projection to 100k (fit over cells with ≥ 1000 leases).
+  const scaleRows: string[][] = [];
+  const labels = [...new Set(cells.map((c) => c.target.label))];
+  const clientCounts = [...new Set(cells.map((c) => c.clients))];
+  for (const C of clientCounts) {
+    for (const label of labels) {
+      const cs = cells.filter((c) => c.target.label === label && c.clients === C && c.leases >= 1000);
+      const bl = fitLine(cs.map((c) => [c.leases, sum.get(c.id)!.blackout]));
+      const rss = fitLine(cs.filter((c) => c.memFinal).map((c) => [c.leases, c.memFinal!.rssKb * 1024]));
+      if (!bl && !rss) continue;
+      scaleRows.push([
+        String(C),
+        label,
+        cs.map((c) => c.leases).join(','),
+        bl ? (bl.slope * 1000).toFixed(1) : '-',
+        bl ? fmtMs(bl.at(100_000)) : '-',
+        rss ? String(Math.round(rss.slope)) : '-',
+        rss ? fmtMb(rss.at(100_000) / 1024) : '-',
+      ]);
+    }
+  }
+  if (scaleRows.length) {
+    out('');
+    out('Growth per lease (least squares over the cells with ≥ 1000 leases) and projection to 100k leases:');
+    out(table(scaleRows, ['clients', 'daemon', 'leases fitted', 'blackout µs/lease', 'blackout @100k ms', 'RSS B/lease', 'RSS @100k MB']));
+  }
+
+  // The issue's figures this bench measures.
+  const C0 = Math.min(...clientCounts);
+  const figure = (L: number) => {
+    const r = byKey.get(key('relockd', L, C0));
+    const v = byKey.get(key('virtlockd', L, C0));
+    return { r, v, rs: r && sum.get(r.id), vs: v && sum.get(v.id) };
+  };
+  const rows: string[][] = [];
+  const add = (name: string, rv: number, vv: number, unit: string, goal: string, ok: (ratio: number, rv: number) => boolean) => {
+    const ratio = rv / vv;
+    const f = (x: number) => (Number.isFinite(x) ? `${unit === 'MB' ? fmtMb(x) : unit === 'B' ? Math.round(x) : fmtMs(x)} ${unit}` : '-');
+    rows.push([name, f(rv), f(vv), Number.isFinite(ratio) ? `${ratio.toFixed(2)}×` : '-', goal, Number.isFinite(rv) ? (ok(ratio, rv) ? 'met' : 'NOT met') : '-']);
+  };
+  const leaseCounts = [...new Set(cells.map((c) => c.leases))].sort((a, b) => a - b);
+  for (const L of leaseCounts) {
+    if (L === 0) continue;
+    const { rs, vs } = figure(L);
+    const goal = L >= 10000 ? '≤ 1.0×' : L >= 1000 ? '≤ 3×' : '';
+    add(`re-exec blackout, ${L} leases, ${C0} clients`, rs?.blackout ?? NaN, vs?.blackout ?? NaN, 'ms', goal, (q) => (L >= 10000 ? q <= 1 : L >= 1000 ? q <= 3 : true));
+  }
+  const idle = figure(0);
+  add(`RSS idle (0 leases, ${C0} clients registered)`, idle.r?.memSetup?.rssKb ?? NaN, idle.v?.memSetup?.rssKb ?? NaN, 'MB', '≤ 45 MB', (_q, rv) => rv <= 45 * 1024);
+  add(`  private anon of that`, idle.r?.memSetup?.anonKb ?? NaN, idle.v?.memSetup?.anonKb ?? NaN, 'MB', '', () => true);
+  const Lmem = leaseCounts.includes(10000) ? 10000 : leaseCounts[leaseCounts.length - 1]!;
+  const m = figure(Lmem);
+  if (m.r && m.v) add(`RSS per held lease (${Lmem} leases, re-exec'd image)`, perLease(m.r, 'memFinal'), perLease(m.v, 'memFinal'), 'B', '≤ 1.0×', (q) => q <= 1);
+  if (m.r && m.v) add(`RSS per held lease (${Lmem} leases, fresh image)`, perLease(m.r, 'memSetup'), perLease(m.v, 'memSetup'), 'B', '≤ 1.0×', (q) => q <= 1);
+  out('');
+  out(`The issue's figures (medians of this run; relockd / virtlockd):`);
+  out(table(rows, ['figure', 'relockd', 'virtlockd', 'ratio', 'goal', '']));
 }
 
 main().catch((e: Error) => {

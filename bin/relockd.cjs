@@ -8,6 +8,12 @@ const early = [];
 for (const sig of ['SIGUSR1', 'SIGHUP', 'SIGTERM', 'SIGINT', 'SIGQUIT', 'SIGUSR2']) {
   process.on(sig, () => early.push(sig));
 }
+// Memory: V8 grows the young generation from 1 MB semi-spaces to 16 MB after
+// a burst of requests and keeps them (up to ~30 MB of RSS for the daemon's
+// lifetime). Almost everything a request allocates dies young, so the small
+// young generation costs little; set here so it holds however node was
+// started (a flag on the command line would be lost to unit files and tests).
+require('node:v8').setFlagsFromString('--semi-space-growth-factor=1');
 // The exact argv we were started with, for re-exec (process.argv is resolved).
 let cmdline;
 try {
@@ -18,4 +24,34 @@ try {
 // Storage calls run on libuv's pool; give a hung mount room to not starve
 // the others (see src/locks/storageGate.ts). Must be set before first use.
 if (!process.env.UV_THREADPOOL_SIZE) process.env.UV_THREADPOOL_SIZE = '32';
-import('../dist/relockd.mjs').then((m) => m.run(process.argv.slice(2), early, cmdline));
+// The daemon's bundle, compiled from V8's code cache when the previous image
+// left one (a re-exec: RELOCKD_CODE_CACHE names it, see
+// src/daemon/codeCache.ts). V8 rejects a cache made for another source,
+// V8 version or set of flags; then it compiles as usual.
+const { runMain } = (() => {
+  const fs = require('node:fs');
+  const vm = require('node:vm');
+  const Module = require('node:module');
+  const path = require('node:path');
+  const file = path.join(__dirname, '..', 'dist', 'relockd-main.cjs');
+  const cachePath = process.env.RELOCKD_CODE_CACHE;
+  delete process.env.RELOCKD_CODE_CACHE;
+  let cachedData;
+  if (cachePath) {
+    try {
+      cachedData = fs.readFileSync(cachePath);
+    } catch {
+      cachedData = undefined;
+    }
+  }
+  const script = new vm.Script(Module.wrap(fs.readFileSync(file, 'utf8')), {
+    filename: file,
+    cachedData,
+    importModuleDynamically: vm.constants.USE_MAIN_CONTEXT_DEFAULT_LOADER,
+  });
+  const mod = { exports: {} };
+  script.runInThisContext().call(mod.exports, mod.exports, Module.createRequire(file), mod, file, path.dirname(file));
+  globalThis.__relockdCodeCache = { script, used: cachedData !== undefined && !script.cachedDataRejected, offered: cachedData !== undefined };
+  return { runMain: mod.exports.run };
+})();
+runMain(process.argv.slice(2), early, cmdline);

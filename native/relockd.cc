@@ -19,6 +19,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -123,6 +124,20 @@ std::string StringValue(Napi::Env env, Napi::Value v, const std::string& name) {
   if (!v.IsString()) ThrowType(env, name + " must be a string");
   std::string s = v.As<Napi::String>().Utf8Value();
   // C strings would silently cut at the NUL.
+  if (s.find('\0') != std::string::npos)
+    ThrowType(env, name + " must not contain NUL characters");
+  return s;
+}
+
+// A path as a byte string (one JS char per byte, src/byteString.ts): file
+// names are bytes, not necessarily UTF-8, so they must not go through UTF-8.
+std::string BytesValue(Napi::Env env, Napi::Value v, const std::string& name) {
+  if (!v.IsString()) ThrowType(env, name + " must be a string");
+  size_t len = 0;
+  napi_status st = napi_get_value_string_latin1(env, v, nullptr, 0, &len);
+  if (st != napi_ok) ThrowType(env, name + " must be a string");
+  std::string s(len, '\0');
+  if (len > 0) napi_get_value_string_latin1(env, v, &s[0], len + 1, &len);
   if (s.find('\0') != std::string::npos)
     ThrowType(env, name + " must not contain NUL characters");
   return s;
@@ -444,11 +459,28 @@ std::string DirName(const std::string& path) {
   return path.substr(0, slash);
 }
 
+// Between retries of the acquire loop: the first few back to back, then a
+// growing pause (1, 2, 4 ... 64 ms). A handover on NFS settles within a few
+// round trips; the pause keeps a pool thread from spinning meanwhile. Total
+// bound: kMaxLockAttempts attempts, under ~3 s.
+void RetryPause(int attempt) {
+  if (attempt < 3) return;
+  int shift = attempt - 3 < 6 ? attempt - 3 : 6;
+  struct timespec ts = {0, (1L << shift) * 1000000L};
+  nanosleep(&ts, nullptr);
+}
+
 // virtlockd's acquire sequence: open (optionally creating), OFD-lock byte 0,
 // and when creating make sure the path still names the file we locked: a
 // releasing holder may have unlinked it between our open and our lock.
 // Runs on a pool thread (lockFile) or, for local filesystems, inline
 // (lockFileSync): the same code either way.
+//
+// Every failure that only means "the name moved under us" (ESTALE from any
+// step, the path naming another file, the locked file unlinked) is retried
+// after revalidating the name; only real errors and EAGAIN (busy) come back.
+// So an ACQUIRE of a free lease is granted and a held one is busy, however
+// another host's release interleaves.
 struct LockJob {
   std::string path;
   bool shared = false, create = false;
@@ -457,9 +489,13 @@ struct LockJob {
   dev_t dev = 0;
   ino_t ino = 0;
   bool created = false;
+  int attempts = 0;
+  const char* lastRetry = nullptr;
 
   void Run() {
     for (int attempt = 0; attempt < kMaxLockAttempts; attempt++) {
+      attempts = attempt + 1;
+      if (attempt > 0) RetryPause(attempt);
       created = false;
       int f = open(path.c_str(), O_RDWR | O_CLOEXEC);
       if (f < 0 && errno == ENOENT && create) {
@@ -472,17 +508,16 @@ struct LockJob {
           f = open(path.c_str(), O_RDWR | O_CLOEXEC | O_CREAT, 0600);
         }
       }
-      if (f < 0 && errno == ESTALE) {  // NFS: stale cached name, look it up again
-        RefreshDir(DirName(path));
+      if (f < 0 && errno == ESTALE) {  // NFS: a stale cached name: look it up again
+        Retry(-1, "open: ESTALE");
         continue;
       }
       if (f < 0) return Fail(-1, errno, "open", "open");
 
       struct flock fl = MakeFlock(shared ? F_RDLCK : F_WRLCK, 0, 1);
       if (fcntl(f, F_OFD_SETLK, &fl) < 0) {
-        if (errno == ESTALE) {  // NFS: the name went away under us; look it up again
-          close(f);
-          RefreshDir(DirName(path));
+        if (errno == ESTALE) {  // NFS: the file went away under us
+          Retry(f, "lock: ESTALE");
           continue;
         }
         return Fail(f, errno, "fcntl(F_OFD_SETLK)", "lock");
@@ -491,49 +526,75 @@ struct LockJob {
       struct stat fst;
       if (fstat(f, &fst) < 0) {
         if (errno == ESTALE) {
-          close(f);
-          RefreshDir(DirName(path));
+          Retry(f, "fstat: ESTALE");
           continue;
         }
         return Fail(f, errno, "fstat", "stat");
       }
       if (create) {
-        // The lock must be on the file the path names *now*: a releasing
-        // holder (on any host) unlinks the lease file while still locked.
-        // On NFS, names and attributes may come from the client's caches,
-        // so revalidate the directory and ask the server (FORCE_SYNC) for
-        // both the fd and the path, and require the file to still be linked.
-        // Without this, two hosts can be granted the same lease (seen in the
-        // UML NFS lab, test/nfs/). On local filesystems these are cheap.
-        struct statx fsx, psx;
-        RefreshDir(DirName(path));
-        if (statx(f, "", AT_EMPTY_PATH | AT_STATX_FORCE_SYNC, STATX_BASIC_STATS, &fsx) < 0) {
-          if (errno == ESTALE) {
-            close(f);
-            RefreshDir(DirName(path));
-            continue;
-          }
-          return Fail(f, errno, "statx", "stat");
-        }
-        if (statx(AT_FDCWD, path.c_str(), AT_STATX_FORCE_SYNC, STATX_BASIC_STATS, &psx) < 0) {
-          int err = errno;
-          if (err != ENOENT && err != ESTALE) return Fail(f, err, "statx", "stat");
-          close(f);  // unlinked under us: retry
-          if (err == ESTALE) RefreshDir(DirName(path));
-          continue;
-        }
-        if (fsx.stx_nlink == 0 || fsx.stx_ino != psx.stx_ino || fsx.stx_dev_major != psx.stx_dev_major ||
-            fsx.stx_dev_minor != psx.stx_dev_minor) {
-          close(f);  // replaced (or unlinked) under us: retry
-          continue;
-        }
+        int verdict = CheckStillNamed(f);
+        if (verdict < 0) return;  // fail is set, f closed
+        if (verdict == 0) continue;  // retry, f closed
       }
       fd = f;
       dev = fst.st_dev;
       ino = fst.st_ino;
       return;
     }
-    fail = {ELOOP, "stat", "stat", "the file kept being replaced while locking it"};
+    fail = {ELOOP, "stat", "stat", "the lease file kept being replaced while locking it"};
+  }
+
+  // The lock must be on the file the path names *now*: a releasing holder
+  // (virtlockd, on any host) unlinks the lease file while still locked, then
+  // unlocks. On NFS a plain stat(path) can be answered from a cached name:
+  // directory change attributes come from timestamps with coarse granularity,
+  // so the client may never notice the rename and keeps handing out the
+  // old file (the cause of both the double grant and the ELOOP seen in the
+  // UML lab, test/nfs/). An O_CREAT|O_EXCL open of the path is the one call
+  // that always makes the client look the name up on the server (LOOKUP_EXCL
+  // forces revalidation, NFSv3 and v4): EEXIST means the name exists and its
+  // dentry is fresh; success means the name was gone (we locked an orphan).
+  // Then the server's attributes (FORCE_SYNC) of the fd and of the path must
+  // name the same inode, still linked. Returns 1 ok, 0 retry, -1 failed.
+  int CheckStillNamed(int f) {
+    int probe = open(path.c_str(), O_RDWR | O_CLOEXEC | O_CREAT | O_EXCL, 0600);
+    if (probe >= 0) {
+      close(probe);  // the name was free: what we locked is unlinked
+      Retry(f, "check: the locked file was unlinked");
+      return 0;
+    }
+    if (errno == ESTALE || errno == ENOENT) {
+      Retry(f, "check: ESTALE");
+      return 0;
+    }
+    if (errno != EEXIST) {
+      Fail(f, errno, "open", "stat");
+      return -1;
+    }
+    struct statx fsx, psx;
+    if (statx(f, "", AT_EMPTY_PATH | AT_STATX_FORCE_SYNC, STATX_BASIC_STATS, &fsx) < 0) {
+      if (errno == ESTALE) {
+        Retry(f, "check: fd ESTALE");
+        return 0;
+      }
+      Fail(f, errno, "statx", "stat");
+      return -1;
+    }
+    if (statx(AT_FDCWD, path.c_str(), AT_STATX_FORCE_SYNC, STATX_BASIC_STATS, &psx) < 0) {
+      int err = errno;
+      if (err != ENOENT && err != ESTALE) {
+        Fail(f, err, "statx", "stat");
+        return -1;
+      }
+      Retry(f, "check: path vanished");
+      return 0;
+    }
+    if (fsx.stx_nlink == 0 || fsx.stx_ino != psx.stx_ino || fsx.stx_dev_major != psx.stx_dev_major ||
+        fsx.stx_dev_minor != psx.stx_dev_minor) {
+      Retry(f, fsx.stx_nlink == 0 ? "check: the locked file was unlinked" : "check: the path names another file");
+      return 0;
+    }
+    return 1;
   }
 
   Napi::Object Result(Napi::Env env) const {
@@ -542,6 +603,8 @@ struct LockJob {
     r.Set("dev", static_cast<double>(dev));  // same (lossy) numbers as fs.Stats
     r.Set("ino", static_cast<double>(ino));
     r.Set("created", created);
+    r.Set("attempts", attempts);
+    if (lastRetry) r.Set("retried", lastRetry);
     return r;
   }
 
@@ -549,6 +612,14 @@ struct LockJob {
   void Fail(int f, int err, const char* syscall, const char* stage) {
     if (f >= 0) close(f);
     fail = {err, syscall, stage, nullptr};
+  }
+
+  // Drops this attempt's fd (it may hold a lock on an orphan) and makes the
+  // client revalidate the directory before the next attempt.
+  void Retry(int f, const char* why) {
+    if (f >= 0) close(f);
+    lastRetry = why;
+    RefreshDir(DirName(path));
   }
 };
 
@@ -575,7 +646,7 @@ class LockFileWorker : public Napi::AsyncWorker {
 LockJob LockJobArgs(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   LockJob job;
-  job.path = StringArg(info, 0, "path");
+  job.path = BytesValue(env, info[0], "path");
   if (job.path.empty()) ThrowRange(env, "path must not be empty");
   Napi::Object opts = ObjectArg(info, 1, "opts");
   job.shared = BoolValue(env, opts.Get("shared"), "opts.shared");
@@ -686,7 +757,7 @@ ReleaseJob ReleaseJobArgs(const Napi::CallbackInfo& info) {
   Napi::Object opts = ObjectArg(info, 1, "opts");
   Napi::Value up = opts.Get("unlinkPath");
   job.unlink = !up.IsNull();
-  job.path = job.unlink ? StringValue(env, up, "opts.unlinkPath (or null)") : "";
+  job.path = job.unlink ? BytesValue(env, up, "opts.unlinkPath (or null)") : "";
   if (job.unlink && job.path.empty()) ThrowRange(env, "opts.unlinkPath must not be empty");
   job.onlyIfExclusive = BoolValue(env, opts.Get("onlyIfExclusive"), "opts.onlyIfExclusive");
   Napi::Value cv = opts.Get("classic");

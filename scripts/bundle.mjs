@@ -1,27 +1,37 @@
 // Bundles each entry point's module graph (compiled by tsc into dist/) into
 // one file. Loading one file instead of ~60 modules under Node's permission
 // model halves module-loading time, and that time is part of every re-exec
-// blackout. yargs stays external: it is loaded only at a fresh start (and by
-// relockctl), and it finds its locale files relative to its own location.
+// blackout. yargs stays external: it is loaded only when a fresh start's
+// command line needs it (and by relockctl), and it finds its locale files
+// relative to its own location.
+//
+// The daemon's bundle is CommonJS (dist/relockd-main.cjs): bin/relockd.cjs
+// compiles it with vm.Script so that a re-exec'd image can start from V8's
+// code cache of the previous image (src/daemon/codeCache.ts), and CommonJS
+// skips the ESM loader's own start-up. relockctl stays ESM.
 import { build } from 'esbuild';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-for (const [entry, out] of [
-  ['dist/src/cli/main.js', 'dist/relockd.mjs'],
-  ['dist/src/cli/relockctl.js', 'dist/relockctl.mjs'],
+for (const [entry, out, format] of [
+  ['dist/src/cli/main.js', 'dist/relockd-main.cjs', 'cjs'],
+  ['dist/src/cli/relockctl.js', 'dist/relockctl.mjs', 'esm'],
 ]) {
   await build({
     entryPoints: [join(root, entry)],
     outfile: join(root, out),
     bundle: true,
     platform: 'node',
-    format: 'esm',
+    format,
     target: 'node20',
-    external: ['yargs', 'yargs/*'],
-    // CommonJS dependencies (pino) call require(); give the ESM bundle one.
-    banner: { js: "import { createRequire as __relockdCreateRequire } from 'node:module'; const require = __relockdCreateRequire(import.meta.url);" },
+    // prom-client too: the daemon loads it on the first scrape only (src/metrics/exposition.ts).
+    external: ['yargs', 'yargs/*', 'prom-client'],
+    ...(format === 'esm'
+      ? // CommonJS dependencies (pino) call require(); give the ESM bundle one.
+        { banner: { js: "import { createRequire as __relockdCreateRequire } from 'node:module'; const require = __relockdCreateRequire(import.meta.url);" } }
+      : // import.meta.url (addon and package-root lookup) from the bundle's own path.
+        { define: { 'import.meta.url': '__relockdImportMetaUrl' }, banner: { js: "const __relockdImportMetaUrl = require('node:url').pathToFileURL(__filename).href;" } }),
     sourcemap: 'linked',
     logLevel: 'warning',
   });

@@ -1,14 +1,18 @@
 // Structured logs: pino, one JSON event per line. Where lines go is a set of
 // outputs in libvirt's terms (stderr, file, journald, syslog), each with its
-// own minimum level, swappable at run time (SIGHUP, virt-admin). Writes are
-// synchronous so nothing is lost on execve or a crash, and a vanished log
-// reader never takes the daemon (and its locks) down.
+// own minimum level, swappable at run time (SIGHUP, virt-admin). Lines are
+// written synchronously, batched per event-loop turn (turnFlush.ts: one
+// write(2) per turn, before that turn's replies; flushed at exit and before
+// execve), and a vanished log reader never takes the daemon (and its locks)
+// down.
 
 import { closeSync, fstatSync, mkdirSync, openSync, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { pino } from 'pino';
 import type { Level, Logger } from 'pino';
 import * as native from './native.js';
+import { display } from './byteString.js';
+import { atTurnEnd } from './turnFlush.js';
 
 export type { Logger };
 
@@ -33,7 +37,23 @@ export interface OutputSpec {
 interface Sink {
   rank: number;
   write(line: string, level: string): void;
+  /** Several lines at once (stream outputs: one write). */
+  writeMany?(lines: string): void;
   close(): void;
+}
+
+/** Writes all of `text` to a stream fd; gives up (drops the rest) on an error such as EAGAIN or EPIPE. */
+function writeAll(fd: number, text: string): void {
+  let buf = Buffer.from(text);
+  try {
+    for (;;) {
+      const n = writeSync(fd, buf);
+      if (n >= buf.length) return;
+      buf = buf.subarray(n);
+    }
+  } catch {
+    /* EPIPE/EAGAIN/disk full: a dead reader must not kill us; keep serving */
+  }
 }
 
 /** "<N>" prefixes let journald (via the stderr stream) see each line's priority. */
@@ -41,12 +61,9 @@ function stderrSink(rank: number, prefixed: boolean): Sink {
   return {
     rank,
     write(line, level) {
-      try {
-        writeSync(2, prefixed ? `<${SYSLOG_PRIORITY[level] ?? 6}>${line}` : line);
-      } catch {
-        /* EPIPE/EAGAIN: a dead reader must not kill us */
-      }
+      writeAll(2, prefixed ? `<${SYSLOG_PRIORITY[level] ?? 6}>${line}` : line);
     },
+    writeMany: prefixed ? undefined : (lines) => writeAll(2, lines),
     close() {},
   };
 }
@@ -57,11 +74,10 @@ function fileSink(rank: number, path: string): Sink {
   return {
     rank,
     write(line) {
-      try {
-        writeSync(fd, line);
-      } catch {
-        /* disk full: keep serving */
-      }
+      writeAll(fd, line);
+    },
+    writeMany(lines) {
+      writeAll(fd, lines);
     },
     close() {
       try {
@@ -128,6 +144,7 @@ export class LogOutputs {
   }
 
   set(specs: OutputSpec[]): void {
+    this.flush(); // lines logged so far go where they were meant to
     const next = specs.map((s) => {
       const rank = LEVEL_RANK[s.level] ?? 30;
       switch (s.kind) {
@@ -153,12 +170,37 @@ export class LogOutputs {
     return (Object.entries(LEVEL_RANK).find(([, v]) => v === r)?.[0] ?? 'info') as Level;
   }
 
+  /** Lines of this turn, with their levels, written at its end. */
+  private pendingLines: string[] = [];
+  private pendingLevels: string[] = [];
+  private readonly flushNow = (): void => this.flush();
+
   write(line: string): void {
     // '{"level":"info",...' — the level is the first value.
     const end = line.indexOf('"', 10);
     const level = line.startsWith('{"level":"') && end > 10 ? line.slice(10, end) : 'info';
-    const rank = LEVEL_RANK[level] ?? 30;
-    for (const s of this.sinks) if (rank >= s.rank) s.write(line, level);
+    if (this.pendingLines.length === 0) atTurnEnd(this.flushNow);
+    this.pendingLines.push(line);
+    this.pendingLevels.push(level);
+  }
+
+  /** Writes the pending lines: one write per stream output, one datagram per line otherwise. */
+  flush(): void {
+    const lines = this.pendingLines;
+    const levels = this.pendingLevels;
+    if (lines.length === 0) return;
+    this.pendingLines = [];
+    this.pendingLevels = [];
+    const ranks = levels.map((l) => LEVEL_RANK[l] ?? 30);
+    for (const s of this.sinks) {
+      if (s.writeMany && lines.length > 1) {
+        let text = '';
+        for (let i = 0; i < lines.length; i++) if (ranks[i]! >= s.rank) text += lines[i];
+        if (text) s.writeMany(text);
+      } else {
+        for (let i = 0; i < lines.length; i++) if (ranks[i]! >= s.rank) s.write(lines[i]!, levels[i]!);
+      }
+    }
   }
 }
 
@@ -168,6 +210,26 @@ export interface DaemonLogger {
   /** Applies a new level and set of outputs (SIGHUP, virt-admin). */
   apply(level: Level, outputs: OutputSpec[]): void;
 }
+
+/**
+ * Lock-space paths and resource names are byte strings (src/byteString.ts):
+ * these fields are logged with display(), i.e. as UTF-8 when they are, and
+ * with unambiguous \xHH escapes otherwise. Error messages quote such names.
+ */
+const shown = (v: unknown) => (typeof v === 'string' ? display(v) : v);
+const NAME_SERIALIZERS = {
+  lockspace: shown,
+  resource: shown,
+  dir: shown,
+  path: shown,
+  file: shown,
+  err: (e: unknown) => {
+    if (typeof e === 'string') return display(e);
+    const o = pino.stdSerializers.err(e as Error) as unknown as { message?: unknown };
+    if (o && typeof o === 'object' && typeof o.message === 'string') o.message = display(o.message);
+    return o;
+  },
+};
 
 export function createDaemonLogger(level: Level, outputs: OutputSpec[]): DaemonLogger {
   const out = new LogOutputs(outputs);
@@ -180,6 +242,7 @@ export function createDaemonLogger(level: Level, outputs: OutputSpec[]): DaemonL
       base: { pid: process.pid },
       timestamp: pino.stdTimeFunctions.isoTime,
       formatters: { level: (label) => ({ level: label }) },
+      serializers: NAME_SERIALIZERS,
       onChild: (child) => {
         children.add(new WeakRef(child));
       },

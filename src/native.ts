@@ -56,6 +56,10 @@ export interface LockFileResult {
   ino: number;
   /** True when this call created the file. */
   created: boolean;
+  /** Open+lock attempts it took (more than 1: the name moved under us, e.g. an NFS handover). */
+  attempts?: number;
+  /** Why the last retry happened, when there was one. */
+  retried?: string;
 }
 
 export interface ReleaseFileOptions {
@@ -253,7 +257,8 @@ export function pidfdSendSignal(pidfd: number, sig: number): void {
  * virtlockd's acquire: open(O_RDWR|O_CLOEXEC[|O_CREAT, 0600]), F_OFD_SETLK on
  * byte 0 (read if shared, else write), and when creating retry until the path
  * still names the locked file. Errors carry stage 'open' | 'lock' | 'stat';
- * the fd is closed on every failure.
+ * the fd is closed on every failure. `file` (and unlinkPath) are byte strings
+ * (src/byteString.ts): each char is one byte of the name, passed unchanged.
  */
 export function lockFile(file: string, opts: LockFileOptions, cb: LockFileCallback): void {
   native.lockFile(file, opts, cb);

@@ -187,6 +187,7 @@ t.test('defaults', async (t) => {
     storageTimeout: 30,
     storageConcurrency: 4,
     reexecQuiesceTimeout: 5,
+    metricsListen: null,
   });
   t.ok(Object.isFrozen(DEFAULT_CONFIG));
   const a = configOf('');
@@ -214,6 +215,7 @@ t.test('every key: value, camelCase field, source line', async (t) => {
     'storage_timeout = 60',
     'storage_concurrency = 16',
     'reexec_quiesce_timeout = 10',
+    'metrics_listen = "127.0.0.1:9855"',
   ].join('\n');
   const r = parseConfig(text, F);
   t.same(r.warnings, []);
@@ -234,6 +236,7 @@ t.test('every key: value, camelCase field, source line', async (t) => {
   t.equal(c.storageTimeout, 60);
   t.equal(c.storageConcurrency, 16);
   t.equal(c.reexecQuiesceTimeout, 10);
+  t.equal(c.metricsListen, '127.0.0.1:9855');
   t.same(Object.keys(r.sources).sort(), Object.values(CONFIG_KEYS).sort(), 'a source for every field set');
   t.same(r.sources.lockspaces, { key: 'lockspaces', line: 8, column: 1 });
   t.same(r.sources.reexecQuiesceTimeout, { key: 'reexec_quiesce_timeout', line: 16, column: 1 });
@@ -396,7 +399,7 @@ t.test('invalid values name file, line, key and what was expected', async (t) =>
     ['log_outputs = [ "3:stderr" ]', 1, 'log_outputs', /must be string/],
     ['shutdown_policy = "kill"', 1, 'shutdown_policy', /"kill" \(must be equal to one of the allowed values.*\); expected one of "drain", "kill-owners", "refuse"/],
     ['shutdown_policy = 1', 1, 'shutdown_policy', /must be string/],
-    ['owner_term_grace = 0', 1, 'owner_term_grace', /0 \(must be > 0\); expected a number of seconds from 1 to 2147483/],
+    ['owner_term_grace = -1', 1, 'owner_term_grace', /-1 \(must be >= 0\); expected a number of seconds from 0 to 2147483/],
     ['owner_term_grace = "3"', 1, 'owner_term_grace', /must be number/],
     ['storage_timeout = 2147484', 1, 'storage_timeout', /must be <= 2147483/],
     ['storage_concurrency = 0', 1, 'storage_concurrency', /must be >= 1\); expected an integer from 1 to 64/],

@@ -1,5 +1,6 @@
 // Bookkeeping of the lock manager on its own, with an in-memory FileLocker.
 // (The kernel side is proven with real processes in the integration tests.)
+import type { StorageClassifier } from '../src/locks/storageClass.js';
 import t from 'tap';
 import type { Test } from 'tap';
 import { pino } from 'pino';
@@ -138,6 +139,30 @@ t.test('autocreate: created, unlinked on exclusive free; shared unlinked only wh
   locker.foreign.set('/ls/sh', 'read');
   await m.release('/ls', 'sh', owner(1));
   t.ok(locker.files.has('/ls/sh'), 'another host still shares it: kept');
+});
+
+t.test('autocreated lease files are unlinked only on host-local storage', async (t) => {
+  const locker = new MemLocker();
+  const local = new Set(['/local']);
+  const asked: string[] = [];
+  const classifier = {
+    mode: () => 'offload' as const,
+    observe: () => {},
+    isHostLocal: (dir: string) => (asked.push(dir), local.has(dir)),
+  } as unknown as StorageClassifier;
+  const m = new LockManager({ locker, gate: new StorageGate({ timeoutMs: 5000, perKeyConcurrency: 4 }), log: pino({ level: 'silent' }), classifier });
+  for (const dir of ['/local', '/nfs']) {
+    await m.createLockSpace(dir);
+    await m.acquire(dir, 'x', 2, owner(1));
+    await m.release(dir, 'x', owner(1));
+    await m.acquire(dir, 'sh', 3, owner(1));
+    await m.release(dir, 'sh', owner(1));
+  }
+  t.notOk(locker.files.has('/local/x'), 'host-local: exclusive lease file unlinked');
+  t.notOk(locker.files.has('/local/sh'), 'host-local: shared lease file unlinked by the last sharer');
+  t.ok(locker.files.has('/nfs/x'), 'shared storage: exclusive lease file kept');
+  t.ok(locker.files.has('/nfs/sh'), 'shared storage: shared lease file kept');
+  t.ok(asked.includes('/nfs') && asked.includes('/local'), 'the classifier was asked (and asked early, at CREATE_LOCKSPACE)');
 });
 
 t.test('operations on one name are ordered: acquire waits for the previous close', async (t) => {

@@ -4,7 +4,7 @@
 
 import t from 'tap';
 import type { Test } from 'tap';
-import { mkdirSync, writeFileSync, existsSync, statSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, writeFileSync, existsSync, statSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { targets, spawnOwner } from './lib/targets.js';
@@ -205,6 +205,39 @@ for (const target of targets) {
 
       await expectError(t, c.acquire(space, 'plain', 0), { code: 38, domain: 51, message: `Unable to open resource ${space}/plain: No such file or directory` }, 'no autocreate');
       await expectError(t, c.acquire(join(work, 'nope'), 'x', 2), { code: 1, domain: 7, message: `internal error: Lockspace for path ${join(work, 'nope')} does not exist` }, 'unknown lock space');
+    });
+
+    t.test('paths and names are bytes: non-UTF-8 names reach the filesystem exactly', async (t) => {
+      // libvirt sends C strings; Linux names are bytes. \xe9 alone and \xff are not UTF-8.
+      const bytes = (...parts: Array<string | number[]>) => Buffer.concat(parts.map((p) => (typeof p === 'string' ? Buffer.from(p) : Buffer.from(p))));
+      const space = bytes(join(work, 'lease-space-'), [0xe9]);
+      const c = await connect();
+      await c.createLockspace(space);
+      const listing = readdirSync(work, { encoding: 'buffer' }).map((b) => b.toString('hex'));
+      t.ok(listing.includes(bytes('lease-space-', [0xe9]).toString('hex')), 'CREATE_LOCKSPACE made the directory with exactly the bytes sent');
+      t.notOk(existsSync(join(work, 'lease-space-\uFFFD')), 'and no directory with a replacement character');
+      await c.register(owner());
+      const lease = bytes('lease-', [0xfe]);
+      await c.acquire(space, lease, 2);
+      const leaseFile = Buffer.concat([space, Buffer.from('/'), lease]);
+      t.equal(probeOne(leaseFile), 'held', 'the autocreated lease file with the exact name is locked (probed from another process)');
+      const img = bytes(join(work, 'disk-'), [0xff], '.raw');
+      writeFileSync(img, '');
+      await c.acquire('', img, 0);
+      t.equal(probeOne(img), 'held', 'ACQUIRE of disk-\\xff.raw locks exactly that file');
+      const utf8 = join(work, 'disk-é.raw');
+      writeFileSync(utf8, '');
+      await c.acquire('', utf8, 0);
+      t.equal(probeOne(utf8), 'held', 'a UTF-8 name is the same bytes as before');
+      t.equal(probeOne(bytes(join(work, 'disk-'), [0xe9], '.raw')), 'error:No such file or directory', 'and not its latin1 look-alike');
+      const b = await connect();
+      await b.register(owner());
+      await expectError(t, b.acquire('', img, 0), { code: 87, domain: 51, message: `resource busy: Lockspace resource '${img.toString('utf8')}' is locked` }, 'busy, naming the resource');
+      await c.release('', img, 0);
+      await c.release('', utf8, 0);
+      await c.release(space, lease, 0);
+      t.equal(probeOne(img), 'free', 'released');
+      t.notOk(readdirSync(space).length, 'the autocreated lease file is removed on release (host-local storage)');
     });
 
     t.test('shared autocreated lease files are removed only by the last sharer', async (t) => {

@@ -7,7 +7,7 @@
 
 import t from 'tap';
 import type { Test } from 'tap';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { waitExit } from './lib/relockd.js';
 import { probeOne } from './lib/probe.js';
@@ -71,7 +71,7 @@ t.test('every example is a valid state document', async (t) => {
     const doc = readExample(f);
     t.doesNotThrow(() => validateState(doc), `${f} validates`);
   }
-  for (const f of ['virtlockd-9.0.json', 'virtlockd-legacy-server.json', 'relockd-directory-lockspaces.json', 'relockd-shared-owners.json', 'relockd-restricted-client.json', 'relockd-unregistered-client.json', 'relockd-half-received-request.json', 'relockd-termination-in-progress.json']) {
+  for (const f of ['virtlockd-9.0.json', 'virtlockd-legacy-server.json', 'relockd-directory-lockspaces.json', 'relockd-shared-owners.json', 'relockd-restricted-client.json', 'relockd-byte-names.json', 'relockd-unregistered-client.json', 'relockd-half-received-request.json', 'relockd-termination-in-progress.json']) {
     t.ok(exampleFiles.includes(f), `${f} exists`);
   }
 });
@@ -173,6 +173,23 @@ t.test('relockd: shared owners (duplicates included)', async (t) => {
   await c.acquire('', quorum.name, 1);
   await expectRemote(t, c.acquire('', quorum.name, 0), 87, 51, 'exclusive ACQUIRE of the shared resource');
   await c.release('', quorum.name);
+  await releaseEverything(t, inst);
+});
+
+t.test('relockd: names that are not UTF-8 come back byte for byte (\\udcXX in the document)', async (t) => {
+  const inst = await instantiate(t, 'relockd-byte-names.json');
+  t.equal(inst.readyLines()[0]!.boot, 'restored', 'boot: restored');
+  const [disk, lease] = inst.resources() as unknown as Array<{ path: Buffer; name: Buffer; lockspace: Buffer }>;
+  t.same(disk!.path.subarray(-9), Buffer.from('disk-\xff.raw', 'latin1').subarray(-9), 'the image path ends in the byte 0xff');
+  t.same(lease!.name, Buffer.from('lease-\xfe', 'latin1'), 'the lease name is lease-\\xfe');
+  t.same(readdirSync(lease!.lockspace, { encoding: 'buffer' }), [lease!.name], 'the lease file on disk has exactly those bytes');
+  assertAllHeld(t, inst);
+  // A new acquire of the same bytes is busy: relockd knows the name exactly.
+  const c = await LockspaceClient.connect(inst.socketPath);
+  t.teardown(() => c.close());
+  await c.register(asOwner(33002));
+  await expectRemote(t, c.acquire('', disk!.name, 0), 87, 51, 'ACQUIRE of disk-\\xff.raw');
+  await expectRemote(t, c.acquire(lease!.lockspace, lease!.name, 2), 87, 51, 'ACQUIRE of lease-\\xfe');
   await releaseEverything(t, inst);
 });
 

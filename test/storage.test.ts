@@ -4,12 +4,13 @@
 // And the same daemon serves leases correctly with inlining on and off.
 
 import t from 'tap';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { StorageClassifier } from '../src/locks/storageClass.js';
-import { startRelockd } from './lib/relockd.js';
+import { cleanEnv, ENV_PREFIX, ROOT, startRelockd } from './lib/relockd.js';
 import { probeOne } from './lib/probe.js';
 import { waitFor } from './lib/wait.js';
 import { LockspaceClient } from '../src/protocol/lockspaceClient.js';
@@ -57,7 +58,65 @@ for (const inline of ['local', 'never'] as const) {
       t.equal(probeOne(img), 'free');
       await new Promise((r) => setTimeout(r, 50));
     }
-    if (inline === 'local') t.match(d.logs(), /"mode":"inline","msg":"storage classified"/, 'classified inline');
-    else t.notMatch(d.logs(), /storage classified/, 'never classified');
+    if (inline === 'local') t.match(d.logs(), /"mode":"inline","hostLocal":true,"msg":"storage classified"/, 'classified inline');
+    else {
+      t.notMatch(d.logs(), /"mode":"inline"/, 'never inline');
+      // Still classified: whether autocreated lease files may be unlinked depends on it.
+      t.match(d.logs(), /"mode":"offload","hostLocal":true,"msg":"storage classified"/, 'classified host-local, handled off-thread');
+    }
+    t.notOk(existsSync(join(dir, 'leases', 'lease')), 'host-local storage: the autocreated lease file is unlinked on release');
   });
 }
+
+// Storage other hosts may share (here FUSE, classified like NFS): autocreated
+// lease files are kept on release, since unlink-then-close lets an acquirer on
+// another host lock the unlinked file while a later one creates a new one
+// (docs/nfs-crosshost.md). relockctl cleanup removes the unused ones.
+t.test('shared storage (FUSE): autocreated lease files are kept; relockctl cleanup removes them', { skip: existsSync('/usr/bin/bindfs') ? false : 'needs bindfs (Debian package bindfs)' }, async (t) => {
+  const back = mkdtempSync(join(work, 'fuse-back-'));
+  const mnt = mkdtempSync(join(work, 'fuse-mnt-'));
+  const m = spawnSync('/usr/bin/bindfs', ['--no-allow-other', back, mnt], { encoding: 'utf8' });
+  if (m.status !== 0) return t.comment(`bindfs failed, skipped: ${m.stderr}`);
+  t.teardown(() => {
+    spawnSync('/usr/bin/fusermount', ['-u', '-z', mnt]);
+  });
+  const d = await startRelockd();
+  t.teardown(() => d.stop());
+  const c = await LockspaceClient.connect(d.socketPath);
+  t.teardown(() => c.close());
+  await c.register({ uuid: '00112233-4455-6677-8899-aabbccddeeff', name: 'vm', id: 1, pid: 91001 });
+  const space = join(mnt, 'leases');
+  await c.createLockspace(space);
+  await new Promise((r) => setTimeout(r, 200)); // classification is asynchronous
+  for (const name of ['kept-exclusive', 'kept-shared']) {
+    await c.acquire(space, name, name.endsWith('shared') ? 3 : 2);
+    t.equal(probeOne(join(space, name)), 'held', `${name}: held`);
+    await c.release(space, name, 0);
+    t.ok(existsSync(join(back, 'leases', name)), `${name}: the lease file is kept on release`);
+    t.equal(probeOne(join(space, name)), 'free', `${name}: and free`);
+  }
+  t.match(d.logs(), /"hostLocal":false,"msg":"storage classified"/, 'FUSE is not host-local');
+  t.match(d.logs(), /lease files on storage other hosts may share are kept on release/, 'said once in the log');
+  await c.acquire(space, 'kept-exclusive', 2);
+  const ctl = (...args: string[]) => spawnSync('/usr/bin/env', [...ENV_PREFIX, process.execPath, join(ROOT, 'bin', 'relockctl.cjs'), '--runtime-dir', d.dir, '--socket', d.socketPath, ...args], { env: cleanEnv(), encoding: 'utf8' });
+  const r = ctl('cleanup', space, '--apply');
+  t.equal(r.status, 0, r.stderr);
+  t.ok(existsSync(join(back, 'leases', 'kept-exclusive')), 'cleanup keeps the held one');
+  t.notOk(existsSync(join(back, 'leases', 'kept-shared')), 'and removes the unused one');
+  await c.release(space, 'kept-exclusive', 0);
+
+  // DELETE_RESOURCE there never removes a file someone else holds.
+  const victim = join(space, 'held-elsewhere');
+  writeFileSync(victim, '');
+  const holder = spawn('python3', ['-c', 'import fcntl,os,sys,time; fd=os.open(sys.argv[1],os.O_RDWR); fcntl.lockf(fd,fcntl.LOCK_EX,1,0); print("locked",flush=True); time.sleep(60)', victim], { stdio: ['ignore', 'pipe', 'inherit'] });
+  t.teardown(() => holder.kill('SIGKILL'));
+  await new Promise((r) => holder.stdout!.once('data', r));
+  await t.rejects(c.deleteResource(space, 'held-elsewhere'), { code: 87 }, 'DELETE_RESOURCE of a file another process holds: busy');
+  t.ok(existsSync(join(back, 'leases', 'held-elsewhere')), 'and the file is still there');
+  holder.kill('SIGKILL');
+  await new Promise((r) => holder.once('exit', r));
+  await c.deleteResource(space, 'held-elsewhere');
+  t.notOk(existsSync(join(back, 'leases', 'held-elsewhere')), 'once nobody holds it, DELETE_RESOURCE removes it');
+  await c.deleteResource(space, 'held-elsewhere');
+  t.pass('a missing file is fine');
+});

@@ -133,7 +133,7 @@ interface Verify {
   output: string;
 }
 
-/** A scratch unit directory with an executable standing in for /usr/bin/relockd. */
+/** A scratch unit directory with an executable standing in for /usr/sbin/relockd. */
 function scratch(t: Test): { dir: string; units: string; relockd: string; write(rel: string, text: string): string; verify(...names: string[]): Verify } {
   const dir = mkdtempSync(join(tmpdir(), 'relockd-units-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
@@ -151,7 +151,7 @@ function scratch(t: Test): { dir: string; units: string; relockd: string; write(
       const p = join(units, rel);
       mkdirSync(join(p, '..'), { recursive: true });
       // verify insists that ExecStart= binaries exist: point it at the stand-in.
-      writeFileSync(p, text.replaceAll('/usr/bin/relockd', relockd));
+      writeFileSync(p, text.replaceAll('/usr/sbin/relockd', relockd));
       return p;
     },
     verify(...names) {
@@ -216,7 +216,7 @@ t.test('the verify harness would notice problems (negative controls)', { skip: n
   // A missing binary fails.
   s.write('relockd.socket', read('relockd.socket'));
   s.write('relockd-admin.socket', read('relockd-admin.socket'));
-  s.write('relockd.service', read('relockd.service').replace('/usr/bin/relockd', '/nonexistent/relockd'));
+  s.write('relockd.service', read('relockd.service').replace('/usr/sbin/relockd', '/nonexistent/relockd'));
   r = s.verify('relockd.service');
   t.not(r.status, 0);
   t.match(r.output, /nonexistent\/relockd.*not executable/);
@@ -228,7 +228,7 @@ t.test('relockd.service: notify, reload = re-exec, never SIGKILLed, limits', asy
   const u = parseUnit(read('relockd.service'));
   t.equal(get(u, 'Service', 'Type'), 'notify');
   t.equal(get(u, 'Service', 'NotifyAccess'), 'main', 'the re-exec keeps the pid');
-  t.match(get(u, 'Service', 'ExecStart'), /^\/usr\/bin\/relockd .*\$RELOCKD_ARGS$/);
+  t.match(get(u, 'Service', 'ExecStart'), /^\/usr\/sbin\/relockd .*\$RELOCKD_ARGS$/);
   t.match(get(u, 'Service', 'ExecStart'), /--runtime-dir=\/run\/relockd/, "pid and state files apart from virtlockd's");
   t.equal(get(u, 'Service', 'EnvironmentFile'), '-/etc/default/relockd');
   t.equal(get(u, 'Service', 'ExecReload'), '/bin/kill -USR1 $MAINPID');
@@ -255,7 +255,7 @@ t.test('relockd.service: notify, reload = re-exec, never SIGKILLed, limits', asy
 t.test('the takeover drop-in: same process settings as relockd.service', async (t) => {
   const own = parseUnit(read('relockd.service'));
   const d = parseUnit(readFileSync(DROPIN, 'utf8'));
-  t.same(all(d, 'Service', 'ExecStart'), ['', '/usr/bin/relockd $RELOCKD_ARGS'], "resets virtlockd's ExecStart; virtlockd's default paths");
+  t.same(all(d, 'Service', 'ExecStart'), ['', '/usr/sbin/relockd $RELOCKD_ARGS'], "resets virtlockd's ExecStart; virtlockd's default paths");
   t.same(all(d, 'Service', 'ExecReload'), ['', '/bin/kill -USR1 $MAINPID']);
   for (const key of ['Type', 'NotifyAccess', 'EnvironmentFile', 'KillMode', 'KillSignal', 'SendSIGKILL', 'TimeoutStopSec', 'Restart', 'RestartSec', 'OOMScoreAdjust', 'LimitNOFILE']) {
     t.equal(get(d, 'Service', key), get(own, 'Service', key), key);

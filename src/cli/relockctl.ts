@@ -18,6 +18,7 @@ import type { GlobalArgs } from '../ctl/command.js';
 import { cmdLeases } from '../ctl/leases.js';
 import { err, out } from '../ctl/output.js';
 import { cmdReexec } from '../ctl/reexec.js';
+import { cmdMetrics } from '../ctl/metrics.js';
 import { cmdRun } from '../ctl/run.js';
 import { cmdStatus } from '../ctl/status.js';
 import { cmdTakeover } from '../ctl/takeover.js';
@@ -56,6 +57,12 @@ export function buildParser(argv: string[], onCommand: (h: Handler, a: unknown) 
       'connections, with their registered owner and restriction',
       (c) => c.option('server', { type: 'string', choices: ['virtlockd', 'admin', 'all'], default: 'all', describe: 'which socket' }),
       (a) => onCommand(cmdClients, a),
+    )
+    .command(
+      'metrics',
+      'Prometheus metrics (text format), for a scrape or node_exporter\'s textfile collector',
+      (c) => c.option('output', { alias: 'o', type: 'string', describe: 'write to FILE atomically (e.g. /var/lib/prometheus/node-exporter/relockd.prom)' }),
+      (a) => onCommand(cmdMetrics, a),
     )
     .command('reexec', 're-exec relockd in place (no lease is dropped); prints the blackout time', {}, (a) => onCommand(cmdReexec, a))
     .command(
@@ -109,7 +116,7 @@ export function buildParser(argv: string[], onCommand: (h: Handler, a: unknown) 
           .option('systemctl', { type: 'string', default: 'systemctl', describe: 'systemctl to run daemon-reload with' }),
       (a) => onCommand(cmdHandback, { ...a, virtlockdArgs: ((a as Record<string, unknown>)['--'] as string[] | undefined)?.map(String) ?? [] }),
     )
-    .demandCommand(1, 'give a command: status, leases, clients, reexec, cleanup, run, takeover or handback')
+    .demandCommand(1, 'give a command: status, leases, clients, metrics, reexec, cleanup, run, takeover or handback')
     .version('version', 'show version', `relockctl (relockd) ${VERSION}`)
     .alias('version', 'V')
     .help('help')
@@ -135,6 +142,7 @@ export async function runCli(argv: string[]): Promise<number> {
     if (usageError) throw new CtlError(usageError, Exit.USAGE);
     if (!chosen) return Exit.OK; // --help, --version
     const { h, a } = chosen as { h: Handler; a: unknown };
+    checkTimeout((a as GlobalArgs).timeout, own);
     return await h(a);
   } catch (e) {
     const ce =
@@ -155,7 +163,18 @@ export async function runCli(argv: string[]): Promise<number> {
   }
 }
 
+/** --timeout: seconds, > 0, within what a Node timer can wait (NaN from "abc" would mean: never). */
+function checkTimeout(v: number, argv: string[]): void {
+  if (Number.isFinite(v) && v > 0 && v <= 2147483) return;
+  const given = argv[argv.findIndex((x) => x === '--timeout') + 1] ?? argv.find((x) => x.startsWith('--timeout='))?.slice(10) ?? String(v);
+  throw new CtlError(`--timeout takes a number of seconds from 0.001 to 2147483, not '${given}'`, Exit.USAGE);
+}
+
 export async function main(argv: string[]): Promise<void> {
   process.stdout.on('error', () => {});
-  process.exitCode = await runCli(argv);
+  const code = await runCli(argv);
+  // A one-shot command: once it has answered, nothing (a connection a
+  // daemon never answered on, a timer) may keep it running. stdout and
+  // stderr are synchronous for files and pipes on Linux, so nothing is lost.
+  process.exit(code);
 }

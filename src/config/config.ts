@@ -13,6 +13,7 @@ import type { LogFilter, LogOutput } from './logging.js';
 import { formatVirConfValue, MAX_CONFIG_FILE_SIZE, parseVirConf } from './virconf.js';
 import type { Position, VirConfDocument, VirConfEntry, VirConfValue } from './virconf.js';
 import { describeError, validateWith } from './validate.js';
+import { parseMetricsListen } from '../metrics/listen.js';
 import type { AjvError } from './validate.js';
 
 export { ConfigError } from './errors.js';
@@ -48,6 +49,8 @@ export interface RelockdConfig {
   storageConcurrency: number;
   /** reexec_quiesce_timeout: seconds a re-exec waits for requests in flight. */
   reexecQuiesceTimeout: number;
+  /** metrics_listen: the HTTP metrics listener (ADDRESS:PORT or a socket path); null = none. */
+  metricsListen: string | null;
 }
 
 export const DEFAULT_CONFIG: Readonly<RelockdConfig> = Object.freeze({
@@ -65,6 +68,7 @@ export const DEFAULT_CONFIG: Readonly<RelockdConfig> = Object.freeze({
   storageTimeout: 30,
   storageConcurrency: 4,
   reexecQuiesceTimeout: 5,
+  metricsListen: null,
 } satisfies RelockdConfig) as Readonly<RelockdConfig>;
 
 /** Config file key -> RelockdConfig field. Must list exactly the schema's properties (tested). */
@@ -82,6 +86,7 @@ export const CONFIG_KEYS = {
   storage_timeout: 'storageTimeout',
   storage_concurrency: 'storageConcurrency',
   reexec_quiesce_timeout: 'reexecQuiesceTimeout',
+  metrics_listen: 'metricsListen',
 } as const satisfies Record<string, keyof RelockdConfig>;
 
 export type ConfigKey = keyof typeof CONFIG_KEYS;
@@ -207,6 +212,13 @@ function convert(key: ConfigKey, value: VirConfValue, e: VirConfEntry, warn: (p:
       });
       return out;
     }
+    case 'metrics_listen':
+      try {
+        parseMetricsListen(value as string);
+      } catch (err) {
+        throw new LogSpecError(value as string, (err as Error).message.replace(/^metrics_listen /, ""));
+      }
+      return value;
     case 'max_clients':
     case 'admin_max_clients':
       if (value === 0) warn(e.valueAt, `'${key}' is 0: that socket will accept no connection at all (virtlockd reads it the same way)`, key);

@@ -6,6 +6,7 @@ import { statSync } from 'node:fs';
 import { lstat, opendir } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import * as native from '../native.js';
+import { display, fromUnicode, toBuffer, unicode } from '../byteString.js';
 import type { ResourceInfo } from '../protocol/relockdAdmin.js';
 import { CtlError, Exit } from './command.js';
 import type { GlobalArgs } from './command.js';
@@ -88,10 +89,14 @@ export async function cmdCleanup(a: CleanupArgs): Promise<number> {
   }
   const held = new Map<string, ResourceInfo>();
   for (const r of resources) held.set(`${r.dev}:${r.ino}`, r);
-  const knownSpace = resources.some((r) => r.lockspace !== '' && sameLockspace(r.lockspace, dir));
+  // File names are bytes: read them as byte strings (latin1, one char per
+  // byte, as relockd keeps names), so names that are not UTF-8 are handled
+  // exactly; they are shown with display().
+  const bdir = fromUnicode(dir);
+  const knownSpace = resources.some((r) => r.lockspace !== '' && sameLockspace(r.lockspace, bdir));
 
   const names: string[] = [];
-  const d = await opendir(dir);
+  const d = await opendir(dir, { encoding: 'latin1' });
   for await (const ent of d) names.push(ent.name);
   names.sort();
 
@@ -115,10 +120,10 @@ export async function cmdCleanup(a: CleanupArgs): Promise<number> {
   const worker = async () => {
     while (next < names.length) {
       const name = names[next++]!;
-      const path = join(dir, name);
+      const path = join(bdir, name);
       let e: CleanupEntry | null;
       try {
-        const ls = await lstat(path, { bigint: true });
+        const ls = await lstat(toBuffer(path), { bigint: true });
         if (!ls.isFile()) e = null; // directories, symlinks, sockets: never lease files
         else if (held.has(`${Number(ls.dev)}:${Number(ls.ino)}`)) {
           const r = held.get(`${Number(ls.dev)}:${Number(ls.ino)}`)!;
@@ -141,10 +146,11 @@ export async function cmdCleanup(a: CleanupArgs): Promise<number> {
   const counts: Record<CleanupStatus, number> = { 'held-by-relockd': 0, locked: 0, removable: 0, removed: 0, nonempty: 0, vanished: 0, error: 0 };
   for (const e of entries) counts[e.status]++;
   if (a.json) {
-    json({ dir, apply: a.apply, knownLockspace: knownSpace, daemon: daemonNote ? 'unavailable' : 'consulted', counts, files: entries });
+    const files = entries.map((e) => (display(e.name) === unicode(e.name) ? { ...e, name: unicode(e.name) } : { ...e, name: display(e.name), nameHex: toBuffer(e.name).toString('hex') }));
+    json({ dir, apply: a.apply, knownLockspace: knownSpace, daemon: daemonNote ? 'unavailable' : 'consulted', counts, files });
   } else {
     const shown = a.verbose ? entries : entries.filter((e) => e.status === 'removable' || e.status === 'removed' || e.status === 'error');
-    if (shown.length) out(formatTable(['FILE', 'STATUS', 'DETAIL'], shown.map((e) => [e.name, STATUS_TEXT[e.status], e.detail ?? ''])));
+    if (shown.length) out(formatTable(['FILE', 'STATUS', 'DETAIL'], shown.map((e) => [display(e.name), STATUS_TEXT[e.status], e.detail ?? ''])));
     const parts = [
       `${entries.length} file${entries.length === 1 ? '' : 's'} in ${dir}`,
       `${counts['held-by-relockd']} held by relockd`,

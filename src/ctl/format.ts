@@ -1,6 +1,7 @@
 // Text formatting for relockctl's human output: aligned tables, local times,
 // durations, and the labels for lock spaces and lease modes.
 
+import { display } from '../byteString.js';
 import { AcquireFlags } from '../locks/lockManager.js';
 
 /** Aligned columns, two spaces apart; no trailing blanks. */
@@ -38,5 +39,6 @@ export function formatDuration(ms: number): string {
 }
 
 export const formatMs = (ms: number) => (ms < 10 ? `${ms.toFixed(1)} ms` : `${Math.round(ms)} ms`);
-export const lockspaceLabel = (dir: string) => (dir === '' ? '(default)' : dir);
+/** Lock-space paths are byte strings: shown as UTF-8, other bytes as \xHH (src/byteString.ts). */
+export const lockspaceLabel = (dir: string) => (dir === '' ? '(default)' : display(dir));
 export const modeOf = (flags: number) => ((flags & AcquireFlags.SHARED) !== 0 ? 'shared' : 'exclusive');

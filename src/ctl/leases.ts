@@ -1,6 +1,7 @@
 // `relockctl leases`: the leases relockd holds, filtered by lock space or
 // owner, as a table or JSON.
 
+import { display, parseDisplay, toBuffer, unicode } from '../byteString.js';
 import { AcquireFlags } from '../locks/lockManager.js';
 import type { ResourceInfo } from '../protocol/relockdAdmin.js';
 import { Exit } from './command.js';
@@ -17,7 +18,8 @@ export interface LeasesArgs extends GlobalArgs {
 
 export async function cmdLeases(a: LeasesArgs): Promise<number> {
   let res = await withAdmin(a, (c) => c.resources(null));
-  if (a.lockspace !== undefined) res = res.filter((r) => sameLockspace(a.lockspace!, r.lockspace));
+  // --lockspace may use the \xHH escapes the table shows.
+  if (a.lockspace !== undefined) res = res.filter((r) => sameLockspace(parseDisplay(a.lockspace!), r.lockspace));
   if (a.owner !== undefined) {
     const spec = a.owner;
     res = res
@@ -25,7 +27,7 @@ export async function cmdLeases(a: LeasesArgs): Promise<number> {
       .filter((r) => r.owners.length > 0);
   }
   if (a.json) {
-    json(res.map((r) => ({ ...r, mode: modeOf(r.flags), autocreate: (r.flags & AcquireFlags.AUTOCREATE) !== 0 })));
+    json(res.map((r) => ({ ...r, ...shownNames(r), mode: modeOf(r.flags), autocreate: (r.flags & AcquireFlags.AUTOCREATE) !== 0 })));
     return Exit.OK;
   }
   if (res.length === 0) {
@@ -42,7 +44,7 @@ export function renderLeases(res: ResourceInfo[], now = Date.now()): string {
     for (const o of r.owners) {
       rows.push([
         lockspaceLabel(r.lockspace),
-        r.name,
+        display(r.name),
         modeOf(r.flags),
         o.owner?.name ?? '?',
         String(o.pid),
@@ -52,4 +54,19 @@ export function renderLeases(res: ResourceInfo[], now = Date.now()): string {
     }
   }
   return formatTable(['LOCK SPACE', 'RESOURCE', 'MODE', 'OWNER', 'PID', 'UUID', 'SINCE'], rows);
+}
+
+/**
+ * Names in JSON output: display() forms (UTF-8, or \xHH escapes for bytes
+ * that are not UTF-8, and \\ for a backslash), plus the exact bytes in hex
+ * (`nameHex`, ...) for any name that is not plain UTF-8 text.
+ */
+function shownNames(r: ResourceInfo): Record<string, string> {
+  const o: Record<string, string> = {};
+  for (const k of ['lockspace', 'name', 'path'] as const) {
+    const v = r[k];
+    o[k] = display(v);
+    if (o[k] !== unicode(v)) o[`${k}Hex`] = toBuffer(v).toString('hex');
+  }
+  return o;
 }

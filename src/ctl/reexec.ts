@@ -34,9 +34,10 @@ export async function cmdReexec(a: GlobalArgs): Promise<number> {
   }
   if (!result) throw new CtlError('re-exec outcome unknown: relockd did not answer and recorded no re-exec', Exit.ERROR);
   if (a.json) {
-    json({ ...result, ...(result.ok ? {} : { error: result.error }), version, pid });
+    json({ ...result, ...(result.ok ? {} : { error: result.error }), version, pid, ...(info?.configError ? { configError: info.configError } : {}) });
   } else if (result.ok) {
     out(`re-exec succeeded: blackout ${formatMs(result.blackoutMs)}${version ? ` (relockd ${version}, pid ${pid})` : ''}`);
+    if (info?.configError) err(`relockctl: warning: the new image found errors in the configuration file and kept the settings in force before: ${info.configError}`);
   } else {
     err(`relockctl: re-exec failed: ${result.error}\nrelockd keeps serving in its old image with every lease held.`);
   }

@@ -2,6 +2,7 @@
 // own pid, restricts the connection, and execs the command so that it holds
 // them for exactly its lifetime.
 
+import { fromUnicode } from '../byteString.js';
 import { randomUUID } from 'node:crypto';
 import { accessSync, constants as fsConstants, statSync } from 'node:fs';
 import { basename, delimiter, isAbsolute, join, resolve } from 'node:path';
@@ -83,7 +84,8 @@ export function resolveCommand(cmd: string, envPath = process.env.PATH ?? '/usr/
 async function describeHolder(a: GlobalArgs, l: LeaseSpec): Promise<{ text: string; holders: unknown[] }> {
   try {
     const res = await withAdmin({ ...a, timeout: 5 }, (c) => c.resources(null));
-    const r = res.find((x) => sameLockspace(l.lockspace, x.lockspace) && x.name === l.name);
+    // relockd reports names as bytes; ours came from argv as text.
+    const r = res.find((x) => sameLockspace(fromUnicode(l.lockspace), x.lockspace) && x.name === fromUnicode(l.name));
     if (r) {
       return {
         text: `held by ${r.owners.map(ownerLabel).join(', ')} (${modeOf(r.flags)}, since ${formatTime(r.since)})`,

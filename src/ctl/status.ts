@@ -25,6 +25,15 @@ export function renderStatus(info: DaemonInfo, lockspaces: LockspaceInfo[], now 
   kv('sockets', `${info.socket} (main), ${info.adminSocket || '-'} (admin)`);
   kv('clients', `${info.lockClients} on the main socket, ${info.adminClients} on the admin socket`);
   kv('leases', `${info.leases} held on ${info.resources} resource${info.resources === 1 ? '' : 's'} in ${info.lockspaces} lock space${info.lockspaces === 1 ? '' : 's'}`);
+  if (info.stopping) {
+    const what: Record<string, string> = {
+      drain: `draining: new acquisitions are refused; exits when the last of ${info.leases} lease${info.leases === 1 ? '' : 's'} is released`,
+      'kill-owners': 'stopping: terminating the lease-holding owners, then releasing and exiting',
+      refuse: `stop deferred: still serving everything; exits once the last of ${info.leases} lease${info.leases === 1 ? '' : 's'} is released`,
+    };
+    kv('STOPPING', `${what[info.stopping] ?? info.stopping} (shutdown policy ${info.stopping})`);
+  }
+  if (info.configError) kv('CONFIG ERROR', `running with the settings in force before; the file has errors (fix it, then SIGHUP): ${info.configError.replace(/\n/g, '; ')}`);
   if (info.safeMode) kv('SAFE MODE', 'a restore went wrong: every inherited lock is kept, new acquisitions are refused (send SIGUSR1 or run `relockctl reexec` to retry)');
   const l = info.lastReexec;
   if (!l) kv('last re-exec', 'none');

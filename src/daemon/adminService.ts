@@ -17,6 +17,7 @@ import type { RpcServer } from '../rpc/server.js';
 import { adminProgram, ClientTransport, encodeVersion, invalidArg } from '../protocol/admin.js';
 import type { AdminBackend, AdminClientHandle, AdminContext, AdminServerHandle, ClientLimits, TypedParam } from '../protocol/admin.js';
 import { relockdAdminProgram, noSuchLockspace } from '../protocol/relockdAdmin.js';
+import { daemonMetricsText } from './metrics.js';
 import type {
   ClientInfo,
   DaemonInfo,
@@ -221,6 +222,7 @@ export class AdminService implements Service<AdminContext> {
       clients: (f) => this.clients(f),
       reexec: (caller) => this.reexec(caller as AdminConnState),
       handback: (caller, a) => handback(this.daemon, (caller as AdminConnState).conn, a),
+      metrics: () => daemonMetricsText(this.daemon),
     };
     this.programs = [adminProgram(libvirt), relockdAdminProgram(ours)];
   }
@@ -365,8 +367,9 @@ export class AdminService implements Service<AdminContext> {
       pid: process.pid,
       startedAt: d.startedAt,
       uptimeMs: now - d.startedAt,
-      socket: d.opts.socketPath,
-      adminSocket: d.opts.adminSocketPath ?? '',
+      // Where the sockets really are (socket activation decides, not our defaults).
+      socket: d.lockServer.listeners.map((l) => l.path).join(', ') || d.opts.socketPath,
+      adminSocket: d.adminServer?.listeners.map((l) => l.path).join(', ') || (d.opts.adminSocketPath ?? ''),
       lockClients: d.lockServer.clients.size,
       adminClients: d.adminServer?.clients.size ?? 0,
       lockspaces: counts.lockspaces,
@@ -378,6 +381,8 @@ export class AdminService implements Service<AdminContext> {
       reexecSupported: true,
       lastReexec: this.lastReexec(),
       terminations,
+      configError: d.configError,
+      stopping: d.stopping,
     };
   }
 

@@ -2,6 +2,7 @@
 // boots fresh, from a re-exec state document, or in safe mode; re-execs;
 // and shuts down only by an explicit, logged decision.
 
+import { decodeDocFile, fromUnicode } from '../byteString.js';
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, unlinkSync } from 'node:fs';
 import type { Logger } from 'pino';
 import { LockManager } from '../locks/lockManager.js';
@@ -34,6 +35,13 @@ import { safeModeRefusal, stoppingRefusal } from '../locks/errors.js';
 import { listenerPath } from '../state/orphans.js';
 import type { ExecTarget, ReexecResult, ReplyAfterExec } from './reexec.js';
 import net from 'node:net';
+import { DaemonMetrics } from '../metrics/counters.js';
+import { instrument } from '../metrics/instrument.js';
+import type { LockspaceHealthProvider } from '../metrics/exposition.js';
+import { MetricsListener } from './metrics.js';
+import { checkConfigBeforeReexec } from './reexecConfig.js';
+import { codeCacheStatus, scheduleCodeCache } from './codeCache.js';
+import { lazyRequire } from '../lazyRequire.js';
 
 export interface DaemonOptions {
   socketPath: string;
@@ -58,6 +66,8 @@ export interface DaemonOptions {
   lockspaces: string[];
   /** 'local': storage calls on local filesystems run inline; 'never': always off-thread. */
   storageInline: InlinePolicy;
+  /** HTTP metrics listener (an address:port or a UNIX socket path); null: none. */
+  metricsListen?: string | null;
 }
 
 /**
@@ -105,9 +115,16 @@ export class Daemon {
   logging: DaemonLogger | null = null;
   /** Recomputes the settings from the command line and configuration (SIGHUP). */
   reloadSettings: (() => ResolvedSettings) | null = null;
+  /** The configuration file's errors while running with earlier settings (a re-exec met a bad file); null: none. */
+  configError: string | null = null;
   /** Set once a stop was accepted (draining or exiting). */
   stopping: ShutdownPolicy | null = null;
   private readonly reexecutor = new Reexecutor(this);
+  /** Running totals for Prometheus (src/metrics/); carried across re-execs. */
+  readonly metrics = new DaemonMetrics();
+  /** Lock-space health for the metrics; null: what the storage gate knows (daemon/metrics.ts). */
+  healthProvider: LockspaceHealthProvider | null = null;
+  private readonly metricsListener = new MetricsListener(this);
   private statusTimer: NodeJS.Timeout | null = null;
   private lastStatus = '';
   private idleSince = Date.now();
@@ -122,6 +139,8 @@ export class Daemon {
     this.manager = new LockManager({ locker, gate: this.gate, log, classifier: this.classifier });
     this.lockService = new LockService(this.manager, opts.termination, log);
     this.lockServer = new RpcServer({ name: 'virtlockd', service: this.lockService, log, maxClients: opts.maxClients });
+    instrument(this.metrics, this.manager, this.gate, this.classifier);
+    this.lockService.onTerminated = (outcome) => this.metrics.terminations[outcome]++;
     this.createAdminServer();
   }
 
@@ -172,9 +191,12 @@ export class Daemon {
     await this.createConfiguredLockspaces();
     this.startTimers();
     this.notify(`READY=1\nSTATUS=${this.statusLine()}`);
-    // Counting fds walks /proc/self/fd (~20 ms with 10k leases): not in the blackout.
-    setImmediate(() => this.logFdLimit());
-    this.log.info({ socket: this.opts.socketPath, version: this.version, boot: this.boot, ...this.manager.counts() }, 'relockd ready');
+    // Counting fds walks /proc/self/fd (~20 ms with 10k leases): not in the
+    // blackout, and not before the clients queued behind it are answered.
+    setTimeout(() => this.logFdLimit(), 100);
+    setImmediate(() => void this.startMetricsListener());
+    this.log.info({ socket: this.opts.socketPath, version: this.version, boot: this.boot, codeCache: codeCacheStatus(), ...this.manager.counts() }, 'relockd ready');
+    scheduleCodeCache(`${this.stateFile.replace(/\.json$/, '')}.v8cache`, this.log);
   }
 
   /** After an unexpected failure while restoring: refuse acquisitions, keep everything. */
@@ -192,7 +214,7 @@ export class Daemon {
     if (!existsSync(path)) return null;
     let text: string;
     try {
-      text = readFileSync(path, 'utf8');
+      text = decodeDocFile(readFileSync(path)); // raw non-UTF-8 name bytes survive (byteString.ts)
     } catch (err) {
       this.log.error({ err, stateFile: path }, 'cannot read state file');
       return ours ? 'corrupt' : null;
@@ -254,7 +276,7 @@ export class Daemon {
   private async createConfiguredLockspaces(): Promise<void> {
     for (const dir of this.opts.lockspaces) {
       try {
-        await this.manager.createLockSpace(dir);
+        await this.manager.createLockSpace(fromUnicode(dir)); // configured as text; names are bytes
       } catch (err) {
         this.log.error({ lockspace: dir, err: (err as Error).message }, 'cannot create configured lockspace');
       }
@@ -290,6 +312,7 @@ export class Daemon {
     }
     this.orphans = report.orphans;
     this.history = doc.relockd?.history ?? [];
+    this.metrics.restore(doc.relockd?.metrics);
     if (doc.relockd?.startedAt) this.startedAt = doc.relockd.startedAt;
     for (const t of report.terminations) {
       const handle = t.pidfd >= 0 ? { pid: t.owner.pid, pidfd: t.pidfd, startTime: t.startTime } : openProcessHandle(t.owner.pid, -1);
@@ -361,7 +384,7 @@ export class Daemon {
     }
     for (const o of orphans) {
       try {
-        const st = (await import('node:fs')).fstatSync(o.fd, { bigint: true });
+        const st = (lazyRequire('node:fs') as typeof import('node:fs')).fstatSync(o.fd, { bigint: true });
         o.dev = st.dev.toString();
         o.ino = st.ino.toString();
         native.setCloexec(o.fd, true);
@@ -401,6 +424,10 @@ export class Daemon {
   }
 
   recordReexec(r: ReexecRecord): void {
+    if (r.ok) {
+      this.metrics.reexecs.ok++;
+      if (r.blackoutMs !== undefined) this.metrics.lastBlackoutSeconds = r.blackoutMs / 1000;
+    } else this.metrics.reexecs.failed++;
     this.history.push(r);
     if (this.history.length > 20) this.history.splice(0, this.history.length - 20);
   }
@@ -408,7 +435,7 @@ export class Daemon {
   /** Settings in force, recorded in the state document for inspection. */
   settings(): Record<string, unknown> {
     const { termination, ...rest } = this.opts;
-    return { ...rest, termination: { ...termination }, logLevel: this.log.level };
+    return { ...rest, termination: { ...termination }, logLevel: this.log.level, logOutputs: this.logging?.outputs.specs ?? [] };
   }
 
   /**
@@ -424,8 +451,10 @@ export class Daemon {
       next = this.reloadSettings();
     } catch (err) {
       this.log.error({ err: (err as Error).message }, 'configuration reload failed: keeping the current settings');
+      this.configError = (err as Error).message;
       return;
     }
+    this.configError = null;
     for (const w of next.warnings) this.log.warn({ configFile: next.configFile }, w);
     const o = next.options;
     const cur = this.opts;
@@ -445,6 +474,8 @@ export class Daemon {
     set('shutdownPolicy', o.shutdownPolicy);
     set('lockspaces', o.lockspaces);
     set('storageInline', o.storageInline);
+    const metricsMoved = (cur.metricsListen ?? null) !== (o.metricsListen ?? null);
+    set('metricsListen', o.metricsListen ?? null);
     this.classifier.policy = cur.storageInline;
     this.lockServer.maxClients = cur.maxClients;
     if (this.adminServer) this.adminServer.maxClients = cur.adminMaxClients;
@@ -456,12 +487,19 @@ export class Daemon {
     this.logging?.apply(next.level, next.outputs);
     if (before !== next.level) changed.logLevel = next.level;
     await this.createConfiguredLockspaces();
+    if (metricsMoved) {
+      this.metricsListener.close();
+      await this.startMetricsListener();
+    }
     const needReexec = (['socketPath', 'adminSocketPath', 'stateFile', 'pidFile', 'runtimeDir'] as const).filter((k) => cur[k] !== o[k]);
     this.log.info({ configFile: next.configFile, changed, needReexec }, 'configuration reloaded');
   }
 
   /** Re-exec (SIGUSR1, or the admin interface with a call to answer afterwards). */
   reexec(trigger = 'SIGUSR1', replyTo?: ReplyAfterExec, target?: ExecTarget): Promise<ReexecResult> {
+    // A handback execs virtlockd, which does not read relockd's settings.
+    const refused = target ? null : checkConfigBeforeReexec(this, trigger);
+    if (refused) return Promise.resolve(refused);
     return this.reexecutor.run(trigger, replyTo, target);
   }
 
@@ -479,7 +517,7 @@ export class Daemon {
 
   statusLine(): string {
     const c = this.manager.counts();
-    return `${this.safeMode ? 'SAFE MODE; ' : ''}${this.lockServer.clients.size} clients, ${c.resources} leases held in ${c.lockspaces} lockspaces`;
+    return `${this.safeMode ? 'SAFE MODE; ' : ''}${this.stopping ? `stopping (${this.stopping}); ` : ''}${this.lockServer.clients.size} clients, ${c.resources} leases held in ${c.lockspaces} lockspaces`;
   }
 
   /** sd_notify, when run under systemd (or a test acting as it). */
@@ -616,6 +654,15 @@ export class Daemon {
     }
   }
 
+  private async startMetricsListener(): Promise<void> {
+    if (!this.opts.metricsListen) return;
+    try {
+      await this.metricsListener.start(this.opts.metricsListen);
+    } catch (err) {
+      this.log.error({ metricsListen: this.opts.metricsListen, err: (err as Error).message }, 'cannot serve metrics over HTTP (relockctl metrics still works)');
+    }
+  }
+
   private exiting = false;
 
   /** The only way the daemon exits: nothing is held any more. */
@@ -624,10 +671,14 @@ export class Daemon {
     this.exiting = true;
     this.notify('STOPPING=1');
     this.log.info({ reason }, 'exiting: no leases held');
-    await this.lockServer.closeListeners();
-    await this.adminServer?.closeListeners();
+    // Stop accepting first (server.close() does at once), then close the
+    // clients: a net.Server's close completes only once its connections are
+    // gone, so awaiting it first hung a drained daemon with a client connected.
+    const listenersClosed = Promise.all([this.lockServer.closeListeners(), this.adminServer?.closeListeners()]);
+    this.metricsListener.close();
     for (const c of this.lockServer.clients.values()) c.close('daemon stopping');
     for (const c of this.adminServer?.clients.values() ?? []) c.close('daemon stopping');
+    await listenersClosed;
     this.pidFile?.remove();
     process.exit(0);
   }

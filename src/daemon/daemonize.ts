@@ -27,18 +27,21 @@ export async function daemonize(): Promise<never> {
     child.unref();
     process.exit(0);
   }
-  const reason = msg.startsWith('ERROR ') ? msg.slice(6).trim() : 'the daemon exited during start-up';
-  process.stderr.write(`relockd: error: ${reason}. Check the log or run without --daemon for more info.\n`);
+  const [first = '', ...rest] = msg.split('\n');
+  const logs = rest.find((l) => l.startsWith('LOG '))?.slice(4).trim();
+  const reason = first.startsWith('ERROR ') ? first.slice(6).trim() : 'the daemon exited during start-up';
+  const where = logs ? `the log (${logs.split('\t').join(', ')})` : 'the log';
+  process.stderr.write(`relockd: error: ${reason}. For more, see ${where} or run without --daemon.\n`);
   process.exit(1);
 }
 
 /** In the daemon child: tell the invoking process how the start went, once. */
-export function reportToInvoker(status: 'READY' | `ERROR ${string}`): void {
+export function reportToInvoker(status: 'READY' | `ERROR ${string}`, logFiles: string[] = []): void {
   const fd = Number(process.env[STATUS_FD_ENV]);
   if (!Number.isInteger(fd) || fd < 0) return;
   delete process.env[STATUS_FD_ENV];
   try {
-    writeSync(fd, `${status.replace(/\n/g, ' ')}\n`);
+    writeSync(fd, `${status.replace(/\n/g, ' ')}\n${logFiles.length ? `LOG ${logFiles.join('\t')}\n` : ''}`);
   } catch {
     /* the invoker is gone */
   }

@@ -40,6 +40,8 @@ export class LockService implements Service<LockClient> {
   readonly terminations = new Map<number, Termination>();
   /** Set while quiescing for re-exec: terminations stop at their next step. */
   frozen = false;
+  /** Told how each termination ended (metrics). */
+  onTerminated: ((outcome: 'gone' | 'exited_on_term' | 'exited_on_kill' | 'error') => void) | null = null;
 
   constructor(
     private readonly manager: LockManager,
@@ -87,8 +89,10 @@ export class LockService implements Service<LockClient> {
         t.phase = 'releasing';
         const n = await this.manager.releaseOwner(owner.pid, owner);
         log.info({ outcome, released: n, ms: Date.now() - started }, 'owner connection closed: leases released');
+        this.onTerminated?.(outcome === 'gone' ? 'gone' : outcome === 'exited-on-term' ? 'exited_on_term' : 'exited_on_kill');
       } catch (err) {
         log.error({ err }, 'owner cleanup failed');
+        this.onTerminated?.('error');
       }
       this.terminations.delete(owner.pid);
       if (handle) closeProcessHandle(handle);

@@ -15,6 +15,8 @@ import { closeSync, openSync, renameSync, unlinkSync, writeSync } from 'node:fs'
 import { dirname, basename, join } from 'node:path';
 import { constants } from 'node:os';
 import * as native from '../native.js';
+import { flushTurnNow } from '../turnFlush.js';
+import { codeCacheEnv } from './codeCache.js';
 import type { ClientConnection } from '../rpc/connection.js';
 import type { Header } from '../rpc/packet.js';
 import { buildState } from '../state/snapshot.js';
@@ -167,6 +169,7 @@ export class Reexecutor {
       log.info({ fds: keep.length, stateFile: plan.stateFile, exec: plan.execPath, argv: plan.argv }, 're-exec: state written, executing');
       // A SIGUSR1 arriving now stays pending until the new image is ready for it.
       if (plan.blockSigusr1) native.sigmask('block', [constants.signals.SIGUSR1]);
+      flushTurnNow(); // this turn's log lines (replies were all written before detaching)
       native.execve(plan.execPath, plan.argv, plan.env);
       throw new ReexecFailure('execve returned'); // not reached: execve throws on failure
     } catch (err) {
@@ -200,7 +203,7 @@ export class Reexecutor {
   /** relockd's own re-exec: its document, every fd it names, the original argv. */
   private ownPlan(doc: StateDocument, requestedAtNs: bigint): ExecPlan {
     const ext = doc.relockd!;
-    const env = { ...process.env, [REEXEC_ENV]: `${process.pid}:${requestedAtNs}` };
+    const env = { ...process.env, ...codeCacheEnv(), [REEXEC_ENV]: `${process.pid}:${requestedAtNs}` };
     return {
       stateFile: this.d.stateFile,
       text: JSON.stringify(doc),
@@ -269,6 +272,7 @@ export class Reexecutor {
       pidFile: d.pidFile ? { path: d.pidFile.path, fd: d.pidFile.fd } : null,
       startedAt: d.startedAt,
     });
+    doc.relockd!.metrics = d.metrics.save() as unknown as Record<string, unknown>;
     const live = this.replyTos.filter((r) => !r.conn.isClosed);
     if (live.length) doc.relockd!.pendingReplies = live.map((r) => ({ server: r.conn.service.name, clientId: r.conn.id, header: r.header }));
     return doc;

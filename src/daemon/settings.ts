@@ -7,7 +7,8 @@ import type { Level } from 'pino';
 import type { CliArgs } from '../cli/relockdOptions.js';
 import { loadConfig, DEFAULT_CONFIG } from '../config/config.js';
 import type { RelockdConfig } from '../config/config.js';
-import { loggingPlan, parseLogFilters, parseLogOutputs } from '../config/logging.js';
+import { LogSpecError, loggingPlan, parseLogFilters, parseLogOutputs } from '../config/logging.js';
+import { ConfigError } from '../config/errors.js';
 import type { OutputSpec } from '../log.js';
 import type { DaemonOptions } from './daemon.js';
 import type { DaemonPaths } from './paths.js';
@@ -23,8 +24,8 @@ export interface ResolvedSettings {
   configFound: boolean;
 }
 
-/** libvirt's environment overrides (virLogSetFromEnv). */
-function applyEnv(cfg: RelockdConfig, env: NodeJS.ProcessEnv): RelockdConfig {
+/** libvirt's environment overrides (virLogSetFromEnv). Errors and warnings name the variable. */
+function applyEnv(cfg: RelockdConfig, env: NodeJS.ProcessEnv, warnings: string[]): RelockdConfig {
   const out = { ...cfg };
   const dbg = env.LIBVIRT_DEBUG;
   if (dbg) {
@@ -32,9 +33,18 @@ function applyEnv(cfg: RelockdConfig, env: NodeJS.ProcessEnv): RelockdConfig {
     const byName: Record<string, 1 | 2 | 3 | 4> = { debug: 1, info: 2, warning: 3, warn: 3, error: 4 };
     const p = Number.isInteger(n) && n >= 1 && n <= 4 ? (n as 1 | 2 | 3 | 4) : byName[dbg.toLowerCase()];
     if (p) out.logLevel = p;
+    else warnings.push(`environment variable LIBVIRT_DEBUG: '${dbg}' is not a log level (1-4, or debug, info, warning, error): ignored, as libvirt does`);
   }
-  if (env.LIBVIRT_LOG_FILTERS) out.logFilters = parseLogFilters(env.LIBVIRT_LOG_FILTERS);
-  if (env.LIBVIRT_LOG_OUTPUTS) out.logOutputs = parseLogOutputs(env.LIBVIRT_LOG_OUTPUTS);
+  const parsed = <T>(name: string, value: string, parse: (v: string) => T): T => {
+    try {
+      return parse(value);
+    } catch (err) {
+      if (!(err instanceof LogSpecError)) throw err;
+      throw new ConfigError([{ file: `environment variable ${name}`, line: 0, column: 0, message: `invalid value '${value}': ${err.message}` }]);
+    }
+  };
+  if (env.LIBVIRT_LOG_FILTERS) out.logFilters = parsed('LIBVIRT_LOG_FILTERS', env.LIBVIRT_LOG_FILTERS, parseLogFilters);
+  if (env.LIBVIRT_LOG_OUTPUTS) out.logOutputs = parsed('LIBVIRT_LOG_OUTPUTS', env.LIBVIRT_LOG_OUTPUTS, parseLogOutputs);
   return out;
 }
 
@@ -50,8 +60,9 @@ function defaultLogFile(privileged: boolean, env: NodeJS.ProcessEnv): string {
 export function resolveSettings(args: CliArgs, paths: DaemonPaths, env: NodeJS.ProcessEnv = process.env, privileged = (process.geteuid?.() ?? 0) === 0): ResolvedSettings {
   const configFile = args.config ?? paths.configFile;
   const loaded = loadConfig(configFile, { required: args.config !== undefined });
-  const cfg = applyEnv(loaded.config, env);
-  return fromConfig(args, paths, cfg, loaded.warnings, configFile, loaded.found, env, privileged);
+  const warnings = [...loaded.warnings];
+  const cfg = applyEnv(loaded.config, env, warnings);
+  return fromConfig(args, paths, cfg, warnings, configFile, loaded.found, env, privileged);
 }
 
 export function fromConfig(
@@ -81,6 +92,7 @@ export function fromConfig(
     // --lockspace replaces the file's list.
     lockspaces: args.lockspace ?? cfg.lockspaces,
     storageInline: args.storageInline ?? 'local',
+    metricsListen: cfg.metricsListen,
   };
   const cliLevel = args.logLevel as Level | undefined;
   const plan = loggingPlan(cfg, { defaultLevel: cliLevel ?? 'info', verbose: args.verbose });

@@ -5,11 +5,15 @@
 
 import { promises as fsp } from 'node:fs';
 import * as native from '../native.js';
+import { toBuffer } from '../byteString.js';
 
 export interface LockedFile {
   fd: number;
   dev: number;
   ino: number;
+  /** More than 1 when the lease file moved under us and the lock was retried. */
+  attempts?: number;
+  retried?: string;
 }
 
 export interface LockRequest {
@@ -39,6 +43,7 @@ export interface StorageError extends Error {
   stage?: 'open' | 'lock' | 'stat';
 }
 
+/** Every path here is a byte string (src/byteString.ts): file names are bytes. */
 export interface FileLocker {
   lock(path: string, req: LockRequest): Promise<LockedFile>;
   release(fd: number, req: ReleaseRequest): Promise<ReleaseResult>;
@@ -76,13 +81,13 @@ export class NativeFileLocker implements FileLocker {
   async touch(path: string): Promise<void> {
     // Never touch a file we hold a lock on through another lock space: the
     // manager checks that before calling (OFD locks would survive anyway).
-    const fh = await fsp.open(path, 'a', 0o600);
+    const fh = await fsp.open(toBuffer(path), 'a', 0o600);
     await fh.close();
   }
 
   async unlink(path: string): Promise<void> {
     try {
-      await fsp.unlink(path);
+      await fsp.unlink(toBuffer(path));
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
     }
@@ -90,7 +95,7 @@ export class NativeFileLocker implements FileLocker {
 
   async kind(path: string): Promise<'dir' | 'other' | 'missing'> {
     try {
-      const st = await fsp.stat(path);
+      const st = await fsp.stat(toBuffer(path));
       return st.isDirectory() ? 'dir' : 'other';
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 'missing';
@@ -99,12 +104,12 @@ export class NativeFileLocker implements FileLocker {
   }
 
   async mkdirp(path: string, mode: number): Promise<void> {
-    await fsp.mkdir(path, { recursive: true, mode });
+    await fsp.mkdir(toBuffer(path), { recursive: true, mode });
   }
 
   async identity(path: string): Promise<{ dev: number; ino: number } | null> {
     try {
-      const st = await fsp.stat(path);
+      const st = await fsp.stat(toBuffer(path));
       return { dev: st.dev, ino: st.ino };
     } catch {
       return null;

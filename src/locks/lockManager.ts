@@ -118,6 +118,7 @@ export class LockManager {
       await this.ensureDirectory(path);
       const ls = new LockSpace(path);
       this.spaces.set(path, ls);
+      this.classifier?.isHostLocal(path); // classify now: releases ask whether to unlink
       this.log.info({ lockspace: path }, 'lockspace created');
       return ls;
     });
@@ -131,6 +132,7 @@ export class LockManager {
       if (this.spaces.has(path)) throw errors.lockspaceExists(path);
       await this.ensureDirectory(path);
       this.spaces.set(path, new LockSpace(path));
+      this.classifier?.isHostLocal(path);
       this.log.info({ lockspace: path }, 'lockspace created');
     });
   }
@@ -164,6 +166,11 @@ export class LockManager {
     return `res\0${ls.dir}\0${name}`;
   }
 
+  /** Nothing running or queued on this resource (no key built when nothing runs at all: the hot path). */
+  private unqueued(ls: LockSpace, name: string): boolean {
+    return this.mutex.idle || !this.mutex.busy(this.key(ls, name));
+  }
+
   /**
    * ACQUIRE_RESOURCE for `owner.pid`. On local storage with nothing queued
    * for this resource it completes synchronously (no promise, no thread
@@ -175,12 +182,11 @@ export class LockManager {
     this.checkName(ls, name);
     if (this.acquireRefusal) throw this.acquireRefusal();
     const shared = (flags & AcquireFlags.SHARED) !== 0;
-    const key = this.key(ls, name);
-    if (!this.mutex.busy(key) && this.classicCount === 0) {
+    if (this.unqueued(ls, name) && this.classicCount === 0) {
       if (this.tryJoinHeld(ls, name, shared, owner)) return;
       if (this.inline(ls, name)) return this.lockInline(ls, name, flags, owner);
     }
-    return this.mutex.run(key, async () => {
+    return this.mutex.run(this.key(ls, name), async () => {
       if (this.tryJoinHeld(ls, name, shared, owner)) return;
       const create = (flags & AcquireFlags.AUTOCREATE) !== 0;
       const file = ls.pathOf(name);
@@ -261,7 +267,7 @@ export class LockManager {
 
   private stored(ls: LockSpace, name: string, flags: number, owner: Owner, locked: LockedFile): void {
     ls.resources.set(name, { name, path: ls.pathOf(name), fd: locked.fd, dev: locked.dev, ino: locked.ino, flags, owners: [owner.pid], since: Date.now() });
-    this.ownerLog(owner).info({ lockspace: ls.dir, resource: name, shared: (flags & AcquireFlags.SHARED) !== 0, autocreate: (flags & AcquireFlags.AUTOCREATE) !== 0, fd: locked.fd }, 'lease acquired');
+    this.ownerLog(owner).info({ lockspace: ls.dir, resource: name, shared: (flags & AcquireFlags.SHARED) !== 0, autocreate: (flags & AcquireFlags.AUTOCREATE) !== 0, fd: locked.fd, ...((locked.attempts ?? 1) > 1 ? { attempts: locked.attempts, retried: locked.retried } : {}) }, 'lease acquired');
   }
 
   /**
@@ -294,14 +300,13 @@ export class LockManager {
   /** RELEASE_RESOURCE: removes the first entry of `owner.pid` (synchronous on local storage). */
   release(path: string, name: string, owner: Owner): void | Promise<void> {
     const ls = this.lookup(path);
-    const key = this.key(ls, name);
-    if (!this.mutex.busy(key)) {
+    if (this.unqueued(ls, name)) {
       const res = this.dropOwner(ls, name, owner);
       if (!res) return;
       if (this.inline(ls, name)) return this.freeInline(ls, res);
-      return this.mutex.run(key, () => this.free(ls, res, true));
+      return this.mutex.run(this.key(ls, name), () => this.free(ls, res, true));
     }
-    return this.mutex.run(key, async () => {
+    return this.mutex.run(this.key(ls, name), async () => {
       const res = this.dropOwner(ls, name, owner);
       if (res) await this.free(ls, res, true);
     });
@@ -321,15 +326,36 @@ export class LockManager {
     return res;
   }
 
-  private releaseRequest(res: Resource) {
+  private releaseRequest(ls: LockSpace, res: Resource) {
     const autocreate = (res.flags & AcquireFlags.AUTOCREATE) !== 0;
-    return { unlinkPath: autocreate ? res.path : null, onlyIfExclusive: (res.flags & AcquireFlags.SHARED) !== 0, classic: res.classic === true };
+    const unlink = autocreate && this.unlinksLeaseFiles(ls, res.name);
+    return { unlinkPath: unlink ? res.path : null, onlyIfExclusive: (res.flags & AcquireFlags.SHARED) !== 0, classic: res.classic === true };
   }
+
+  /**
+   * Autocreated lease files are unlinked on release only on host-local
+   * storage. On storage other hosts may share (NFS, CIFS, Ceph, GFS2, OCFS2,
+   * FUSE, unknown), unlink-then-close lets an acquirer on another host lock
+   * the unlinked file while a later acquirer creates a new one: two holders
+   * (docs/nfs-crosshost.md). Kept files are removed by `relockctl cleanup`.
+   */
+  private unlinksLeaseFiles(ls: LockSpace, name: string): boolean {
+    if (!this.classifier) return true;
+    const dir = ls.storageKeyOf(name);
+    if (this.classifier.isHostLocal(dir)) return true;
+    if (!this.keptNoticed.has(dir)) {
+      this.keptNoticed.add(dir);
+      this.log.info({ lockspace: ls.dir, dir }, 'lease files on storage other hosts may share are kept on release (remove unused ones with relockctl cleanup)');
+    }
+    return false;
+  }
+
+  private readonly keptNoticed = new Set<string>();
 
   private freeInline(ls: LockSpace, res: Resource): void {
     const t0 = performance.now();
     try {
-      const out = this.locker.releaseSync(res.fd, this.releaseRequest(res));
+      const out = this.locker.releaseSync(res.fd, this.releaseRequest(ls, res));
       if (out.unlinkError) this.log.warn({ lockspace: ls.dir, resource: res.name, err: out.unlinkError }, 'could not unlink lease file');
     } catch (err) {
       this.log.error({ lockspace: ls.dir, resource: res.name, fd: res.fd, err }, 'closing lease fd failed');
@@ -346,7 +372,7 @@ export class LockManager {
    */
   private async free(ls: LockSpace, res: Resource, reportErrors = false): Promise<void> {
     try {
-      const out = await this.gate.run(ls.storageKeyOf(res.name), () => this.locker.release(res.fd, this.releaseRequest(res)));
+      const out = await this.gate.run(ls.storageKeyOf(res.name), () => this.locker.release(res.fd, this.releaseRequest(ls, res)));
       if (out.unlinkError) this.log.warn({ lockspace: ls.dir, resource: res.name, err: out.unlinkError }, 'could not unlink lease file');
     } catch (err) {
       this.log.error({ lockspace: ls.dir, resource: res.name, fd: res.fd, err }, 'closing lease fd failed or timed out');
@@ -378,11 +404,37 @@ export class LockManager {
       if (ls.resources.has(name)) throw errors.resourceLocked(name);
       const file = ls.pathOf(name);
       try {
+        if (this.classifier && !this.classifier.isHostLocal(ls.storageKeyOf(name))) return await this.deleteShared(ls, name, file);
         await this.gate.run(ls.storageKeyOf(name), () => this.locker.unlink(file));
       } catch (err) {
+        if ((err as ProtocolError).code === errors.resourceLocked(name).code) throw err;
         throw errors.storageError(ErrorDomain.LOCKSPACE, `Unable to delete lockspace resource ${file}`, err);
       }
     });
+  }
+
+  /**
+   * DELETE_RESOURCE on storage other hosts may share: a plain unlink could
+   * remove a lease file another host holds (the next acquirer would create a
+   * new one: two holders). As relockctl cleanup does, take an exclusive lock
+   * first (busy if anyone holds it) and unlink while holding it.
+   */
+  private async deleteShared(ls: LockSpace, name: string, file: string): Promise<void> {
+    await this.guardClassic(ls, name, file);
+    let locked: LockedFile;
+    try {
+      locked = await this.gate.run(
+        ls.storageKeyOf(name),
+        () => this.locker.lock(file, { shared: false, create: false }),
+        (late) => void this.locker.release(late.fd, { unlinkPath: null, onlyIfExclusive: false }).catch(() => undefined),
+      );
+    } catch (err) {
+      const e = err as { code?: string; stage?: string };
+      if (e.code === 'ENOENT') return;
+      if (e.stage === 'lock' && (e.code === 'EAGAIN' || e.code === 'EACCES')) throw errors.resourceLocked(name);
+      throw err;
+    }
+    await this.gate.run(ls.storageKeyOf(name), () => this.locker.release(locked.fd, { unlinkPath: file, onlyIfExclusive: false }));
   }
 
   /** Number of resources whose owner list contains `pid`. */
@@ -440,6 +492,7 @@ export class LockManager {
     if (!ls) {
       ls = new LockSpace(dir);
       this.spaces.set(dir, ls);
+      this.classifier?.isHostLocal(dir);
     }
     return ls;
   }
@@ -449,6 +502,7 @@ export class LockManager {
     if (ls.resources.has(r.name)) throw new Error(`resource ${r.name} in lockspace '${ls.dir}' listed twice`);
     ls.resources.set(r.name, r);
     if (r.classic) this.classicCount++;
+    if (r.flags & AcquireFlags.AUTOCREATE) this.classifier?.isHostLocal(ls.storageKeyOf(r.name));
   }
 
   /** Totals, for status lines and logs. */

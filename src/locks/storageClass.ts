@@ -9,6 +9,7 @@
 
 import { promises as fsp } from 'node:fs';
 import type { Logger } from 'pino';
+import { toBuffer } from '../byteString.js';
 
 /** statfs f_type magic numbers of filesystems that never wait on a network. */
 const LOCAL_FS: ReadonlyMap<number, string> = new Map([
@@ -32,6 +33,8 @@ export type InlinePolicy = 'local' | 'never';
 
 export class StorageClassifier {
   private readonly modes = new Map<string, StorageMode>();
+  /** By filesystem type only (a slow call or the policy never changes it). */
+  private readonly hostLocal = new Map<string, boolean>();
   private readonly pending = new Set<string>();
 
   constructor(
@@ -43,7 +46,10 @@ export class StorageClassifier {
 
   /** The mode for `dir` now; unknown directories are offloaded while being classified. */
   mode(dir: string): StorageMode {
-    if (this.policy === 'never') return 'offload';
+    if (this.policy === 'never') {
+      if (!this.hostLocal.has(dir)) this.classify(dir);
+      return 'offload';
+    }
     const m = this.modes.get(dir);
     if (m) return m;
     this.classify(dir);
@@ -55,16 +61,31 @@ export class StorageClassifier {
     this.pending.add(dir);
     // statfs itself can hang on a dead NFS server: it runs on the pool, and
     // until it answers the directory stays on the off-thread path.
-    fsp.statfs(dir).then(
+    fsp.statfs(toBuffer(dir)).then(
       (st) => {
         const fs = LOCAL_FS.get(Number(st.type));
         this.modes.set(dir, fs ? 'inline' : 'offload');
-        this.log.debug({ dir, fsType: `0x${Number(st.type).toString(16)}`, fs: fs ?? 'remote or unknown', mode: fs ? 'inline' : 'offload' }, 'storage classified');
+        this.hostLocal.set(dir, fs !== undefined);
+        const mode = fs && this.policy !== 'never' ? 'inline' : 'offload';
+        this.log.debug({ dir, fsType: `0x${Number(st.type).toString(16)}`, fs: fs ?? 'remote or unknown', mode, hostLocal: fs !== undefined }, 'storage classified');
       },
       () => {
         /* missing directory and the like: try again next time */
       },
     ).finally(() => this.pending.delete(dir));
+  }
+
+  /**
+   * True only for a directory whose filesystem type is known to be one
+   * host's own (ext4, xfs, tmpfs, ...). Network, cluster, FUSE and unknown
+   * filesystems, and directories not classified yet, are treated as shared
+   * with other hosts. Autocreated lease files are unlinked on release only
+   * on host-local storage (see lockManager.ts, releaseRequest).
+   */
+  isHostLocal(dir: string): boolean {
+    const v = this.hostLocal.get(dir);
+    if (v === undefined) this.classify(dir);
+    return v === true;
   }
 
   /** Records how long an inline call took; a slow one demotes the directory. */

@@ -142,6 +142,11 @@ export class AdminClient {
     return this.ours(RelockdProc.HANDBACK, (w) => relockdCodec.handbackArgs.encode(w, { path, args, flags }), relockdCodec.handbackRefused.decode);
   }
 
+  /** The Prometheus text exposition (relockctl metrics). */
+  metrics(flags = 0): Promise<string> {
+    return this.ours(RelockdProc.GET_METRICS, (w) => relockdCodec.flags.encode(w, { flags }), relockdCodec.text.decode);
+  }
+
   close(): void {
     this.rpc.close();
   }

@@ -62,6 +62,8 @@ export interface LockspaceArgs {
 }
 
 const str = (r: XdrReader) => r.string(LOCKSPACE_STRING_MAX);
+/** Paths and resource names are bytes: byte strings (src/byteString.ts), exact both ways. */
+const bytes = (r: XdrReader) => r.byteString(LOCKSPACE_STRING_MAX);
 
 export function uuidToString(b: Buffer): string {
   const h = b.toString('hex');
@@ -91,16 +93,16 @@ export const codec = {
     encode: (w: XdrWriter, a: FlagsArgs) => w.u32(a.flags),
   },
   path: {
-    decode: (r: XdrReader): PathArgs => ({ path: str(r), flags: r.u32() }),
-    encode: (w: XdrWriter, a: PathArgs) => w.string(a.path).u32(a.flags),
+    decode: (r: XdrReader): PathArgs => ({ path: bytes(r), flags: r.u32() }),
+    encode: (w: XdrWriter, a: PathArgs) => w.byteString(a.path).u32(a.flags),
   },
   resource: {
-    decode: (r: XdrReader): ResourceArgs => ({ path: str(r), name: str(r), flags: r.u32() }),
-    encode: (w: XdrWriter, a: ResourceArgs) => w.string(a.path).string(a.name).u32(a.flags),
+    decode: (r: XdrReader): ResourceArgs => ({ path: bytes(r), name: bytes(r), flags: r.u32() }),
+    encode: (w: XdrWriter, a: ResourceArgs) => w.byteString(a.path).byteString(a.name).u32(a.flags),
   },
   lockspace: {
-    decode: (r: XdrReader): LockspaceArgs => ({ path: str(r) }),
-    encode: (w: XdrWriter, a: LockspaceArgs) => w.string(a.path),
+    decode: (r: XdrReader): LockspaceArgs => ({ path: bytes(r) }),
+    encode: (w: XdrWriter, a: LockspaceArgs) => w.byteString(a.path),
   },
 };
 

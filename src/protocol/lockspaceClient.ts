@@ -4,6 +4,12 @@
 import { RpcClient } from '../rpc/client.js';
 import type { Owner } from '../locks/lockManager.js';
 import { LOCKSPACE_PROGRAM, LOCKSPACE_VERSION, Proc, codec } from './lockspace.js';
+import { fromBuffer, fromUnicode } from '../byteString.js';
+
+/** A path or name: a string is sent as its UTF-8 bytes, a Uint8Array byte for byte. */
+export type WireName = string | Uint8Array;
+
+const wire = (x: WireName): string => (typeof x === 'string' ? fromUnicode(x) : fromBuffer(x));
 
 export class LockspaceClient {
   constructor(readonly rpc: RpcClient) {}
@@ -24,28 +30,28 @@ export class LockspaceClient {
     return this.call(Proc.RESTRICT, (w) => codec.flags.encode(w, { flags }));
   }
 
-  newLockspace(path: string, flags = 0): Promise<void> {
-    return this.call(Proc.NEW, (w) => codec.path.encode(w, { path, flags }));
+  newLockspace(path: WireName, flags = 0): Promise<void> {
+    return this.call(Proc.NEW, (w) => codec.path.encode(w, { path: wire(path), flags }));
   }
 
-  createLockspace(path: string): Promise<void> {
-    return this.call(Proc.CREATE_LOCKSPACE, (w) => codec.lockspace.encode(w, { path }));
+  createLockspace(path: WireName): Promise<void> {
+    return this.call(Proc.CREATE_LOCKSPACE, (w) => codec.lockspace.encode(w, { path: wire(path) }));
   }
 
-  createResource(path: string, name: string, flags = 0): Promise<void> {
-    return this.call(Proc.CREATE_RESOURCE, (w) => codec.resource.encode(w, { path, name, flags }));
+  createResource(path: WireName, name: WireName, flags = 0): Promise<void> {
+    return this.call(Proc.CREATE_RESOURCE, (w) => codec.resource.encode(w, { path: wire(path), name: wire(name), flags }));
   }
 
-  deleteResource(path: string, name: string, flags = 0): Promise<void> {
-    return this.call(Proc.DELETE_RESOURCE, (w) => codec.resource.encode(w, { path, name, flags }));
+  deleteResource(path: WireName, name: WireName, flags = 0): Promise<void> {
+    return this.call(Proc.DELETE_RESOURCE, (w) => codec.resource.encode(w, { path: wire(path), name: wire(name), flags }));
   }
 
-  acquire(path: string, name: string, flags = 0): Promise<void> {
-    return this.call(Proc.ACQUIRE_RESOURCE, (w) => codec.resource.encode(w, { path, name, flags }));
+  acquire(path: WireName, name: WireName, flags = 0): Promise<void> {
+    return this.call(Proc.ACQUIRE_RESOURCE, (w) => codec.resource.encode(w, { path: wire(path), name: wire(name), flags }));
   }
 
-  release(path: string, name: string, flags = 0): Promise<void> {
-    return this.call(Proc.RELEASE_RESOURCE, (w) => codec.resource.encode(w, { path, name, flags }));
+  release(path: WireName, name: WireName, flags = 0): Promise<void> {
+    return this.call(Proc.RELEASE_RESOURCE, (w) => codec.resource.encode(w, { path: wire(path), name: wire(name), flags }));
   }
 
   ping(): Promise<void> {

@@ -48,6 +48,9 @@
 //       bool safe_mode; unsigned int daemon_timeout; /* s, 0 = none */
 //       bool reexec_supported; relockd_last_reexec *last_reexec;
 //       relockd_termination terminations<>;
+//       /* appended later; absent in replies of older daemons: */
+//       relockd_string *config_error; /* running with earlier settings: the file's errors */
+//       relockd_string *stopping;     /* a stop was accepted: the shutdown policy (drain, kill-owners, refuse) */
 //   };
 //
 //   procedures (all args end with `unsigned int flags`, which must be 0):
@@ -61,6 +64,8 @@
 //         a refusal (relockd keeps serving); on success the connection just
 //         closes at the exec, and virtlockd serves the sockets.
 //   struct relockd_handback_result { bool transient; relockd_string error; relockd_string warnings<>; };
+//    16 GET_METRICS       (flags)                          -> relockd_string
+//                         (Prometheus text exposition format 0.0.4; docs/metrics.md)
 //
 // Cleanup of lease files (relockctl cleanup) uses LIST_RESOURCES: dev/ino say
 // which files relockd holds; a lock probe from relockctl covers everyone else.
@@ -85,6 +90,7 @@ export const RelockdProc = {
   LIST_CLIENTS: 4,
   REEXEC: 5,
   HANDBACK: 6,
+  GET_METRICS: 16,
 } as const;
 
 // ---- types -------------------------------------------------------------------------
@@ -167,6 +173,10 @@ export interface DaemonInfo {
   reexecSupported: boolean;
   lastReexec: LastReexec | null;
   terminations: TerminationInfo[];
+  /** Set while the configuration file has errors and the daemon runs with the settings it had before. */
+  configError: string | null;
+  /** A stop was requested and accepted while leases are held: the policy at work; null: not stopping. */
+  stopping: string | null;
 }
 
 export interface HandbackArgs {
@@ -193,6 +203,8 @@ export interface FilterArgs {
 // ---- codecs --------------------------------------------------------------------------
 
 const str = (r: XdrReader) => r.string(RELOCKD_ADMIN_STRING_MAX);
+/** Lock-space paths and resource names: byte strings (src/byteString.ts). */
+const bytes = (r: XdrReader) => r.byteString(RELOCKD_ADMIN_STRING_MAX);
 const optStr = (r: XdrReader) => r.optional(str);
 const wOptStr = (w: XdrWriter, s: string | null) => w.optional(s, (wr, v) => wr.string(v));
 const num = (b: bigint) => Number(b);
@@ -221,14 +233,14 @@ const leaseOwner = {
 
 const resource = {
   encode: (w: XdrWriter, x: ResourceInfo) => {
-    w.string(x.lockspace).string(x.name).string(x.path).u32(x.flags).i64(BigInt(Math.trunc(x.since))).i32(x.fd);
+    w.byteString(x.lockspace).byteString(x.name).byteString(x.path).u32(x.flags).i64(BigInt(Math.trunc(x.since))).i32(x.fd);
     w.u64(BigInt(Math.max(0, Math.trunc(x.dev)))).u64(BigInt(Math.max(0, Math.trunc(x.ino))));
     w.array(x.owners, leaseOwner.encode);
   },
   decode: (r: XdrReader): ResourceInfo => ({
-    lockspace: str(r),
-    name: str(r),
-    path: str(r),
+    lockspace: bytes(r),
+    name: bytes(r),
+    path: bytes(r),
     flags: r.u32(),
     since: num(r.i64()),
     fd: r.i32(),
@@ -239,8 +251,8 @@ const resource = {
 };
 
 const lockspace = {
-  encode: (w: XdrWriter, x: LockspaceInfo) => w.string(x.dir).u32(x.resources).u32(x.leases),
-  decode: (r: XdrReader): LockspaceInfo => ({ dir: str(r), resources: r.u32(), leases: r.u32() }),
+  encode: (w: XdrWriter, x: LockspaceInfo) => w.byteString(x.dir).u32(x.resources).u32(x.leases),
+  decode: (r: XdrReader): LockspaceInfo => ({ dir: bytes(r), resources: r.u32(), leases: r.u32() }),
 };
 
 const client = {
@@ -296,6 +308,8 @@ const daemonInfo = {
       wr.string(l.trigger).string(l.fromVersion).string(l.toVersion);
     });
     w.array(d.terminations, termination.encode);
+    wOptStr(w, d.configError);
+    wOptStr(w, d.stopping);
   },
   decode: (r: XdrReader): DaemonInfo => ({
     version: str(r),
@@ -315,6 +329,10 @@ const daemonInfo = {
     reexecSupported: r.bool(),
     lastReexec: r.optional((rd) => ({ at: num(rd.i64()), result: reexecResult.decode(rd), trigger: str(rd), fromVersion: str(rd), toVersion: str(rd) })),
     terminations: r.array(RELOCKD_ADMIN_LIST_MAX, termination.decode),
+    // Appended fields: a daemon older than this relockctl (e.g. during a
+    // package upgrade, before its re-exec) does not send them.
+    configError: r.remaining > 0 ? optStr(r) : null,
+    stopping: r.remaining > 0 ? optStr(r) : null,
   }),
 };
 
@@ -324,8 +342,9 @@ export const relockdCodec = {
     encode: (w: XdrWriter, a: FlagsArgs) => w.u32(a.flags),
   },
   filter: {
-    decode: (r: XdrReader): FilterArgs => ({ filter: optStr(r), flags: r.u32() }),
-    encode: (w: XdrWriter, a: FilterArgs) => wOptStr(w, a.filter).u32(a.flags),
+    // A lock-space path (LIST_RESOURCES) or a server name: a byte string.
+    decode: (r: XdrReader): FilterArgs => ({ filter: r.optional(bytes), flags: r.u32() }),
+    encode: (w: XdrWriter, a: FilterArgs) => w.optional(a.filter, (wr, v) => wr.byteString(v)).u32(a.flags),
   },
   daemonInfo,
   lockspaces: {
@@ -349,6 +368,10 @@ export const relockdCodec = {
     decode: (r: XdrReader): HandbackRefused => ({ transient: r.bool(), error: str(r), warnings: r.array(RELOCKD_ADMIN_LIST_MAX, str) }),
     encode: (w: XdrWriter, x: HandbackRefused) => w.bool(x.transient).string(x.error).array(x.warnings, (wr, v) => wr.string(v)),
   },
+  text: {
+    encode: (w: XdrWriter, v: string) => w.string(v),
+    decode: (r: XdrReader): string => str(r),
+  },
 };
 
 // ---- what the table needs ------------------------------------------------------------
@@ -367,6 +390,8 @@ export interface RelockdAdminBackend {
   reexec?: (caller: AdminContext) => Promise<ReexecResult>;
   /** Execs virtlockd in place; resolves only with a refusal. */
   handback?: (caller: AdminContext, args: HandbackArgs) => Promise<HandbackRefused>;
+  /** The Prometheus exposition text. */
+  metrics?: () => Promise<string>;
 }
 
 // ---- errors ------------------------------------------------------------------------------
@@ -451,6 +476,17 @@ function rows(b: RelockdAdminBackend): Row[] {
         checkFlags(a.flags, fnName('Handback'));
         if (!b.handback) throw reexecUnsupported();
         return b.handback(c, a);
+      },
+    },
+    {
+      proc: RelockdProc.GET_METRICS,
+      name: 'GET_METRICS',
+      decodeArgs: relockdCodec.flags.decode,
+      encodeRet: relockdCodec.text.encode,
+      handle: (_c, a: FlagsArgs) => {
+        checkFlags(a.flags, fnName('GetMetrics'));
+        if (!b.metrics) throw ProtocolError.report(ErrorCode.NO_SUPPORT, ErrorDomain.ADMIN, 'metrics are not available in this relockd build');
+        return b.metrics();
       },
     },
   ];

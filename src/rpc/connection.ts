@@ -2,7 +2,8 @@
 // the program table, writes replies in order. One request is in flight per
 // client (virtlockd's nrequests_client_max = 1), and a client that does not
 // read its replies stops being read, so the daemon never buffers without
-// bound.
+// bound. When log lines or other replies wait for the end of the event-loop
+// turn (turnFlush.ts), a reply waits behind them and goes out with them.
 
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
@@ -11,6 +12,7 @@ import { FrameReader, FramingError, MessageStatus, MessageType, NUM_FDS_MAX, HEA
 import type { Header, Packet } from './packet.js';
 import type { Program } from './program.js';
 import { XdrDecodeError, XdrReader, XdrWriter } from './xdr.js';
+import { atTurnEnd, turnIdle } from '../turnFlush.js';
 
 /** libvirt's keepalive program ("keep"). */
 export const KEEPALIVE_PROGRAM = 0x6b656570;
@@ -49,7 +51,8 @@ export class ClientConnection<Ctx> {
   private readonly parentLog: Logger;
   private childLog: Logger | null = null;
   private readonly reader = new FrameReader();
-  private readonly programs = new Map<string, Program<Ctx>>();
+  /** Programs by number, then version (no string key built per request). */
+  private readonly programs = new Map<number, Map<number, Program<Ctx>>>();
   /** A request is being handled or its reply is being flushed. */
   private busy = false;
   private closed = false;
@@ -68,7 +71,11 @@ export class ClientConnection<Ctx> {
     this.peer = opts.peer;
     this.connTime = opts.connTime ?? Math.floor(Date.now() / 1000);
     this.parentLog = opts.logger;
-    for (const p of service.programs) this.programs.set(`${p.prog}/${p.vers}`, p);
+    for (const p of service.programs) {
+      let byVers = this.programs.get(p.prog);
+      if (!byVers) this.programs.set(p.prog, (byVers = new Map()));
+      byVers.set(p.vers, p);
+    }
     this.ctx = service.createContext(this);
   }
 
@@ -97,6 +104,7 @@ export class ClientConnection<Ctx> {
   close(reason: string): void {
     if (this.closed) return;
     this.log.info({ reason }, 'closing client connection');
+    this.writeOutbox(); // replies of this turn still go out first
     this.socket.destroy();
   }
 
@@ -108,7 +116,7 @@ export class ClientConnection<Ctx> {
 
   /** Dispatches complete packets one at a time while nothing is in flight. */
   private pump(): void {
-    while (!this.busy && !this.held && !this.closed) {
+    while (!this.busy && !this.held && !this.closed && !this.socket.destroyed) {
       let pkt: Packet | null;
       try {
         pkt = this.reader.next();
@@ -135,8 +143,9 @@ export class ClientConnection<Ctx> {
       }
       this.finishSync();
     }
-    // Stop reading while a request is in flight, so bytes stay in the kernel.
-    if (this.busy || this.held) this.socket.pause();
+    // Stop reading while a request is in flight, so bytes stay in the kernel
+    // (not for a reply that goes out at the end of this very turn).
+    if ((this.busy && !this.awaitingFlush) || this.held) this.socket.pause();
     else if (!this.closed) this.socket.resume();
     if (!this.busy) this.notifyIdle();
   }
@@ -155,6 +164,11 @@ export class ClientConnection<Ctx> {
 
   /** Releases the in-flight slot once the reply has reached the kernel. */
   private finishSync(): void {
+    if (this.outbox.length > 0 && !this.closed) {
+      // The reply goes out at the end of this turn; the slot is released then.
+      this.awaitingFlush = true;
+      return;
+    }
     if (this.socket.writableLength === 0 || this.closed) {
       this.busy = false;
       return;
@@ -168,12 +182,43 @@ export class ClientConnection<Ctx> {
 
   /** The last packet handed to the socket (for exact unsent bytes at re-exec). */
   private lastSent: Buffer | null = null;
+  /** Packets sent this turn, written at its end. */
+  private outbox: Buffer[] = [];
+  /** The in-flight slot is released when the outbox is written. */
+  private awaitingFlush = false;
+  private readonly flushOutbox = (): void => {
+    this.writeOutbox();
+    if (this.awaitingFlush) {
+      this.awaitingFlush = false;
+      this.finish();
+    }
+  };
 
-  /** Sends a complete packet. */
+  private writeOutbox(): void {
+    const out = this.outbox;
+    if (out.length === 0) return;
+    this.outbox = [];
+    if (this.closed || this.socket.destroyed) return;
+    for (const b of out) {
+      this.lastSent = b;
+      this.socket.write(b);
+    }
+  }
+
+  /**
+   * Sends a complete packet: at once when nothing waits for the end of this
+   * turn (no log line, no other reply: e.g. below the log level), else at
+   * its end, behind them.
+   */
   send(buf: Buffer): void {
     if (this.closed) return;
-    this.lastSent = buf;
-    this.socket.write(buf);
+    if (this.outbox.length === 0 && turnIdle()) {
+      this.lastSent = buf;
+      this.socket.write(buf);
+      return;
+    }
+    if (this.outbox.length === 0) atTurnEnd(this.flushOutbox);
+    this.outbox.push(buf);
   }
 
   /** Returns a promise, or undefined when the packet was handled synchronously. */
@@ -187,7 +232,7 @@ export class ClientConnection<Ctx> {
       return undefined;
     }
     const isCall = h.type === MessageType.CALL || h.type === MessageType.CALL_WITH_FDS;
-    const program = this.programs.get(`${h.prog}/${h.vers}`);
+    const program = this.programs.get(h.prog)?.get(h.vers);
     if (!program) {
       if (isCall) this.replyError(h, ProtocolError.rpc(`Cannot find program ${h.prog | 0} version ${h.vers | 0}`));
       return undefined;
@@ -259,13 +304,13 @@ export class ClientConnection<Ctx> {
       encodeRet(w, ret);
       payload = w.bytes();
     }
-    this.send(encodePacket({ ...h, type: MessageType.REPLY, status: MessageStatus.OK }, payload));
+    this.send(encodeReply(h, MessageStatus.OK, payload));
   }
 
   private replyError(h: Header, err: ProtocolError): void {
     const w = new XdrWriter(256);
     encodeWireError(w, err.wire);
-    this.send(encodePacket({ ...h, type: MessageType.REPLY, status: MessageStatus.ERROR }, w.bytes()));
+    this.send(encodeReply(h, MessageStatus.ERROR, w.bytes()));
   }
 
   private onClosed(): void {
@@ -329,6 +374,11 @@ export class ClientConnection<Ctx> {
     if (inLibuv > 0 && this.lastSent) parts.push(this.lastSent.subarray(this.lastSent.length - inLibuv));
     const ws = (this.socket as unknown as { _writableState?: { getBuffer?: () => Array<{ chunk: Buffer }> } })._writableState;
     for (const b of ws?.getBuffer?.() ?? []) if (Buffer.isBuffer(b.chunk)) parts.push(b.chunk);
+    // Not written at all yet (normally none: quiesced). They go with the
+    // state; kept aside in case the exec fails.
+    this.detachedOutbox = this.outbox;
+    this.outbox = [];
+    parts.push(...this.detachedOutbox);
     return { pending: this.reader.pending(), unsent: Buffer.concat(parts) };
   }
 
@@ -336,8 +386,12 @@ export class ClientConnection<Ctx> {
     return (this.socket as unknown as { _handle?: { readStop?: () => number; readStart?: () => number; writeQueueSize?: number } })._handle;
   }
 
+  private detachedOutbox: Buffer[] = [];
+
   /** Undoes detachForExec (a re-exec that failed before execve). */
   reattachAfterFailedExec(): void {
+    for (const b of this.detachedOutbox) this.send(b);
+    this.detachedOutbox = [];
     this.rawHandle()?.readStart?.();
     this.socket.on('data', (chunk: Buffer) => this.onData(chunk));
     this.held = false;
@@ -349,6 +403,11 @@ export class ClientConnection<Ctx> {
     this.idleWaiters = [];
     for (const f of w) f();
   }
+}
+
+/** A reply to `h`: the call's header with type REPLY and `status`. */
+function encodeReply(h: Header, status: number, payload?: Uint8Array): Buffer {
+  return encodePacket({ prog: h.prog, vers: h.vers, proc: h.proc, type: MessageType.REPLY, serial: h.serial, status }, payload);
 }
 
 function toProtocolError(err: unknown, log: Logger): ProtocolError {

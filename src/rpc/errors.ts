@@ -155,7 +155,9 @@ export class ProtocolError extends Error {
 export const VIR_NET_MESSAGE_STRING_MAX = 4194304;
 
 export function encodeWireError(w: XdrWriter, e: WireError): void {
-  const str = (wr: XdrWriter, s: string) => wr.string(s);
+  // Messages quote paths and names, which are byte strings (src/byteString.ts):
+  // sent byte for byte, as virtlockd does. Text beyond U+00FF can only be Unicode.
+  const str = (wr: XdrWriter, s: string) => (/[^\x00-\xff]/.test(s) ? wr.string(s) : wr.byteString(s));
   w.i32(e.code);
   w.i32(e.domain);
   w.optional(e.message, str);

@@ -3,6 +3,7 @@
 
 import { closeSync, existsSync, lstatSync, chmodSync, renameSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
+import { dirname } from 'node:path';
 import type { Logger } from 'pino';
 import * as native from '../native.js';
 import { ClientConnection } from './connection.js';
@@ -107,6 +108,8 @@ export class RpcServer<Ctx> {
     const state = await probeSocket(path);
     if (state === 'live') throw new SocketInUseError(`another daemon is already serving ${path}; refusing to start`);
     if (state === 'stale') unlinkSync(path);
+    // Said plainly: listen() would report EACCES or ENOENT on the temporary name.
+    if (!existsSync(dirname(path))) throw new Error(`cannot create socket ${path}: directory ${dirname(path)} does not exist`);
     const tmp = `${path}.${process.pid}.tmp`;
     const binder = net.createServer();
     const old = process.umask(0o077);

@@ -97,6 +97,21 @@ export class XdrReader {
     return textDecoder.decode(raw);
   }
 
+  /**
+   * string<max> as a byte string (one char per byte, src/byteString.ts):
+   * for paths and names, which are bytes, not necessarily UTF-8.
+   */
+  byteString(max: number): string {
+    const len = this.u32();
+    if (len > max) throw new XdrDecodeError(`string of ${len} bytes exceeds limit ${max}`);
+    const padded = (len + 3) & ~3;
+    this.need(padded);
+    const nul = len === 0 ? -1 : this.buf.subarray(this.pos, this.pos + len).indexOf(0);
+    const v = this.buf.toString('latin1', this.pos, this.pos + (nul >= 0 ? nul : len));
+    this.pos += padded;
+    return v;
+  }
+
   /** XDR optional data (`T *`): a boolean discriminant then the value. */
   optional<T>(read: (r: XdrReader) => T): T | null {
     return this.bool() ? read(this) : null;
@@ -180,6 +195,18 @@ export class XdrWriter {
 
   string(s: string): this {
     return this.opaque(Buffer.from(s, 'utf8'));
+  }
+
+  /** A byte string (one char per byte) as string<>: its bytes exactly. */
+  byteString(s: string): this {
+    const n = s.length;
+    const padded = (n + 3) & ~3;
+    this.u32(n);
+    this.ensure(padded);
+    this.buf.write(s, this.pos, n, 'latin1');
+    this.buf.fill(0, this.pos + n, this.pos + padded);
+    this.pos += padded;
+    return this;
   }
 
   optional<T>(v: T | null | undefined, write: (w: XdrWriter, v: T) => void): this {

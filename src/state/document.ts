@@ -118,6 +118,8 @@ export interface RelockdExtension {
   history: ReexecRecord[];
   /** Epoch ms the daemon first started (before any re-exec). */
   startedAt?: number;
+  /** Prometheus totals (src/metrics/counters.ts MetricsState), so rates do not jump at a re-exec. */
+  metrics?: Record<string, unknown>;
   /** The locked pid file, kept open across the exec so its lock never lapses. */
   pidFile?: { path: string; fd: number };
   /** Calls the old image took whose reply the new image sends (admin re-exec). */

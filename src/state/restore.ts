@@ -5,6 +5,7 @@
 // daemon goes into safe mode. Nothing here ever closes an inherited fd.
 
 import { readFileSync, statSync } from 'node:fs';
+import { display, fromDocText, toBuffer } from '../byteString.js';
 import net from 'node:net';
 import * as native from '../native.js';
 import type { LockManager, Resource } from '../locks/lockManager.js';
@@ -144,15 +145,17 @@ export async function restoreState(doc: StateDocument, target: RestoreTarget): P
   // 1. Resources first: they are the locks. Re-mark them close-on-exec so
   // children never inherit them.
   const extraByFd = new Map((ext?.resources ?? []).map((r) => [r.fd, r]));
-  const spaces = [{ dir: '', st: doc.defaultLockspace }, ...doc.lockspaces.map((l) => ({ dir: l.directory!, st: l }))];
+  // Names in the document are text with non-UTF-8 bytes as \udcXX (byteString.ts).
+  const spaces = [{ dir: '', st: doc.defaultLockspace }, ...doc.lockspaces.map((l) => ({ dir: fromDocText(l.directory!), st: l }))];
   const leaseStats = statAll(spaces.flatMap(({ st }) => st.resources.map((r) => r.fd)));
   for (const { dir, st } of spaces) {
     const ls = target.manager.adoptLockSpace(dir);
     if (dir) report.lockspaces++;
-    for (const r of st.resources) {
+    for (const rd of st.resources) {
+      const r = { ...rd, name: fromDocText(rd.name), path: fromDocText(rd.path) };
       const checked = checkFd(r.fd, 'resource', recorded, leaseStats.get(r.fd));
       if ('why' in checked) {
-        report.problems.push(`resource '${r.name}' in lockspace '${dir}': ${checked.why}`);
+        report.problems.push(`resource '${display(r.name)}' in lockspace '${display(dir)}': ${checked.why}`);
         keep(r.fd, 'resource');
         continue;
       }
@@ -161,7 +164,7 @@ export async function restoreState(doc: StateDocument, target: RestoreTarget): P
         // virtlockd documents: the fd must still be the file at `path`, if it exists.
         let mismatch = false;
         try {
-          const pst = statSync(r.path, { bigint: true });
+          const pst = statSync(toBuffer(r.path), { bigint: true });
           mismatch = Number(pst.ino) !== fst.ino || Number(pst.dev) !== fst.dev;
         } catch {
           /* lease file gone: the fd still holds the lock */
@@ -169,7 +172,7 @@ export async function restoreState(doc: StateDocument, target: RestoreTarget): P
         if (mismatch) {
           // Not the file the document names: keep the fd (it may hold some
           // lock), but never pass it off as this resource.
-          report.problems.push(`resource '${r.name}' in lockspace '${dir}': fd ${r.fd} is not the file at ${r.path}`);
+          report.problems.push(`resource '${display(r.name)}' in lockspace '${display(dir)}': fd ${r.fd} is not the file at ${display(r.path)}`);
           keep(r.fd, 'resource');
           continue;
         }

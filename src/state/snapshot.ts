@@ -2,6 +2,7 @@
 // already quiesced every client, and runs this, the write and the execve in
 // one synchronous stretch so nothing can change in between.
 
+import { toDocText } from '../byteString.js';
 import { fstatSync } from 'node:fs';
 import type { ClientConnection } from '../rpc/connection.js';
 import type { RpcServer } from '../rpc/server.js';
@@ -112,11 +113,12 @@ export function buildState(input: SnapshotInput): StateDocument {
 
   const resources: RelockdExtension['resources'] = [];
   const space = (ls: LockSpace): LockspaceState => ({
-    ...(ls.isDefault ? {} : { directory: ls.dir }),
+    // Names are byte strings: carried as text, non-UTF-8 bytes as \udcXX (byteString.ts).
+    ...(ls.isDefault ? {} : { directory: toDocText(ls.dir) }),
     resources: [...ls.resources.values()].map((r) => {
       // Identity as recorded when the lock was taken: no fstat per lease here.
       resources.push({ fd: r.fd, since: r.since, dev: String(r.dev), ino: String(r.ino), ...(r.classic ? { classic: true } : {}) });
-      return { name: r.name, path: r.path, fd: r.fd, lockHeld: true, flags: r.flags, owners: [...r.owners] };
+      return { name: toDocText(r.name), path: toDocText(r.path), fd: r.fd, lockHeld: true, flags: r.flags, owners: [...r.owners] };
     }),
   });
   const defaultLockspace = space(input.manager.defaultSpace);

@@ -5,34 +5,49 @@
 import { spawn, execFileSync } from 'node:child_process';
 import type { ChildProcessWithoutNullStreams } from 'node:child_process';
 
+// Paths travel hex-encoded: file names are bytes, and argv would force UTF-8.
 const ONE_SHOT = `
 import fcntl, os, sys, json
 mode = sys.argv[1]
-res = {}
-for p in sys.argv[2:]:
+res = []
+for h in sys.argv[2:]:
+    p = bytes.fromhex(h)
     try:
         fd = os.open(p, os.O_RDWR)
     except OSError as e:
-        res[p] = 'error:' + (e.strerror or str(e)); continue
+        res.append('error:' + (e.strerror or str(e))); continue
     try:
         fcntl.lockf(fd, (fcntl.LOCK_EX if mode == 'write' else fcntl.LOCK_SH) | fcntl.LOCK_NB, 1, 0)
-        res[p] = 'free'
+        res.append('free')
     except OSError:
-        res[p] = 'held'
+        res.append('held')
     os.close(fd)
 print(json.dumps(res))
 `;
 
 export type ProbeResult = 'free' | 'held' | `error:${string}`;
 
+/**
+ * A path to probe: a string is its UTF-8 bytes; a Buffer is the exact bytes
+ * (names that are not UTF-8). Results are keyed by the string, or by the
+ * Buffer's bytes read as latin1 (one char per byte, as relockd keeps names).
+ */
+export type ProbePath = string | Buffer;
+
+const keyOf = (p: ProbePath) => (typeof p === 'string' ? p : p.toString('latin1'));
+
 /** Tries (and immediately drops) a lock on each path from a separate process. */
-export function probe(paths: string[], mode: 'write' | 'read' = 'write'): Record<string, ProbeResult> {
-  const out = execFileSync('python3', ['-c', ONE_SHOT, mode, ...paths], { encoding: 'utf8' });
-  return JSON.parse(out) as Record<string, ProbeResult>;
+export function probe(paths: ProbePath[], mode: 'write' | 'read' = 'write'): Record<string, ProbeResult> {
+  const hex = paths.map((p) => (typeof p === 'string' ? Buffer.from(p, 'utf8') : p).toString('hex'));
+  const out = execFileSync('python3', ['-c', ONE_SHOT, mode, ...hex], { encoding: 'utf8' });
+  const list = JSON.parse(out) as ProbeResult[];
+  const res: Record<string, ProbeResult> = {};
+  paths.forEach((p, i) => (res[keyOf(p)] = list[i]!));
+  return res;
 }
 
-export function probeOne(path: string, mode: 'write' | 'read' = 'write'): ProbeResult {
-  return probe([path], mode)[path]!;
+export function probeOne(path: ProbePath, mode: 'write' | 'read' = 'write'): ProbeResult {
+  return probe([path], mode)[keyOf(path)]!;
 }
 
 const HAMMER = `

@@ -2,6 +2,7 @@
 // image (test/fixtures/exec-with-state.mjs) instantiates a state document
 // with real fds and locks and execs relockd into it.
 
+import { fromDocText } from '../../src/byteString.js';
 import type { Test } from 'tap';
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
@@ -107,7 +108,14 @@ export function makeConn(server: Conn['server'], index: number, socket: net.Sock
   };
 }
 
+/**
+ * Names in documents are text with non-UTF-8 bytes as \udc80-\udcff
+ * (src/byteString.ts); such names are handed to tests as their bytes.
+ */
+const docName = (s: string): string => (/[\udc80-\udcff]/.test(s) ? (Buffer.from(fromDocText(s), 'latin1') as unknown as string) : s);
+
 export interface Resource {
+  /** A string, or (typed as one) a Buffer of the exact bytes for non-UTF-8 names. */
   lockspace: string;
   name: string;
   path: string;
@@ -226,8 +234,8 @@ export async function instantiate(t: Test, example: string, opts: { args?: strin
     readyLines,
     alive: () => !dead,
     resources: () => [
-      ...doc.defaultLockspace.resources.map((r) => ({ lockspace: '', name: r.name, path: r.path, flags: r.flags, owners: r.owners })),
-      ...doc.lockspaces.flatMap((ls) => ls.resources.map((r) => ({ lockspace: ls.directory!, name: r.name, path: r.path, flags: r.flags, owners: r.owners }))),
+      ...doc.defaultLockspace.resources.map((r) => ({ lockspace: '', name: docName(r.name), path: docName(r.path), flags: r.flags, owners: r.owners })),
+      ...doc.lockspaces.flatMap((ls) => ls.resources.map((r) => ({ lockspace: docName(ls.directory!), name: docName(r.name), path: docName(r.path), flags: r.flags, owners: r.owners }))),
     ],
   };
 }

@@ -4,7 +4,7 @@
 // killed, or re-exec'd) on one host behaves as it must on the other.
 //
 // The "hosts" are the User-Mode Linux guests of the multi-host NFS lab
-// (../shared/lab/nfs-hosts/multihost-setup.sh): srv (kernel nfsd), c1 and c2
+// (test/nfs/lab/multihost-setup.sh): srv (kernel nfsd), c1 and c2
 // (kernel NFS clients, each its own kernel, lockd and NFSv4 client id), the
 // export mounted on /mnt/nfs4 (vers=4.2) and /mnt/nfs3 (vers=3, NLM) in each.
 // A driver in each guest (test/nfs/guest-driver.mjs) starts the lock daemons
@@ -17,21 +17,23 @@
 // Options: --setup                 let the lab's `up` apt-get install its Debian packages when
 //                                  missing (without it they are listed and the run fails)
 //          --lab=WORKDIR           use a lab that is already up (and leave it up)
-//          --lab-script=PATH       multihost-setup.sh (default ../shared/lab/nfs-hosts/, or $RELOCKD_NFS_LAB_SCRIPT)
+//          --lab-dir=DIR           bring this run's own lab up in DIR (new or empty; purged afterwards)
+//          --lab-script=PATH       multihost-setup.sh (default test/nfs/lab/, or $RELOCKD_NFS_LAB_SCRIPT)
 //          --protocols=4,3         NFS versions to run (default both)
-//          --samples=N             handovers per direction and lease kind (default 10)
+//          --samples=N             handovers per direction and lease kind (default 60)
+//          --direct-samples=N      … for direct leases only (default: --samples)
 //          --kills=N               kill -9 samples, relockd vs relockd (default 3)
 //          --reexecs=N             re-execs while the other host hammers (default 3)
 //          --tolerate-stale        relockd's first ACQUIRE after a cross-host release failing with
 //                                  "Stale file handle" (then granted on a retry) is a note, not a FAIL
 //          --keep                  keep logs (and the lab running, when this run created it)
-//          --time-limit=SECONDS    stop everything and fail after this long (default 600)
+//          --time-limit=SECONDS    stop everything and fail after this long (default 900)
 //
 // Needs root, a built relockd (npm run build), /usr/sbin/virtlockd, python3,
 // and the lab's packages (user-mode-linux nfs-kernel-server nfs-common rpcbind
 // kmod e2fsprogs iproute2). It installs nothing unless --setup is given.
 
-import { accessSync, constants as fsConstants, existsSync, mkdirSync, rmSync } from 'node:fs';
+import { accessSync, constants as fsConstants, existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join, resolve as resolvePath } from 'node:path';
 import { ROOT } from '../lib/relockd.js';
 import { abort, isAborted, killEverything, killEverythingSync, leftovers, median, pidAlive, sleep } from '../e2e/proc.js';
@@ -42,10 +44,13 @@ import type { AcquireResult, FcntlHammerStats, LoopStats, ReexecResult } from '.
 
 interface Options {
   lab?: string;
+  /** where to bring this run's own lab up (must not exist yet, or be empty) */
+  labDir?: string;
   setup: boolean;
   labScript: string;
   protocols: Array<4 | 3>;
   samples: number;
+  directSamples: number;
   kills: number;
   reexecs: number;
   tolerateStale: boolean;
@@ -58,12 +63,13 @@ function parseOptions(argv: string[]): Options {
     setup: false,
     labScript: process.env.RELOCKD_NFS_LAB_SCRIPT || DEFAULT_LAB_SCRIPT,
     protocols: [4, 3],
-    samples: 10,
+    samples: DEFAULT_SAMPLES,
+    directSamples: NaN,
     kills: 3,
     reexecs: 3,
     tolerateStale: false,
     keep: false,
-    timeLimitS: 600,
+    timeLimitS: 900,
   };
   const count = (v: string | undefined, min: number) => (v !== undefined && /^\d+$/.test(v) && Number(v) >= min ? Number(v) : NaN);
   for (const a of argv) {
@@ -72,22 +78,35 @@ function parseOptions(argv: string[]): Options {
     else if (k === '--keep' && v === undefined) o.keep = true;
     else if (k === '--tolerate-stale' && v === undefined) o.tolerateStale = true;
     else if (k === '--lab' && v) o.lab = resolvePath(v);
+    else if (k === '--lab-dir' && v) o.labDir = resolvePath(v);
     else if (k === '--lab-script' && v) o.labScript = resolvePath(v);
     else if (k === '--protocols' && v) {
       const ps = v.split(',');
       if (!ps.length || !ps.every((p) => p === '4' || p === '3')) usage(`bad --protocols: ${v}`);
       o.protocols = [...new Set(ps.map((p) => Number(p) as 4 | 3))];
     } else if (k === '--samples' && !Number.isNaN(count(v, 1))) o.samples = count(v, 1);
+    else if (k === '--direct-samples' && !Number.isNaN(count(v, 1))) o.directSamples = count(v, 1);
     else if (k === '--kills' && !Number.isNaN(count(v, 1))) o.kills = count(v, 1);
     else if (k === '--reexecs' && !Number.isNaN(count(v, 1))) o.reexecs = count(v, 1);
     else if (k === '--time-limit' && v && Number(v) > 0) o.timeLimitS = Number(v);
     else usage(`unknown option ${a}`);
   }
+  if (Number.isNaN(o.directSamples)) o.directSamples = o.samples;
+  if (o.lab && o.labDir) usage('--lab (a lab that is up) and --lab-dir (where to bring one up) exclude each other');
+  if (o.labDir && existsSync(o.labDir) && readdirSync(o.labDir).length > 0) usage(`--lab-dir=${o.labDir}: exists and is not empty (the run purges it afterwards)`);
   return o;
 }
 
+/**
+ * Handovers per direction, lease kind, protocol and pair in the release ->
+ * available steps: 60, so that a race hitting 1 handover in 20 shows in each
+ * such cell with probability 1 - 0.95^60 = 95% (16 cells, 960 handovers; about
+ * 0.1–0.25 s each in the lab). See docs/nfs-crosshost.md for the timing.
+ */
+const DEFAULT_SAMPLES = 60;
+
 function usage(msg: string): never {
-  process.stderr.write(`${msg}\nusage: crosshost.ts [--setup] [--lab=WORKDIR] [--lab-script=PATH] [--protocols=4,3] [--samples=N] [--kills=N] [--reexecs=N] [--tolerate-stale] [--keep] [--time-limit=SECONDS]\n`);
+  process.stderr.write(`${msg}\nusage: crosshost.ts [--setup] [--lab=WORKDIR] [--lab-script=PATH] [--protocols=4,3] [--lab-dir=DIR] [--samples=N] [--direct-samples=N] [--kills=N] [--reexecs=N] [--tolerate-stale] [--keep] [--time-limit=SECONDS]\n`);
   process.exit(2);
 }
 
@@ -110,7 +129,7 @@ async function missingPrerequisites(o: Options): Promise<{ missing: string[]; pa
   const missing: string[] = [];
   const packages: string[] = [];
   if (process.getuid?.() !== 0) missing.push('root: the lab creates a network namespace, tap devices and UML guests; the daemons run as root in the guests');
-  if (!existsSync(o.labScript)) missing.push(`the lab script ${o.labScript} (../shared/lab/nfs-hosts/multihost-setup.sh; or --lab-script=PATH / RELOCKD_NFS_LAB_SCRIPT)`);
+  if (!existsSync(o.labScript)) missing.push(`the lab script ${o.labScript} (test/nfs/lab/multihost-setup.sh; or --lab-script=PATH / RELOCKD_NFS_LAB_SCRIPT)`);
   for (const f of ['dist/src/cli/main.js', 'dist/src/protocol/lockspaceClient.js', 'dist/test/lib/relockd.js']) {
     if (!existsSync(join(ROOT, f))) missing.push(`a built relockd (${f}): run \`npm run build\``);
   }
@@ -278,8 +297,11 @@ async function guestSh(g: Guest, cmd: string, timeoutMs = 30_000): Promise<{ cod
 
 async function directLease(p: Proto, tag: string): Promise<Lease> {
   const file = join(p.images, `${tag}-${++seq}.img`);
-  const r = await guestSh(c1!, `truncate -s 1M ${file}`);
-  if (r.code !== 0) throw new Fail(`cannot create the disk image ${file}: ${r.out}`);
+  try {
+    await c1!.call('mkImages', { paths: [file] }, 20_000);
+  } catch (e) {
+    throw new Fail(`cannot create the disk image ${file}: ${(e as Error).message}`);
+  }
   return { proto: p, direct: true, path: '', name: file, file };
 }
 
@@ -340,12 +362,10 @@ function serverPath(file: string): string {
  */
 async function serverView(file: string): Promise<{ exists: boolean; ino?: number; locks?: number }> {
   const f = serverPath(file);
-  const r = await guestSh(srv!, `if ino=$(stat -c %i '${f}' 2>/dev/null); then echo "$ino $(grep -cE ":[0-9a-f]+:$ino " /proc/locks)"; else echo missing; fi`);
-  const out = r.out.trim();
-  if (out === 'missing') return { exists: false };
-  const [ino, locks] = out.split(/\s+/).map(Number);
-  if (!Number.isFinite(ino) || !Number.isFinite(locks)) throw new Fail(`cannot read the server's view of ${f}: ${r.out}`);
-  return { exists: true, ino, locks };
+  const r = await srv!.call<Record<string, { exists: boolean; ino?: number; locks?: number }>>('serverView', { paths: [f] }, 20_000);
+  const v = r[f];
+  if (!v || (v.exists && (!Number.isFinite(v.ino) || !Number.isFinite(v.locks)))) throw new Fail(`cannot read the server's view of ${f}: ${JSON.stringify(r)}`);
+  return v;
 }
 
 async function serverExists(file: string): Promise<boolean> {
@@ -360,6 +380,7 @@ async function serverExists(file: string): Promise<boolean> {
 async function serverHeld(s: Side, l: Lease, why: string, other?: Side): Promise<void> {
   const v = await serverView(l.file);
   if (v.exists && v.locks) return;
+  finding(orphanClass(s, other, v.exists), l, other, s);
   let msg = !v.exists
     ? `${why}: ${s.label} was granted ${short(l)}, but on the server ${serverPath(l.file)} does not exist: ${s.label}'s lock is on an unlinked (orphaned) file`
     : `${why}: ${s.label} was granted ${short(l)}, but the server holds no lock on inode ${v.ino}, the file that name has now: ${s.label}'s lock is on an orphaned file`;
@@ -370,7 +391,65 @@ async function serverHeld(s: Side, l: Lease, why: string, other?: Side): Promise
   throw new Fail(msg);
 }
 
-// ------------------------------------------------------------------ stale file handles
+// ------------------------------------------------------------------ findings, classified
+
+/**
+ * Every failure is recorded with a class, so the output says which are the
+ * known bugs of issue 10 §1 (being fixed in src/), which are new, and which
+ * result belongs to the real virtlockd's own algorithm. The class never
+ * changes a verdict: a relockd failure is a FAIL whatever its class.
+ */
+type FindingClass = 'unlink-orphan' | 'acquire-orphan' | 'eloop' | 'estale' | 'virtlockd-estale' | 'virtlockd-error' | 'other';
+const CLASS_TEXT: Record<FindingClass, string> = {
+  'unlink-orphan': 'KNOWN (issue 10 §1, i10a): double grant after relockd\'s release — relockd unlinked the lease file on shared storage, the other host was granted a lock on the unlinked file, and the lease was then granted again',
+  'acquire-orphan': 'KNOWN class (issue 10 §1 "no interleaving may hold a lease twice", i10a): double grant after virtlockd\'s release — relockd was granted a lock on the file virtlockd had just unlinked (relockd\'s acquire-side check missed it)',
+  eloop: 'KNOWN (issue 10 §1, i10a): relockd\'s ACQUIRE of a free lease failed with "Too many levels of symbolic links" right after the other host\'s release',
+  estale: 'KNOWN (issue 10 §1, i10a): relockd\'s ACQUIRE of a free lease failed with "Stale file handle" right after the other host\'s release',
+  'virtlockd-estale': 'VIRTLOCKD\'S OWN RESULT (recorded, not a relockd failure): the real virtlockd\'s ACQUIRE failed with "Stale file handle" right after the other host\'s release, granted on a retry (virtlockd does not retry; after relockd\'s release it is a side effect of relockd unlinking the lease file, and goes with that)',
+  'virtlockd-error': 'VIRTLOCKD\'S OWN RESULT: the real virtlockd\'s ACQUIRE of a free lease failed with another error',
+  other: 'NEW: not one of the known classes',
+};
+
+interface Finding {
+  cls: FindingClass;
+  where: string;
+}
+/** `${cls}|${proto} ${direct|indirect} ${releaser} -> ${holder}` -> count */
+const findingCounts = new Map<string, number>();
+/** classes seen during the current step (a failed step without any is recorded as NEW) */
+let stepFindings: Finding[] = [];
+
+function finding(cls: FindingClass, l: Lease | undefined, from: Side | undefined, to: Side | undefined, label?: string): void {
+  const where = label ?? `${l ? `${l.proto.label} ${l.direct ? 'direct' : 'indirect'}` : ''} ${from?.label ?? '?'} -> ${to?.label ?? '?'}`.trim();
+  const k = `${cls}|${where}`;
+  findingCounts.set(k, (findingCounts.get(k) ?? 0) + 1);
+  stepFindings.push({ cls, where });
+}
+
+/** A grant on an orphaned file: whose half made it possible? */
+function orphanClass(holder: Side, releaser: Side | undefined, nameExists: boolean): FindingClass {
+  if (releaser?.kind === 'relockd' && !nameExists) return 'unlink-orphan';
+  if (holder.kind === 'relockd' && releaser?.kind === 'virtlockd') return 'acquire-orphan';
+  return 'other';
+}
+
+function errorClass(s: Side, error: string): FindingClass {
+  if (s.kind === 'virtlockd') return isStale(error) ? 'virtlockd-estale' : 'virtlockd-error';
+  if (/Too many levels of symbolic links/.test(error)) return 'eloop';
+  if (isStale(error)) return 'estale';
+  return 'other';
+}
+
+function findingsTable(): string[] {
+  const out: string[] = [];
+  for (const cls of Object.keys(CLASS_TEXT) as FindingClass[]) {
+    const rows = [...findingCounts].filter(([k]) => k.startsWith(`${cls}|`));
+    if (!rows.length) continue;
+    out.push(`  ${CLASS_TEXT[cls]}:`);
+    for (const [k, n] of rows) out.push(`    ${k.slice(cls.length + 1)}: ${n}`);
+  }
+  return out;
+}
 
 /**
  * NFSv4 quirk (see docs/nfs-crosshost.md): right after host A's RELEASE
@@ -385,24 +464,32 @@ interface Verdict {
 }
 const newVerdict = (): Verdict => ({ notes: [], problems: [] });
 
-/** `${proto}|${direct|indirect}|${new holder}` -> [handovers, first ACQUIRE failed with ESTALE, granted on an orphaned file] */
-const handoverStats = new Map<string, [number, number, number]>();
+interface HandoverCount {
+  n: number;
+  stale: number;
+  error: number;
+  orphan: number;
+}
+/** `${proto}|${direct|indirect}|${releaser} -> ${new holder}` -> counts */
+const handoverStats = new Map<string, HandoverCount>();
 
-function countHandover(l: Lease, s: Side, stale: boolean, orphan = false): void {
-  const k = `${l.proto.label}|${l.direct ? 'direct' : 'indirect'}|${s.label}`;
-  const c = handoverStats.get(k) ?? [0, 0, 0];
-  c[0]++;
-  if (stale) c[1]++;
-  if (orphan) c[2]++;
+function countHandover(l: Lease, from: Side, to: Side, o: { stale?: boolean; error?: boolean; orphan?: boolean }): void {
+  const k = `${l.proto.label}|${l.direct ? 'direct' : 'indirect'}|${from.label} -> ${to.label}`;
+  const c = handoverStats.get(k) ?? { n: 0, stale: 0, error: 0, orphan: 0 };
+  c.n++;
+  if (o.stale) c.stale++;
+  if (o.error) c.error++;
+  if (o.orphan) c.orphan++;
   handoverStats.set(k, c);
 }
 
 const isStale = (e: string) => /Stale file handle/.test(e);
 
-function staleFinding(s: Side, l: Lease, errors: string[], attempt: number, v: Verdict): void {
+function staleFinding(s: Side, l: Lease, from: Side, errors: string[], attempt: number, v: Verdict): void {
+  finding(errorClass(s, errors[0]!), l, from, s);
   const msg = `${s.label}'s first ACQUIRE of ${short(l)} after the release failed with "${errors[0]}"${errors.length > 1 ? ` (${errors.length} times)` : ''}, granted on attempt ${attempt}`;
   if (s.kind === 'relockd' && !tolerateStale) v.problems.push(msg);
-  else v.notes.push(s.kind === 'virtlockd' ? `${msg} (the real virtlockd: libvirt's own behaviour)` : `${msg} (tolerated: --tolerate-stale)`);
+  else v.notes.push(s.kind === 'virtlockd' ? `${msg} (the real virtlockd's own result)` : `${msg} (tolerated: --tolerate-stale)`);
 }
 
 /**
@@ -415,22 +502,26 @@ async function handoverTo(B: Side, l: Lease, v: Verdict, why: string, other: Sid
   for (let attempt = 1; attempt <= 10; attempt++) {
     const r = await acquire(B, l, false);
     if (r.ok) {
-      if (errors.length) staleFinding(B, l, errors, attempt, v);
+      if (errors.length) staleFinding(B, l, other, errors, attempt, v);
       try {
         await serverHeld(B, l, why, other);
       } catch (e) {
-        countHandover(l, B, errors.length > 0, true);
+        countHandover(l, other, B, { stale: errors.length > 0, orphan: true });
         throw e;
       }
-      countHandover(l, B, errors.length > 0);
+      countHandover(l, other, B, { stale: errors.length > 0 });
       return r;
     }
     if (r.error === busyMessage(l)) throw new Fail(`${why}: ${B.label} was refused ${what(l, false)} with "resource busy" although it had been released`);
-    if (!isStale(r.error ?? '')) throw new Fail(`${why}: ${B.label} was refused ${what(l, false)}: ${r.error}`);
+    if (!isStale(r.error ?? '')) {
+      finding(errorClass(B, r.error ?? ''), l, other, B);
+      countHandover(l, other, B, { stale: errors.length > 0, error: true });
+      throw new Fail(`${why}: ${B.label} was refused ${what(l, false)}: ${r.error}`);
+    }
     errors.push(r.error!);
     await sleep(20);
   }
-  countHandover(l, B, true);
+  countHandover(l, other, B, { stale: true, error: true });
   throw new Fail(`${why}: ${B.label} still could not acquire ${short(l)} after 10 attempts: ${errors[errors.length - 1]}`);
 }
 
@@ -514,6 +605,10 @@ async function releaseToAvailable(A: Side, B: Side, p: Proto, n: number, direct:
   const per: number[] = [];
   const BP = pollSide(B);
   let orphans = 0;
+  const orphanMsgs: string[] = [];
+  /** samples whose polls failed with an error other than "resource busy" / ESTALE, by error text */
+  const errorSamples = new Map<string, number>();
+  let stale = 0;
   for (let i = 0; i < n; i++) {
     const l = direct ? await directLease(p, 'rta') : indirectLease(p, 'rta');
     await acqOk(A, l, false, `sample ${i + 1}`);
@@ -529,30 +624,47 @@ async function releaseToAvailable(A: Side, B: Side, p: Proto, n: number, direct:
     const st = await B.g.call<LoopStats>('loopWait', { loop, timeoutMs: 30_000 }, 35_000);
     if (st.tOk === null) throw new Fail(`sample ${i + 1}: ${B.label} never got ${short(l)} within 20 s of polling (${st.attempts} attempts; other errors: ${st.otherErrors.join('; ') || 'none'})`);
     holds.add({ s: BP, l });
-    const odd = st.otherErrors.filter((e) => !isStale(e));
-    if (odd.length) throw new Fail(`sample ${i + 1}: ${B.label}'s polls failed with errors other than "resource busy": ${odd.join('; ')}`);
-    if (st.other > 0) staleFinding(B, l, st.otherErrors, st.attempts, v);
+    // Errors other than "resource busy" before the grant: a FAIL (a free lease must be
+    // granted), but keep sampling, so the output says how often it happens.
+    const odd = [...new Set(st.otherErrors.filter((e) => !isStale(e)).map((e) => e.replace(l.file, '<lease>').replace(`'${l.name}'`, '<lease>')))];
+    for (const e of odd) {
+      errorSamples.set(e, (errorSamples.get(e) ?? 0) + 1);
+      finding(errorClass(B, e), l, A, B);
+    }
+    const staleOnly = st.other > 0 && odd.length === 0;
+    if (staleOnly) {
+      stale++;
+      finding(errorClass(B, st.otherErrors[0]!), l, A, B);
+    }
     try {
       await serverHeld(BP, l, `handover ${i + 1}`, A);
     } catch (e) {
       // a safety failure: keep sampling to see how often it happens
       orphans++;
-      countHandover(l, B, st.other > 0, true);
-      v.problems.push((e as Error).message);
+      if (orphanMsgs.length < 3) orphanMsgs.push((e as Error).message);
+      countHandover(l, A, B, { stale: staleOnly, error: odd.length > 0, orphan: true });
       await giveBack();
       continue;
     }
-    countHandover(l, B, st.other > 0);
-    const dt = crossHost(A.g, r.t0, B.g, st.tOk);
-    lat.push(dt);
-    per.push(st.lastAttemptMs ?? NaN);
-    record(p, `release -> available${direct ? ' (direct)' : ''}: ${A.label} -> ${B.label}`, dt);
+    countHandover(l, A, B, { stale: staleOnly, error: odd.length > 0 });
+    if (st.other === 0) {
+      const dt = crossHost(A.g, r.t0, B.g, st.tOk);
+      lat.push(dt);
+      per.push(st.lastAttemptMs ?? NaN);
+      record(p, `release -> available${direct ? ' (direct)' : ''}: ${A.label} -> ${B.label}`, dt);
+    }
     await acqBusy(A, l, false, `sample ${i + 1}: ${B.label} got it after the release`);
     await release(BP, l);
   }
-  if (orphans) v.problems.unshift(`${orphans} of ${n} handovers granted ${B.label} a lock on an orphaned (unlinked) lease file`);
+  if (orphans) v.problems.push(`DOUBLE GRANT: ${orphans} of ${n} handovers granted ${B.label} a lock on an orphaned (unlinked) lease file; ${orphanMsgs.join('; ')}${orphans > orphanMsgs.length ? '; …' : ''}`);
+  for (const [e, k] of errorSamples) v.problems.push(`in ${k} of ${n} handovers ${B.label}'s polls of the released lease failed with "${e}" before the grant`);
+  if (stale) {
+    const msg = `in ${stale} of ${n} handovers ${B.label}'s polls failed with "Stale file handle" before the grant`;
+    if (B.kind === 'relockd' && !tolerateStale) v.problems.push(msg);
+    else v.notes.push(B.kind === 'virtlockd' ? `${msg} (the real virtlockd's own result)` : `${msg} (tolerated: --tolerate-stale)`);
+  }
   const s = lat.length ? [...lat].sort((a, b) => a - b) : [NaN];
-  return verdictText(`${n} handovers of ${direct ? 'direct leases (disk images: never unlinked)' : 'indirect leases (AUTOCREATE: unlinked on release)'}: from ${A.label}'s RELEASE request to ${B.label}'s granted ACQUIRE median ${ms(median(s)!)} (min ${ms(s[0]!)}, max ${ms(s[s.length - 1]!)}), ${B.label} polling back to back (one ACQUIRE ≈ ${ms(median(per)!)}); every grant on the live file (server) and ${A.label} refused afterwards`, v);
+  return verdictText(`${n} handovers of ${direct ? 'direct leases (disk images: never unlinked)' : 'indirect leases (AUTOCREATE)'}: from ${A.label}'s RELEASE request to ${B.label}'s granted ACQUIRE median ${ms(median(s)!)} (min ${ms(s[0]!)}, max ${ms(s[s.length - 1]!)}, ${lat.length} clean handovers), ${B.label} polling back to back (one ACQUIRE ≈ ${ms(median(per) ?? NaN)}); every grant on the live file (server) and ${A.label} refused afterwards`, v);
 }
 
 // ------------------------------------------------------------------ daemons
@@ -601,6 +713,8 @@ async function step(tag: string, label: string, sides: Side[], fn: () => Promise
   if (isAborted()) return false;
   const marks = sides.map((s) => s.g.logMark(logFile(s)));
   const ts = performance.now();
+  stepFindings = [];
+  runningStep = `${tag}  ${label}`;
   let detail: string;
   let ok = true;
   try {
@@ -615,6 +729,7 @@ async function step(tag: string, label: string, sides: Side[], fn: () => Promise
   if (ok) pass(`${tag}  ${label}`, detail, took);
   else {
     fail(`${tag}  ${label}`, detail, took);
+    classify(`${tag}  ${label}`);
     sides.forEach((s, i) => {
       say(`  --- ${s.label} log during this step ---`);
       say(tail(s.g.logSince(logFile(s), marks[i]!), 40) || '  (empty)');
@@ -629,6 +744,8 @@ async function multiStep(tag: string, label: string, protos: Proto[], sides: Sid
   if (isAborted()) return;
   const marks = sides.map((s) => s.g.logMark(logFile(s)));
   const ts = performance.now();
+  stepFindings = [];
+  runningStep = `${tag}  ${label}`;
   let res: Map<Proto, string | Fail>;
   try {
     for (const s of sides) if (!(await daemonRunning(s))) throw new Fail(`${s.label} is not running`);
@@ -645,6 +762,7 @@ async function multiStep(tag: string, label: string, protos: Proto[], sides: Sid
     if (r instanceof Fail) {
       anyFail = true;
       fail(`${tag}/${p.label}  ${label}`, r.message, took);
+      classify(`${tag}/${p.label}  ${label}`, p);
     } else pass(`${tag}/${p.label}  ${label}`, r, took);
   }
   if (anyFail) {
@@ -654,6 +772,25 @@ async function multiStep(tag: string, label: string, protos: Proto[], sides: Sid
     });
   }
   await giveBack();
+}
+
+/** The step in progress, for the time-limit message. */
+let runningStep = '';
+
+/** Prints the classes of what a failed step found; a failure that matches none is NEW. */
+function classify(label: string, p?: Proto): void {
+  let fs = stepFindings.filter((f) => !p || f.where.startsWith(`${p.label} `));
+  if (!fs.some((f) => !f.cls.startsWith('virtlockd-'))) {
+    finding('other', undefined, undefined, undefined, label);
+    fs = [...fs, { cls: 'other', where: label }];
+  }
+  const seen = new Set<string>();
+  for (const f of fs) {
+    const k = `${f.cls}|${f.where}`;
+    if (seen.has(k)) continue;
+    seen.add(k);
+    say(`  class: ${CLASS_TEXT[f.cls].split(':')[0]} — ${f.cls} (${f.where})`);
+  }
 }
 
 /** Releases whatever a failed step left held (names are unique per step, so this is only tidiness). */
@@ -682,12 +819,12 @@ async function patternSteps(tag: string, p: Proto, X: Side, Y: Side): Promise<vo
   await step(pt, `direct shared, ${Y.label} first`, [X, Y], async () => sharedPattern(Y, X, await directLease(p, 'disk')));
 }
 
-async function timingSteps(tag: string, p: Proto, X: Side, Y: Side, n: number): Promise<void> {
+async function timingSteps(tag: string, p: Proto, X: Side, Y: Side, n: number, nd: number): Promise<void> {
   const pt = `${tag}/${p.label}`;
   await step(pt, `release -> available, indirect, ${X.label} -> ${Y.label}`, [X, Y], () => releaseToAvailable(X, Y, p, n, false));
   await step(pt, `release -> available, indirect, ${Y.label} -> ${X.label}`, [X, Y], () => releaseToAvailable(Y, X, p, n, false));
-  await step(pt, `release -> available, direct, ${X.label} -> ${Y.label}`, [X, Y], () => releaseToAvailable(X, Y, p, n, true));
-  await step(pt, `release -> available, direct, ${Y.label} -> ${X.label}`, [X, Y], () => releaseToAvailable(Y, X, p, n, true));
+  await step(pt, `release -> available, direct, ${X.label} -> ${Y.label}`, [X, Y], () => releaseToAvailable(X, Y, p, nd, true));
+  await step(pt, `release -> available, direct, ${Y.label} -> ${X.label}`, [X, Y], () => releaseToAvailable(Y, X, p, nd, true));
 }
 
 /**
@@ -867,6 +1004,7 @@ const guestLeftovers: string[] = [];
 let labNs = '';
 let labUmlPids: number[] = [];
 let labDownOk = false;
+let labDownMs = 0;
 
 function cleanup(o: Options, interrupted: boolean): Promise<void> {
   cleaning ??= (async () => {
@@ -904,12 +1042,12 @@ function cleanup(o: Options, interrupted: boolean): Promise<void> {
         labNs = lab.env().ns;
         labUmlPids = lab.umlPids();
       }
-      // purging anyway: SIGKILL the guests first (down's clean shutdown costs ~10 s per guest);
+      // purging anyway: SIGKILL the guests (down's clean shutdown costs ~10 s per guest);
       // interrupted with --keep: a clean down, the files (logs, disk image) stay
-      if (!o.keep && lab.exists) for (const h of ['c1', 'c2', 'srv']) await lab.crash(h);
-      const r = await lab.down(!o.keep);
+      const r = await lab.down(!o.keep, !o.keep);
       labDownOk = r.code === 0;
-      if (r.code !== 0) say(`cleanup: lab down failed (exit ${r.code}): ${oneLine(r.stdout + r.stderr)}`);
+      labDownMs = r.ms;
+      if (r.code !== 0) say(`cleanup: lab down failed (${r.timedOut ? `timed out after ${secs(r.ms)}, killed` : `exit ${r.code ?? r.signal}`}): ${oneLine(r.stdout + r.stderr) || 'no output'}`);
       else if (o.keep) say(`lab stopped, files kept: ${labDir} (remove: ${o.labScript} down ${labDir} --purge)`);
     } else if (lab && ownLab) say(`lab kept running: ${labDir} (stop it: ${o.labScript} down ${labDir} --purge)`);
     if (logDir && existsSync(logDir)) {
@@ -918,6 +1056,35 @@ function cleanup(o: Options, interrupted: boolean): Promise<void> {
     }
   })();
   return cleaning;
+}
+
+/**
+ * What a lab could leave behind on the host, looked up independently of the
+ * lab's own bookkeeping: a process whose command line names the lab's work
+ * directory (every UML kernel gets mh_work=DIR), a mount under it or of its
+ * netns (/run/netns/NAME). The tap devices and the bridge live in the netns.
+ */
+function labTraces(dir: string, ns: string): string[] {
+  const out: string[] = [];
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d) || Number(d) === process.pid) continue;
+    let cmd = '';
+    try {
+      cmd = readFileSync(`/proc/${d}/cmdline`, 'utf8');
+    } catch {
+      continue;
+    }
+    if (cmd.includes(`mh_work=${dir}\0`)) out.push(`process ${d} (${cmd.replace(/\0/g, ' ').slice(0, 120)})`);
+  }
+  try {
+    for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+      const mp = line.split(' ')[4];
+      if (mp && (mp === dir || mp.startsWith(`${dir}/`) || (ns && mp === `/run/netns/${ns}`))) out.push(`mount ${mp}`);
+    }
+  } catch {
+    /* no /proc/self/mountinfo: nothing to check */
+  }
+  return out;
 }
 
 async function main(): Promise<number> {
@@ -942,7 +1109,7 @@ async function main(): Promise<number> {
     });
   }
   const limit = setTimeout(() => {
-    say(`\nFAIL  time limit of ${o.timeLimitS} s exceeded; stopping everything`);
+    say(`\nFAIL  time limit of ${o.timeLimitS} s exceeded${runningStep ? ` during "${runningStep}"` : ''} (a hung NFS mount or guest?); stopping everything`);
     void cleanup(o, true).finally(() => {
       say(`${passed} passed, ${failed + 1} failed`);
       process.exit(1);
@@ -953,16 +1120,27 @@ async function main(): Promise<number> {
   tolerateStale = o.tolerateStale;
   runTag = `relockd-crosshost-${Date.now().toString(36)}`;
   ownLab = !o.lab;
-  labDir = o.lab ?? join('/tmp', `${runTag}-lab`);
+  labDir = o.lab ?? o.labDir ?? join('/tmp', `${runTag}-lab`);
   lab = new Lab(o.labScript, labDir);
   try {
     // ---------------------------------------------------------------- lab
     if (ownLab) {
       mkdirSync(labDir, { recursive: true });
       const ts = performance.now();
-      const r = await lab.up(2);
+      runningStep = 'lab up';
+      const r = await lab.up(2, o.setup);
       if (r.code !== 0) {
-        throw new LabUpFailed(`${o.labScript} up ${labDir} 2 failed (exit ${r.code}${r.timedOut ? ', timed out' : ''}):\n${tail(r.stdout + r.stderr, 30)}`);
+        // the guests' consoles say why (they go with the purge, so quote them here)
+        const consoles = ['srv', 'c1', 'c2']
+          .map((h) => {
+            try {
+              return `  --- ${h} console (last lines) ---\n${tail(readFileSync(join(labDir, 'log', `${h}.console.log`), 'utf8'), 15) || '  (empty)'}`;
+            } catch {
+              return '';
+            }
+          })
+          .filter(Boolean);
+        throw new LabUpFailed(`the NFS lab did not come up, so no cross-host check ran: ${o.labScript} up ${labDir} 2 failed (exit ${r.code}${r.timedOut ? ', timed out' : ''}):\n${tail(r.stdout + r.stderr, 30)}${consoles.length ? `\n${consoles.join('\n')}` : ''}`);
       }
       pass('lab up', `${labDir}: srv, c1, c2 booted, export mounted on /mnt/nfs4 (vers=4.2) and /mnt/nfs3 (vers=3) in c1 and c2; netns ${lab.env().ns}`, performance.now() - ts);
     }
@@ -975,6 +1153,7 @@ async function main(): Promise<number> {
     const protos = protosAll;
     {
       const ts = performance.now();
+      runningStep = 'guests (drivers in c1, c2, srv)';
       c1 = await Guest.start(lab, 'c1', logDir);
       c2 = await Guest.start(lab, 'c2', logDir);
       srv = await Guest.start(lab, 'srv', logDir);
@@ -998,7 +1177,7 @@ async function main(): Promise<number> {
     }
     for (const p of protos) {
       await patternSteps('relockd<->relockd', p, r1, r2);
-      await timingSteps('relockd<->relockd', p, r1, r2, o.samples);
+      await timingSteps('relockd<->relockd', p, r1, r2, o.samples, o.directSamples);
     }
     await multiStep('relockd<->relockd', `re-exec (SIGUSR1) of ${r1.label} x${o.reexecs} while ${r2.label} and plain fcntl on c2 hammer`, protos, [r1, r2], () => reexecScenario(r1, r2!, protos, o.reexecs, true));
     for (let i = 0; i < o.kills; i++) {
@@ -1030,7 +1209,7 @@ async function main(): Promise<number> {
       const v = v2;
       for (const p of protos) {
         await patternSteps('relockd<->virtlockd', p, r1, v);
-        await timingSteps('relockd<->virtlockd', p, r1, v, o.samples);
+        await timingSteps('relockd<->virtlockd', p, r1, v, o.samples, o.directSamples);
       }
       const nrx = Math.max(1, Math.min(2, o.reexecs));
       await multiStep('relockd<->virtlockd', `re-exec (SIGUSR1) of ${r1.label} x${nrx} while ${v.label} hammers`, protos, [r1, v], () => reexecScenario(r1, v, protos, nrx, false));
@@ -1064,22 +1243,28 @@ async function main(): Promise<number> {
   else if (ownLab && !o.keep) {
     const umlAlive = labUmlPids.filter((pid) => pidAlive(pid));
     const nsLeft = labNs !== '' && (await netnsExists(labNs));
-    if (!labDownOk || umlAlive.length || nsLeft || existsSync(labDir)) fail('cleanup', `lab down --purge left: ${[!labDownOk ? 'a failed down' : '', ...umlAlive.map((p) => `UML pid ${p}`), nsLeft ? `netns ${labNs}` : '', existsSync(labDir) ? labDir : ''].filter(Boolean).join(', ')}`);
-    else pass('cleanup', `guest drivers stopped every daemon, poll and probe they started (by pid); relays gone; UML guests (pids ${labUmlPids.join(', ')}) SIGKILLed by process group (lab crash), lab down --purge: netns ${labNs} deleted, ${labDir} removed`);
+    const traces = labTraces(labDir, labNs);
+    if (!labDownOk || umlAlive.length || nsLeft || existsSync(labDir) || traces.length) fail('cleanup', `lab down --purge left: ${[!labDownOk ? 'a failed down' : '', ...umlAlive.map((p) => `UML pid ${p}`), nsLeft ? `netns ${labNs}` : '', existsSync(labDir) ? labDir : '', ...traces].filter(Boolean).join(', ')}`);
+    else pass('cleanup', `guest drivers stopped every daemon, poll and probe they started (by pid); relays gone; UML guests (pids ${labUmlPids.join(', ')}) SIGKILLed by process group, lab down --purge --hard (${secs(labDownMs)}): netns ${labNs} (bridge, tap devices) deleted, ${labDir} removed; no process, mount or netns of the lab left (checked in /proc)`);
   } else pass('cleanup', `guest drivers stopped every daemon and probe they started (by pid) and exited; relays gone; ${o.keep ? "this run's files on the export kept (--keep)" : "this run's files on the export removed"}; the lab in ${labDir} is left ${ownLab ? 'running (--keep)' : 'up (it was up before)'}`);
   say('');
   const table = figureTable(protosAll);
   if (table) say(table);
   if (handoverStats.size) {
     say('');
-    say('Handovers right after a cross-host RELEASE (the new holder had looked the file up before), by new holder:');
-    say('  handovers / an ACQUIRE failed with "Stale file handle" before the grant / granted on an orphaned (unlinked) file');
+    say('Handovers right after a cross-host RELEASE (the new holder had looked the file up before), by direction:');
+    say('  handovers / an ACQUIRE failed with "Stale file handle" before the grant / failed with another error (ELOOP, …) / granted on an orphaned (unlinked) file');
     for (const p of protosAll) {
       for (const kind of ['indirect', 'direct']) {
-        const cells = [...handoverStats].filter(([k]) => k.startsWith(`${p.label}|${kind}|`)).map(([k, [n, st, orph]]) => `${k.split('|')[2]} ${n}/${st}/${orph}`);
+        const cells = [...handoverStats].filter(([k]) => k.startsWith(`${p.label}|${kind}|`)).map(([k, c]) => `${k.split('|')[2]} ${c.n}/${c.stale}/${c.error}/${c.orphan}`);
         if (cells.length) say(`  ${p.label.padEnd(8)} ${kind.padEnd(9)} ${cells.join(', ')}`);
       }
     }
+  }
+  if (findingCounts.size) {
+    say('');
+    say('Findings by class (events; every relockd finding is also a FAIL above, whatever its class):');
+    for (const line of findingsTable()) say(line);
   }
   say(`total ${secs(performance.now() - t0)}`);
   if (failures.length) say(`failed: ${failures.join(', ')}`);

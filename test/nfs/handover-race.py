@@ -21,7 +21,7 @@
 # The two sides coordinate through flag files in $W (the lab's WORKDIR, which
 # every guest mounts read-write at the same path):
 #
-#   S=../shared/lab/nfs-hosts/multihost-setup.sh; D=/mnt/nfs4/race; T=r$RANDOM
+#   S=test/nfs/lab/multihost-setup.sh; D=/mnt/nfs4/race; T=r$RANDOM
 #   $S exec $W c1 "mkdir -p $D"
 #   $S exec $W c2 "W=$W python3 $PWD/test/nfs/handover-race.py poller $D $T 100 base" &
 #   $S exec $W c1 "W=$W python3 $PWD/test/nfs/handover-race.py holder $D $T 100 base"; wait

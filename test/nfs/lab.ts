@@ -1,4 +1,4 @@
-// The multi-host NFS lab (../shared/lab/nfs-hosts/multihost-setup.sh: User-Mode
+// The multi-host NFS lab (test/nfs/lab/multihost-setup.sh: User-Mode
 // Linux guests srv, c1, c2 in a private network namespace; see
 // docs/nfs-crosshost.md) and the runner's connection to the guest driver
 // (test/nfs/guest-driver.mjs) on each client.
@@ -19,7 +19,7 @@ import { cleanEnv, ENV_PREFIX, ROOT } from '../lib/relockd.js';
 import { run, signalPid, sleep, trackPid, untrackPid } from '../e2e/proc.js';
 import type { RunResult } from '../e2e/proc.js';
 
-export const DEFAULT_LAB_SCRIPT = join(ROOT, '..', 'shared', 'lab', 'nfs-hosts', 'multihost-setup.sh');
+export const DEFAULT_LAB_SCRIPT = join(ROOT, 'test', 'nfs', 'lab', 'multihost-setup.sh');
 export const GUEST_DRIVER = join(ROOT, 'test', 'nfs', 'guest-driver.mjs');
 const IP = existsSync('/usr/sbin/ip') ? '/usr/sbin/ip' : existsSync('/sbin/ip') ? '/sbin/ip' : '/usr/bin/ip';
 
@@ -65,8 +65,9 @@ export class Lab {
     return `${subnet}.${10 + Number(m[1])}`;
   }
 
-  up(nclients: number, timeoutMs = 900_000): Promise<RunResult> {
-    return run('/bin/bash', [this.script, 'up', this.dir, String(nclients)], { timeoutMs, env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
+  /** Without `install`, a missing Debian package makes `up` fail with the list (MH_NO_INSTALL=1) instead of running apt-get. */
+  up(nclients: number, install = true, timeoutMs = 900_000): Promise<RunResult> {
+    return run('/bin/bash', [this.script, 'up', this.dir, String(nclients)], { timeoutMs, env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive', MH_NO_INSTALL: install ? '0' : '1' } });
   }
 
   /** A shell command inside a guest (the lab's file-drop agent; ~40 ms overhead). */
@@ -87,9 +88,15 @@ export class Lab {
     return runEvenIfAborted('/bin/bash', [this.script, 'crash', this.dir, host], 60_000);
   }
 
-  /** Also after an interrupt (proc.ts's run() refuses to start anything once aborted): the guests must go. */
-  down(purge: boolean): Promise<RunResult> {
-    return runEvenIfAborted('/bin/bash', [this.script, 'down', this.dir, ...(purge ? ['--purge'] : [])], 120_000);
+  /**
+   * Also after an interrupt (proc.ts's run() refuses to start anything once
+   * aborted): the guests must go. `hard`: SIGKILL of each guest's process group
+   * without down's clean poweroff (which never answers and costs ~10 s per
+   * guest); then whatever still runs in the lab's netns is SIGKILLed by pid, and
+   * down fails if anything survives.
+   */
+  down(purge: boolean, hard = false): Promise<RunResult> {
+    return runEvenIfAborted('/bin/bash', [this.script, 'down', this.dir, ...(purge ? ['--purge'] : []), ...(hard ? ['--hard'] : [])], 300_000);
   }
 
   /** The UML kernels' process-group leaders recorded by the lab (host pids). */
