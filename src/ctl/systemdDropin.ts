@@ -17,17 +17,18 @@ export interface SystemdOptions {
 export const DROPIN_NAME = 'relockd.conf';
 const SHIPPED = join(packageRoot, 'units', 'virtlockd-takeover', 'virtlockd.service.d', DROPIN_NAME);
 
-/** The shipped drop-in, with ExecStart pointing at this relockd when it is not /usr/bin/relockd. */
+/** The shipped drop-in, with ExecStart pointing at this relockd when the one it names is not this one. */
 export function dropinText(): string {
   const text = readFileSync(SHIPPED, 'utf8');
   const ours = join(packageRoot, 'bin', 'relockd.cjs');
+  const m = /^ExecStart=(\/\S+) /m.exec(text);
   let installed = false;
   try {
-    installed = realpathSync('/usr/bin/relockd') === realpathSync(ours);
+    installed = m !== null && realpathSync(m[1]!) === realpathSync(ours);
   } catch {
-    /* not installed there */
+    /* not installed there (the package's /usr/sbin/relockd) */
   }
-  return installed ? text : text.replace(/^ExecStart=\/usr\/bin\/relockd /m, `ExecStart=${ours} `);
+  return installed || !m ? text : text.replace(/^ExecStart=\/\S+ /m, `ExecStart=${ours} `);
 }
 
 function dropinPath(o: SystemdOptions, unit: string): string {
