@@ -38,6 +38,9 @@
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434
 #endif
+#ifndef SYS_pidfd_getfd
+#define SYS_pidfd_getfd 438
+#endif
 #ifndef SYS_pidfd_send_signal
 #define SYS_pidfd_send_signal 424
 #endif
@@ -439,6 +442,16 @@ Napi::Value PidfdOpen(const Napi::CallbackInfo& info) {
   int pid = static_cast<int>(IntArg(info, 0, "pid", 1, INT_MAX));
   long fd = syscall(SYS_pidfd_open, pid, 0);  // always O_CLOEXEC
   if (fd < 0) throw SysError(info.Env(), errno, "pidfd_open");
+  return Napi::Number::New(info.Env(), static_cast<double>(fd));
+}
+
+// A copy of another process's fd (relockctl takeover asks a copy of
+// virtlockd's client sockets who the peer is: SO_PEERCRED). Always O_CLOEXEC.
+Napi::Value PidfdGetfd(const Napi::CallbackInfo& info) {
+  int pidfd = FdArg(info, 0, "pidfd");
+  int target = static_cast<int>(IntArg(info, 1, "targetfd", 0, INT_MAX));
+  long fd = syscall(SYS_pidfd_getfd, pidfd, target, 0);
+  if (fd < 0) throw SysError(info.Env(), errno, "pidfd_getfd");
   return Napi::Number::New(info.Env(), static_cast<double>(fd));
 }
 
@@ -946,6 +959,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   fn("sigmask", Sigmask);
   fn("sigpending", Sigpending);
   fn("pidfdOpen", PidfdOpen);
+  fn("pidfdGetfd", PidfdGetfd);
   fn("pidfdSendSignal", PidfdSendSignal);
   fn("pidfdExited", PidfdExited);
   fn("pidfdExitInfo", PidfdExitInfo);

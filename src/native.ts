@@ -121,6 +121,7 @@ interface Binding {
   sigmask(how: 'block' | 'unblock', signals: readonly number[]): void;
   sigpending(): number[];
   pidfdOpen(pid: number): number;
+  pidfdGetfd(pidfd: number, targetfd: number): number;
   pidfdSendSignal(pidfd: number, sig: number): void;
   pidfdExited(pidfd: number): boolean;
   pidfdExitInfo(pidfd: number): ExitInfo | null;
@@ -261,6 +262,11 @@ export function sigpending(): number[] {
 /** pidfd_open(pid, 0); the fd is O_CLOEXEC. Close it with fs.closeSync. */
 export function pidfdOpen(pid: number): number {
   return native.pidfdOpen(pid);
+}
+
+/** pidfd_getfd: a close-on-exec copy of fd `targetfd` of the process behind `pidfd` (needs ptrace rights). */
+export function pidfdGetfd(pidfd: number, targetfd: number): number {
+  return native.pidfdGetfd(pidfd, targetfd);
 }
 
 /** pidfd_send_signal; sig 0 probes. Throws ESRCH once the process has exited. */

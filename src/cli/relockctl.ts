@@ -21,6 +21,8 @@ import { cmdReexec } from '../ctl/reexec.js';
 import { cmdMetrics } from '../ctl/metrics.js';
 import { cmdRun } from '../ctl/run.js';
 import { cmdStatus } from '../ctl/status.js';
+import { cmdTakeover } from '../ctl/takeover.js';
+import { cmdHandback } from '../ctl/handback.js';
 
 // ---- the command line ------------------------------------------------------------------------------------------
 
@@ -86,7 +88,35 @@ export function buildParser(argv: string[], onCommand: (h: Handler, a: unknown) 
           .option('uuid', { type: 'string', describe: 'owner UUID (default: random)' }),
       (a) => onCommand(cmdRun, { ...a, command: ((a as Record<string, unknown>)['--'] as string[] | undefined)?.map(String) ?? [] }),
     )
-    .demandCommand(1, 'give a command: status, leases, clients, metrics, reexec, cleanup or run')
+    .command(
+      'takeover',
+      'switch a running virtlockd to relockd in place: same pid, every lease and connection kept (docs/takeover.md)',
+      (c) =>
+        c
+          .option('pid', { type: 'number', describe: "virtlockd's pid (default: from its pid file)" })
+          .option('virtlockd-pid-file', { type: 'string', describe: "virtlockd's pid file (default /run/virtlockd.pid)" })
+          .option('wait', { type: 'number', default: 30, describe: 'seconds to wait for connections that may not have registered yet' })
+          .option('assume-registered', { type: 'boolean', default: false, describe: 'treat lock connections whose peer is neither QEMU nor libvirt as registered' })
+          .option('systemd', { type: 'string', choices: ['auto', 'yes', 'no'], default: 'auto', describe: 'install the virtlockd.service drop-in (auto: when virtlockd runs in virtlockd.service)' })
+          .option('unit-dir', { type: 'string', default: '/etc/systemd/system', describe: 'where the drop-in goes' })
+          .option('systemctl', { type: 'string', default: 'systemctl', describe: 'systemctl to run daemon-reload with' })
+          .option('relockd-arg', { type: 'string', array: true, default: [] as string[], describe: "extra relockd argument for the new image (repeatable), e.g. --relockd-arg=--lockspace=/var/lib/libvirt/lockd/files" }),
+      (a) => onCommand(cmdTakeover, a),
+    )
+    .command(
+      'handback',
+      'switch relockd back to the real virtlockd in place: same pid, leases kept; handback [options] [-- VIRTLOCKD-ARGS...]',
+      (c) =>
+        c
+          .option('virtlockd', { type: 'string', default: '/usr/sbin/virtlockd', describe: "virtlockd's binary" })
+          .option('wait', { type: 'number', default: 30, describe: 'seconds to retry refusals that clear by themselves' })
+          .option('trial', { type: 'boolean', default: true, describe: 'first start virtlockd with these arguments in a throwaway private namespace (--no-trial: skip)' })
+          .option('systemd', { type: 'string', choices: ['auto', 'yes', 'no'], default: 'auto', describe: 'remove the virtlockd.service drop-in (auto: when running in virtlockd.service)' })
+          .option('unit-dir', { type: 'string', default: '/etc/systemd/system', describe: 'where the drop-in is' })
+          .option('systemctl', { type: 'string', default: 'systemctl', describe: 'systemctl to run daemon-reload with' }),
+      (a) => onCommand(cmdHandback, { ...a, virtlockdArgs: ((a as Record<string, unknown>)['--'] as string[] | undefined)?.map(String) ?? [] }),
+    )
+    .demandCommand(1, 'give a command: status, leases, clients, metrics, reexec, cleanup, run, takeover or handback')
     .version('version', 'show version', `relockctl (relockd) ${VERSION}`)
     .alias('version', 'V')
     .help('help')

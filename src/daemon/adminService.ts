@@ -38,6 +38,7 @@ import type { LogFilter, LogOutput } from '../config/logging.js';
 import type { OutputSpec } from '../log.js';
 import type { Daemon } from './daemon.js';
 import type { LockClient } from './lockService.js';
+import { handback } from './handbackCall.js';
 
 // ---- log settings (virt-admin daemon-log-filters / daemon-log-outputs) -------
 
@@ -220,6 +221,7 @@ export class AdminService implements Service<AdminContext> {
       resources: (f) => this.resources(f),
       clients: (f) => this.clients(f),
       reexec: (caller) => this.reexec(caller as AdminConnState),
+      handback: (caller, a) => handback(this.daemon, (caller as AdminConnState).conn, a),
       metrics: () => daemonMetricsText(this.daemon),
     };
     this.programs = [adminProgram(libvirt), relockdAdminProgram(ours)];

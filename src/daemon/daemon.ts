@@ -33,7 +33,7 @@ import type { DaemonLogger } from '../log.js';
 import type { ResolvedSettings } from './settings.js';
 import { safeModeRefusal, stoppingRefusal } from '../locks/errors.js';
 import { listenerPath } from '../state/orphans.js';
-import type { ReexecResult, ReplyAfterExec } from './reexec.js';
+import type { ExecTarget, ReexecResult, ReplyAfterExec } from './reexec.js';
 import net from 'node:net';
 import { DaemonMetrics } from '../metrics/counters.js';
 import { instrument } from '../metrics/instrument.js';
@@ -496,10 +496,11 @@ export class Daemon {
   }
 
   /** Re-exec (SIGUSR1, or the admin interface with a call to answer afterwards). */
-  reexec(trigger = 'SIGUSR1', replyTo?: ReplyAfterExec): Promise<ReexecResult> {
-    const refused = checkConfigBeforeReexec(this, trigger);
+  reexec(trigger = 'SIGUSR1', replyTo?: ReplyAfterExec, target?: ExecTarget): Promise<ReexecResult> {
+    // A handback execs virtlockd, which does not read relockd's settings.
+    const refused = target ? null : checkConfigBeforeReexec(this, trigger);
     if (refused) return Promise.resolve(refused);
-    return this.reexecutor.run(trigger, replyTo);
+    return this.reexecutor.run(trigger, replyTo, target);
   }
 
   get reexecInProgress(): boolean {

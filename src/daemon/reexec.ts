@@ -26,7 +26,44 @@ import type { Daemon } from './daemon.js';
 
 export type ReexecResult =
   | { ok: true; blackoutMs: number; version: string }
-  | { ok: false; error: string };
+  | { ok: false; error: string; /** worth retrying (a refusal that clears by itself) */ transient?: boolean };
+
+/**
+ * What to exec and with which state, when it is not relockd itself (the
+ * handback to virtlockd, daemon/handback.ts). `plan` runs on the snapshot in
+ * the synchronous stretch before execve; throwing aborts the exec and the
+ * old image keeps serving.
+ */
+export interface ExecTarget {
+  plan(doc: StateDocument): ExecPlan;
+}
+
+export interface ExecPlan {
+  stateFile: string;
+  text: string;
+  /** fds the new image inherits (FD_CLOEXEC cleared); everything else closes at exec. */
+  keep: number[];
+  execPath: string;
+  argv: string[];
+  env: string[];
+  /**
+   * Keep SIGUSR1 blocked across execve (the signal mask is inherited): right
+   * for relockd, which unblocks it once ready; wrong for virtlockd, which
+   * never unblocks it and so could never re-exec again.
+   */
+  blockSigusr1: boolean;
+}
+
+/** A refusal raised by an ExecTarget: nothing was changed; `transient` when retrying may succeed. */
+export class ExecRefusal extends Error {
+  override name = 'ExecRefusal';
+  constructor(
+    message: string,
+    readonly transient: boolean,
+  ) {
+    super(message);
+  }
+}
 
 /** A call whose reply the new image sends (the admin "re-exec" call itself). */
 export interface ReplyAfterExec {
@@ -77,17 +114,18 @@ export class Reexecutor {
   }
 
   /** Re-execs; resolves only on failure (on success this image is gone). */
-  run(trigger: string, replyTo?: ReplyAfterExec): Promise<ReexecResult> {
+  run(trigger: string, replyTo?: ReplyAfterExec, target?: ExecTarget): Promise<ReexecResult> {
     if (this.d.stopping) {
       this.d.log.warn({ trigger, stopping: this.d.stopping }, 're-exec refused: the daemon is stopping');
       return Promise.resolve({ ok: false, error: `the daemon is stopping (${this.d.stopping})` });
     }
+    if (target && this.running) return Promise.resolve({ ok: false, error: 'a re-exec is in progress', transient: true });
     if (replyTo) this.replyTos.push(replyTo);
     if (this.running) {
       this.d.log.info({ trigger }, 're-exec already in progress; request merged');
       return this.running;
     }
-    this.running = this.attempt(trigger).finally(() => {
+    this.running = this.attempt(trigger, target).finally(() => {
       this.running = null;
       this.replyTos = [];
     });
@@ -100,7 +138,7 @@ export class Reexecutor {
     return out;
   }
 
-  private async attempt(trigger: string): Promise<ReexecResult> {
+  private async attempt(trigger: string, target?: ExecTarget): Promise<ReexecResult> {
     const d = this.d;
     const requestedAtNs = process.hrtime.bigint();
     const log = d.log.child({ reexec: trigger });
@@ -111,7 +149,7 @@ export class Reexecutor {
     const detached = new Map<ClientConnection<any>, { pending: Buffer; unsent: Buffer }>();
     const cleared: number[] = [];
     let stdioCloexec: boolean[] = [];
-    let written = false;
+    let written: string | null = null;
     try {
       await this.quiesce();
 
@@ -119,21 +157,20 @@ export class Reexecutor {
       for (const c of this.allClients()) if (!c.isClosed) detached.set(c, c.detachForExec());
       const doc = this.snapshot(trigger, requestedAtNs, detached);
       validateState(doc);
-      writeFileAtomic(d.stateFile, JSON.stringify(doc));
-      written = true;
-      const ext = doc.relockd!;
-      const keep = [...ext.fds.map((f) => f.fd), ...ext.resources.map((r) => r.fd), ...ext.orphans.map((f) => f.fd)];
+      const plan = target ? target.plan(doc) : this.ownPlan(doc, requestedAtNs);
+      writeFileAtomic(plan.stateFile, plan.text);
+      written = plan.stateFile;
+      const keep = plan.keep;
       stdioCloexec = [0, 1, 2].map((fd) => safeGetCloexec(fd));
       for (const fd of [0, 1, 2]) native.setCloexec(fd, false);
       cleared.push(...keep);
       native.fdInfo(Int32Array.from(keep), 0); // one call for every fd to keep
       d.notify(`RELOADING=1\nMONOTONIC_USEC=${process.hrtime.bigint() / 1000n}\nSTATUS=re-executing`);
-      log.info({ fds: keep.length, stateFile: d.stateFile, argv: d.originalArgv }, 're-exec: state written, executing');
+      log.info({ fds: keep.length, stateFile: plan.stateFile, exec: plan.execPath, argv: plan.argv }, 're-exec: state written, executing');
       // A SIGUSR1 arriving now stays pending until the new image is ready for it.
-      native.sigmask('block', [constants.signals.SIGUSR1]);
-      const env = { ...process.env, ...codeCacheEnv(), [REEXEC_ENV]: `${process.pid}:${requestedAtNs}` };
+      if (plan.blockSigusr1) native.sigmask('block', [constants.signals.SIGUSR1]);
       flushTurnNow(); // this turn's log lines (replies were all written before detaching)
-      native.execve(d.execPath, d.originalArgv, Object.entries(env).map(([k, v]) => `${k}=${v}`));
+      native.execve(plan.execPath, plan.argv, plan.env);
       throw new ReexecFailure('execve returned'); // not reached: execve throws on failure
     } catch (err) {
       // ---- failure before execve: undo everything, keep serving -------------
@@ -142,7 +179,7 @@ export class Reexecutor {
       stdioCloexec.forEach((on, fd) => trySetCloexec(fd, on));
       if (written) {
         try {
-          unlinkSync(d.stateFile);
+          unlinkSync(written);
         } catch {
           /* ignore */
         }
@@ -153,12 +190,29 @@ export class Reexecutor {
       d.lockService.frozen = false;
       d.resumeFrozenTerminations();
       const error = describe(err);
+      const transient = err instanceof ExecRefusal ? err.transient : undefined;
       const rec: ReexecRecord = { at: Date.now(), ok: false, error, trigger, fromVersion: d.version };
       d.recordReexec(rec);
-      log.error({ err: error }, 're-exec failed before execve: still serving in the old image, every lock held');
+      if (err instanceof ExecRefusal) log.warn({ err: error, transient }, 'exec refused: still serving, every lock held');
+      else log.error({ err: error }, 're-exec failed before execve: still serving in the old image, every lock held');
       d.notify('READY=1\nSTATUS=re-exec failed; serving');
-      return { ok: false, error };
+      return { ok: false, error, ...(transient !== undefined ? { transient } : {}) };
     }
+  }
+
+  /** relockd's own re-exec: its document, every fd it names, the original argv. */
+  private ownPlan(doc: StateDocument, requestedAtNs: bigint): ExecPlan {
+    const ext = doc.relockd!;
+    const env = { ...process.env, ...codeCacheEnv(), [REEXEC_ENV]: `${process.pid}:${requestedAtNs}` };
+    return {
+      stateFile: this.d.stateFile,
+      text: JSON.stringify(doc),
+      keep: [...ext.fds.map((f) => f.fd), ...ext.resources.map((r) => r.fd), ...ext.orphans.map((f) => f.fd)],
+      execPath: this.d.execPath,
+      argv: this.d.originalArgv,
+      env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
+      blockSigusr1: true,
+    };
   }
 
   /** The callers waiting for this re-exec: their own calls stay in flight. */

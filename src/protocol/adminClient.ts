@@ -6,7 +6,7 @@ import type { XdrReader, XdrWriter } from '../rpc/xdr.js';
 import { ADMIN_CLIENT_INFO_PARAMETERS_MAX, ADMIN_PROGRAM, ADMIN_PROTOCOL_VERSION, ADMIN_SERVER_CLIENT_LIMITS_MAX, ADMIN_SERVER_THREADPOOL_PARAMETERS_MAX, AdminProc, adminCodec } from './admin.js';
 import type { AdminClientRef, LoggingFiltersRet, LoggingOutputsRet, TypedParam } from './admin.js';
 import { RELOCKD_ADMIN_PROGRAM, RELOCKD_ADMIN_VERSION, RelockdProc, relockdCodec } from './relockdAdmin.js';
-import type { ClientInfo, DaemonInfo, LockspaceInfo, ReexecResult, ResourceInfo } from './relockdAdmin.js';
+import type { ClientInfo, DaemonInfo, HandbackRefused, LockspaceInfo, ReexecResult, ResourceInfo } from './relockdAdmin.js';
 
 type Enc = (w: XdrWriter) => void;
 
@@ -135,6 +135,11 @@ export class AdminClient {
 
   reexec(flags = 0): Promise<ReexecResult> {
     return this.ours(RelockdProc.REEXEC, (w) => relockdCodec.flags.encode(w, { flags }), relockdCodec.reexecResult.decode);
+  }
+
+  /** Resolves with a refusal; on success the connection closes (ConnectionClosedError). */
+  handback(path: string, args: string[], flags = 0): Promise<HandbackRefused> {
+    return this.ours(RelockdProc.HANDBACK, (w) => relockdCodec.handbackArgs.encode(w, { path, args, flags }), relockdCodec.handbackRefused.decode);
   }
 
   /** The Prometheus text exposition (relockctl metrics). */

@@ -59,6 +59,11 @@
 //     3 LIST_RESOURCES    (relockd_string *lockspace, flags) -> relockd_resource<>
 //     4 LIST_CLIENTS      (relockd_string *server, flags)  -> relockd_client<>
 //     5 REEXEC            (flags)                          -> relockd_reexec_result
+//     6 HANDBACK          (relockd_string path, relockd_string args<>, flags) -> relockd_handback_result
+//         exec the real virtlockd in place (docs/takeover.md). A reply means
+//         a refusal (relockd keeps serving); on success the connection just
+//         closes at the exec, and virtlockd serves the sockets.
+//   struct relockd_handback_result { bool transient; relockd_string error; relockd_string warnings<>; };
 //    16 GET_METRICS       (flags)                          -> relockd_string
 //                         (Prometheus text exposition format 0.0.4; docs/metrics.md)
 //
@@ -84,6 +89,7 @@ export const RelockdProc = {
   LIST_RESOURCES: 3,
   LIST_CLIENTS: 4,
   REEXEC: 5,
+  HANDBACK: 6,
   GET_METRICS: 16,
 } as const;
 
@@ -171,6 +177,19 @@ export interface DaemonInfo {
   configError: string | null;
   /** A stop was requested and accepted while leases are held: the policy at work; null: not stopping. */
   stopping: string | null;
+}
+
+export interface HandbackArgs {
+  path: string;
+  args: string[];
+  flags: number;
+}
+
+/** A refused handback (success has no reply: the connection closes at the exec). */
+export interface HandbackRefused {
+  transient: boolean;
+  error: string;
+  warnings: string[];
 }
 
 export interface FlagsArgs {
@@ -341,6 +360,14 @@ export const relockdCodec = {
     decode: (r: XdrReader): ClientInfo[] => r.array(RELOCKD_ADMIN_LIST_MAX, client.decode),
   },
   reexecResult,
+  handbackArgs: {
+    decode: (r: XdrReader): HandbackArgs => ({ path: str(r), args: r.array(1024, str), flags: r.u32() }),
+    encode: (w: XdrWriter, a: HandbackArgs) => w.string(a.path).array(a.args, (wr, v) => wr.string(v)).u32(a.flags),
+  },
+  handbackRefused: {
+    decode: (r: XdrReader): HandbackRefused => ({ transient: r.bool(), error: str(r), warnings: r.array(RELOCKD_ADMIN_LIST_MAX, str) }),
+    encode: (w: XdrWriter, x: HandbackRefused) => w.bool(x.transient).string(x.error).array(x.warnings, (wr, v) => wr.string(v)),
+  },
   text: {
     encode: (w: XdrWriter, v: string) => w.string(v),
     decode: (r: XdrReader): string => str(r),
@@ -361,6 +388,8 @@ export interface RelockdAdminBackend {
    * sends. Absent when this build cannot re-exec.
    */
   reexec?: (caller: AdminContext) => Promise<ReexecResult>;
+  /** Execs virtlockd in place; resolves only with a refusal. */
+  handback?: (caller: AdminContext, args: HandbackArgs) => Promise<HandbackRefused>;
   /** The Prometheus exposition text. */
   metrics?: () => Promise<string>;
 }
@@ -436,6 +465,17 @@ function rows(b: RelockdAdminBackend): Row[] {
         checkFlags(a.flags, fnName('Reexec'));
         if (!b.reexec) throw reexecUnsupported();
         return b.reexec(c);
+      },
+    },
+    {
+      proc: RelockdProc.HANDBACK,
+      name: 'HANDBACK',
+      decodeArgs: relockdCodec.handbackArgs.decode,
+      encodeRet: relockdCodec.handbackRefused.encode,
+      handle: (c, a: HandbackArgs) => {
+        checkFlags(a.flags, fnName('Handback'));
+        if (!b.handback) throw reexecUnsupported();
+        return b.handback(c, a);
       },
     },
     {

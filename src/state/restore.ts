@@ -4,7 +4,7 @@
 // problem, its fd is kept open (never closed: it may hold a lock), and the
 // daemon goes into safe mode. Nothing here ever closes an inherited fd.
 
-import { statSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { display, fromDocText, toBuffer } from '../byteString.js';
 import net from 'node:net';
 import * as native from '../native.js';
@@ -101,6 +101,23 @@ function checkFd(fd: number, kind: Kind, recorded: Map<number, FdIdentity>, know
   return { st };
 }
 
+/**
+ * The flavour of the lock an inherited fd holds, from /proc/self/fdinfo
+ * ("lock: 1: OFDLCK ..." or "POSIX"); 'unknown' counts as classic, the
+ * cautious choice (classic locks are never upgraded as OFD ones).
+ */
+export function inheritedLockFlavour(fd: number): 'ofd' | 'classic' | 'unknown' {
+  let text: string;
+  try {
+    text = readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8');
+  } catch {
+    return 'unknown';
+  }
+  if (/^lock:\s+\d+:\s+OFDLCK\b/m.test(text)) return 'ofd';
+  if (/^lock:\s+\d+:\s+POSIX\b/m.test(text)) return 'classic';
+  return 'unknown';
+}
+
 const problem = (r: { why: string } | { st: FdStat }): string | null => ('why' in r ? r.why : null);
 
 export async function restoreState(doc: StateDocument, target: RestoreTarget): Promise<RestoreReport> {
@@ -169,8 +186,10 @@ export async function restoreState(doc: StateDocument, target: RestoreTarget): P
         flags: r.flags,
         owners: [...r.owners],
         since: extraByFd.get(r.fd)?.since ?? Date.now(),
-        // virtlockd took classic POSIX locks; relockd documents say which are.
-        ...(!ext || extraByFd.get(r.fd)?.classic ? { classic: true } : {}),
+        // virtlockd takes classic POSIX locks, but after a handback it also
+        // holds relockd's OFD locks: the kernel says which (relockd documents
+        // record it).
+        ...((ext ? extraByFd.get(r.fd)?.classic : inheritedLockFlavour(r.fd) !== 'ofd') ? { classic: true } : {}),
       };
       try {
         target.manager.adoptResource(ls, res); // close-on-exec was set by statAll
