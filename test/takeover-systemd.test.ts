@@ -12,6 +12,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, copyFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ROOT } from './lib/relockd.js';
+import { homedir } from 'node:os';
 
 const LAB = join(ROOT, 'test', 'fixtures', 'systemd-ns.sh');
 // Real daemons switching programs several times: allow for a loaded machine (tap's default is 180 s).
@@ -23,8 +24,21 @@ if (why) t.skip(`systemd lab: ${why}`, async () => {});
 else main();
 
 function main(): void {
-  // Not under /tmp or /var/tmp (the lab mounts private tmpfs there), and no system path: in the checkout.
-  const base = mkdtempSync(join(ROOT, '.lab-systemd-takeover-'));
+  // Not under /tmp, /var/tmp or /run (the lab mounts private tmpfs there), and no system path: in
+  // the checkout, or in the home directory when the checkout itself is under one of those (a CI
+  // clone in /tmp).
+  const hidden = /^\/(tmp|var\/tmp|run)\//.test(`${ROOT}/`);
+  const base = mkdtempSync(join(hidden ? homedir() : ROOT, '.lab-systemd-takeover-'));
+  // The lab hides the host's /tmp, so a checkout there is invisible inside it: run a copy of the
+  // runtime tree (hard links where the filesystem allows) from the lab's base instead.
+  const APP = hidden ? join(base, 'app') : ROOT;
+  if (hidden) {
+    mkdirSync(APP);
+    for (const d of ['bin', 'dist', 'build', 'node_modules', 'schemas', 'units', 'package.json']) {
+      const r = spawnSync('cp', ['-al', join(ROOT, d), APP]);
+      if (r.status !== 0) spawnSync('cp', ['-a', join(ROOT, d), APP]);
+    }
+  }
   const unitDir = join(base, 'units');
   const state = join(base, 'state');
   mkdirSync(join(unitDir, 'virtlockd.service.d'), { recursive: true });
@@ -49,7 +63,7 @@ function main(): void {
     return { code: r.status, out: r.stdout ?? '', err: r.stderr ?? '' };
   };
   const relockctl = (args: string[]) => {
-    const r = inLab(['/usr/bin/env', '-u', 'NODE_OPTIONS', process.execPath, join(ROOT, 'bin', 'relockctl.cjs'), ...args]);
+    const r = inLab(['/usr/bin/env', '-u', 'NODE_OPTIONS', process.execPath, join(APP, 'bin', 'relockctl.cjs'), ...args]);
     let json: any = null;
     try {
       json = JSON.parse(r.out);
@@ -74,7 +88,7 @@ function main(): void {
     const pid = show('MainPID');
     t.match(exeIn(pid), /\/usr\/sbin\/virtlockd$/, `virtlockd.service runs virtlockd (pid ${pid})`);
     // a lease holder: relockctl run registers itself and holds the lease for its command's lifetime
-    const holder = spawn('bash', [LAB, 'run', state, '/usr/bin/env', '-u', 'NODE_OPTIONS', process.execPath, join(ROOT, 'bin', 'relockctl.cjs'), 'run', '--socket', '/run/libvirt/virtlockd-sock', '--lease', lease, '--', 'sleep', '600'], { stdio: 'ignore' });
+    const holder = spawn('bash', [LAB, 'run', state, '/usr/bin/env', '-u', 'NODE_OPTIONS', process.execPath, join(APP, 'bin', 'relockctl.cjs'), 'run', '--socket', '/run/libvirt/virtlockd-sock', '--lease', lease, '--', 'sleep', '600'], { stdio: 'ignore' });
     t.teardown(() => holder.kill('SIGKILL'));
     let held = false;
     for (let i = 0; i < 100 && !held; i++) {

@@ -16,6 +16,23 @@
 #   test/nfs/ci.sh [crosshost.ts options]      (root; packages: see test/nfs/lab/README.md)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
+# The guests see the host's root read-only but have their own /tmp, /run, /mnt
+# and /var/tmp: a checkout there (a CI clone in /tmp) is invisible to them. Run
+# from a copy in the home directory instead (hard links where possible).
+case "$(pwd -P)/" in
+  /tmp/*|/var/tmp/*|/run/*|/mnt/*)
+    if [ -z "${RELOCKD_NFS_CI_COPY:-}" ]; then
+      copy=$(mktemp -d "${HOME:-/root}/.relockd-ci-nfs-src.XXXXXX")
+      trap 'rm -rf "$copy"; exit 130' INT TERM HUP
+      cp -al . "$copy/" 2>/dev/null || { rm -rf "$copy"; mkdir -p "$copy"; cp -a . "$copy/"; }
+      echo "nfs-ci: the checkout $(pwd -P) is hidden from the guests; running from a copy in $copy"
+      RELOCKD_NFS_CI_COPY=1 bash "$copy/test/nfs/ci.sh" "$@"
+      rc=$?
+      rm -rf "$copy"
+      exit "$rc"
+    fi
+    ;;
+esac
 LAB_SCRIPT=test/nfs/lab/multihost-setup.sh
 tmp=$(mktemp -d /tmp/relockd-ci-nfs.XXXXXX)
 lab=$tmp/lab
