@@ -154,7 +154,7 @@ const squash = (s: string) => s.replace(/_/g, '').toLowerCase();
 /** The args/ret type of a procedure (by libvirt's naming rule); void when the .x has no such struct. */
 export function procStruct(spec: XSpec, p: WireProgram, procName: string, which: 'args' | 'ret'): { name: string; type: XType } | null {
   const want = squash(`${p.structPrefix}${procName}${which}`);
-  for (const [name, type] of spec.types) if (squash(name) === want) return { name, type: { kind: 'ref', name } };
+  for (const name of spec.types.keys()) if (squash(name) === want) return { name, type: { kind: 'ref', name } };
   return null;
 }
 
@@ -204,7 +204,9 @@ export function semanticDiff(spec: XSpec, p: WireProgram, type: XType, xv: unkno
   const cmp = (t0: XType, x: any, v: any, at: string, structName?: string): void => {
     const named = t0.kind === 'ref' ? t0.name : structName;
     const t = resolve(spec, t0);
-    const bad = (why: string) => out.push(`${at}: ${why} (.x ${show(x)}, table ${show(v)})`);
+    const bad = (why: string): void => {
+      out.push(`${at}: ${why} (.x ${show(x)}, table ${show(v)})`);
+    };
     switch (t.kind) {
       case 'struct': {
         const keyOf = (f: string) => {
