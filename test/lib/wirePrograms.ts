@@ -141,7 +141,7 @@ export const wirePrograms: readonly WireProgram[] = [
     structPrefix: 'relockd_admin_',
     progConst: 'RELOCKD_ADMIN_PROGRAM',
     versConst: 'RELOCKD_ADMIN_PROTOCOL_VERSION',
-    aliases: {},
+    aliases: { 'relockd_daemon_info.version': 'daemon_version' },
   },
 ];
 
