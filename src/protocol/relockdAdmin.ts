@@ -3,69 +3,10 @@
 // owners, re-exec, totals). Same framing, same error structure
 // (virNetMessageError, domain VIR_FROM_ADMIN for our own errors).
 //
-// Program number 0x52454C4B ("RELK"), version 1. The XDR, in rpcgen syntax:
-//
-//   const RELOCKD_ADMIN_STRING_MAX = 4194304;
-//   typedef string relockd_string<RELOCKD_ADMIN_STRING_MAX>;
-//
-//   struct relockd_owner {            /* what REGISTER told us */
-//       opaque uuid[16]; relockd_string name; unsigned int id; unsigned int pid;
-//   };
-//   struct relockd_lease_owner {      /* one entry of a resource's owner list */
-//       unsigned int pid;
-//       relockd_owner *owner;         /* null: no registered client names this pid */
-//       bool terminating;             /* its lock connection closed; being ended */
-//   };
-//   struct relockd_resource {
-//       relockd_string lockspace;     /* "" = default lock space */
-//       relockd_string name; relockd_string path;
-//       unsigned int flags;           /* 1 SHARED, 2 AUTOCREATE (first acquirer's) */
-//       hyper since;                  /* epoch ms the lock was taken */
-//       int fd; unsigned hyper dev; unsigned hyper ino;
-//       relockd_lease_owner owners<>; /* acquisition order, duplicates possible */
-//   };
-//   struct relockd_lockspace { relockd_string dir; unsigned int resources; unsigned int leases; };
-//   struct relockd_client {
-//       relockd_string server; unsigned hyper id; hyper conn_time; /* epoch s */
-//       int pid; unsigned int uid; unsigned int gid;
-//       relockd_owner *owner; bool restricted;
-//       bool owner_connection;        /* peer pid == owner pid (QEMU's inherited connection) */
-//       unsigned int leases;          /* resources listing the owner's pid */
-//   };
-//   struct relockd_reexec_result { bool ok; unsigned int blackout_ms; relockd_string *error; };
-//   struct relockd_last_reexec {
-//       hyper at; /* epoch ms */ relockd_reexec_result result;
-//       relockd_string trigger; relockd_string from_version; relockd_string to_version; /* '' = unknown */
-//   };
-//   struct relockd_termination { relockd_owner owner; hyper since; relockd_string phase; };
-//   struct relockd_daemon_info {
-//       relockd_string version; unsigned int pid; hyper started_at; /* epoch ms */
-//       unsigned hyper uptime_ms;
-//       relockd_string socket; relockd_string admin_socket;
-//       unsigned int lock_clients; unsigned int admin_clients;
-//       unsigned int lockspaces; unsigned int resources; unsigned int leases;
-//       relockd_string boot;          /* fresh | restored | safe-mode */
-//       bool safe_mode; unsigned int daemon_timeout; /* s, 0 = none */
-//       bool reexec_supported; relockd_last_reexec *last_reexec;
-//       relockd_termination terminations<>;
-//       /* appended later; absent in replies of older daemons: */
-//       relockd_string *config_error; /* running with earlier settings: the file's errors */
-//       relockd_string *stopping;     /* a stop was accepted: the shutdown policy (drain, kill-owners, refuse) */
-//   };
-//
-//   procedures (all args end with `unsigned int flags`, which must be 0):
-//     1 GET_DAEMON_INFO   (flags)                          -> relockd_daemon_info
-//     2 LIST_LOCKSPACES   (flags)                          -> relockd_lockspace<>
-//     3 LIST_RESOURCES    (relockd_string *lockspace, flags) -> relockd_resource<>
-//     4 LIST_CLIENTS      (relockd_string *server, flags)  -> relockd_client<>
-//     5 REEXEC            (flags)                          -> relockd_reexec_result
-//     6 HANDBACK          (relockd_string path, relockd_string args<>, flags) -> relockd_handback_result
-//         exec the real virtlockd in place (docs/takeover.md). A reply means
-//         a refusal (relockd keeps serving); on success the connection just
-//         closes at the exec, and virtlockd serves the sockets.
-//   struct relockd_handback_result { bool transient; relockd_string error; relockd_string warnings<>; };
-//    16 GET_METRICS       (flags)                          -> relockd_string
-//                         (Prometheus text exposition format 0.0.4; docs/metrics.md)
+// Program number 0x52454C4B ("RELK"), version 1. The wire is defined in
+// protocol/relockd_admin_protocol.x (rpcgen syntax): a new procedure or field
+// goes there first; test/wire-spec.test.ts checks this table against it, and
+// test/wire-fixtures.test.ts / wire-rpcgen.test.ts against golden bytes.
 //
 // Cleanup of lease files (relockctl cleanup) uses LIST_RESOURCES: dev/ino say
 // which files relockd holds; a lock probe from relockctl covers everyone else.
