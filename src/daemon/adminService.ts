@@ -11,12 +11,12 @@
 import { readFileSync } from 'node:fs';
 import { userInfo } from 'node:os';
 import type { Level } from 'pino';
-import { ErrorCode, ErrorDomain, ProtocolError } from '../rpc/errors.js';
+import { E } from '../rpc/errorCatalogue.js';
 import type { ClientConnection, Service } from '../rpc/connection.js';
 import type { RpcServer } from '../rpc/server.js';
-import { adminProgram, ClientTransport, encodeVersion, invalidArg } from '../protocol/admin.js';
+import { adminProgram, ClientTransport, encodeVersion } from '../protocol/admin.js';
 import type { AdminBackend, AdminClientHandle, AdminContext, AdminServerHandle, ClientLimits, TypedParam } from '../protocol/admin.js';
-import { relockdAdminProgram, noSuchLockspace } from '../protocol/relockdAdmin.js';
+import { relockdAdminProgram } from '../protocol/relockdAdmin.js';
 import { daemonMetricsText } from './metrics.js';
 import type {
   ClientInfo,
@@ -42,7 +42,7 @@ import { handback } from './handbackCall.js';
 
 // ---- log settings (virt-admin daemon-log-filters / daemon-log-outputs) -------
 
-const logArg = (detail: string) => invalidArg(ErrorDomain.NONE, detail);
+const logArg = (reason: string) => E.LOG_SETTING_INVALID({ reason });
 
 /** The same syntax as log_filters/log_outputs in the configuration file. */
 function parseOrRefuse<T>(parse: () => T): T {
@@ -138,12 +138,12 @@ export class LogSettings {
       try {
         logging.apply(plan.level, specs);
       } catch (err) {
-        throw ProtocolError.system(ErrorDomain.ADMIN, Math.abs((err as NodeJS.ErrnoException).errno ?? 0), (err as Error).message, 'cannot open the log outputs');
+        throw E.LOG_OUTPUTS_OPEN(Math.abs((err as NodeJS.ErrnoException).errno ?? 0), (err as Error).message);
       }
     } else {
       const other = plan.outputs.find((o) => o.kind === 'file' || o.kind === 'syslog');
       if (other) {
-        throw ProtocolError.report(ErrorCode.CONFIG_UNSUPPORTED, ErrorDomain.ADMIN, `this relockd logs to stderr only; output kind '${other.kind}' is not available`);
+        throw E.LOG_OUTPUT_KIND({ kind: other.kind });
       }
       log.level = plan.level;
     }
@@ -397,7 +397,7 @@ export class AdminService implements Service<AdminContext> {
   private resources(filter: string | null): ResourceInfo[] {
     const m = this.daemon.manager;
     const spaces = filter === null ? m.allSpaces() : filter === '' ? [m.defaultSpace] : [m.spaces.get(filter)];
-    if (spaces[0] === undefined) throw noSuchLockspace(filter!);
+    if (spaces[0] === undefined) throw E.NO_SUCH_LOCKSPACE({ dir: filter! });
     const owners = this.ownersByPid();
     const terminating = this.daemon.lockService.terminations;
     const out: ResourceInfo[] = [];
@@ -422,7 +422,7 @@ export class AdminService implements Service<AdminContext> {
   private clients(filter: string | null): ClientInfo[] {
     const servers = this.rpcServers().filter((s) => filter === null || s.name === filter);
     if (filter !== null && servers.length === 0) {
-      throw ProtocolError.report(95, ErrorDomain.ADMIN, `No server named '${filter}'`);
+      throw E.LIST_CLIENTS_NO_SERVER({ name: filter });
     }
     const held = new Map<number, number>();
     for (const ls of this.daemon.manager.allSpaces()) {

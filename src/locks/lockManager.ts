@@ -4,7 +4,7 @@
 
 import { dirname } from 'node:path';
 import type { Logger } from 'pino';
-import { ErrorDomain } from '../rpc/errors.js';
+import { E } from '../rpc/errorCatalogue.js';
 import type { ProtocolError } from '../rpc/errors.js';
 import * as errors from './errors.js';
 import type { FileLocker, LockedFile } from './fileLocker.js';
@@ -153,14 +153,14 @@ export class LockManager {
     try {
       kind = await this.gate.run(path, () => this.locker.kind(path));
     } catch (err) {
-      throw errors.storageError(ErrorDomain.LOCKSPACE, `Unable to create lockspace ${path}`, err);
+      throw errors.storageError(E.STORAGE_CREATE_LOCKSPACE, { path }, err);
     }
     if (kind === 'other') throw errors.notADirectory(path);
     if (kind === 'missing') {
       try {
         await this.gate.run(path, () => this.locker.mkdirp(path, 0o700));
       } catch (err) {
-        throw errors.storageError(ErrorDomain.LOCKSPACE, `Unable to create lockspace ${path}`, err);
+        throw errors.storageError(E.STORAGE_CREATE_LOCKSPACE, { path }, err);
       }
     }
   }
@@ -303,9 +303,9 @@ export class LockManager {
     const e = err as { code?: string; stage?: string };
     if (e.stage === 'lock' && (e.code === 'EAGAIN' || e.code === 'EACCES')) return errors.resourceLocked(name);
     if (e.stage === 'open') {
-      return errors.storageError(ErrorDomain.LOCKSPACE, create ? `Unable to open/create resource ${file}` : `Unable to open resource ${file}`, err);
+      return errors.storageError(create ? E.STORAGE_OPEN_CREATE_RESOURCE : E.STORAGE_OPEN_RESOURCE, { file }, err);
     }
-    return errors.storageError(ErrorDomain.LOCKSPACE, `Unable to acquire lock on '${file}'`, err);
+    return errors.storageError(E.STORAGE_ACQUIRE, { file }, err);
   }
 
   /** RELEASE_RESOURCE: removes the first entry of `owner.pid` (synchronous on local storage). */
@@ -370,7 +370,7 @@ export class LockManager {
       if (out.unlinkError) this.log.warn({ lockspace: ls.dir, resource: res.name, err: out.unlinkError }, 'could not unlink lease file');
     } catch (err) {
       this.log.error({ lockspace: ls.dir, resource: res.name, fd: res.fd, err }, 'closing lease fd failed');
-      throw errors.storageError(ErrorDomain.LOCKSPACE, `Unable to release lock on '${res.path}'`, err);
+      throw errors.storageError(E.STORAGE_RELEASE, { file: res.path }, err);
     } finally {
       this.classifier!.observe(ls.storageKeyOf(res.name), performance.now() - t0);
     }
@@ -396,7 +396,7 @@ export class LockManager {
       if (out.unlinkError) this.log.warn({ lockspace: ls.dir, resource: res.name, err: out.unlinkError }, 'could not unlink lease file');
     } catch (err) {
       this.log.error({ lockspace: ls.dir, resource: res.name, fd: res.fd, err }, err instanceof StorageTimeoutError ? 'release timed out: it still runs and drops the lock when the storage answers' : 'closing lease fd failed');
-      if (reportErrors) throw errors.storageError(ErrorDomain.LOCKSPACE, `Unable to release lock on '${res.path}'`, err);
+      if (reportErrors) throw errors.storageError(E.STORAGE_RELEASE, { file: res.path }, err);
     }
   }
 
@@ -411,7 +411,7 @@ export class LockManager {
       try {
         await this.gate.run(ls.storageKeyOf(name), () => this.locker.touch(file));
       } catch (err) {
-        throw errors.storageError(ErrorDomain.NONE, `cannot create file '${file}'`, err);
+        throw errors.storageError(E.STORAGE_CREATE_FILE, { file }, err);
       }
     });
   }
@@ -428,7 +428,7 @@ export class LockManager {
         await this.gate.run(ls.storageKeyOf(name), () => this.locker.unlink(file));
       } catch (err) {
         if ((err as ProtocolError).code === errors.resourceLocked(name).code) throw err;
-        throw errors.storageError(ErrorDomain.LOCKSPACE, `Unable to delete lockspace resource ${file}`, err);
+        throw errors.storageError(E.STORAGE_DELETE_RESOURCE, { file }, err);
       }
     });
   }

@@ -5,9 +5,9 @@
 // backend and encode the reply. The backend (daemon/adminService.ts) owns the
 // state; this file owns the wire.
 
-import { ErrorCode, ErrorDomain, ProtocolError } from '../rpc/errors.js';
-import type { Procedure, Program } from '../rpc/program.js';
-import { defineProgram, noArgs } from '../rpc/program.js';
+import { E } from '../rpc/errorCatalogue.js';
+import type { Codec, FlagsArgs, Program, ProgramSpec } from '../rpc/program.js';
+import { ANY_FLAGS, flagsCodec, procNumbers, rowOf, rowsProgram, voidCodec } from '../rpc/program.js';
 import { XdrDecodeError } from '../rpc/xdr.js';
 import type { XdrReader, XdrWriter } from '../rpc/xdr.js';
 
@@ -22,35 +22,6 @@ export const ADMIN_CLIENT_INFO_PARAMETERS_MAX = 64;
 export const ADMIN_SERVER_CLIENT_LIMITS_MAX = 32;
 /** VIR_TYPED_PARAM_FIELD_LENGTH */
 export const TYPED_PARAM_FIELD_LENGTH = 80;
-
-export const AdminProc = {
-  CONNECT_OPEN: 1,
-  CONNECT_CLOSE: 2,
-  CONNECT_GET_LIB_VERSION: 3,
-  CONNECT_LIST_SERVERS: 4,
-  CONNECT_LOOKUP_SERVER: 5,
-  SERVER_GET_THREADPOOL_PARAMETERS: 6,
-  SERVER_SET_THREADPOOL_PARAMETERS: 7,
-  SERVER_LIST_CLIENTS: 8,
-  SERVER_LOOKUP_CLIENT: 9,
-  CLIENT_GET_INFO: 10,
-  CLIENT_CLOSE: 11,
-  SERVER_GET_CLIENT_LIMITS: 12,
-  SERVER_SET_CLIENT_LIMITS: 13,
-  CONNECT_GET_LOGGING_OUTPUTS: 14,
-  CONNECT_GET_LOGGING_FILTERS: 15,
-  CONNECT_SET_LOGGING_OUTPUTS: 16,
-  CONNECT_SET_LOGGING_FILTERS: 17,
-  SERVER_UPDATE_TLS_FILES: 18,
-  CONNECT_SET_DAEMON_TIMEOUT: 19,
-} as const;
-
-/** virErrorNumber values only the admin program uses. */
-export const AdminErrorCode = {
-  ARGUMENT_UNSUPPORTED: 74,
-  NO_SERVER: 95,
-  NO_CLIENT: 96,
-} as const;
 
 /** virClientTransport */
 export const ClientTransport = { UNIX: 0, TCP: 1, TLS: 2 } as const;
@@ -191,9 +162,7 @@ const encodeClientRef = (w: XdrWriter, c: AdminClientRef) => {
 
 // ---- args and rets -------------------------------------------------------------
 
-export interface FlagsArgs {
-  flags: number;
-}
+export type { FlagsArgs };
 export interface ListArgs {
   needResults: number;
   flags: number;
@@ -253,10 +222,7 @@ export interface LoggingFiltersRet {
 
 /** Encoders and decoders for both sides (the daemon and AdminClient). */
 export const adminCodec = {
-  flags: {
-    decode: (r: XdrReader): FlagsArgs => ({ flags: r.u32() }),
-    encode: (w: XdrWriter, a: FlagsArgs) => w.u32(a.flags),
-  },
+  flags: flagsCodec,
   list: {
     decode: (r: XdrReader): ListArgs => ({ needResults: r.u32(), flags: r.u32() }),
     encode: (w: XdrWriter, a: ListArgs) => w.u32(a.needResults).u32(a.flags),
@@ -269,7 +235,7 @@ export const adminCodec = {
     decode: (r: XdrReader): ServerArgs => ({ srv: decodeServer(r), flags: r.u32() }),
     encode: (w: XdrWriter, a: ServerArgs) => encodeServer(w, a.srv).u32(a.flags),
   },
-  serverParams: (max: number) => ({
+  serverParams: (max: number): Codec<ServerParamsArgs> => ({
     decode: (r: XdrReader): ServerParamsArgs => ({ srv: decodeServer(r), params: r.array(max, decodeTypedParam), flags: r.u32() }),
     encode: (w: XdrWriter, a: ServerParamsArgs) => encodeServer(w, a.srv).array(a.params, encodeTypedParam).u32(a.flags),
   }),
@@ -309,7 +275,7 @@ export const adminCodec = {
     encode: (w: XdrWriter, v: string) => encodeServer(w, v),
     decode: (r: XdrReader): string => decodeServer(r),
   },
-  params: (max: number) => ({
+  params: (max: number): Codec<TypedParam[]> => ({
     encode: (w: XdrWriter, v: TypedParam[]) => w.array(v, encodeTypedParam),
     decode: (r: XdrReader): TypedParam[] => r.array(max, decodeTypedParam),
   }),
@@ -378,37 +344,7 @@ export interface AdminContext {
   closeAfterReply(): void;
 }
 
-// ---- errors (libvirt's texts) -----------------------------------------------------
-
-function libvirtError(code: number, domain: number, fmt: string, detail: string): ProtocolError {
-  return ProtocolError.formatted(code, domain, fmt, detail);
-}
-
-/** virNetDaemonGetServer's error (domain RPC). */
-export const noServer = (name: string) =>
-  libvirtError(AdminErrorCode.NO_SERVER, ErrorDomain.RPC, 'Server not found: %s', `No server named '${name}'`);
-
-/** The admin dispatcher's own wording for the same (domain ADMIN). */
-const noServerMatching = (name: string) =>
-  libvirtError(AdminErrorCode.NO_SERVER, ErrorDomain.ADMIN, 'Server not found: %s', `no server with matching name '${name}' found`);
-
-/** virNetServerGetClient's error. */
-export const noClient = (id: bigint) =>
-  libvirtError(AdminErrorCode.NO_CLIENT, ErrorDomain.RPC, 'Client not found: %s', `No client with matching ID '${id}'`);
-
-const noClientMatching = (id: bigint) =>
-  libvirtError(AdminErrorCode.NO_CLIENT, ErrorDomain.ADMIN, 'Client not found: %s', `no client with matching id '${id}' found`);
-
-/** virCheckFlags in an admin function (domain ADMIN). */
-function unsupportedFlags(unsupported: number, fn: string): ProtocolError {
-  return ProtocolError.unsupportedFlags(unsupported, fn, ErrorDomain.ADMIN);
-}
-
-function checkFlags(flags: number, fn: string): void {
-  if (flags !== 0) throw unsupportedFlags(flags, fn);
-}
-
-export const invalidArg = (domain: number, detail: string) => ProtocolError.report(ErrorCode.INVALID_ARG, domain, detail);
+// ---- typed parameters (virTypedParamsValidate) -----------------------------------
 
 /**
  * virTypedParamsValidate: every parameter must be one of `allowed`, with its
@@ -417,17 +353,11 @@ export const invalidArg = (domain: number, detail: string) => ProtocolError.repo
 function validateParams(params: TypedParam[], allowed: Record<string, TypedParamTypeName>): Map<string, TypedParam> {
   const out = new Map<string, TypedParam>();
   for (const p of params) {
-    if (Buffer.byteLength(p.field) > TYPED_PARAM_FIELD_LENGTH - 1) {
-      throw invalidArg(ErrorDomain.NONE, `Parameter name '${p.field}' too long`);
-    }
+    if (Buffer.byteLength(p.field) > TYPED_PARAM_FIELD_LENGTH - 1) throw E.PARAM_NAME_TOO_LONG({ field: p.field });
     const want = allowed[p.field];
-    if (!want) {
-      throw libvirtError(AdminErrorCode.ARGUMENT_UNSUPPORTED, ErrorDomain.NONE, 'argument unsupported: %s', `parameter '${p.field}' not supported`);
-    }
-    if (p.type !== want) {
-      throw invalidArg(ErrorDomain.NONE, `invalid type '${p.type}' for parameter '${p.field}', expected '${want}'`);
-    }
-    if (out.has(p.field)) throw invalidArg(ErrorDomain.NONE, `parameter '${p.field}' occurs multiple times`);
+    if (!want) throw E.PARAM_UNSUPPORTED({ field: p.field });
+    if (p.type !== want) throw E.PARAM_BAD_TYPE({ type: p.type, field: p.field, expected: want });
+    if (out.has(p.field)) throw E.PARAM_DUPLICATE({ field: p.field });
     out.set(p.field, p);
   }
   return out;
@@ -435,19 +365,25 @@ function validateParams(params: TypedParam[], allowed: Record<string, TypedParam
 
 const uintParam = (field: string, value: number): TypedParam => ({ field, type: 'uint', value });
 
-// ---- the table ----------------------------------------------------------------------
+// ---- lookups (what libvirt resolves before virCheckFlags) ---------------------------
 
-function findServer(b: AdminBackend, name: string, err: (n: string) => ProtocolError = noServer): AdminServerHandle {
+type Lookup<A> = (b: AdminBackend, a: A) => AdminServerHandle;
+
+/** virNetDaemonGetServer (domain RPC); `matching`: the admin dispatcher's wording (domain ADMIN). */
+function findServer(b: AdminBackend, name: string, matching = false): AdminServerHandle {
   const s = b.servers().find((x) => x.name === name);
-  if (!s) throw err(name);
+  if (!s) throw matching ? E.NO_SERVER_MATCHING({ name }) : E.NO_SERVER({ name });
   return s;
 }
 
-function findClient(s: AdminServerHandle, id: bigint, err: (id: bigint) => ProtocolError = noClient): AdminClientHandle {
+function findClient(s: AdminServerHandle, id: bigint, matching = false): AdminClientHandle {
   const c = id <= BigInt(Number.MAX_SAFE_INTEGER) ? s.client(Number(id)) : undefined;
-  if (!c) throw err(id);
+  if (!c) throw matching ? E.NO_CLIENT_MATCHING({ id }) : E.NO_CLIENT({ id });
   return c;
 }
+
+const server: Lookup<{ srv: string }> = (b, a) => findServer(b, a.srv);
+const serverMatching: Lookup<{ srv: string }> = (b, a) => findServer(b, a.srv, true);
 
 function clientRef(srv: string, c: AdminClientHandle): AdminClientRef {
   return { srv, id: BigInt(c.id), timestamp: BigInt(c.connTime), transport: c.transport };
@@ -456,231 +392,166 @@ function clientRef(srv: string, c: AdminClientHandle): AdminClientRef {
 /** relockd serves every request on its event loop: libvirt reports a pool of zero workers. */
 const THREADPOOL_PARAMS = ['minWorkers', 'maxWorkers', 'nWorkers', 'freeWorkers', 'prioWorkers', 'jobQueueDepth'];
 
-type Row = Procedure<AdminContext, any, any>;
+// ---- the table ----------------------------------------------------------------------
 
-function rows(b: AdminBackend): Row[] {
-  return [
-    {
-      proc: AdminProc.CONNECT_OPEN,
-      name: 'CONNECT_OPEN',
-      decodeArgs: adminCodec.flags.decode,
-      handle: (_c, a: FlagsArgs) => checkFlags(a.flags, 'adminDispatchConnectOpen'),
+const row = rowOf<AdminBackend, AdminContext>();
+const threadpoolParams = adminCodec.params(ADMIN_SERVER_THREADPOOL_PARAMETERS_MAX);
+const clientInfoParams = adminCodec.params(ADMIN_CLIENT_INFO_PARAMETERS_MAX);
+const clientLimitParams = adminCodec.params(ADMIN_SERVER_CLIENT_LIMITS_MAX);
+
+/** libvirt's admin program, one row per procedure; fn: the C function whose virCheckFlags it mirrors. */
+export const adminRows = {
+  CONNECT_OPEN: row({ proc: 1, fn: 'adminDispatchConnectOpen', flagsMask: 0, args: adminCodec.flags, run: () => {} }),
+  CONNECT_CLOSE: row({
+    proc: 2,
+    args: voidCodec,
+    // virNetServerClientDelayedClose: the reply goes out, then the close.
+    run: (_b, c) => c.closeAfterReply(),
+  }),
+  CONNECT_GET_LIB_VERSION: row({ proc: 3, args: voidCodec, ret: adminCodec.libVersion, run: (b) => BigInt(b.libVersion) }),
+  CONNECT_LIST_SERVERS: row({
+    proc: 4, fn: 'adminConnectListServers', flagsMask: 0,
+    args: adminCodec.list,
+    ret: adminCodec.listServers,
+    run: (b, _c, a) => {
+      const names = b.servers().map((s) => s.name);
+      return { servers: a.needResults ? names : [], ret: names.length };
     },
-    {
-      proc: AdminProc.CONNECT_CLOSE,
-      name: 'CONNECT_CLOSE',
-      decodeArgs: noArgs,
-      // virNetServerClientDelayedClose: the reply goes out, then the close.
-      handle: (c) => c.closeAfterReply(),
+  }),
+  CONNECT_LOOKUP_SERVER: row({
+    // libvirt's adminConnectLookupServer does virCheckFlags(flags, NULL):
+    // every flag is "supported", so none is refused here either.
+    proc: 5, fn: 'adminConnectLookupServer', flagsMask: ANY_FLAGS,
+    args: adminCodec.lookupServer,
+    ret: adminCodec.serverRet,
+    run: (b, _c, a) => findServer(b, a.name).name,
+  }),
+  SERVER_GET_THREADPOOL_PARAMETERS: row({
+    proc: 6, resolve: server, fn: 'adminServerGetThreadPoolParameters', flagsMask: 0,
+    args: adminCodec.server,
+    ret: threadpoolParams,
+    run: () => THREADPOOL_PARAMS.map((f) => uintParam(f, 0)),
+  }),
+  SERVER_SET_THREADPOOL_PARAMETERS: row({
+    proc: 7, resolve: serverMatching, fn: 'adminServerSetThreadPoolParameters', flagsMask: 0,
+    args: adminCodec.serverParams(ADMIN_SERVER_THREADPOOL_PARAMETERS_MAX),
+    run: (_b, _c, a) => {
+      const p = validateParams(a.params, { minWorkers: 'uint', maxWorkers: 'uint', prioWorkers: 'uint' });
+      const min = p.get('minWorkers')?.value as number | undefined;
+      const max = p.get('maxWorkers')?.value as number | undefined;
+      const prio = p.get('prioWorkers')?.value as number | undefined;
+      // The pool is min = max = prio = 0 and stays so (virThreadPoolSetParameters' checks and texts).
+      if (min !== undefined && min > (max ?? 0)) throw E.MIN_WORKERS_OVER_MAX();
+      if (max !== undefined && max > 0) throw E.MAX_WORKERS_SWITCH();
+      if (prio !== undefined && prio > 0) throw E.PRIO_WORKERS();
     },
-    {
-      proc: AdminProc.CONNECT_GET_LIB_VERSION,
-      name: 'CONNECT_GET_LIB_VERSION',
-      decodeArgs: noArgs,
-      encodeRet: adminCodec.libVersion.encode,
-      handle: () => BigInt(b.libVersion),
+  }),
+  SERVER_LIST_CLIENTS: row({
+    proc: 8, resolve: server, fn: 'adminServerListClients', flagsMask: 0,
+    args: adminCodec.listClients,
+    ret: adminCodec.listClientsRet,
+    run: (_b, _c, a, s) => {
+      const clients = s.clients();
+      if (clients.length > ADMIN_CLIENT_LIST_MAX) throw E.TOO_MANY_CLIENTS({ count: clients.length, limit: ADMIN_CLIENT_LIST_MAX });
+      return { clients: a.needResults ? clients.map((c) => clientRef(s.name, c)) : [], ret: clients.length };
     },
-    {
-      proc: AdminProc.CONNECT_LIST_SERVERS,
-      name: 'CONNECT_LIST_SERVERS',
-      decodeArgs: adminCodec.list.decode,
-      encodeRet: adminCodec.listServers.encode,
-      handle: (_c, a: ListArgs): ListServersRet => {
-        checkFlags(a.flags, 'adminConnectListServers');
-        const names = b.servers().map((s) => s.name);
-        return { servers: a.needResults ? names : [], ret: names.length };
-      },
+  }),
+  SERVER_LOOKUP_CLIENT: row({
+    proc: 9, resolve: server, fn: 'adminServerLookupClient', flagsMask: 0,
+    args: adminCodec.lookupClient,
+    ret: adminCodec.clientRet,
+    // The client lookup is the function's own, after its flag check.
+    run: (_b, _c, a, s) => clientRef(s.name, findClient(s, a.id)),
+  }),
+  CLIENT_GET_INFO: row({
+    proc: 10,
+    resolve: (b, a) => findClient(findServer(b, a.clnt.srv, true), a.clnt.id, true),
+    fn: 'adminClientGetInfo', flagsMask: 0,
+    args: adminCodec.client,
+    ret: clientInfoParams,
+    run: (_b, _c, _a, c) => c.info().slice(0, ADMIN_CLIENT_INFO_PARAMETERS_MAX),
+  }),
+  CLIENT_CLOSE: row({
+    proc: 11,
+    resolve: (b, a) => findClient(findServer(b, a.clnt.srv), a.clnt.id),
+    fn: 'adminClientClose', flagsMask: 0,
+    args: adminCodec.client,
+    run: (_b, _c, _a, c) => c.close(),
+  }),
+  SERVER_GET_CLIENT_LIMITS: row({
+    proc: 12, resolve: server, fn: 'adminServerGetClientLimits', flagsMask: 0,
+    args: adminCodec.server,
+    ret: clientLimitParams,
+    run: (_b, _c, _a, s) => {
+      const l = s.limits();
+      return [
+        uintParam('nclients_max', l.max),
+        uintParam('nclients', l.current),
+        uintParam('nclients_unauth_max', l.unauthMax),
+        uintParam('nclients_unauth', l.unauthCurrent),
+      ];
     },
-    {
-      proc: AdminProc.CONNECT_LOOKUP_SERVER,
-      name: 'CONNECT_LOOKUP_SERVER',
-      decodeArgs: adminCodec.lookupServer.decode,
-      encodeRet: adminCodec.serverRet.encode,
-      // libvirt's adminConnectLookupServer does virCheckFlags(flags, NULL):
-      // every flag is "supported", so none is refused here either.
-      handle: (_c, a: LookupServerArgs) => findServer(b, a.name).name,
+  }),
+  SERVER_SET_CLIENT_LIMITS: row({
+    proc: 13, resolve: serverMatching, fn: 'adminServerSetClientLimits', flagsMask: 0,
+    args: adminCodec.serverParams(ADMIN_SERVER_CLIENT_LIMITS_MAX),
+    run: (_b, _c, a, s) => {
+      const p = validateParams(a.params, { nclients_max: 'uint', nclients_unauth_max: 'uint' });
+      const max = (p.get('nclients_max')?.value as number | undefined) ?? null;
+      const unauth = (p.get('nclients_unauth_max')?.value as number | undefined) ?? null;
+      const cur = s.limits();
+      if ((max ?? cur.max) < (unauth ?? cur.unauthMax)) throw E.CLIENT_LIMITS_ORDER();
+      s.setLimits(max, unauth);
     },
-    {
-      proc: AdminProc.SERVER_GET_THREADPOOL_PARAMETERS,
-      name: 'SERVER_GET_THREADPOOL_PARAMETERS',
-      decodeArgs: adminCodec.server.decode,
-      encodeRet: adminCodec.params(ADMIN_SERVER_THREADPOOL_PARAMETERS_MAX).encode,
-      handle: (_c, a: ServerArgs): TypedParam[] => {
-        findServer(b, a.srv);
-        checkFlags(a.flags, 'adminServerGetThreadPoolParameters');
-        return THREADPOOL_PARAMS.map((f) => uintParam(f, 0));
-      },
+  }),
+  CONNECT_GET_LOGGING_OUTPUTS: row({
+    proc: 14, fn: 'adminConnectGetLoggingOutputs', flagsMask: 0,
+    args: adminCodec.flags,
+    ret: adminCodec.loggingOutputs,
+    run: (b) => {
+      const o = b.getLoggingOutputs();
+      return { outputs: o.outputs, noutputs: o.count };
     },
-    {
-      proc: AdminProc.SERVER_SET_THREADPOOL_PARAMETERS,
-      name: 'SERVER_SET_THREADPOOL_PARAMETERS',
-      decodeArgs: adminCodec.serverParams(ADMIN_SERVER_THREADPOOL_PARAMETERS_MAX).decode,
-      handle: (_c, a: ServerParamsArgs) => {
-        findServer(b, a.srv, noServerMatching);
-        checkFlags(a.flags, 'adminServerSetThreadPoolParameters');
-        const p = validateParams(a.params, { minWorkers: 'uint', maxWorkers: 'uint', prioWorkers: 'uint' });
-        const min = p.get('minWorkers')?.value as number | undefined;
-        const max = p.get('maxWorkers')?.value as number | undefined;
-        const prio = p.get('prioWorkers')?.value as number | undefined;
-        // The pool is min = max = prio = 0 and stays so (virThreadPoolSetParameters' checks and texts).
-        if (min !== undefined && min > (max ?? 0)) throw invalidArg(ErrorDomain.NONE, 'minWorkers cannot be larger than maxWorkers');
-        if (max !== undefined && max > 0) throw invalidArg(ErrorDomain.NONE, 'maxWorkers must not be switched from zero to non-zero and vice versa');
-        if (prio !== undefined && prio > 0) {
-          throw invalidArg(ErrorDomain.NONE, 'prioWorkers must stay 0: relockd handles every request on its event loop and has no worker threads');
-        }
-      },
+  }),
+  CONNECT_GET_LOGGING_FILTERS: row({
+    proc: 15, fn: 'adminConnectGetLoggingFilters', flagsMask: 0,
+    args: adminCodec.flags,
+    ret: adminCodec.loggingFilters,
+    run: (b) => {
+      const f = b.getLoggingFilters();
+      return { filters: f.count > 0 ? f.filters : null, nfilters: f.count };
     },
-    {
-      proc: AdminProc.SERVER_LIST_CLIENTS,
-      name: 'SERVER_LIST_CLIENTS',
-      decodeArgs: adminCodec.listClients.decode,
-      encodeRet: adminCodec.listClientsRet.encode,
-      handle: (_c, a: ListClientsArgs): ListClientsRet => {
-        const s = findServer(b, a.srv);
-        checkFlags(a.flags, 'adminServerListClients');
-        const clients = s.clients();
-        if (clients.length > ADMIN_CLIENT_LIST_MAX) {
-          throw ProtocolError.report(ErrorCode.INTERNAL_ERROR, ErrorDomain.ADMIN, `Too many clients '${clients.length}' for limit '${ADMIN_CLIENT_LIST_MAX}'`);
-        }
-        return { clients: a.needResults ? clients.map((c) => clientRef(s.name, c)) : [], ret: clients.length };
-      },
+  }),
+  CONNECT_SET_LOGGING_OUTPUTS: row({
+    proc: 16, fn: 'adminConnectSetLoggingOutputs', flagsMask: 0,
+    args: adminCodec.optString,
+    run: (b, _c, a) => b.setLoggingOutputs(a.value ?? ''),
+  }),
+  CONNECT_SET_LOGGING_FILTERS: row({
+    proc: 17, fn: 'adminConnectSetLoggingFilters', flagsMask: 0,
+    args: adminCodec.optString,
+    run: (b, _c, a) => b.setLoggingFilters(a.value ?? ''),
+  }),
+  SERVER_UPDATE_TLS_FILES: row({
+    proc: 18, resolve: server, fn: 'adminServerUpdateTlsFiles', flagsMask: 0,
+    args: adminCodec.server,
+    run: (): void => {
+      throw E.NO_TLS();
     },
-    {
-      proc: AdminProc.SERVER_LOOKUP_CLIENT,
-      name: 'SERVER_LOOKUP_CLIENT',
-      decodeArgs: adminCodec.lookupClient.decode,
-      encodeRet: adminCodec.clientRet.encode,
-      handle: (_c, a: LookupClientArgs): AdminClientRef => {
-        const s = findServer(b, a.srv);
-        checkFlags(a.flags, 'adminServerLookupClient');
-        return clientRef(s.name, findClient(s, a.id));
-      },
-    },
-    {
-      proc: AdminProc.CLIENT_GET_INFO,
-      name: 'CLIENT_GET_INFO',
-      decodeArgs: adminCodec.client.decode,
-      encodeRet: adminCodec.params(ADMIN_CLIENT_INFO_PARAMETERS_MAX).encode,
-      handle: (_c, a: ClientArgs): TypedParam[] => {
-        const s = findServer(b, a.clnt.srv, noServerMatching);
-        const c = findClient(s, a.clnt.id, noClientMatching);
-        checkFlags(a.flags, 'adminClientGetInfo');
-        return c.info().slice(0, ADMIN_CLIENT_INFO_PARAMETERS_MAX);
-      },
-    },
-    {
-      proc: AdminProc.CLIENT_CLOSE,
-      name: 'CLIENT_CLOSE',
-      decodeArgs: adminCodec.client.decode,
-      handle: (_c, a: ClientArgs) => {
-        const s = findServer(b, a.clnt.srv);
-        const c = findClient(s, a.clnt.id);
-        checkFlags(a.flags, 'adminClientClose');
-        c.close();
-      },
-    },
-    {
-      proc: AdminProc.SERVER_GET_CLIENT_LIMITS,
-      name: 'SERVER_GET_CLIENT_LIMITS',
-      decodeArgs: adminCodec.server.decode,
-      encodeRet: adminCodec.params(ADMIN_SERVER_CLIENT_LIMITS_MAX).encode,
-      handle: (_c, a: ServerArgs): TypedParam[] => {
-        const s = findServer(b, a.srv);
-        checkFlags(a.flags, 'adminServerGetClientLimits');
-        const l = s.limits();
-        return [
-          uintParam('nclients_max', l.max),
-          uintParam('nclients', l.current),
-          uintParam('nclients_unauth_max', l.unauthMax),
-          uintParam('nclients_unauth', l.unauthCurrent),
-        ];
-      },
-    },
-    {
-      proc: AdminProc.SERVER_SET_CLIENT_LIMITS,
-      name: 'SERVER_SET_CLIENT_LIMITS',
-      decodeArgs: adminCodec.serverParams(ADMIN_SERVER_CLIENT_LIMITS_MAX).decode,
-      handle: (_c, a: ServerParamsArgs) => {
-        const s = findServer(b, a.srv, noServerMatching);
-        checkFlags(a.flags, 'adminServerSetClientLimits');
-        const p = validateParams(a.params, { nclients_max: 'uint', nclients_unauth_max: 'uint' });
-        const max = (p.get('nclients_max')?.value as number | undefined) ?? null;
-        const unauth = (p.get('nclients_unauth_max')?.value as number | undefined) ?? null;
-        const cur = s.limits();
-        if ((max ?? cur.max) < (unauth ?? cur.unauthMax)) {
-          // virNetServerSetClientLimits' text, verbatim.
-          throw invalidArg(
-            ErrorDomain.RPC,
-            'The overall maximum number of clients waiting for authentication must not be less than the overall maximum number of clients',
-          );
-        }
-        s.setLimits(max, unauth);
-      },
-    },
-    {
-      proc: AdminProc.CONNECT_GET_LOGGING_OUTPUTS,
-      name: 'CONNECT_GET_LOGGING_OUTPUTS',
-      decodeArgs: adminCodec.flags.decode,
-      encodeRet: adminCodec.loggingOutputs.encode,
-      handle: (_c, a: FlagsArgs): LoggingOutputsRet => {
-        checkFlags(a.flags, 'adminConnectGetLoggingOutputs');
-        const o = b.getLoggingOutputs();
-        return { outputs: o.outputs, noutputs: o.count };
-      },
-    },
-    {
-      proc: AdminProc.CONNECT_GET_LOGGING_FILTERS,
-      name: 'CONNECT_GET_LOGGING_FILTERS',
-      decodeArgs: adminCodec.flags.decode,
-      encodeRet: adminCodec.loggingFilters.encode,
-      handle: (_c, a: FlagsArgs): LoggingFiltersRet => {
-        checkFlags(a.flags, 'adminConnectGetLoggingFilters');
-        const f = b.getLoggingFilters();
-        return { filters: f.count > 0 ? f.filters : null, nfilters: f.count };
-      },
-    },
-    {
-      proc: AdminProc.CONNECT_SET_LOGGING_OUTPUTS,
-      name: 'CONNECT_SET_LOGGING_OUTPUTS',
-      decodeArgs: adminCodec.optString.decode,
-      handle: (_c, a: StringArgs) => {
-        checkFlags(a.flags, 'adminConnectSetLoggingOutputs');
-        b.setLoggingOutputs(a.value ?? '');
-      },
-    },
-    {
-      proc: AdminProc.CONNECT_SET_LOGGING_FILTERS,
-      name: 'CONNECT_SET_LOGGING_FILTERS',
-      decodeArgs: adminCodec.optString.decode,
-      handle: (_c, a: StringArgs) => {
-        checkFlags(a.flags, 'adminConnectSetLoggingFilters');
-        b.setLoggingFilters(a.value ?? '');
-      },
-    },
-    {
-      proc: AdminProc.SERVER_UPDATE_TLS_FILES,
-      name: 'SERVER_UPDATE_TLS_FILES',
-      decodeArgs: adminCodec.server.decode,
-      handle: (_c, a: ServerArgs) => {
-        findServer(b, a.srv);
-        checkFlags(a.flags, 'adminServerUpdateTlsFiles');
-        throw ProtocolError.report(ErrorCode.INTERNAL_ERROR, ErrorDomain.RPC, 'no tls service found, unable to update tls files');
-      },
-    },
-    {
-      proc: AdminProc.CONNECT_SET_DAEMON_TIMEOUT,
-      name: 'CONNECT_SET_DAEMON_TIMEOUT',
-      decodeArgs: adminCodec.timeout.decode,
-      handle: (_c, a: TimeoutArgs) => {
-        checkFlags(a.flags, 'adminConnectSetDaemonTimeout');
-        b.setDaemonTimeout(a.timeout);
-      },
-    },
-  ];
-}
+  }),
+  CONNECT_SET_DAEMON_TIMEOUT: row({
+    proc: 19, fn: 'adminConnectSetDaemonTimeout', flagsMask: 0,
+    args: adminCodec.timeout,
+    run: (b, _c, a) => b.setDaemonTimeout(a.timeout),
+  }),
+};
+
+export const AdminProc = procNumbers(adminRows);
+
+const SPEC: ProgramSpec = { name: 'admin', prog: ADMIN_PROGRAM, vers: ADMIN_PROTOCOL_VERSION, flagsError: E.ADMIN_UNSUPPORTED_FLAGS };
 
 export function adminProgram(backend: AdminBackend): Program<AdminContext> {
-  return defineProgram('admin', ADMIN_PROGRAM, ADMIN_PROTOCOL_VERSION, rows(backend));
+  return rowsProgram(SPEC, adminRows, backend);
 }
 
 /** "1.2.3" → 1002003, libvirt's version number encoding. */

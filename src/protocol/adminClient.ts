@@ -2,13 +2,18 @@
 // sends) and relockd's own. Used by relockctl and the tests.
 
 import { RpcClient } from '../rpc/client.js';
-import type { XdrReader, XdrWriter } from '../rpc/xdr.js';
-import { ADMIN_CLIENT_INFO_PARAMETERS_MAX, ADMIN_PROGRAM, ADMIN_PROTOCOL_VERSION, ADMIN_SERVER_CLIENT_LIMITS_MAX, ADMIN_SERVER_THREADPOOL_PARAMETERS_MAX, AdminProc, adminCodec } from './admin.js';
+import type { Codec } from '../rpc/program.js';
+import { ADMIN_PROGRAM, ADMIN_PROTOCOL_VERSION, adminRows as A } from './admin.js';
 import type { AdminClientRef, LoggingFiltersRet, LoggingOutputsRet, TypedParam } from './admin.js';
-import { RELOCKD_ADMIN_PROGRAM, RELOCKD_ADMIN_VERSION, RelockdProc, relockdCodec } from './relockdAdmin.js';
+import { RELOCKD_ADMIN_PROGRAM, RELOCKD_ADMIN_VERSION, relockdAdminRows as R } from './relockdAdmin.js';
 import type { ClientInfo, DaemonInfo, HandbackRefused, LockspaceInfo, ReexecResult, ResourceInfo } from './relockdAdmin.js';
 
-type Enc = (w: XdrWriter) => void;
+/** What a client needs of a row: the number and both codecs (rpc/program.ts). */
+export interface CallableRow<A, R> {
+  readonly proc: number;
+  readonly args: Codec<A>;
+  readonly ret?: Codec<R>;
+}
 
 export class AdminClient {
   constructor(readonly rpc: RpcClient) {}
@@ -25,126 +30,132 @@ export class AdminClient {
     return c;
   }
 
-  private async admin<T>(proc: number, enc?: Enc, dec?: (r: XdrReader) => T): Promise<T> {
-    const r = await this.rpc.call(ADMIN_PROGRAM, ADMIN_PROTOCOL_VERSION, proc, enc);
-    return (dec ? dec(r) : undefined) as T;
+  /** Calls one row of a program: its args codec encodes, its ret codec decodes. */
+  private async call<A, R>(prog: number, vers: number, row: CallableRow<A, R>, args: A): Promise<R> {
+    const r = await this.rpc.call(prog, vers, row.proc, (w) => row.args.encode(w, args));
+    return (row.ret ? row.ret.decode(r) : undefined) as R;
   }
 
-  private async ours<T>(proc: number, enc: Enc, dec?: (r: XdrReader) => T): Promise<T> {
-    const r = await this.rpc.call(RELOCKD_ADMIN_PROGRAM, RELOCKD_ADMIN_VERSION, proc, enc);
-    return (dec ? dec(r) : undefined) as T;
+  /** Any procedure of libvirt's admin program, by its row: `c.admin(adminRows.CONNECT_LIST_SERVERS, {...})`. */
+  admin<A, R>(row: CallableRow<A, R>, args: A): Promise<R> {
+    return this.call(ADMIN_PROGRAM, ADMIN_PROTOCOL_VERSION, row, args);
+  }
+
+  /** Any procedure of relockd's admin program, by its row: `c.relockd(relockdAdminRows.GET_METRICS, { flags: 0 })`. */
+  relockd<A, R>(row: CallableRow<A, R>, args: A): Promise<R> {
+    return this.call(RELOCKD_ADMIN_PROGRAM, RELOCKD_ADMIN_VERSION, row, args);
   }
 
   // ---- libvirt's admin program -------------------------------------------------
 
   open(flags = 0): Promise<void> {
-    return this.admin(AdminProc.CONNECT_OPEN, (w) => adminCodec.flags.encode(w, { flags }));
+    return this.admin(A.CONNECT_OPEN, { flags });
   }
 
   closeConnection(): Promise<void> {
-    return this.admin(AdminProc.CONNECT_CLOSE);
+    return this.admin(A.CONNECT_CLOSE, undefined);
   }
 
   libVersion(): Promise<bigint> {
-    return this.admin(AdminProc.CONNECT_GET_LIB_VERSION, undefined, adminCodec.libVersion.decode);
+    return this.admin(A.CONNECT_GET_LIB_VERSION, undefined);
   }
 
   listServers(needResults = 1, flags = 0) {
-    return this.admin(AdminProc.CONNECT_LIST_SERVERS, (w) => adminCodec.list.encode(w, { needResults, flags }), adminCodec.listServers.decode);
+    return this.admin(A.CONNECT_LIST_SERVERS, { needResults, flags });
   }
 
   lookupServer(name: string, flags = 0): Promise<string> {
-    return this.admin(AdminProc.CONNECT_LOOKUP_SERVER, (w) => adminCodec.lookupServer.encode(w, { name, flags }), adminCodec.serverRet.decode);
+    return this.admin(A.CONNECT_LOOKUP_SERVER, { name, flags });
   }
 
   threadpoolParameters(srv: string, flags = 0): Promise<TypedParam[]> {
-    return this.admin(AdminProc.SERVER_GET_THREADPOOL_PARAMETERS, (w) => adminCodec.server.encode(w, { srv, flags }), adminCodec.params(ADMIN_SERVER_THREADPOOL_PARAMETERS_MAX).decode);
+    return this.admin(A.SERVER_GET_THREADPOOL_PARAMETERS, { srv, flags });
   }
 
   setThreadpoolParameters(srv: string, params: TypedParam[], flags = 0): Promise<void> {
-    return this.admin(AdminProc.SERVER_SET_THREADPOOL_PARAMETERS, (w) => adminCodec.serverParams(ADMIN_SERVER_THREADPOOL_PARAMETERS_MAX).encode(w, { srv, params, flags }));
+    return this.admin(A.SERVER_SET_THREADPOOL_PARAMETERS, { srv, params, flags });
   }
 
   listClients(srv: string, needResults = 1, flags = 0) {
-    return this.admin(AdminProc.SERVER_LIST_CLIENTS, (w) => adminCodec.listClients.encode(w, { srv, needResults, flags }), adminCodec.listClientsRet.decode);
+    return this.admin(A.SERVER_LIST_CLIENTS, { srv, needResults, flags });
   }
 
   lookupClient(srv: string, id: number | bigint, flags = 0): Promise<AdminClientRef> {
-    return this.admin(AdminProc.SERVER_LOOKUP_CLIENT, (w) => adminCodec.lookupClient.encode(w, { srv, id: BigInt(id), flags }), adminCodec.clientRet.decode);
+    return this.admin(A.SERVER_LOOKUP_CLIENT, { srv, id: BigInt(id), flags });
   }
 
   clientInfo(clnt: AdminClientRef, flags = 0): Promise<TypedParam[]> {
-    return this.admin(AdminProc.CLIENT_GET_INFO, (w) => adminCodec.client.encode(w, { clnt, flags }), adminCodec.params(ADMIN_CLIENT_INFO_PARAMETERS_MAX).decode);
+    return this.admin(A.CLIENT_GET_INFO, { clnt, flags });
   }
 
   clientClose(clnt: AdminClientRef, flags = 0): Promise<void> {
-    return this.admin(AdminProc.CLIENT_CLOSE, (w) => adminCodec.client.encode(w, { clnt, flags }));
+    return this.admin(A.CLIENT_CLOSE, { clnt, flags });
   }
 
   clientLimits(srv: string, flags = 0): Promise<TypedParam[]> {
-    return this.admin(AdminProc.SERVER_GET_CLIENT_LIMITS, (w) => adminCodec.server.encode(w, { srv, flags }), adminCodec.params(ADMIN_SERVER_CLIENT_LIMITS_MAX).decode);
+    return this.admin(A.SERVER_GET_CLIENT_LIMITS, { srv, flags });
   }
 
   setClientLimits(srv: string, params: TypedParam[], flags = 0): Promise<void> {
-    return this.admin(AdminProc.SERVER_SET_CLIENT_LIMITS, (w) => adminCodec.serverParams(ADMIN_SERVER_CLIENT_LIMITS_MAX).encode(w, { srv, params, flags }));
+    return this.admin(A.SERVER_SET_CLIENT_LIMITS, { srv, params, flags });
   }
 
   loggingOutputs(flags = 0): Promise<LoggingOutputsRet> {
-    return this.admin(AdminProc.CONNECT_GET_LOGGING_OUTPUTS, (w) => adminCodec.flags.encode(w, { flags }), adminCodec.loggingOutputs.decode);
+    return this.admin(A.CONNECT_GET_LOGGING_OUTPUTS, { flags });
   }
 
   loggingFilters(flags = 0): Promise<LoggingFiltersRet> {
-    return this.admin(AdminProc.CONNECT_GET_LOGGING_FILTERS, (w) => adminCodec.flags.encode(w, { flags }), adminCodec.loggingFilters.decode);
+    return this.admin(A.CONNECT_GET_LOGGING_FILTERS, { flags });
   }
 
   setLoggingOutputs(value: string | null, flags = 0): Promise<void> {
-    return this.admin(AdminProc.CONNECT_SET_LOGGING_OUTPUTS, (w) => adminCodec.optString.encode(w, { value, flags }));
+    return this.admin(A.CONNECT_SET_LOGGING_OUTPUTS, { value, flags });
   }
 
   setLoggingFilters(value: string | null, flags = 0): Promise<void> {
-    return this.admin(AdminProc.CONNECT_SET_LOGGING_FILTERS, (w) => adminCodec.optString.encode(w, { value, flags }));
+    return this.admin(A.CONNECT_SET_LOGGING_FILTERS, { value, flags });
   }
 
   updateTlsFiles(srv: string, flags = 0): Promise<void> {
-    return this.admin(AdminProc.SERVER_UPDATE_TLS_FILES, (w) => adminCodec.server.encode(w, { srv, flags }));
+    return this.admin(A.SERVER_UPDATE_TLS_FILES, { srv, flags });
   }
 
   setDaemonTimeout(timeout: number, flags = 0): Promise<void> {
-    return this.admin(AdminProc.CONNECT_SET_DAEMON_TIMEOUT, (w) => adminCodec.timeout.encode(w, { timeout, flags }));
+    return this.admin(A.CONNECT_SET_DAEMON_TIMEOUT, { timeout, flags });
   }
 
-  // ---- relockd's program ---------------------------------------------------------
+  // ---- relockd's program (named shorthands for relockctl and the tests) --------
 
   daemonInfo(flags = 0): Promise<DaemonInfo> {
-    return this.ours(RelockdProc.GET_DAEMON_INFO, (w) => relockdCodec.flags.encode(w, { flags }), relockdCodec.daemonInfo.decode);
+    return this.relockd(R.GET_DAEMON_INFO, { flags });
   }
 
   lockspaces(flags = 0): Promise<LockspaceInfo[]> {
-    return this.ours(RelockdProc.LIST_LOCKSPACES, (w) => relockdCodec.flags.encode(w, { flags }), relockdCodec.lockspaces.decode);
+    return this.relockd(R.LIST_LOCKSPACES, { flags });
   }
 
   /** lockspace: exact lock-space path ('' default), or null for all. */
   resources(lockspace: string | null = null, flags = 0): Promise<ResourceInfo[]> {
-    return this.ours(RelockdProc.LIST_RESOURCES, (w) => relockdCodec.filter.encode(w, { filter: lockspace, flags }), relockdCodec.resources.decode);
+    return this.relockd(R.LIST_RESOURCES, { filter: lockspace, flags });
   }
 
   /** server: 'virtlockd' or 'admin', or null for both. */
   clients(server: string | null = null, flags = 0): Promise<ClientInfo[]> {
-    return this.ours(RelockdProc.LIST_CLIENTS, (w) => relockdCodec.filter.encode(w, { filter: server, flags }), relockdCodec.clients.decode);
+    return this.relockd(R.LIST_CLIENTS, { filter: server, flags });
   }
 
   reexec(flags = 0): Promise<ReexecResult> {
-    return this.ours(RelockdProc.REEXEC, (w) => relockdCodec.flags.encode(w, { flags }), relockdCodec.reexecResult.decode);
+    return this.relockd(R.REEXEC, { flags });
   }
 
   /** Resolves with a refusal; on success the connection closes (ConnectionClosedError). */
   handback(path: string, args: string[], flags = 0): Promise<HandbackRefused> {
-    return this.ours(RelockdProc.HANDBACK, (w) => relockdCodec.handbackArgs.encode(w, { path, args, flags }), relockdCodec.handbackRefused.decode);
+    return this.relockd(R.HANDBACK, { path, args, flags });
   }
 
   /** The Prometheus text exposition (relockctl metrics). */
   metrics(flags = 0): Promise<string> {
-    return this.ours(RelockdProc.GET_METRICS, (w) => relockdCodec.flags.encode(w, { flags }), relockdCodec.text.decode);
+    return this.relockd(R.GET_METRICS, { flags });
   }
 
   close(): void {

@@ -3,9 +3,9 @@
 // flags → restricted → registered, spec 3.4), how to decode its args, and
 // what it does. All procedures return void.
 
-import { ErrorCode, ErrorDomain, ProtocolError } from '../rpc/errors.js';
-import type { Procedure, Program } from '../rpc/program.js';
-import { defineProgram } from '../rpc/program.js';
+import { E } from '../rpc/errorCatalogue.js';
+import type { FlagsArgs, Program, ProgramSpec } from '../rpc/program.js';
+import { flagsCodec, procNumbers, rowOf, rowsProgram } from '../rpc/program.js';
 import type { XdrReader, XdrWriter } from '../rpc/xdr.js';
 import type { LockManager, Owner } from '../locks/lockManager.js';
 
@@ -13,17 +13,6 @@ export const LOCKSPACE_PROGRAM = 0x0ea7beef;
 export const LOCKSPACE_VERSION = 1;
 /** VIR_LOCK_SPACE_PROTOCOL_STRING_MAX */
 export const LOCKSPACE_STRING_MAX = 65536;
-
-export const Proc = {
-  REGISTER: 1,
-  RESTRICT: 2,
-  NEW: 3,
-  CREATE_RESOURCE: 4,
-  DELETE_RESOURCE: 5,
-  ACQUIRE_RESOURCE: 6,
-  RELEASE_RESOURCE: 7,
-  CREATE_LOCKSPACE: 8,
-} as const;
 
 /** Per-connection state (virLockDaemonClient). */
 export interface LockClientState {
@@ -45,9 +34,7 @@ export interface RegisterArgs {
   owner: Owner;
   flags: number;
 }
-export interface FlagsArgs {
-  flags: number;
-}
+export type { FlagsArgs };
 export interface PathArgs {
   path: string;
   flags: number;
@@ -88,10 +75,7 @@ export const codec = {
     encode: (w: XdrWriter, a: RegisterArgs) =>
       w.fixedOpaque(uuidFromString(a.owner.uuid)).string(a.owner.name).u32(a.owner.id).u32(a.owner.pid).u32(a.flags),
   },
-  flags: {
-    decode: (r: XdrReader): FlagsArgs => ({ flags: r.u32() }),
-    encode: (w: XdrWriter, a: FlagsArgs) => w.u32(a.flags),
-  },
+  flags: flagsCodec,
   path: {
     decode: (r: XdrReader): PathArgs => ({ path: bytes(r), flags: r.u32() }),
     encode: (w: XdrWriter, a: PathArgs) => w.byteString(a.path).u32(a.flags),
@@ -108,105 +92,76 @@ export const codec = {
 
 // ---- the table -------------------------------------------------------------
 
-interface Row<A> {
-  proc: number;
-  name: string;
-  /** C function virtlockd names in its flag-check error. */
-  fn: string;
-  /** Accepted flag bits; undefined when the call has no flags field. */
-  flagsMask?: number;
-  /** Requires a registered owner (all but REGISTER and CREATE_LOCKSPACE). */
-  registered: boolean;
-  decode: (r: XdrReader) => A;
-  run: (deps: LockProgramDeps, st: LockClientState, args: A) => void | Promise<void>;
-}
+// The pre-checks after the flags, in virtlockd's order (restricted, then registered).
+const notRestricted = (st: LockClientState) => {
+  if (st.restricted) throw E.RESTRICTED();
+};
+const registered = (st: LockClientState) => {
+  if (!st.owner || st.owner.id === 0) throw E.NOT_REGISTERED();
+};
+const REGISTERED = [notRestricted, registered];
 
-const notRegistered = () =>
-  ProtocolError.report(ErrorCode.OPERATION_INVALID, ErrorDomain.RPC, 'lock owner details have not been registered');
-
-const restricted = () =>
-  ProtocolError.report(ErrorCode.OPERATION_DENIED, ErrorDomain.RPC, 'lock manager connection has been restricted');
-
+const row = rowOf<LockProgramDeps, LockClientState>();
 const fnName = (s: string) => `virLockSpaceProtocolDispatch${s}`;
 
-const rows: Array<Row<any>> = [
-  {
-    proc: Proc.REGISTER, name: 'REGISTER', fn: fnName('Register'), flagsMask: 0, registered: false,
-    decode: codec.register.decode,
-    run: (deps, st, a: RegisterArgs) => {
+/** The lock-space program, one row per procedure (rpc/program.ts has the row shape). */
+export const lockspaceRows = {
+  REGISTER: row({
+    proc: 1, fn: fnName('Register'), flagsMask: 0, checks: [notRestricted],
+    args: codec.register,
+    run: (deps, st, a) => {
       // virtlockd 9.0 reports id 0 with this (odd) text; re-registering overwrites.
-      if (a.owner.id === 0) throw notRegistered();
+      if (a.owner.id === 0) throw E.NOT_REGISTERED();
       st.owner = a.owner;
       deps.onRegister?.(st, a.owner);
     },
-  },
-  {
-    proc: Proc.RESTRICT, name: 'RESTRICT', fn: fnName('Restrict'), flagsMask: 0, registered: true,
-    decode: codec.flags.decode,
+  }),
+  RESTRICT: row({
+    proc: 2, fn: fnName('Restrict'), flagsMask: 0, checks: REGISTERED,
+    args: codec.flags,
     run: (_deps, st) => {
       st.restricted = true;
     },
-  },
-  {
-    proc: Proc.NEW, name: 'NEW', fn: fnName('New'), flagsMask: 0, registered: true,
-    decode: codec.path.decode,
-    run: (deps, _st, a: PathArgs) => deps.manager.newLockSpace(a.path),
-  },
-  {
-    proc: Proc.CREATE_RESOURCE, name: 'CREATE_RESOURCE', fn: fnName('CreateResource'), flagsMask: 0, registered: true,
-    decode: codec.resource.decode,
-    run: (deps, _st, a: ResourceArgs) => deps.manager.createResource(a.path, a.name),
-  },
-  {
-    proc: Proc.DELETE_RESOURCE, name: 'DELETE_RESOURCE', fn: fnName('DeleteResource'), flagsMask: 0, registered: true,
-    decode: codec.resource.decode,
-    run: (deps, _st, a: ResourceArgs) => deps.manager.deleteResource(a.path, a.name),
-  },
-  {
-    proc: Proc.ACQUIRE_RESOURCE, name: 'ACQUIRE_RESOURCE', fn: fnName('AcquireResource'), flagsMask: 3, registered: true,
-    decode: codec.resource.decode,
-    run: (deps, st, a: ResourceArgs) => deps.manager.acquire(a.path, a.name, a.flags, st.owner!),
-  },
-  {
-    proc: Proc.RELEASE_RESOURCE, name: 'RELEASE_RESOURCE', fn: fnName('ReleaseResource'), flagsMask: 0, registered: true,
-    decode: codec.resource.decode,
-    run: (deps, st, a: ResourceArgs) => deps.manager.release(a.path, a.name, st.owner!),
-  },
-  {
-    proc: Proc.CREATE_LOCKSPACE, name: 'CREATE_LOCKSPACE', fn: fnName('CreateLockSpace'), registered: false,
-    decode: codec.lockspace.decode,
-    run: async (deps, _st, a: LockspaceArgs) => {
+  }),
+  NEW: row({
+    proc: 3, fn: fnName('New'), flagsMask: 0, checks: REGISTERED,
+    args: codec.path,
+    run: (deps, _st, a) => deps.manager.newLockSpace(a.path),
+  }),
+  CREATE_RESOURCE: row({
+    proc: 4, fn: fnName('CreateResource'), flagsMask: 0, checks: REGISTERED,
+    args: codec.resource,
+    run: (deps, _st, a) => deps.manager.createResource(a.path, a.name),
+  }),
+  DELETE_RESOURCE: row({
+    proc: 5, fn: fnName('DeleteResource'), flagsMask: 0, checks: REGISTERED,
+    args: codec.resource,
+    run: (deps, _st, a) => deps.manager.deleteResource(a.path, a.name),
+  }),
+  ACQUIRE_RESOURCE: row({
+    proc: 6, fn: fnName('AcquireResource'), flagsMask: 3, checks: REGISTERED,
+    args: codec.resource,
+    run: (deps, st, a) => deps.manager.acquire(a.path, a.name, a.flags, st.owner!),
+  }),
+  RELEASE_RESOURCE: row({
+    proc: 7, fn: fnName('ReleaseResource'), flagsMask: 0, checks: REGISTERED,
+    args: codec.resource,
+    run: (deps, st, a) => deps.manager.release(a.path, a.name, st.owner!),
+  }),
+  // No flags field; not registered either (libvirt creates lock spaces before REGISTER).
+  CREATE_LOCKSPACE: row({
+    proc: 8, checks: [notRestricted],
+    args: codec.lockspace,
+    run: async (deps, _st, a) => {
       await deps.manager.createLockSpace(a.path);
     },
-  },
-];
+  }),
+};
 
-/** Turns a row into a generic procedure with the pre-checks in front. */
-function procedure<A extends Partial<FlagsArgs>>(deps: LockProgramDeps, row: Row<A>): Procedure<LockClientState, A, void> {
-  return {
-    proc: row.proc,
-    name: row.name,
-    decodeArgs: row.decode,
-    handle: (st, args) => {
-      if (row.flagsMask !== undefined) {
-        const bad = (args.flags ?? 0) & ~row.flagsMask;
-        if (bad) throw ProtocolError.unsupportedFlags(bad, row.fn);
-      }
-      if (st.restricted) throw restricted();
-      if (row.registered && (!st.owner || st.owner.id === 0)) throw notRegistered();
-      return row.run(deps, st, args);
-    },
-  };
-}
+export const Proc = procNumbers(lockspaceRows);
+
+const SPEC: ProgramSpec = { name: 'lockspace', prog: LOCKSPACE_PROGRAM, vers: LOCKSPACE_VERSION, flagsError: E.UNSUPPORTED_FLAGS };
 
 export function lockspaceProgram(deps: LockProgramDeps): Program<LockClientState> {
-  return defineProgram(
-    'lockspace',
-    LOCKSPACE_PROGRAM,
-    LOCKSPACE_VERSION,
-    rows.map((r) => procedure(deps, r)),
-  );
+  return rowsProgram(SPEC, lockspaceRows, deps);
 }
-
-/** Procedure names by number, for clients and logs. */
-export const procedureNames: ReadonlyMap<number, string> = new Map(rows.map((r) => [r.proc, r.name]));

@@ -11,9 +11,9 @@
 // Cleanup of lease files (relockctl cleanup) uses LIST_RESOURCES: dev/ino say
 // which files relockd holds; a lock probe from relockctl covers everyone else.
 
-import { ErrorCode, ErrorDomain, ProtocolError } from '../rpc/errors.js';
-import type { Procedure, Program } from '../rpc/program.js';
-import { defineProgram } from '../rpc/program.js';
+import { E } from '../rpc/errorCatalogue.js';
+import type { Codec, FlagsArgs, Program, ProgramSpec } from '../rpc/program.js';
+import { flagsCodec, procNumbers, rowOf, rowsProgram } from '../rpc/program.js';
 import type { XdrReader, XdrWriter } from '../rpc/xdr.js';
 import type { AdminContext } from './admin.js';
 import { uuidFromString, uuidToString } from './lockspace.js';
@@ -23,16 +23,6 @@ export const RELOCKD_ADMIN_VERSION = 1;
 export const RELOCKD_ADMIN_STRING_MAX = 4194304;
 /** Bound on every list (the 32 MiB message limit comes first in practice). */
 export const RELOCKD_ADMIN_LIST_MAX = 4_000_000;
-
-export const RelockdProc = {
-  GET_DAEMON_INFO: 1,
-  LIST_LOCKSPACES: 2,
-  LIST_RESOURCES: 3,
-  LIST_CLIENTS: 4,
-  REEXEC: 5,
-  HANDBACK: 6,
-  GET_METRICS: 16,
-} as const;
 
 // ---- types -------------------------------------------------------------------------
 
@@ -133,9 +123,7 @@ export interface HandbackRefused {
   warnings: string[];
 }
 
-export interface FlagsArgs {
-  flags: number;
-}
+export type { FlagsArgs };
 export interface FilterArgs {
   filter: string | null;
   flags: number;
@@ -216,7 +204,7 @@ const client = {
   }),
 };
 
-const reexecResult = {
+const reexecResult: Codec<ReexecResult> = {
   encode: (w: XdrWriter, x: ReexecResult) => {
     w.bool(x.ok).u32(Math.max(0, Math.round(x.blackoutMs)));
     wOptStr(w, x.ok ? null : x.error);
@@ -237,7 +225,7 @@ const termination = {
   decode: (r: XdrReader): TerminationInfo => ({ owner: owner.decode(r), since: num(r.i64()), phase: str(r) }),
 };
 
-const daemonInfo = {
+const daemonInfo: Codec<DaemonInfo> = {
   encode: (w: XdrWriter, d: DaemonInfo) => {
     w.string(d.version).u32(d.pid).i64(BigInt(Math.trunc(d.startedAt))).u64(BigInt(Math.max(0, Math.trunc(d.uptimeMs))));
     w.string(d.socket).string(d.adminSocket);
@@ -278,10 +266,7 @@ const daemonInfo = {
 };
 
 export const relockdCodec = {
-  flags: {
-    decode: (r: XdrReader): FlagsArgs => ({ flags: r.u32() }),
-    encode: (w: XdrWriter, a: FlagsArgs) => w.u32(a.flags),
-  },
+  flags: flagsCodec,
   filter: {
     // A lock-space path (LIST_RESOURCES) or a server name: a byte string.
     decode: (r: XdrReader): FilterArgs => ({ filter: r.optional(bytes), flags: r.u32() }),
@@ -335,104 +320,68 @@ export interface RelockdAdminBackend {
   metrics?: () => Promise<string>;
 }
 
-// ---- errors ------------------------------------------------------------------------------
-
-const fnName = (s: string) => `relockdAdminDispatch${s}`;
-
-function checkFlags(flags: number, fn: string): void {
-  if (flags === 0) return;
-  const e = ProtocolError.unsupportedFlags(flags, fn);
-  throw new ProtocolError({ ...e.wire, domain: ErrorDomain.ADMIN });
-}
-
-export const reexecUnsupported = () =>
-  ProtocolError.report(ErrorCode.NO_SUPPORT, ErrorDomain.ADMIN, 're-exec is not available in this relockd build');
-
-export const noSuchLockspace = (dir: string) =>
-  ProtocolError.report(ErrorCode.INVALID_ARG, ErrorDomain.ADMIN, `relockd has no lock space '${dir}'`);
-
 // ---- the table ------------------------------------------------------------------------------
 
-type Row = Procedure<AdminContext, any, any>;
+const row = rowOf<RelockdAdminBackend, AdminContext>();
+/** relockd's own "C function" names in flag-check errors, libvirt style. */
+const fnName = (s: string) => `relockdAdminDispatch${s}`;
 
-function rows(b: RelockdAdminBackend): Row[] {
-  return [
-    {
-      proc: RelockdProc.GET_DAEMON_INFO,
-      name: 'GET_DAEMON_INFO',
-      decodeArgs: relockdCodec.flags.decode,
-      encodeRet: relockdCodec.daemonInfo.encode,
-      handle: (_c, a: FlagsArgs) => {
-        checkFlags(a.flags, fnName('GetDaemonInfo'));
-        return b.daemonInfo();
-      },
+/**
+ * relockd's admin program, one row per procedure. A new procedure is one row
+ * here (its number, args and ret codecs, flags, run) plus its backend method;
+ * clients call it through the row (AdminClient.call).
+ */
+export const relockdAdminRows = {
+  GET_DAEMON_INFO: row({
+    proc: 1, fn: fnName('GetDaemonInfo'), flagsMask: 0,
+    args: flagsCodec, ret: daemonInfo,
+    run: (b) => b.daemonInfo(),
+  }),
+  LIST_LOCKSPACES: row({
+    proc: 2, fn: fnName('ListLockspaces'), flagsMask: 0,
+    args: flagsCodec, ret: relockdCodec.lockspaces,
+    run: (b) => b.lockspaces(),
+  }),
+  LIST_RESOURCES: row({
+    proc: 3, fn: fnName('ListResources'), flagsMask: 0,
+    args: relockdCodec.filter, ret: relockdCodec.resources,
+    run: (b, _c, a) => b.resources(a.filter),
+  }),
+  LIST_CLIENTS: row({
+    proc: 4, fn: fnName('ListClients'), flagsMask: 0,
+    args: relockdCodec.filter, ret: relockdCodec.clients,
+    run: (b, _c, a) => b.clients(a.filter),
+  }),
+  REEXEC: row({
+    proc: 5, fn: fnName('Reexec'), flagsMask: 0,
+    args: flagsCodec, ret: reexecResult,
+    run: (b, c) => {
+      if (!b.reexec) throw E.REEXEC_UNSUPPORTED();
+      return b.reexec(c);
     },
-    {
-      proc: RelockdProc.LIST_LOCKSPACES,
-      name: 'LIST_LOCKSPACES',
-      decodeArgs: relockdCodec.flags.decode,
-      encodeRet: relockdCodec.lockspaces.encode,
-      handle: (_c, a: FlagsArgs) => {
-        checkFlags(a.flags, fnName('ListLockspaces'));
-        return b.lockspaces();
-      },
+  }),
+  HANDBACK: row({
+    proc: 6, fn: fnName('Handback'), flagsMask: 0,
+    args: relockdCodec.handbackArgs, ret: relockdCodec.handbackRefused,
+    run: (b, c, a) => {
+      if (!b.handback) throw E.REEXEC_UNSUPPORTED();
+      return b.handback(c, a);
     },
-    {
-      proc: RelockdProc.LIST_RESOURCES,
-      name: 'LIST_RESOURCES',
-      decodeArgs: relockdCodec.filter.decode,
-      encodeRet: relockdCodec.resources.encode,
-      handle: (_c, a: FilterArgs) => {
-        checkFlags(a.flags, fnName('ListResources'));
-        return b.resources(a.filter);
-      },
+  }),
+  GET_METRICS: row({
+    proc: 16, fn: fnName('GetMetrics'), flagsMask: 0,
+    args: flagsCodec, ret: relockdCodec.text,
+    run: (b) => {
+      if (!b.metrics) throw E.METRICS_UNSUPPORTED();
+      return b.metrics();
     },
-    {
-      proc: RelockdProc.LIST_CLIENTS,
-      name: 'LIST_CLIENTS',
-      decodeArgs: relockdCodec.filter.decode,
-      encodeRet: relockdCodec.clients.encode,
-      handle: (_c, a: FilterArgs) => {
-        checkFlags(a.flags, fnName('ListClients'));
-        return b.clients(a.filter);
-      },
-    },
-    {
-      proc: RelockdProc.REEXEC,
-      name: 'REEXEC',
-      decodeArgs: relockdCodec.flags.decode,
-      encodeRet: relockdCodec.reexecResult.encode,
-      handle: (c, a: FlagsArgs) => {
-        checkFlags(a.flags, fnName('Reexec'));
-        if (!b.reexec) throw reexecUnsupported();
-        return b.reexec(c);
-      },
-    },
-    {
-      proc: RelockdProc.HANDBACK,
-      name: 'HANDBACK',
-      decodeArgs: relockdCodec.handbackArgs.decode,
-      encodeRet: relockdCodec.handbackRefused.encode,
-      handle: (c, a: HandbackArgs) => {
-        checkFlags(a.flags, fnName('Handback'));
-        if (!b.handback) throw reexecUnsupported();
-        return b.handback(c, a);
-      },
-    },
-    {
-      proc: RelockdProc.GET_METRICS,
-      name: 'GET_METRICS',
-      decodeArgs: relockdCodec.flags.decode,
-      encodeRet: relockdCodec.text.encode,
-      handle: (_c, a: FlagsArgs) => {
-        checkFlags(a.flags, fnName('GetMetrics'));
-        if (!b.metrics) throw ProtocolError.report(ErrorCode.NO_SUPPORT, ErrorDomain.ADMIN, 'metrics are not available in this relockd build');
-        return b.metrics();
-      },
-    },
-  ];
-}
+  }),
+};
+
+export const RelockdProc = procNumbers(relockdAdminRows);
+
+const SPEC: ProgramSpec = { name: 'relockd-admin', prog: RELOCKD_ADMIN_PROGRAM, vers: RELOCKD_ADMIN_VERSION, flagsError: E.ADMIN_UNSUPPORTED_FLAGS };
 
 export function relockdAdminProgram(backend: RelockdAdminBackend): Program<AdminContext> {
-  return defineProgram('relockd-admin', RELOCKD_ADMIN_PROGRAM, RELOCKD_ADMIN_VERSION, rows(backend));
+  return rowsProgram(SPEC, relockdAdminRows, backend);
 }

@@ -1,10 +1,11 @@
 // libvirt's error model on the wire: virNetMessageError, the error codes and
 // domains we send, and typed errors that carry them. Handlers throw these; the
-// RPC layer turns them into error replies (spec 2.3, 2.5, appendix B).
+// RPC layer turns them into error replies (spec 2.3, 2.5, appendix B). Which
+// errors exist, with their texts, is the catalogue's (errorCatalogue.ts).
 
 import { XdrReader, XdrWriter } from './xdr.js';
 
-/** virErrorNumber values used by virtlockd and relockd. */
+/** virErrorNumber values used by virtlockd and relockd: the one enum of codes relockd sends. */
 export const ErrorCode = {
   INTERNAL_ERROR: 1,
   NO_SUPPORT: 3,
@@ -14,15 +15,16 @@ export const ErrorCode = {
   RPC: 39,
   OPERATION_INVALID: 55,
   CONFIG_UNSUPPORTED: 67,
+  ARGUMENT_UNSUPPORTED: 74,
   RESOURCE_BUSY: 87,
+  NO_SERVER: 95,
+  NO_CLIENT: 96,
 } as const;
 
-/** virErrorDomain values. */
+/** virErrorDomain values relockd sends. */
 export const ErrorDomain = {
   NONE: 0,
   RPC: 7,
-  CONF: 9,
-  LOCKING: 42,
   LOCKSPACE: 51,
   ADMIN: 62,
 } as const;
@@ -30,7 +32,7 @@ export const ErrorDomain = {
 export const VIR_ERR_ERROR = 2;
 
 /** libvirt's per-code "info format" (str1 of ordinary errors). */
-const INFO_FORMAT: Record<number, string> = {
+export const INFO_FORMAT: Readonly<Record<number, string>> = {
   [ErrorCode.INTERNAL_ERROR]: 'internal error: %s',
   [ErrorCode.NO_SUPPORT]: 'this function is not supported by the connection driver: %s',
   [ErrorCode.INVALID_ARG]: 'invalid argument: %s',
