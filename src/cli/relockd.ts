@@ -14,6 +14,7 @@ import { REEXEC_ENV } from '../daemon/reexec.js';
 import { VERSION } from '../version.js';
 import { mark } from '../bootMarks.js';
 import { PidFileBusyError } from '../daemon/pidFile.js';
+import { ExitCode } from '../daemon/exitCode.js';
 import { STATUS_FD_ENV, daemonize, reportToInvoker } from '../daemon/daemonize.js';
 import { cliBoundsError } from './cliBounds.js';
 import { flushTurnNow } from '../turnFlush.js';
@@ -116,7 +117,7 @@ export async function main(argv: string[], originalArgv?: string[]): Promise<Dae
     checkArgs(args);
   } catch (err) {
     process.stderr.write(`relockd: error: ${(err as Error).message}\n`);
-    process.exit(1);
+    process.exit(ExitCode.FAILURE);
   }
   // Work in '/' in every mode; relative paths mean the start directory.
   const cwd = enterRoot(reexec || process.env[STATUS_FD_ENV] !== undefined);
@@ -137,7 +138,7 @@ export async function main(argv: string[], originalArgv?: string[]): Promise<Dae
       // virtlockd: a bad configuration is fatal at start (exit 1).
       reportToInvoker(`ERROR ${(err as Error).message}`);
       process.stderr.write(`relockd: error: ${(err as Error).message}\n`);
-      process.exit(1);
+      process.exit(ExitCode.FAILURE);
     }
     // A re-exec'd image must never exit over it (every lock would go), nor
     // fall back to the defaults: it keeps the settings the old image ran
@@ -184,7 +185,7 @@ export async function main(argv: string[], originalArgv?: string[]): Promise<Dae
     reportToInvoker(`ERROR ${(err as Error).message}`, logFiles(settings));
     process.stderr.write(`relockd: error: ${(err as Error).message}\n`);
     // virtlockd's exit codes: 1 pid file, 6 sockets (activation included).
-    process.exit(err instanceof PidFileBusyError ? 1 : 6);
+    process.exit(err instanceof PidFileBusyError ? ExitCode.PIDFILE : ExitCode.NETWORK);
   }
   reportToInvoker('READY');
   return daemon;

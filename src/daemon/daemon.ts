@@ -32,6 +32,7 @@ import { PidFile } from './pidFile.js';
 import type { DaemonLogger } from '../log.js';
 import type { ResolvedSettings } from './settings.js';
 import { safeModeRefusal, stoppingRefusal } from '../locks/errors.js';
+import { ExitCode } from './exitCode.js';
 import { listenerPath } from '../state/orphans.js';
 import type { ExecTarget, ReexecResult, ReplyAfterExec } from './reexec.js';
 import net from 'node:net';
@@ -688,6 +689,6 @@ export class Daemon {
     for (const c of this.adminServer?.clients.values() ?? []) c.close('daemon stopping');
     await listenersClosed;
     this.pidFile?.remove();
-    process.exit(0);
+    process.exit(ExitCode.OK);
   }
 }

@@ -4,6 +4,7 @@
 
 import { spawn } from 'node:child_process';
 import { closeSync, writeSync } from 'node:fs';
+import { ExitCode } from './exitCode.js';
 
 /** Set in the daemon child: the fd of the status pipe to the invoking process. */
 export const STATUS_FD_ENV = 'RELOCKD_DAEMON_STATUS_FD';
@@ -25,14 +26,14 @@ export async function daemonize(): Promise<never> {
   await new Promise<void>((resolve) => pipe.on('end', () => resolve()).on('close', () => resolve()));
   if (msg.startsWith('READY')) {
     child.unref();
-    process.exit(0);
+    process.exit(ExitCode.OK);
   }
   const [first = '', ...rest] = msg.split('\n');
   const logs = rest.find((l) => l.startsWith('LOG '))?.slice(4).trim();
   const reason = first.startsWith('ERROR ') ? first.slice(6).trim() : 'the daemon exited during start-up';
   const where = logs ? `the log (${logs.split('\t').join(', ')})` : 'the log';
   process.stderr.write(`relockd: error: ${reason}. For more, see ${where} or run without --daemon.\n`);
-  process.exit(1);
+  process.exit(ExitCode.FAILURE);
 }
 
 /** In the daemon child: tell the invoking process how the start went, once. */

@@ -8,6 +8,7 @@
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import { ProtocolError, encodeWireError } from './errors.js';
+import { E } from './errorCatalogue.js';
 import { FrameReader, FramingError, MessageStatus, MessageType, NUM_FDS_MAX, HEADER_SIZE, encodePacket } from './packet.js';
 import type { Header, Packet } from './packet.js';
 import type { Program } from './program.js';
@@ -234,12 +235,12 @@ export class ClientConnection<Ctx> {
     const isCall = h.type === MessageType.CALL || h.type === MessageType.CALL_WITH_FDS;
     const program = this.programs.get(h.prog)?.get(h.vers);
     if (!program) {
-      if (isCall) this.replyError(h, ProtocolError.rpc(`Cannot find program ${h.prog | 0} version ${h.vers | 0}`));
+      if (isCall) this.replyError(h, E.RPC_NO_PROGRAM({ prog: h.prog | 0, vers: h.vers | 0 }));
       return undefined;
     }
     if (!isCall) return undefined; // replies, messages and streams are dropped
     if (h.status !== MessageStatus.OK) {
-      this.replyError(h, ProtocolError.rpc(`Unexpected message status ${h.status >>> 0}`));
+      this.replyError(h, E.RPC_BAD_STATUS({ status: h.status >>> 0 }));
       return undefined;
     }
     const args = new XdrReader(pkt.body, HEADER_SIZE);
@@ -250,7 +251,7 @@ export class ClientConnection<Ctx> {
       try {
         nfds = args.u32();
       } catch {
-        this.replyError(h, ProtocolError.rpc('Unable to decode message payload'));
+        this.replyError(h, E.RPC_UNDECODABLE());
         return undefined;
       }
       if (nfds > NUM_FDS_MAX) {
@@ -261,7 +262,7 @@ export class ClientConnection<Ctx> {
     }
     const proc = program.procedures.get(h.proc);
     if (!proc) {
-      this.replyError(h, ProtocolError.rpc(`unknown procedure: ${h.proc}`));
+      this.replyError(h, E.RPC_UNKNOWN_PROC({ proc: h.proc }));
       return undefined;
     }
     let decoded: unknown;
@@ -270,7 +271,7 @@ export class ClientConnection<Ctx> {
     } catch (err) {
       if (!(err instanceof XdrDecodeError)) throw err;
       this.log.debug({ proc: proc.name, err: err.message }, 'undecodable arguments');
-      this.replyError(h, ProtocolError.rpc('Unable to decode message payload'));
+      this.replyError(h, E.RPC_UNDECODABLE());
       return undefined;
     }
     if (this.log.isLevelEnabled('debug')) this.log.debug({ program: program.name, proc: proc.name, serial: h.serial }, 'call');
@@ -413,5 +414,5 @@ function encodeReply(h: Header, status: number, payload?: Uint8Array): Buffer {
 function toProtocolError(err: unknown, log: Logger): ProtocolError {
   if (err instanceof ProtocolError) return err;
   log.error({ err }, 'handler failed without a protocol error');
-  return ProtocolError.unset();
+  return E.UNSET();
 }

@@ -93,7 +93,7 @@ export const E = {
   LOCKSPACE_NOT_FOUND: report(INTERNAL_ERROR, D.RPC, 'Lockspace for path {path} does not exist', 'a resource call in a lock space never created'),
   LOCKSPACE_EXISTS: report(INTERNAL_ERROR, D.RPC, 'Lockspace for path {path} already exists', 'NEW for a lock space that exists'),
   DEFAULT_LOCKSPACE_EXISTS: report(OPERATION_INVALID, D.RPC, 'the default lockspace already exists', 'NEW with the empty path'),
-  RESOURCE_LOCKED: report(RESOURCE_BUSY, D.LOCKSPACE, "Lockspace resource '{name}' is locked", 'ACQUIRE of a resource another owner holds (or DELETE of a held one)'),
+  RESOURCE_LOCKED: report(RESOURCE_BUSY, D.LOCKSPACE, "Lockspace resource '{name}' is locked", 'ACQUIRE of a resource another owner holds; CREATE_RESOURCE/DELETE_RESOURCE of a held one'),
   RESOURCE_NOT_LOCKED: report(RESOURCE_BUSY, D.LOCKSPACE, "Lockspace resource '{name}' is not locked", 'RELEASE of a resource nobody holds'),
   NOT_OWNER: report(INTERNAL_ERROR, D.LOCKSPACE, 'owner {pid} does not hold the resource lock', 'RELEASE by an owner that does not hold it'),
   NOT_A_DIRECTORY: report(INTERNAL_ERROR, D.LOCKSPACE, 'Lockspace location {path} exists, but is not a directory', 'CREATE_LOCKSPACE/NEW on a path that is a file'),

@@ -1,0 +1,52 @@
+// Renders docs/errors.md's generated part from the error catalogue and the
+// exit codes (test/errors.test.ts compares; RELOCKD_WRITE_ERRORS_DOC=1 writes).
+
+import { catalogue } from '../../src/rpc/errorCatalogue.js';
+import type { CatalogueEntry } from '../../src/rpc/errorCatalogue.js';
+import { ErrorCode, ErrorDomain } from '../../src/rpc/errors.js';
+import { EXIT_CODE_USES, ExitCode } from '../../src/daemon/exitCode.js';
+import type { ExitCodeName } from '../../src/daemon/exitCode.js';
+
+export const START = '<!-- generated from src/rpc/errorCatalogue.ts and src/daemon/exitCode.ts: do not edit by hand -->';
+export const END = '<!-- end of generated part -->';
+
+const nameOf = (table: Record<string, number>, v: number) => Object.keys(table).find((k) => table[k] === v);
+
+export function codeName(v: number): string {
+  const n = nameOf(ErrorCode, v);
+  return n ? `VIR_ERR_${n} (${v})` : `?? (${v})`;
+}
+
+export function domainName(v: number): string {
+  const n = nameOf(ErrorDomain, v);
+  return n ? `VIR_FROM_${n} (${v})` : `?? (${v})`;
+}
+
+/** The message text a client sees, with {placeholders}. */
+export function messageOf(e: CatalogueEntry): string {
+  switch (e.kind) {
+    case 'report':
+      return e.format.replace('%s', e.detail);
+    case 'system':
+      return `${e.detail}: <strerror(errno)>`;
+    default:
+      return e.detail;
+  }
+}
+
+const cell = (s: string) => '`' + s.replace(/\|/g, '\\|') + '`';
+const text = (s: string) => s.replace(/\|/g, '\\|');
+
+export function renderErrorsDoc(): string {
+  const lines = [START, '', '### Wire errors', ''];
+  lines.push('| Name | Code | Domain | Message | Sent when |', '|---|---|---|---|---|');
+  for (const e of catalogue()) {
+    lines.push(`| ${e.name} | ${codeName(e.code)} | ${domainName(e.domain)} | ${cell(messageOf(e))} | ${text(e.when)} |`);
+  }
+  lines.push('', '### Exit statuses of `relockd`', '', '| Name | Status | When |', '|---|---|---|');
+  for (const name of Object.keys(ExitCode) as ExitCodeName[]) {
+    lines.push(`| ${name} | ${ExitCode[name]} | ${text(EXIT_CODE_USES[name])} |`);
+  }
+  lines.push('', END);
+  return lines.join('\n');
+}
