@@ -1,26 +1,20 @@
 // The three RPC programs as the wire drift tests see them: the server's
 // table (through the Program interface of src/rpc/program.ts: procedure
 // number, name, decodeArgs, encodeRet), the client side's encoders and
-// decoders (what relockctl / LockspaceClient / AdminClient use), and the .x
-// file each is checked against. When the tables are reshaped, only the
-// `client` maps below may need their codec names updated.
+// decoders (the rows' own codecs, what relockctl / LockspaceClient /
+// AdminClient use), and the .x file each is checked against.
 
 import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { Program } from '../../src/rpc/program.js';
+import type { Codec, Program } from '../../src/rpc/program.js';
+import { voidCodec } from '../../src/rpc/program.js';
 import { XdrReader, XdrWriter } from '../../src/rpc/xdr.js';
-import { lockspaceProgram, codec, uuidToString } from '../../src/protocol/lockspace.js';
+import { lockspaceProgram, lockspaceRows, uuidToString } from '../../src/protocol/lockspace.js';
 import type { LockManager } from '../../src/locks/lockManager.js';
-import {
-  ADMIN_CLIENT_INFO_PARAMETERS_MAX,
-  ADMIN_SERVER_CLIENT_LIMITS_MAX,
-  ADMIN_SERVER_THREADPOOL_PARAMETERS_MAX,
-  adminCodec,
-  adminProgram,
-} from '../../src/protocol/admin.js';
+import { adminProgram, adminRows } from '../../src/protocol/admin.js';
 import type { AdminBackend } from '../../src/protocol/admin.js';
-import { relockdAdminProgram, relockdCodec } from '../../src/protocol/relockdAdmin.js';
+import { relockdAdminProgram, relockdAdminRows } from '../../src/protocol/relockdAdmin.js';
 import type { RelockdAdminBackend } from '../../src/protocol/relockdAdmin.js';
 import { parseX, resolve } from './xdrSpec.js';
 import type { XSpec, XType } from './xdrSpec.js';
@@ -61,28 +55,25 @@ const noManager = {} as LockManager;
 const noAdminBackend = {} as AdminBackend;
 const noRelockdBackend = {} as RelockdAdminBackend;
 
-const tp = adminCodec.params(ADMIN_SERVER_THREADPOOL_PARAMETERS_MAX);
-const tpSet = adminCodec.serverParams(ADMIN_SERVER_THREADPOOL_PARAMETERS_MAX);
-const limits = adminCodec.params(ADMIN_SERVER_CLIENT_LIMITS_MAX);
-const limitsSet = adminCodec.serverParams(ADMIN_SERVER_CLIENT_LIMITS_MAX);
-const info = adminCodec.params(ADMIN_CLIENT_INFO_PARAMETERS_MAX);
-
-const side = (encodeArgs?: Enc, decodeRet?: Dec): ClientSide => ({ ...(encodeArgs && { encodeArgs }), ...(decodeRet && { decodeRet }) });
+/**
+ * The client side of a table: each row's args encoder and ret decoder, what
+ * AdminClient (and, through the same codec objects, LockspaceClient) sends
+ * and reads. voidCodec args are an empty payload.
+ */
+function clientOf(rows: Readonly<Record<string, { proc: number; args: Codec<any>; ret?: Codec<any> }>>): ReadonlyMap<number, ClientSide> {
+  return new Map(
+    Object.values(rows).map((r): [number, ClientSide] => [
+      r.proc,
+      { ...(r.args !== voidCodec && { encodeArgs: r.args.encode }), ...(r.ret && { decodeRet: r.ret.decode }) },
+    ]),
+  );
+}
 
 export const wirePrograms: readonly WireProgram[] = [
   {
     key: 'lockspace',
     program: lockspaceProgram({ manager: noManager }),
-    client: new Map([
-      [1, side(codec.register.encode)],
-      [2, side(codec.flags.encode)],
-      [3, side(codec.path.encode)],
-      [4, side(codec.resource.encode)],
-      [5, side(codec.resource.encode)],
-      [6, side(codec.resource.encode)],
-      [7, side(codec.resource.encode)],
-      [8, side(codec.lockspace.encode)],
-    ]),
+    client: clientOf(lockspaceRows),
     xFile: 'protocol/libvirt/lock_protocol.x',
     procPrefix: 'VIR_LOCK_SPACE_PROTOCOL_PROC_',
     structPrefix: 'virLockSpaceProtocol',
@@ -93,27 +84,7 @@ export const wirePrograms: readonly WireProgram[] = [
   {
     key: 'admin',
     program: adminProgram(noAdminBackend),
-    client: new Map([
-      [1, side(adminCodec.flags.encode)],
-      [2, side()],
-      [3, side(undefined, adminCodec.libVersion.decode)],
-      [4, side(adminCodec.list.encode, adminCodec.listServers.decode)],
-      [5, side(adminCodec.lookupServer.encode, adminCodec.serverRet.decode)],
-      [6, side(adminCodec.server.encode, tp.decode)],
-      [7, side(tpSet.encode)],
-      [8, side(adminCodec.listClients.encode, adminCodec.listClientsRet.decode)],
-      [9, side(adminCodec.lookupClient.encode, adminCodec.clientRet.decode)],
-      [10, side(adminCodec.client.encode, info.decode)],
-      [11, side(adminCodec.client.encode)],
-      [12, side(adminCodec.server.encode, limits.decode)],
-      [13, side(limitsSet.encode)],
-      [14, side(adminCodec.flags.encode, adminCodec.loggingOutputs.decode)],
-      [15, side(adminCodec.flags.encode, adminCodec.loggingFilters.decode)],
-      [16, side(adminCodec.optString.encode)],
-      [17, side(adminCodec.optString.encode)],
-      [18, side(adminCodec.server.encode)],
-      [19, side(adminCodec.timeout.encode)],
-    ]),
+    client: clientOf(adminRows),
     xFile: 'protocol/libvirt/admin_protocol.x',
     procPrefix: 'ADMIN_PROC_',
     structPrefix: 'admin_',
@@ -127,15 +98,7 @@ export const wirePrograms: readonly WireProgram[] = [
   {
     key: 'relockd-admin',
     program: relockdAdminProgram(noRelockdBackend),
-    client: new Map([
-      [1, side(relockdCodec.flags.encode, relockdCodec.daemonInfo.decode)],
-      [2, side(relockdCodec.flags.encode, relockdCodec.lockspaces.decode)],
-      [3, side(relockdCodec.filter.encode, relockdCodec.resources.decode)],
-      [4, side(relockdCodec.filter.encode, relockdCodec.clients.decode)],
-      [5, side(relockdCodec.flags.encode, relockdCodec.reexecResult.decode)],
-      [6, side(relockdCodec.handbackArgs.encode, relockdCodec.handbackRefused.decode)],
-      [16, side(relockdCodec.flags.encode, relockdCodec.text.decode)],
-    ]),
+    client: clientOf(relockdAdminRows),
     xFile: 'protocol/relockd_admin_protocol.x',
     procPrefix: 'RELOCKD_ADMIN_PROC_',
     structPrefix: 'relockd_admin_',

@@ -43,7 +43,8 @@ export const lockspaceCases: ProgramCases = {
   ],
   error: {
     proc: 6,
-    wire: ProtocolError.report(ErrorCode.RESOURCE_BUSY, ErrorDomain.LOCKING, 'Lockspace resource \'/var/lib/libvirt/images/g1.qcow2\' is locked').wire,
+    // 42 = VIR_FROM_LOCKING, a domain relockd does not send (ErrorDomain lists only those): the fixture pins the layout.
+    wire: ProtocolError.report(ErrorCode.RESOURCE_BUSY, 42, 'Lockspace resource \'/var/lib/libvirt/images/g1.qcow2\' is locked').wire,
   },
 };
 
@@ -119,7 +120,7 @@ export const adminCases: ProgramCases = {
   ],
   error: {
     proc: 5,
-    wire: ProtocolError.formatted(95, ErrorDomain.RPC, 'Server not found: %s', "No server named 'nosuch'").wire,
+    wire: ProtocolError.formatted(ErrorCode.NO_SERVER, ErrorDomain.RPC, 'Server not found: %s', "No server named 'nosuch'").wire,
   },
 };
 
