@@ -197,7 +197,7 @@ async function startRelockdForBench(dir: string, label: string, logLevel: string
     } catch {
       /* none */
     }
-    throw new Error(`relockd (${label}): ${(e as Error).message}\n${log}`);
+    throw new Error(`relockd (${label}): ${(e as Error).message}\n${log}`, { cause: e });
   }
   return {
     label,
@@ -557,7 +557,11 @@ function report(cells: Cell[], opts: Opts, clk: number, out: (s: string) => void
   // Thread accounting check: the process line must include its threads.
   let proc = 0;
   let threads = 0;
-  for (const c of cells) for (const r of c.runs) (proc += r.daemonTicks), (threads += r.daemonMainTicks + r.daemonOtherTicks);
+  for (const c of cells)
+    for (const r of c.runs) {
+      proc += r.daemonTicks;
+      threads += r.daemonMainTicks + r.daemonOtherTicks;
+    }
   out('');
   out(`check: daemon CPU from /proc/<pid>/stat ${proc} ticks vs sum of /proc/<pid>/task/*/stat ${threads} ticks (threads are included in the process figure).`);
 

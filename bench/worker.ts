@@ -414,7 +414,8 @@ function snapshot(g: Group, daemonPid: number): Snapshot {
 
 async function runWindow(g: Group, m: RunMsg): Promise<WindowResult> {
   const done = g.start();
-  let failure: Error | null = null;
+  // (asserted, not annotated: TS would narrow it to null and miss the catch)
+  let failure = null as Error | null;
   done.catch((e: Error) => (failure = e));
   await sleep(m.preRollMs);
   const a = snapshot(g, m.daemonPid);

@@ -180,7 +180,7 @@ export async function instantiate(t: Test, example: string, opts: { args?: strin
     try {
       await waitFor(() => cond() || dead, 20000, what);
     } catch (e) {
-      throw new Error(`${(e as Error).message}\n--- output ---\n${out}`);
+      throw new Error(`${(e as Error).message}\n--- output ---\n${out}`, { cause: e });
     }
     if (!cond()) throw new Error(`fixture/daemon exited while waiting for ${what}\n--- output ---\n${out}`);
   };
