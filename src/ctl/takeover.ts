@@ -20,7 +20,7 @@ import type { DaemonInfo, ResourceInfo } from '../protocol/relockdAdmin.js';
 import { CtlError, Exit } from './command.js';
 import type { GlobalArgs } from './command.js';
 import { alive, cmdlineOf, environOf, euidOf, exeOf, inodeKey, locksOf, parseVirtlockdArgv, resolveExecTarget, systemdUnitOf } from './procInfo.js';
-import type { HeldLock, VirtlockdArgs } from './procInfo.js';
+import type { VirtlockdArgs } from './procInfo.js';
 import { installDropin } from './systemdDropin.js';
 import { err, json, out } from './output.js';
 
@@ -389,5 +389,3 @@ export async function cmdTakeover(a: TakeoverArgs): Promise<number> {
   }
   return report.ok && !systemd?.error ? Exit.OK : Exit.ERROR;
 }
-
-export type { HeldLock };

@@ -210,7 +210,6 @@ export class AdminService implements Service<AdminContext> {
       setDaemonTimeout: (sec) => {
         // virNetDaemonAutoShutdown: 0 turns the idle exit off. The daemon's
         // idle check (--timeout) reads opts.timeoutSec.
-        this.daemon.autoShutdownTimeout = sec;
         this.daemon.opts.timeoutSec = sec > 0 ? sec : null;
         this.daemon.log.info({ timeout: sec }, 'daemon timeout set by admin');
       },

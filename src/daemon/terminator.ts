@@ -95,7 +95,7 @@ export function closeProcessHandle(h: ProcessHandle): void {
 }
 
 /** True while the process can still run: not reaped, not a zombie, not reused. */
-export async function isAlive(h: ProcessHandle): Promise<boolean> {
+async function isAlive(h: ProcessHandle): Promise<boolean> {
   if (h.pidfd >= 0) {
     try {
       native.pidfdSendSignal(h.pidfd, 0);

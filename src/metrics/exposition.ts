@@ -13,7 +13,7 @@ import { ACQUIRE_RESULTS, RELEASE_RESULTS, STORAGE_BUCKETS, TERMINATION_OUTCOMES
 import { lazyRequire } from '../lazyRequire.js';
 
 /** One lock space's health, as the storage-failure work defines it. */
-export interface LockspaceHealth {
+interface LockspaceHealth {
   lockspace: string;
   state: string;
 }

@@ -14,14 +14,14 @@ import type { XdrReader, XdrWriter } from '../rpc/xdr.js';
 export const ADMIN_PROGRAM = 0x06900690;
 export const ADMIN_PROTOCOL_VERSION = 1;
 
-export const ADMIN_STRING_MAX = 4194304;
-export const ADMIN_SERVER_LIST_MAX = 16384;
+const ADMIN_STRING_MAX = 4194304;
+const ADMIN_SERVER_LIST_MAX = 16384;
 export const ADMIN_SERVER_THREADPOOL_PARAMETERS_MAX = 32;
-export const ADMIN_CLIENT_LIST_MAX = 16384;
+const ADMIN_CLIENT_LIST_MAX = 16384;
 export const ADMIN_CLIENT_INFO_PARAMETERS_MAX = 64;
 export const ADMIN_SERVER_CLIENT_LIMITS_MAX = 32;
 /** VIR_TYPED_PARAM_FIELD_LENGTH */
-export const TYPED_PARAM_FIELD_LENGTH = 80;
+const TYPED_PARAM_FIELD_LENGTH = 80;
 
 export const AdminProc = {
   CONNECT_OPEN: 1,
@@ -46,7 +46,7 @@ export const AdminProc = {
 } as const;
 
 /** virErrorNumber values only the admin program uses. */
-export const AdminErrorCode = {
+const AdminErrorCode = {
   ARGUMENT_UNSUPPORTED: 74,
   NO_SERVER: 95,
   NO_CLIENT: 96,
@@ -57,17 +57,6 @@ export const ClientTransport = { UNIX: 0, TCP: 1, TLS: 2 } as const;
 
 // ---- typed parameters (admin_typed_param) ---------------------------------
 
-/** virTypedParameterType */
-export const TypedParamType = {
-  INT: 1,
-  UINT: 2,
-  LLONG: 3,
-  ULLONG: 4,
-  DOUBLE: 5,
-  BOOLEAN: 6,
-  STRING: 7,
-} as const;
-
 export type TypedParam =
   | { field: string; type: 'int'; value: number }
   | { field: string; type: 'uint'; value: number }
@@ -77,8 +66,9 @@ export type TypedParam =
   | { field: string; type: 'boolean'; value: boolean }
   | { field: string; type: 'string'; value: string };
 
-export type TypedParamTypeName = TypedParam['type'];
+type TypedParamTypeName = TypedParam['type'];
 
+/** virTypedParameterType numbers (VIR_TYPED_PARAM_INT = 1 … _STRING = 7). */
 const TYPE_NAMES: Record<number, TypedParamTypeName> = {
   1: 'int',
   2: 'uint',
@@ -101,7 +91,7 @@ const TYPE_NUMBERS: Record<TypedParamTypeName, number> = {
 
 const adminString = (r: XdrReader) => r.string(ADMIN_STRING_MAX);
 
-export function decodeTypedParam(r: XdrReader): TypedParam {
+function decodeTypedParam(r: XdrReader): TypedParam {
   const field = adminString(r);
   const type = r.i32();
   switch (TYPE_NAMES[type]) {
@@ -125,7 +115,7 @@ export function decodeTypedParam(r: XdrReader): TypedParam {
   }
 }
 
-export function encodeTypedParam(w: XdrWriter, p: TypedParam): void {
+function encodeTypedParam(w: XdrWriter, p: TypedParam): void {
   w.string(p.field);
   w.i32(TYPE_NUMBERS[p.type]);
   switch (p.type) {
@@ -385,7 +375,7 @@ function libvirtError(code: number, domain: number, fmt: string, detail: string)
 }
 
 /** virNetDaemonGetServer's error (domain RPC). */
-export const noServer = (name: string) =>
+const noServer = (name: string) =>
   libvirtError(AdminErrorCode.NO_SERVER, ErrorDomain.RPC, 'Server not found: %s', `No server named '${name}'`);
 
 /** The admin dispatcher's own wording for the same (domain ADMIN). */
@@ -393,7 +383,7 @@ const noServerMatching = (name: string) =>
   libvirtError(AdminErrorCode.NO_SERVER, ErrorDomain.ADMIN, 'Server not found: %s', `no server with matching name '${name}' found`);
 
 /** virNetServerGetClient's error. */
-export const noClient = (id: bigint) =>
+const noClient = (id: bigint) =>
   libvirtError(AdminErrorCode.NO_CLIENT, ErrorDomain.RPC, 'Client not found: %s', `No client with matching ID '${id}'`);
 
 const noClientMatching = (id: bigint) =>

@@ -12,7 +12,7 @@ import type { LockManager, Owner } from '../locks/lockManager.js';
 export const LOCKSPACE_PROGRAM = 0x0ea7beef;
 export const LOCKSPACE_VERSION = 1;
 /** VIR_LOCK_SPACE_PROTOCOL_STRING_MAX */
-export const LOCKSPACE_STRING_MAX = 65536;
+const LOCKSPACE_STRING_MAX = 65536;
 
 export const Proc = {
   REGISTER: 1,
@@ -207,6 +207,3 @@ export function lockspaceProgram(deps: LockProgramDeps): Program<LockClientState
     rows.map((r) => procedure(deps, r)),
   );
 }
-
-/** Procedure names by number, for clients and logs. */
-export const procedureNames: ReadonlyMap<number, string> = new Map(rows.map((r) => [r.proc, r.name]));

@@ -20,9 +20,9 @@ import { uuidFromString, uuidToString } from './lockspace.js';
 
 export const RELOCKD_ADMIN_PROGRAM = 0x52454c4b; // "RELK"
 export const RELOCKD_ADMIN_VERSION = 1;
-export const RELOCKD_ADMIN_STRING_MAX = 4194304;
+const RELOCKD_ADMIN_STRING_MAX = 4194304;
 /** Bound on every list (the 32 MiB message limit comes first in practice). */
-export const RELOCKD_ADMIN_LIST_MAX = 4_000_000;
+const RELOCKD_ADMIN_LIST_MAX = 4_000_000;
 
 export const RelockdProc = {
   GET_DAEMON_INFO: 1,
@@ -345,7 +345,7 @@ function checkFlags(flags: number, fn: string): void {
   throw new ProtocolError({ ...e.wire, domain: ErrorDomain.ADMIN });
 }
 
-export const reexecUnsupported = () =>
+const reexecUnsupported = () =>
   ProtocolError.report(ErrorCode.NO_SUPPORT, ErrorDomain.ADMIN, 're-exec is not available in this relockd build');
 
 export const noSuchLockspace = (dir: string) =>

@@ -169,7 +169,7 @@ export class RpcClient {
 }
 
 /** The payload of a reply, or the RemoteError it carries. */
-export function replyPayload(reply: Packet): XdrReader {
+function replyPayload(reply: Packet): XdrReader {
   const r = new XdrReader(reply.body, HEADER_SIZE);
   if (reply.header.status === MessageStatus.ERROR) throw new RemoteError(decodeWireError(r), reply.header);
   if (reply.header.status !== MessageStatus.OK) throw new Error(`unexpected reply status ${reply.header.status}`);

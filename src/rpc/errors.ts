@@ -27,7 +27,7 @@ export const ErrorDomain = {
   ADMIN: 62,
 } as const;
 
-export const VIR_ERR_ERROR = 2;
+const VIR_ERR_ERROR = 2;
 
 /** libvirt's per-code "info format" (str1 of ordinary errors). */
 const INFO_FORMAT: Record<number, string> = {
@@ -152,7 +152,7 @@ export class ProtocolError extends Error {
 }
 
 /** Maximum length of strings in the generic RPC types (error messages). */
-export const VIR_NET_MESSAGE_STRING_MAX = 4194304;
+const VIR_NET_MESSAGE_STRING_MAX = 4194304;
 
 export function encodeWireError(w: XdrWriter, e: WireError): void {
   // Messages quote paths and names, which are byte strings (src/byteString.ts):

@@ -3,12 +3,12 @@
 
 import { XdrReader } from './xdr.js';
 
-export const LEN_WORD = 4;
+const LEN_WORD = 4;
 export const HEADER_SIZE = 24;
 /** Smallest meaningful packet: length word + header. */
-export const MIN_PACKET = LEN_WORD + HEADER_SIZE;
+const MIN_PACKET = LEN_WORD + HEADER_SIZE;
 /** VIR_NET_MESSAGE_MAX: header + payload, length word excluded. */
-export const MESSAGE_MAX = 33554432;
+const MESSAGE_MAX = 33554432;
 /** Largest length word the server accepts. */
 export const MAX_PACKET = MESSAGE_MAX + LEN_WORD;
 /** VIR_NET_MESSAGE_NUM_FDS_MAX */

@@ -116,7 +116,7 @@ export interface VirtlockdOptions {
   startTimeoutMs?: number;
 }
 
-export interface ExitInfo {
+interface ExitInfo {
   code: number | null;
   signal: NodeJS.Signals | null;
 }
