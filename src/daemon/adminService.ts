@@ -319,8 +319,8 @@ export class AdminService implements Service<AdminContext> {
 
   private async reexec(caller: AdminConnState): Promise<ReexecResult> {
     const d = this.daemon;
-    // A second caller would wait for the first re-exec while being a request
-    // in flight itself, which that re-exec's quiesce waits for: refuse instead.
+    // A second caller joins a running re-exec (Reexecutor.run merges it);
+    // the new image answers every merged call.
     const header = caller.conn.currentHeader;
     d.log.warn({ client: caller.conn.id, peer: caller.conn.peer }, 're-exec requested by admin');
     const r = await d.reexec('admin', header ? { conn: caller.conn, header } : undefined);
