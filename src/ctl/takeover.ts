@@ -37,7 +37,7 @@ export interface TakeoverArgs extends GlobalArgs {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** virtlockd's own paths for its effective uid (spec 1.2): sockets, pid and state files. */
+/** virtlockd's own paths for its effective uid (virLockDaemonUnixSocketPaths and friends): sockets, pid and state files. */
 export function virtlockdPaths(euid: number, env: Record<string, string>): { socket: string; adminSocket: string; pidFile: string; stateFile: string } {
   if (euid === 0) {
     return { socket: '/run/libvirt/virtlockd-sock', adminSocket: '/run/libvirt/virtlockd-admin-sock', pidFile: '/run/virtlockd.pid', stateFile: '/run/virtlockd-restart-exec.json' };

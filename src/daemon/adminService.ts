@@ -6,7 +6,7 @@
 // client-disconnect on a lock-socket client runs that connection's normal
 // close path: closing QEMU's inherited connection while it holds leases ends
 // QEMU (SIGTERM, then SIGKILL) and releases its leases, exactly as virtlockd
-// does (spec 3.6). That is intended; it is the administrator's hammer.
+// does (virLockDaemonClientFree). That is intended; it is the administrator's hammer.
 
 import { readFileSync } from 'node:fs';
 import { userInfo } from 'node:os';

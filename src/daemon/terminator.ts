@@ -1,5 +1,5 @@
 // Ends an owner process that lost its lock connection while holding leases,
-// so that no VM runs without its leases. Unlike virtlockd (spec 3.6), this
+// so that no VM runs without its leases. Unlike virtlockd (virLockDaemonClientFree), this
 // never blocks the event loop (timers, not sleeps) and never signals a
 // recycled pid: signals go through a pidfd taken while the process was
 // certainly alive, and liveness is checked through that same pidfd.

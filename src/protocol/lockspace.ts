@@ -1,6 +1,6 @@
 // virtlockd's lock-space program (0x0EA7BEEF v1), as a table. Each row says
 // which flags it accepts, which pre-checks apply (in virtlockd's order:
-// flags → restricted → registered, spec 3.4), how to decode its args, and
+// flags → restricted → registered, as lock_daemon_dispatch.c's handlers), how to decode its args, and
 // what it does. All procedures return void.
 
 import { ErrorCode, ErrorDomain, ProtocolError } from '../rpc/errors.js';

@@ -1,6 +1,6 @@
 // A libvirt RPC client over a UNIX socket: used by relockctl, the tests and
 // the benchmarks. Calls may be pipelined; replies are matched by serial
-// (libvirt's client matches prog, vers and serial, spec 2.8).
+// (libvirt's client matches prog, vers and serial: virNetClientCallDispatchReply).
 
 import net from 'node:net';
 import { decodeWireError } from './errors.js';

@@ -1,6 +1,7 @@
 // libvirt's error model on the wire: virNetMessageError, the error codes and
 // domains we send, and typed errors that carry them. Handlers throw these; the
-// RPC layer turns them into error replies (spec 2.3, 2.5, appendix B).
+// RPC layer turns them into error replies (libvirt: virNetServerProgramSendError,
+// src/rpc/virnetserverprogram.c; codes and domains: virterror.h).
 
 import { XdrReader, XdrWriter } from './xdr.js';
 

@@ -1,5 +1,6 @@
 // libvirt RPC framing: a 4-byte length word that counts itself, a 24-byte
-// header, then the XDR payload (spec 2.1, 2.2).
+// header, then the XDR payload (libvirt: virNetMessageDecodeLength and
+// virNetMessageDecodeHeader, src/rpc/virnetmessage.c).
 
 import { XdrReader } from './xdr.js';
 
@@ -79,7 +80,7 @@ export class FramingError extends Error {
 
 /**
  * Incremental frame splitter. Bytes go in as they arrive; complete packets
- * come out. A bad length word is fatal for the connection (spec 2.2), which
+ * come out. A bad length word is fatal for the connection (virNetMessageDecodeLength), which
  * the caller learns from a thrown FramingError.
  *
  * Unconsumed bytes are kept in `pending()` so a re-exec can carry a
@@ -111,7 +112,7 @@ export class FrameReader {
 
   /**
    * Discards the next n bytes of the stream: libvirt sends each passed fd in
-   * its own sendmsg with one dummy data byte after the packet (spec 2.6).
+   * its own sendmsg with one dummy data byte after the packet (virNetSocketSendFD).
    */
   skip(n: number): void {
     this.toSkip += n;

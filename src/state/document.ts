@@ -1,4 +1,4 @@
-// The re-exec state document: virtlockd 9.0's format (spec 6.3), so that
+// The re-exec state document: virtlockd 9.0's format (virLockDaemonPreExecRestart), so that
 // either daemon's state can be read, plus one `relockd` object for what
 // virtlockd does not carry. schemas/state.schema.json is the authority; these
 // types mirror it.
