@@ -4,7 +4,7 @@
 
 import { XdrReader } from './xdr.js';
 
-const LEN_WORD = 4;
+export const LEN_WORD = 4;
 export const HEADER_SIZE = 24;
 /** Smallest meaningful packet: length word + header. */
 const MIN_PACKET = LEN_WORD + HEADER_SIZE;
