@@ -32,6 +32,7 @@ import type { FromWorker, Scenario, SetupMsg, ToWorker, WindowResult } from './w
 import { Generator } from './generator.js';
 import { fmtMb, procMem } from './procmem.js';
 import type { ProcMem } from './procmem.js';
+import { fmt1, median, table } from './stats.js';
 
 const NCPU = cpus().length;
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -197,7 +198,7 @@ async function startRelockdForBench(dir: string, label: string, logLevel: string
     } catch {
       /* none */
     }
-    throw new Error(`relockd (${label}): ${(e as Error).message}\n${log}`);
+    throw new Error(`relockd (${label}): ${(e as Error).message}\n${log}`, { cause: e });
   }
   return {
     label,
@@ -292,13 +293,6 @@ function derive(r: WindowResult & { logBytes: number }, clk: number): Derived {
   };
 }
 
-function median(xs: number[]): number {
-  const v = xs.filter((x) => !Number.isNaN(x)).sort((a, b) => a - b);
-  if (!v.length) return NaN;
-  const m = v.length >> 1;
-  return v.length % 2 ? v[m]! : (v[m - 1]! + v[m]!) / 2;
-}
-
 function medians(cell: Cell, clk: number): Derived & { min: number; max: number } {
   const d = cell.runs.map((r) => derive(r, clk));
   const keys = Object.keys(d[0]!) as Array<keyof Derived>;
@@ -312,16 +306,8 @@ function medians(cell: Cell, clk: number): Derived & { min: number; max: number 
 // ---- formatting -------------------------------------------------------------------------
 
 const fmtInt = (n: number) => (Number.isNaN(n) ? '-' : Math.round(n).toLocaleString('en-US'));
-const fmt1 = (n: number) => (Number.isNaN(n) ? '-' : n.toFixed(1));
 const fmt2 = (n: number) => (Number.isNaN(n) ? '-' : n.toFixed(2));
 const pct = (n: number) => (Number.isNaN(n) ? '-' : `${Math.round(n * 100)}%`);
-
-function table(rows: string[][], header: string[]): string {
-  const all = [header, ...rows];
-  const w = header.map((_, i) => Math.max(...all.map((r) => r[i]!.length)));
-  const line = (r: string[]) => r.map((c, i) => (i < 3 ? c.padEnd(w[i]!) : c.padStart(w[i]!))).join('  ');
-  return [line(header), w.map((n) => '-'.repeat(n)).join('  '), ...rows.map(line)].join('\n');
-}
 
 function scenarioLabel(s: Scenario): string {
   return s === 'own' ? 'own (default ls)' : s === 'contend' ? 'contend (1 file)' : 'dir+AUTOCREATE';
@@ -557,7 +543,11 @@ function report(cells: Cell[], opts: Opts, clk: number, out: (s: string) => void
   // Thread accounting check: the process line must include its threads.
   let proc = 0;
   let threads = 0;
-  for (const c of cells) for (const r of c.runs) (proc += r.daemonTicks), (threads += r.daemonMainTicks + r.daemonOtherTicks);
+  for (const c of cells)
+    for (const r of c.runs) {
+      proc += r.daemonTicks;
+      threads += r.daemonMainTicks + r.daemonOtherTicks;
+    }
   out('');
   out(`check: daemon CPU from /proc/<pid>/stat ${proc} ticks vs sum of /proc/<pid>/task/*/stat ${threads} ticks (threads are included in the process figure).`);
 

@@ -40,7 +40,7 @@ import { startVirtlockd, virtlockdAvailable, virtlockdUnavailableReason, visible
 import { probe } from '../test/lib/probe.js';
 import { statTicks } from './worker.js';
 import type { CellRunMsg, CellSetupMsg, FromReexecWorker, RunResult, ToReexecWorker } from './reexec-worker.js';
-import { fmt1, fmtMs, hostJiffies, median, table } from './reexec-stats.js';
+import { fmt1, fmtMs, hostJiffies, median, table } from './stats.js';
 import { Generator } from './generator.js';
 import { fmtMb, procMem } from './procmem.js';
 import type { ProcMem } from './procmem.js';

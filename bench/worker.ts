@@ -21,6 +21,7 @@ import { encodePacket, MessageType, MessageStatus } from '../src/rpc/packet.js';
 import { LOCKSPACE_PROGRAM, LOCKSPACE_VERSION, Proc, codec, uuidToString } from '../src/protocol/lockspace.js';
 import { XdrReader, XdrWriter } from '../src/rpc/xdr.js';
 import { decodeWireError } from '../src/rpc/errors.js';
+import { hostJiffies } from './stats.js';
 
 // ---- messages ----------------------------------------------------------------
 
@@ -138,15 +139,6 @@ function sampleThreads(pid: number): Map<number, ThreadSample> {
     }
   }
   return out;
-}
-
-function hostJiffies(): { busy: number; total: number } {
-  const line = readFileSync('/proc/stat', 'latin1').split('\n', 1)[0]!;
-  const v = line.trim().split(/\s+/).slice(1).map(Number);
-  // user nice system idle iowait irq softirq steal (guest* are inside user)
-  const total = v.slice(0, 8).reduce((a, b) => a + b, 0);
-  const idle = (v[3] ?? 0) + (v[4] ?? 0);
-  return { busy: total - idle, total };
 }
 
 interface Snapshot {
@@ -414,7 +406,8 @@ function snapshot(g: Group, daemonPid: number): Snapshot {
 
 async function runWindow(g: Group, m: RunMsg): Promise<WindowResult> {
   const done = g.start();
-  let failure: Error | null = null;
+  // (asserted, not annotated: TS would narrow it to null and miss the catch)
+  let failure = null as Error | null;
   done.catch((e: Error) => (failure = e));
   await sleep(m.preRollMs);
   const a = snapshot(g, m.daemonPid);

@@ -589,12 +589,67 @@ class PidfdWatch : public Napi::ObjectWrap<PidfdWatch> {
   Napi::AsyncContext ctx_;
 };
 
+// ---- storage jobs: shared pieces ------------------------------------------------------
+
+// A storage call interrupted by a signal before it did anything is simply
+// made again (libuv installs its handlers with SA_RESTART, but a handler
+// without it, or a pool thread's own signal, would otherwise turn a slow NFS
+// call into a spurious failure). Never for close(): on Linux the fd is gone
+// even when close reports EINTR.
+template <typename Call>
+auto RetryEintr(Call call) -> decltype(call()) {
+  decltype(call()) r;
+  do {
+    r = call();
+  } while (r < 0 && errno == EINTR);
+  return r;
+}
+
+// One AsyncWorker for every storage job (LockJob, ReleaseJob): Run() on a
+// pool thread, then cb(err) or cb(null, result) on the loop. A job provides
+// Run(), Error() (the failure to report, or nullptr) and Result(env).
+template <typename Job>
+class JobWorker : public Napi::AsyncWorker {
+ public:
+  JobWorker(Napi::Function cb, const char* name, Job job) : Napi::AsyncWorker(cb, name), job_(std::move(job)) {}
+
+ protected:
+  void Execute() override { job_.Run(); }
+
+  void OnOK() override {
+    Napi::Env env = Env();
+    if (const Failure* f = job_.Error()) {
+      Callback().Call({FailureValue(env, *f)});
+      return;
+    }
+    Callback().Call({env.Null(), job_.Result(env)});
+  }
+
+ private:
+  Job job_;
+};
+
+// The two ways to run a job: on the pool (callback at argument cbIndex) or
+// inline (local storage that cannot hang): result returned, failure thrown.
+template <typename Job>
+void QueueJob(const Napi::CallbackInfo& info, size_t cbIndex, const char* name, Job job) {
+  Napi::Function cb = FunctionArg(info, cbIndex, "cb");
+  (new JobWorker<Job>(cb, name, std::move(job)))->Queue();
+}
+
+template <typename Job>
+Napi::Value RunJobSync(const Napi::CallbackInfo& info, Job job) {
+  job.Run();
+  if (const Failure* f = job.Error()) throw SysError(info.Env(), f->err, f->syscall, f->stage, f->detail);
+  return job.Result(info.Env());
+}
+
 // ---- acquire -----------------------------------------------------------------------
 
 // NFS: make the client look the directory up again (drops stale names).
 void RefreshDir(const std::string& dir) {
   struct statx sx;
-  statx(AT_FDCWD, dir.c_str(), AT_STATX_FORCE_SYNC, STATX_INO, &sx);
+  RetryEintr([&] { return statx(AT_FDCWD, dir.c_str(), AT_STATX_FORCE_SYNC, STATX_INO, &sx); });
 }
 
 std::string DirName(const std::string& path) {
@@ -642,15 +697,15 @@ struct LockJob {
       attempts = attempt + 1;
       if (attempt > 0) RetryPause(attempt);
       created = false;
-      int f = open(path.c_str(), O_RDWR | O_CLOEXEC);
+      int f = RetryEintr([&] { return open(path.c_str(), O_RDWR | O_CLOEXEC); });
       if (f < 0 && errno == ENOENT && create) {
         // O_EXCL tells us whether we created it.
-        f = open(path.c_str(), O_RDWR | O_CLOEXEC | O_CREAT | O_EXCL, 0600);
+        f = RetryEintr([&] { return open(path.c_str(), O_RDWR | O_CLOEXEC | O_CREAT | O_EXCL, 0600); });
         if (f >= 0) {
           created = true;
         } else if (errno == EEXIST) {
           // Lost a creation race, or a dangling symlink: plain O_CREAT as virtlockd.
-          f = open(path.c_str(), O_RDWR | O_CLOEXEC | O_CREAT, 0600);
+          f = RetryEintr([&] { return open(path.c_str(), O_RDWR | O_CLOEXEC | O_CREAT, 0600); });
         }
       }
       if (f < 0 && errno == ESTALE) {  // NFS: a stale cached name: look it up again
@@ -660,7 +715,7 @@ struct LockJob {
       if (f < 0) return Fail(-1, errno, "open", "open");
 
       struct flock fl = MakeFlock(shared ? F_RDLCK : F_WRLCK, 0, 1);
-      if (fcntl(f, F_OFD_SETLK, &fl) < 0) {
+      if (RetryEintr([&] { return fcntl(f, F_OFD_SETLK, &fl); }) < 0) {
         if (errno == ESTALE) {  // NFS: the file went away under us
           Retry(f, "lock: ESTALE");
           continue;
@@ -669,7 +724,7 @@ struct LockJob {
       }
 
       struct stat fst;
-      if (fstat(f, &fst) < 0) {
+      if (RetryEintr([&] { return fstat(f, &fst); }) < 0) {
         if (errno == ESTALE) {
           Retry(f, "fstat: ESTALE");
           continue;
@@ -702,7 +757,7 @@ struct LockJob {
   // Then the server's attributes (FORCE_SYNC) of the fd and of the path must
   // name the same inode, still linked. Returns 1 ok, 0 retry, -1 failed.
   int CheckStillNamed(int f) {
-    int probe = open(path.c_str(), O_RDWR | O_CLOEXEC | O_CREAT | O_EXCL, 0600);
+    int probe = RetryEintr([&] { return open(path.c_str(), O_RDWR | O_CLOEXEC | O_CREAT | O_EXCL, 0600); });
     if (probe >= 0) {
       close(probe);  // the name was free: what we locked is unlinked
       Retry(f, "check: the locked file was unlinked");
@@ -717,7 +772,7 @@ struct LockJob {
       return -1;
     }
     struct statx fsx, psx;
-    if (statx(f, "", AT_EMPTY_PATH | AT_STATX_FORCE_SYNC, STATX_BASIC_STATS, &fsx) < 0) {
+    if (RetryEintr([&] { return statx(f, "", AT_EMPTY_PATH | AT_STATX_FORCE_SYNC, STATX_BASIC_STATS, &fsx); }) < 0) {
       if (errno == ESTALE) {
         Retry(f, "check: fd ESTALE");
         return 0;
@@ -725,7 +780,7 @@ struct LockJob {
       Fail(f, errno, "statx", "stat");
       return -1;
     }
-    if (statx(AT_FDCWD, path.c_str(), AT_STATX_FORCE_SYNC, STATX_BASIC_STATS, &psx) < 0) {
+    if (RetryEintr([&] { return statx(AT_FDCWD, path.c_str(), AT_STATX_FORCE_SYNC, STATX_BASIC_STATS, &psx); }) < 0) {
       int err = errno;
       if (err != ENOENT && err != ESTALE) {
         Fail(f, err, "statx", "stat");
@@ -741,6 +796,8 @@ struct LockJob {
     }
     return 1;
   }
+
+  const Failure* Error() const { return fail.err ? &fail : nullptr; }
 
   Napi::Object Result(Napi::Env env) const {
     Napi::Object r = Napi::Object::New(env);
@@ -768,26 +825,6 @@ struct LockJob {
   }
 };
 
-class LockFileWorker : public Napi::AsyncWorker {
- public:
-  LockFileWorker(Napi::Function cb, LockJob job) : Napi::AsyncWorker(cb, "relockd.lockFile"), job_(std::move(job)) {}
-
- protected:
-  void Execute() override { job_.Run(); }
-
-  void OnOK() override {
-    Napi::Env env = Env();
-    if (job_.fail.err) {
-      Callback().Call({FailureValue(env, job_.fail)});
-      return;
-    }
-    Callback().Call({env.Null(), job_.Result(env)});
-  }
-
- private:
-  LockJob job_;
-};
-
 LockJob LockJobArgs(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   LockJob job;
@@ -799,18 +836,9 @@ LockJob LockJobArgs(const Napi::CallbackInfo& info) {
   return job;
 }
 
-Napi::Value LockFileSync(const Napi::CallbackInfo& info) {
-  LockJob job = LockJobArgs(info);
-  job.Run();
-  if (job.fail.err) throw SysError(info.Env(), job.fail.err, job.fail.syscall, job.fail.stage, job.fail.detail);
-  return job.Result(info.Env());
-}
+Napi::Value LockFileSync(const Napi::CallbackInfo& info) { return RunJobSync(info, LockJobArgs(info)); }
 
-void LockFile(const Napi::CallbackInfo& info) {
-  LockJob job = LockJobArgs(info);
-  Napi::Function cb = FunctionArg(info, 2, "cb");
-  (new LockFileWorker(cb, std::move(job)))->Queue();
-}
+void LockFile(const Napi::CallbackInfo& info) { QueueJob(info, 2, "relockd.lockFile", LockJobArgs(info)); }
 
 // ---- release -----------------------------------------------------------------------
 
@@ -834,13 +862,13 @@ struct ReleaseJob {
     // hang for as long as the server does, keeping a lock nobody holds.
     // A failed unlock changes nothing: close still drops the lock.
     struct flock fl = MakeFlock(F_UNLCK, 0, 1);
-    fcntl(fd, classic ? F_SETLK : F_OFD_SETLK, &fl);
+    RetryEintr([&] { return fcntl(fd, classic ? F_SETLK : F_OFD_SETLK, &fl); });
     if (close(fd) < 0) closeFail = {errno, "close", "close", nullptr};
   }
 
   // EBADF: nothing was ours to close, a caller bug. Other close errors
   // (EIO, EINTR) still release the fd on Linux, so they are only reported.
-  bool Failed() const { return closeFail.err == EBADF; }
+  const Failure* Error() const { return closeFail.err == EBADF ? &closeFail : nullptr; }
 
   Napi::Object Result(Napi::Env env) const {
     Napi::Object r = Napi::Object::New(env);
@@ -858,47 +886,27 @@ struct ReleaseJob {
       // A classic lock (taken over from virtlockd) is upgraded as a classic
       // one: an OFD upgrade would conflict with our own classic read lock.
       struct flock fl = MakeFlock(F_WRLCK, 0, 1);
-      if (fcntl(fd, classic ? F_SETLK : F_OFD_SETLK, &fl) < 0) {
+      if (RetryEintr([&] { return fcntl(fd, classic ? F_SETLK : F_OFD_SETLK, &fl); }) < 0) {
         if (errno != EAGAIN && errno != EACCES) unlinkErr = errno;
         return;
       }
     }
     struct stat fst, pst;
-    if (fstat(fd, &fst) < 0) {
+    if (RetryEintr([&] { return fstat(fd, &fst); }) < 0) {
       unlinkErr = errno;
       return;
     }
-    if (stat(path.c_str(), &pst) < 0) {
+    if (RetryEintr([&] { return stat(path.c_str(), &pst); }) < 0) {
       if (errno != ENOENT) unlinkErr = errno;
       return;
     }
     if (pst.st_dev != fst.st_dev || pst.st_ino != fst.st_ino) return;  // not ours any more
-    if (::unlink(path.c_str()) == 0) {
+    if (RetryEintr([&] { return ::unlink(path.c_str()); }) == 0) {
       unlinked = true;
     } else if (errno != ENOENT) {
       unlinkErr = errno;
     }
   }
-};
-
-class ReleaseFileWorker : public Napi::AsyncWorker {
- public:
-  ReleaseFileWorker(Napi::Function cb, ReleaseJob job) : Napi::AsyncWorker(cb, "relockd.releaseFile"), job_(std::move(job)) {}
-
- protected:
-  void Execute() override { job_.Run(); }
-
-  void OnOK() override {
-    Napi::Env env = Env();
-    if (job_.Failed()) {
-      Callback().Call({FailureValue(env, job_.closeFail)});
-      return;
-    }
-    Callback().Call({env.Null(), job_.Result(env)});
-  }
-
- private:
-  ReleaseJob job_;
 };
 
 ReleaseJob ReleaseJobArgs(const Napi::CallbackInfo& info) {
@@ -916,18 +924,9 @@ ReleaseJob ReleaseJobArgs(const Napi::CallbackInfo& info) {
   return job;
 }
 
-void ReleaseFile(const Napi::CallbackInfo& info) {
-  ReleaseJob job = ReleaseJobArgs(info);
-  Napi::Function cb = FunctionArg(info, 2, "cb");
-  (new ReleaseFileWorker(cb, std::move(job)))->Queue();
-}
+void ReleaseFile(const Napi::CallbackInfo& info) { QueueJob(info, 2, "relockd.releaseFile", ReleaseJobArgs(info)); }
 
-Napi::Value ReleaseFileSync(const Napi::CallbackInfo& info) {
-  ReleaseJob job = ReleaseJobArgs(info);
-  job.Run();
-  if (job.Failed()) throw SysError(info.Env(), job.closeFail.err, job.closeFail.syscall, job.closeFail.stage);
-  return job.Result(info.Env());
-}
+Napi::Value ReleaseFileSync(const Napi::CallbackInfo& info) { return RunJobSync(info, ReleaseJobArgs(info)); }
 
 // ---- misc -----------------------------------------------------------------------------
 

@@ -22,11 +22,6 @@ const LEVEL_RANK: Record<string, number> = { trace: 10, debug: 20, info: 30, war
 /** syslog/journald priorities for pino levels. */
 const SYSLOG_PRIORITY: Record<string, number> = { trace: 7, debug: 7, info: 6, warn: 4, error: 3, fatal: 2 };
 
-/** libvirt's numeric log_level (1 debug … 4 error) to pino's names. */
-export function levelFromLibvirt(n: number): Level {
-  return (['debug', 'debug', 'info', 'warn', 'error'] as const)[Math.max(0, Math.min(4, n))]!;
-}
-
 export interface OutputSpec {
   level: string;
   kind: 'stderr' | 'file' | 'journald' | 'syslog';
@@ -119,7 +114,7 @@ function syslogSink(rank: number, ident: string, socket = '/dev/log'): Sink {
 }
 
 /** True when our stderr is connected to journald (systemd sets JOURNAL_STREAM). */
-export function stderrIsJournal(): boolean {
+function stderrIsJournal(): boolean {
   const js = process.env.JOURNAL_STREAM;
   if (!js) return false;
   try {

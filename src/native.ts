@@ -102,34 +102,102 @@ export interface PidfdWatch {
 export type LockFileCallback = (err: NativeError | null, res?: LockFileResult) => void;
 export type ReleaseFileCallback = (err: NativeError | null, res?: ReleaseFileResult) => void;
 
-interface Binding {
+/**
+ * The addon's exports, typed (node-pty's pattern): callers use them directly,
+ * `native.ofdLock(fd, 'write', 0, 1)`. The addon checks every argument itself
+ * (TypeError/RangeError, see above), so there is no wrapper layer here; only
+ * watchPidfd, lockFileP and releaseFileP below add something.
+ */
+export interface NativeBinding {
+  // ---- record locks (non-blocking; conflict throws EAGAIN, or EACCES) ----
+  /** F_OFD_SETLK: lock owned by the open file description, survives other closes and exec. */
   ofdLock(fd: number, type: LockType, start: number, len: number): void;
   ofdUnlock(fd: number, start: number, len: number): void;
+  /** F_OFD_GETLK: the first lock that would conflict, or null. */
   ofdGetLock(fd: number, type: LockType, start: number, len: number): LockInfo | null;
+  /** Classic F_SETLK (process-owned; any close of the file by this process drops it). */
   posixLock(fd: number, type: LockType, start: number, len: number): void;
   posixUnlock(fd: number, start: number, len: number): void;
   posixGetLock(fd: number, type: LockType, start: number, len: number): LockInfo | null;
+
+  // ---- fds, sockets, processes ----
   getCloexec(fd: number): boolean;
   setCloexec(fd: number, on: boolean): void;
+  /** fsync(2): Node's own is refused under the permission model. */
   fsync(fd: number): void;
+  /** A close-on-exec duplicate of fd (F_DUPFD_CLOEXEC, lowest free number >= 3). */
   dup(fd: number): number;
+  /**
+   * fstat of many fds at once, optionally setting (1) or clearing (0)
+   * FD_CLOEXEC on each (-1: leave it): [dev, ino, mode] per fd, mode = -errno
+   * on failure. dev/ino are doubles, rounded like lockFile's.
+   */
   fdInfo(fds: Int32Array, cloexec: -1 | 0 | 1): Float64Array;
+  /** SO_PEERCRED of a connected AF_UNIX socket (the peer at connect time). */
   peerCred(fd: number): PeerCred;
+  /**
+   * SO_PEERPIDFD (Linux >= 6.5): an O_CLOEXEC pidfd for the peer. Throws
+   * ENOPROTOOPT on older kernels; fall back to peerCred() then.
+   */
   peerPidfd(sockfd: number): number;
+  /**
+   * Replace the process image (same pid). Returns only by throwing. Fds to keep
+   * (including 0-2, which Node marks CLOEXEC) need setCloexec(fd, false) first.
+   */
   execve(path: string, argv: readonly string[], env: readonly string[]): never;
+  /**
+   * One sd_notify datagram to NOTIFY_SOCKET ('/path' or '@abstract'). Non-blocking:
+   * a full receiver queue throws EAGAIN.
+   */
   sdNotify(socketPath: string, message: string): void;
+  /**
+   * pthread_sigmask on the calling (main) thread only. In plain Node 20 the libuv
+   * pool threads do not block SIGUSR1, so a process-directed SIGUSR1 can still be
+   * delivered through them; under --experimental-permission every thread blocks it.
+   */
   sigmask(how: 'block' | 'unblock', signals: readonly number[]): void;
+  /** Signals pending for the calling thread or the process. */
   sigpending(): number[];
+  /** pidfd_open(pid, 0); the fd is O_CLOEXEC. Close it with fs.closeSync. */
   pidfdOpen(pid: number): number;
+  /** pidfd_getfd: a close-on-exec copy of fd `targetfd` of the process behind `pidfd` (needs ptrace rights). */
   pidfdGetfd(pidfd: number, targetfd: number): number;
+  /** pidfd_send_signal; sig 0 probes. Throws ESRCH once the process has exited. */
   pidfdSendSignal(pidfd: number, sig: number): void;
+  /** True once the process has exited (its pidfd is readable); never waits. */
   pidfdExited(pidfd: number): boolean;
+  /**
+   * PIDFD_GET_INFO with PIDFD_INFO_EXIT (Linux >= 6.15): how the process ended,
+   * or null while it is not reaped yet (the kernel records the status at
+   * reaping). Throws ENOTTY/EINVAL where the kernel has no PIDFD_GET_INFO and
+   * ESRCH where it has it without PIDFD_INFO_EXIT and the process is gone.
+   */
   pidfdExitInfo(pidfd: number): ExitInfo | null;
+  /** See watchPidfd. */
   PidfdWatch: new (pidfd: number, cb: (err: NativeError | null) => void) => PidfdWatch;
+
+  // ---- storage work, on the libuv threadpool ----
+  /**
+   * virtlockd's acquire: open(O_RDWR|O_CLOEXEC[|O_CREAT, 0600]), F_OFD_SETLK on
+   * byte 0 (read if shared, else write), and when creating retry until the path
+   * still names the locked file. Errors carry stage 'open' | 'lock' | 'stat';
+   * the fd is closed on every failure. `path` (and unlinkPath) are byte strings
+   * (src/byteString.ts): each char is one byte of the name, passed unchanged.
+   */
   lockFile(path: string, opts: LockFileOptions, cb: LockFileCallback): void;
+  /**
+   * virtlockd's release: optionally unlink (see ReleaseFileOptions), then always
+   * close the fd, which drops the lock. Only a bad fd (EBADF, stage 'close') is an
+   * error; unlink problems are reported in the result.
+   */
   releaseFile(fd: number, opts: ReleaseFileOptions, cb: ReleaseFileCallback): void;
+  /**
+   * The same sequences on the calling thread: only for storage that cannot
+   * hang (local filesystems, see src/locks/storageClass.ts).
+   */
   lockFileSync(path: string, opts: LockFileOptions): LockFileResult;
   releaseFileSync(fd: number, opts: ReleaseFileOptions): ReleaseFileResult;
+  /** The C library's message for a (positive) errno, e.g. 11 → 'Resource temporarily unavailable'. */
   strerror(errno: number): string;
 }
 
@@ -156,196 +224,59 @@ function findAddon(): string {
 /** Absolute path of the loaded .node file (fixtures and diagnostics use it). */
 export const addonPath: string = findAddon();
 
-const native = createRequire(import.meta.url)(addonPath) as Binding;
+const binding = createRequire(import.meta.url)(addonPath) as NativeBinding;
 
-// ---- record locks (non-blocking; conflict throws EAGAIN, or EACCES) ----
-
-/** F_OFD_SETLK: lock owned by the open file description, survives other closes and exec. */
-export function ofdLock(fd: number, type: LockType, start: number, len: number): void {
-  native.ofdLock(fd, type, start, len);
-}
-
-export function ofdUnlock(fd: number, start: number, len: number): void {
-  native.ofdUnlock(fd, start, len);
-}
-
-/** F_OFD_GETLK: the first lock that would conflict, or null. */
-export function ofdGetLock(fd: number, type: LockType, start: number, len: number): LockInfo | null {
-  return native.ofdGetLock(fd, type, start, len);
-}
-
-/** Classic F_SETLK (process-owned; any close of the file by this process drops it). */
-export function posixLock(fd: number, type: LockType, start: number, len: number): void {
-  native.posixLock(fd, type, start, len);
-}
-
-export function posixUnlock(fd: number, start: number, len: number): void {
-  native.posixUnlock(fd, start, len);
-}
-
-export function posixGetLock(fd: number, type: LockType, start: number, len: number): LockInfo | null {
-  return native.posixGetLock(fd, type, start, len);
-}
-
-// ---- fds, sockets, processes ----
-
-export function getCloexec(fd: number): boolean {
-  return native.getCloexec(fd);
-}
-
-export function setCloexec(fd: number, on: boolean): void {
-  native.setCloexec(fd, on);
-}
-
-/**
- * fstat of many fds at once, optionally setting (1) or clearing (0)
- * FD_CLOEXEC on each: [dev, ino, mode] per fd, mode = -errno on failure.
- * dev/ino are doubles, rounded like lockFile's.
- */
-export function fdInfo(fds: Int32Array, cloexec: -1 | 0 | 1 = -1): Float64Array {
-  return native.fdInfo(fds, cloexec);
-}
-
-/** A close-on-exec duplicate of fd (F_DUPFD_CLOEXEC, lowest free number >= 3). */
-export function dup(fd: number): number {
-  return native.dup(fd);
-}
-
-/** fsync(2): Node's own is refused under the permission model. */
-export function fsync(fd: number): void {
-  native.fsync(fd);
-}
-
-/** SO_PEERCRED of a connected AF_UNIX socket (the peer at connect time). */
-export function peerCred(fd: number): PeerCred {
-  return native.peerCred(fd);
-}
-
-/**
- * SO_PEERPIDFD (Linux >= 6.5): an O_CLOEXEC pidfd for the peer. Throws
- * ENOPROTOOPT on older kernels; fall back to peerCred() then.
- */
-export function peerPidfd(sockfd: number): number {
-  return native.peerPidfd(sockfd);
-}
-
-/**
- * Replace the process image (same pid). Returns only by throwing. Fds to keep
- * (including 0-2, which Node marks CLOEXEC) need setCloexec(fd, false) first.
- */
-export function execve(file: string, argv: readonly string[], env: readonly string[]): never {
-  return native.execve(file, argv, env);
-}
-
-/**
- * One sd_notify datagram to NOTIFY_SOCKET ('/path' or '@abstract'). Non-blocking:
- * a full receiver queue throws EAGAIN.
- */
-export function sdNotify(socketPath: string, message: string): void {
-  native.sdNotify(socketPath, message);
-}
-
-/**
- * pthread_sigmask on the calling (main) thread only. In plain Node 20 the libuv
- * pool threads do not block SIGUSR1, so a process-directed SIGUSR1 can still be
- * delivered through them; under --experimental-permission every thread blocks it.
- */
-export function sigmask(how: 'block' | 'unblock', signals: readonly number[]): void {
-  native.sigmask(how, signals);
-}
-
-/** Signals pending for the calling thread or the process. */
-export function sigpending(): number[] {
-  return native.sigpending();
-}
-
-/** pidfd_open(pid, 0); the fd is O_CLOEXEC. Close it with fs.closeSync. */
-export function pidfdOpen(pid: number): number {
-  return native.pidfdOpen(pid);
-}
-
-/** pidfd_getfd: a close-on-exec copy of fd `targetfd` of the process behind `pidfd` (needs ptrace rights). */
-export function pidfdGetfd(pidfd: number, targetfd: number): number {
-  return native.pidfdGetfd(pidfd, targetfd);
-}
-
-/** pidfd_send_signal; sig 0 probes. Throws ESRCH once the process has exited. */
-export function pidfdSendSignal(pidfd: number, sig: number): void {
-  native.pidfdSendSignal(pidfd, sig);
-}
+// The addon's functions do not use `this`, so they are exported as they are.
+export const {
+  ofdLock,
+  ofdUnlock,
+  ofdGetLock,
+  posixLock,
+  posixUnlock,
+  posixGetLock,
+  getCloexec,
+  setCloexec,
+  fsync,
+  dup,
+  fdInfo,
+  peerCred,
+  peerPidfd,
+  execve,
+  sdNotify,
+  sigmask,
+  sigpending,
+  pidfdOpen,
+  pidfdGetfd,
+  pidfdSendSignal,
+  pidfdExited,
+  pidfdExitInfo,
+  lockFile,
+  releaseFile,
+  lockFileSync,
+  releaseFileSync,
+  strerror,
+} = binding;
 
 /**
  * Calls `cb` once, on the event loop, when the pidfd becomes readable: the
  * process has exited (it may not be reaped yet). A uv_poll_t, no thread.
  */
 export function watchPidfd(pidfd: number, cb: (err: NativeError | null) => void): PidfdWatch {
-  return new native.PidfdWatch(pidfd, cb);
+  return new binding.PidfdWatch(pidfd, cb);
 }
 
-/** True once the process has exited (its pidfd is readable); never waits. */
-export function pidfdExited(pidfd: number): boolean {
-  return native.pidfdExited(pidfd);
-}
-
-/**
- * PIDFD_GET_INFO with PIDFD_INFO_EXIT (Linux >= 6.15): how the process ended,
- * or null while it is not reaped yet (the kernel records the status at
- * reaping). Throws ENOTTY/EINVAL where the kernel has no PIDFD_GET_INFO and
- * ESRCH where it has it without PIDFD_INFO_EXIT and the process is gone.
- */
-export function pidfdExitInfo(pidfd: number): ExitInfo | null {
-  return native.pidfdExitInfo(pidfd);
-}
-
-// ---- storage work, on the libuv threadpool ----
-
-/**
- * virtlockd's acquire: open(O_RDWR|O_CLOEXEC[|O_CREAT, 0600]), F_OFD_SETLK on
- * byte 0 (read if shared, else write), and when creating retry until the path
- * still names the locked file. Errors carry stage 'open' | 'lock' | 'stat';
- * the fd is closed on every failure. `file` (and unlinkPath) are byte strings
- * (src/byteString.ts): each char is one byte of the name, passed unchanged.
- */
-export function lockFile(file: string, opts: LockFileOptions, cb: LockFileCallback): void {
-  native.lockFile(file, opts, cb);
-}
-
-/**
- * virtlockd's release: optionally unlink (see ReleaseFileOptions), then always
- * close the fd, which drops the lock. Only a bad fd (EBADF, stage 'close') is an
- * error; unlink problems are reported in the result.
- */
-export function releaseFile(fd: number, opts: ReleaseFileOptions, cb: ReleaseFileCallback): void {
-  native.releaseFile(fd, opts, cb);
-}
-
+/** lockFile as a promise. */
 export function lockFileP(file: string, opts: LockFileOptions): Promise<LockFileResult> {
   return new Promise((resolve, reject) => {
-    native.lockFile(file, opts, (err, res) => (err ? reject(err) : resolve(res!)));
+    binding.lockFile(file, opts, (err, res) => (err ? reject(err) : resolve(res!)));
   });
 }
 
-/**
- * The same sequences on the calling thread: only for storage that cannot
- * hang (local filesystems, see src/locks/storageClass.ts).
- */
-export function lockFileSync(file: string, opts: LockFileOptions): LockFileResult {
-  return native.lockFileSync(file, opts);
-}
-
-export function releaseFileSync(fd: number, opts: ReleaseFileOptions): ReleaseFileResult {
-  return native.releaseFileSync(fd, opts);
-}
-
+/** releaseFile as a promise. */
 export function releaseFileP(fd: number, opts: ReleaseFileOptions): Promise<ReleaseFileResult> {
   return new Promise((resolve, reject) => {
-    native.releaseFile(fd, opts, (err, res) => (err ? reject(err) : resolve(res!)));
+    binding.releaseFile(fd, opts, (err, res) => (err ? reject(err) : resolve(res!)));
   });
-}
-
-/** The C library's message for a (positive) errno, e.g. 11 → 'Resource temporarily unavailable'. */
-export function strerror(errno: number): string {
-  return native.strerror(errno);
 }
 
 /** True if e is an error from this addon (optionally with the given code). */

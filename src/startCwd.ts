@@ -5,9 +5,9 @@
 // recorded here once. A re-exec'd image (which inherits '/' as its cwd) and
 // the -d daemon child learn it from RELOCKD_START_CWD, set by the first start.
 
-import { isAbsolute, resolve } from 'node:path';
+import { isAbsolute } from 'node:path';
 
-export const START_CWD_ENV = 'RELOCKD_START_CWD';
+const START_CWD_ENV = 'RELOCKD_START_CWD';
 
 let recorded: string | null = null;
 
@@ -36,8 +36,4 @@ export function enterRoot(inherited: boolean, env: NodeJS.ProcessEnv = process.e
 /** Where relative paths are resolved: the start directory once recorded. */
 export function startCwd(): string {
   return recorded ?? currentDir();
-}
-
-export function fromStartCwd(path: string): string {
-  return resolve(startCwd(), path);
 }

@@ -114,7 +114,7 @@ function start(cmd: string, args: string[]): Child {
           clearTimeout(timer);
           resolve(v);
         });
-        exited.then(() => setTimeout(() => reject(new Error(`${cmd} exited; stderr: ${stderr}`)), 100));
+        void exited.then(() => setTimeout(() => reject(new Error(`${cmd} exited; stderr: ${stderr}`)), 100));
       }),
   };
 }

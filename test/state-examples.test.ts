@@ -26,7 +26,7 @@ import type { Resource, Instance } from './lib/stateHarness.js';
 
 /**
  * After the last owner's RELEASE: the lock is gone (another process gets
- * it), and an AUTOCREATE lease file is unlinked as virtlockd does (spec 4.5;
+ * it), and an AUTOCREATE lease file is unlinked as virtlockd does (virLockSpaceResourceFree;
  * a shared one after upgrading to exclusive). An unlinked file cannot be
  * probed; its name is free for the next acquirer.
  */

@@ -79,7 +79,7 @@ async function parseFreshArgs(argv: string[]): Promise<CliArgs> {
   return args;
 }
 
-export class UsageError extends Error {
+class UsageError extends Error {
   override name = 'UsageError';
 }
 

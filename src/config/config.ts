@@ -16,11 +16,7 @@ import { describeError, validateWith } from './validate.js';
 import { parseMetricsListen } from '../metrics/listen.js';
 import type { AjvError } from './validate.js';
 
-export { ConfigError } from './errors.js';
-export type { ConfigProblem } from './errors.js';
-
 export type ShutdownPolicy = 'drain' | 'kill-owners' | 'refuse';
-export const SHUTDOWN_POLICIES: readonly ShutdownPolicy[] = ['drain', 'kill-owners', 'refuse'];
 
 export interface RelockdConfig {
   /** log_level: 1 debug, 2 info, 3 warning, 4 error; 0 = not set (the daemon's default applies). */

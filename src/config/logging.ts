@@ -19,7 +19,7 @@ import { startCwd } from '../startCwd.js';
 export type LibvirtPriority = 1 | 2 | 3 | 4;
 /** The pino levels libvirt priorities map onto. */
 export type LogLevelName = 'debug' | 'info' | 'warn' | 'error';
-export type LogOutputKind = 'stderr' | 'journald' | 'syslog' | 'file';
+type LogOutputKind = 'stderr' | 'journald' | 'syslog' | 'file';
 
 export interface LogFilter {
   priority: LibvirtPriority;
@@ -131,7 +131,7 @@ export function parseLogOutputs(spec: string, cwd: string = startCwd()): LogOutp
 }
 
 /** One pino destination. */
-export interface LoggingOutput {
+interface LoggingOutput {
   level: LogLevelName;
   kind: LogOutputKind;
   path?: string;

@@ -2,16 +2,9 @@
 // (schemas/<name>.schema.json -> dist/validators/<name>.cjs), with the error
 // wording of src/state/validate.ts.
 
-import { describeErrors, load as loadValidator } from '../state/validate.js';
+import { describeErrors, load as loadValidator, type AjvError } from '../state/validate.js';
 
-/** An ajv error object, as the generated validators report them. */
-export interface AjvError {
-  instancePath: string;
-  keyword: string;
-  message?: string;
-  params: Record<string, unknown>;
-  schemaPath?: string;
-}
+export type { AjvError };
 
 export interface ValidationResult {
   valid: boolean;

@@ -21,7 +21,7 @@
 
 import { ConfigError } from './errors.js';
 
-export type VirConfScalar = number | string;
+type VirConfScalar = number | string;
 export type VirConfValue = VirConfScalar | VirConfValue[];
 
 export interface Position {

@@ -23,9 +23,9 @@ export interface CleanupArgs extends GlobalArgs {
   progress?: boolean;
 }
 
-export type CleanupStatus = 'held-by-relockd' | 'locked' | 'removable' | 'removed' | 'nonempty' | 'vanished' | 'error';
+type CleanupStatus = 'held-by-relockd' | 'locked' | 'removable' | 'removed' | 'nonempty' | 'vanished' | 'error';
 
-export interface CleanupEntry {
+interface CleanupEntry {
   name: string;
   status: CleanupStatus;
   detail?: string;

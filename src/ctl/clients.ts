@@ -26,7 +26,7 @@ export async function cmdClients(a: ClientsArgs): Promise<number> {
   return Exit.OK;
 }
 
-export function renderClients(list: ClientInfo[]): string {
+function renderClients(list: ClientInfo[]): string {
   const rows = list.map((c) => [
     c.server,
     String(c.id),

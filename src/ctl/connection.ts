@@ -11,7 +11,7 @@ import { CtlError, Exit } from './command.js';
 import type { GlobalArgs } from './command.js';
 
 /** relockd's own units (units/relockd*.socket) put their sockets here, under these names. */
-export const RELOCKD_UNITS_RUNTIME_DIR = '/run/relockd';
+const RELOCKD_UNITS_RUNTIME_DIR = '/run/relockd';
 const UNIT_NAMES = { socket: 'relockd-sock', adminSocket: 'relockd-admin-sock' } as const;
 
 /**

@@ -39,7 +39,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
  * A configuration virtlockd rejects would make it exit at once — with every
  * lock.
  */
-export function dryRunVirtlockd(path: string, args: string[]): string | null {
+function dryRunVirtlockd(path: string, args: string[]): string | null {
   const dir = mkdtempSync(join(tmpdir(), 'relockd-handback-dry-'));
   try {
     const rest = args.filter((_, i) => !(args[i] === '-p' || args[i - 1] === '-p' || args[i] === '--pid-file' || args[i - 1] === '--pid-file' || args[i]!.startsWith('--pid-file=')));

@@ -38,7 +38,7 @@ export async function cmdLeases(a: LeasesArgs): Promise<number> {
   return Exit.OK;
 }
 
-export function renderLeases(res: ResourceInfo[], now = Date.now()): string {
+function renderLeases(res: ResourceInfo[], now = Date.now()): string {
   const rows: string[][] = [];
   for (const r of res) {
     for (const o of r.owners) {

@@ -26,7 +26,7 @@ export interface RunArgs extends GlobalArgs {
   command: string[];
 }
 
-export interface LeaseSpec {
+interface LeaseSpec {
   /** '' = default lock space (name is an absolute path). */
   lockspace: string;
   name: string;
@@ -35,7 +35,7 @@ export interface LeaseSpec {
 }
 
 /** PATH[:shared|:exclusive]; with --lockspace, a bare NAME is a lease in that lock space. */
-export function parseLease(spec: string, lockspace: string | undefined, cwd = process.cwd()): LeaseSpec {
+function parseLease(spec: string, lockspace: string | undefined, cwd = process.cwd()): LeaseSpec {
   let s = spec;
   let shared = false;
   const m = /^(.*):(shared|exclusive)$/.exec(s);
@@ -52,7 +52,7 @@ export function parseLease(spec: string, lockspace: string | undefined, cwd = pr
 }
 
 /** execvp's search, done here because we exec directly. */
-export function resolveCommand(cmd: string, envPath = process.env.PATH ?? '/usr/local/bin:/usr/bin:/bin'): string {
+function resolveCommand(cmd: string, envPath = process.env.PATH ?? '/usr/local/bin:/usr/bin:/bin'): string {
   const check = (p: string): boolean => {
     try {
       const st = statSync(p);

@@ -18,7 +18,7 @@ export async function cmdStatus(a: GlobalArgs): Promise<number> {
   return Exit.OK;
 }
 
-export function renderStatus(info: DaemonInfo, lockspaces: LockspaceInfo[], now = Date.now()): string {
+function renderStatus(info: DaemonInfo, lockspaces: LockspaceInfo[], now = Date.now()): string {
   const lines: string[] = [];
   const kv = (k: string, v: string) => lines.push(`${`${k}:`.padEnd(14)}${v}`);
   kv('relockd', `${info.version}, pid ${info.pid}, up ${formatDuration(info.uptimeMs)} (since ${formatTime(info.startedAt)}), boot: ${info.boot}`);

@@ -14,11 +14,11 @@ export interface SystemdOptions {
   systemctl: string;
 }
 
-export const DROPIN_NAME = 'relockd.conf';
+const DROPIN_NAME = 'relockd.conf';
 const SHIPPED = join(packageRoot, 'units', 'virtlockd-takeover', 'virtlockd.service.d', DROPIN_NAME);
 
 /** The shipped drop-in, with ExecStart pointing at this relockd when the one it names is not this one. */
-export function dropinText(): string {
+function dropinText(): string {
   const text = readFileSync(SHIPPED, 'utf8');
   const ours = join(packageRoot, 'bin', 'relockd.cjs');
   const m = /^ExecStart=(\/\S+) /m.exec(text);

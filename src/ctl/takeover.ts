@@ -20,7 +20,7 @@ import type { DaemonInfo, ResourceInfo } from '../protocol/relockdAdmin.js';
 import { CtlError, Exit } from './command.js';
 import type { GlobalArgs } from './command.js';
 import { alive, cmdlineOf, environOf, euidOf, exeOf, inodeKey, locksOf, parseVirtlockdArgv, resolveExecTarget, systemdUnitOf } from './procInfo.js';
-import type { HeldLock, VirtlockdArgs } from './procInfo.js';
+import type { VirtlockdArgs } from './procInfo.js';
 import { installDropin } from './systemdDropin.js';
 import { err, json, out } from './output.js';
 
@@ -37,7 +37,7 @@ export interface TakeoverArgs extends GlobalArgs {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** virtlockd's own paths for its effective uid (spec 1.2): sockets, pid and state files. */
+/** virtlockd's own paths for its effective uid (virLockDaemonUnixSocketPaths and friends): sockets, pid and state files. */
 export function virtlockdPaths(euid: number, env: Record<string, string>): { socket: string; adminSocket: string; pidFile: string; stateFile: string } {
   if (euid === 0) {
     return { socket: '/run/libvirt/virtlockd-sock', adminSocket: '/run/libvirt/virtlockd-admin-sock', pidFile: '/run/virtlockd.pid', stateFile: '/run/virtlockd-restart-exec.json' };
@@ -389,5 +389,3 @@ export async function cmdTakeover(a: TakeoverArgs): Promise<number> {
   }
   return report.ok && !systemd?.error ? Exit.OK : Exit.ERROR;
 }
-
-export type { HeldLock };

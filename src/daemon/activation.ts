@@ -3,7 +3,7 @@
 // accepts its own unit names and virtlockd's, so it can take over
 // virtlockd's socket units unchanged.
 
-export const SD_LISTEN_FDS_START = 3;
+const SD_LISTEN_FDS_START = 3;
 
 export interface ActivatedSockets {
   main: number[];

@@ -6,7 +6,7 @@
 // client-disconnect on a lock-socket client runs that connection's normal
 // close path: closing QEMU's inherited connection while it holds leases ends
 // QEMU (SIGTERM, then SIGKILL) and releases its leases, exactly as virtlockd
-// does (spec 3.6). That is intended; it is the administrator's hammer.
+// does (virLockDaemonClientFree). That is intended; it is the administrator's hammer.
 
 import { readFileSync } from 'node:fs';
 import { userInfo } from 'node:os';
@@ -210,7 +210,6 @@ export class AdminService implements Service<AdminContext> {
       setDaemonTimeout: (sec) => {
         // virNetDaemonAutoShutdown: 0 turns the idle exit off. The daemon's
         // idle check (--timeout) reads opts.timeoutSec.
-        this.daemon.autoShutdownTimeout = sec;
         this.daemon.opts.timeoutSec = sec > 0 ? sec : null;
         this.daemon.log.info({ timeout: sec }, 'daemon timeout set by admin');
       },
@@ -320,8 +319,8 @@ export class AdminService implements Service<AdminContext> {
 
   private async reexec(caller: AdminConnState): Promise<ReexecResult> {
     const d = this.daemon;
-    // A second caller would wait for the first re-exec while being a request
-    // in flight itself, which that re-exec's quiesce waits for: refuse instead.
+    // A second caller joins a running re-exec (Reexecutor.run merges it);
+    // the new image answers every merged call.
     const header = caller.conn.currentHeader;
     d.log.warn({ client: caller.conn.id, peer: caller.conn.peer }, 're-exec requested by admin');
     const r = await d.reexec('admin', header ? { conn: caller.conn, header } : undefined);

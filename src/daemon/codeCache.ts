@@ -13,7 +13,7 @@ import { renameSync, unlinkSync, writeFileSync } from 'node:fs';
 import type { Script } from 'node:vm';
 import type { Logger } from 'pino';
 
-export const CODE_CACHE_ENV = 'RELOCKD_CODE_CACHE';
+const CODE_CACHE_ENV = 'RELOCKD_CODE_CACHE';
 
 interface LoadedBundle {
   script: Script;

@@ -34,7 +34,7 @@ import type { ResolvedSettings } from './settings.js';
 import { safeModeRefusal, stoppingRefusal } from '../locks/errors.js';
 import { ExitCode } from './exitCode.js';
 import { listenerPath } from '../state/orphans.js';
-import type { ExecTarget, ReexecResult, ReplyAfterExec } from './reexec.js';
+import type { ExecTarget, ReexecOutcome, ReplyAfterExec } from './reexec.js';
 import net from 'node:net';
 import { DaemonMetrics } from '../metrics/counters.js';
 import { instrument } from '../metrics/instrument.js';
@@ -43,6 +43,7 @@ import { MetricsListener } from './metrics.js';
 import { checkConfigBeforeReexec } from './reexecConfig.js';
 import { codeCacheStatus, scheduleCodeCache } from './codeCache.js';
 import { lazyRequire } from '../lazyRequire.js';
+import type { ShutdownPolicy } from '../config/config.js';
 
 export interface DaemonOptions {
   socketPath: string;
@@ -78,7 +79,6 @@ export interface DaemonOptions {
  * its own connection, release everything, exit.
  * refuse: ignore the request while leases are held.
  */
-export type ShutdownPolicy = 'drain' | 'kill-owners' | 'refuse';
 
 /** How this image came to be. */
 export type BootKind = 'fresh' | 'restored' | 'safe-mode';
@@ -93,11 +93,6 @@ export class Daemon {
   adminServer: RpcServer<any> | null = null;
   /** The admin socket's service (see createAdminServer). */
   adminService: AdminService | null = null;
-  /**
-   * virt-admin daemon-timeout: seconds without clients before the daemon may
-   * exit, 0 = never. Stored here; the shutdown policy (host-integration issue) acts on it.
-   */
-  autoShutdownTimeout = 0;
   /** When the daemon first started (carried across re-execs: uptime is the daemon's, not the image's). */
   startedAt = Date.now();
   readonly version = VERSION;
@@ -419,7 +414,7 @@ export class Daemon {
       const prog = conn?.service.programs.find((g) => g.prog === p.header.prog && g.vers === p.header.vers);
       const proc = prog?.procedures.get(p.header.proc);
       if (!conn || !proc) continue;
-      const result: ReexecResult = { ok: true, blackoutMs, version: this.version };
+      const result: ReexecOutcome = { ok: true, blackoutMs, version: this.version };
       conn.sendReply(p.header, proc.encodeRet, result);
     }
   }
@@ -497,7 +492,7 @@ export class Daemon {
   }
 
   /** Re-exec (SIGUSR1, or the admin interface with a call to answer afterwards). */
-  reexec(trigger = 'SIGUSR1', replyTo?: ReplyAfterExec, target?: ExecTarget): Promise<ReexecResult> {
+  reexec(trigger = 'SIGUSR1', replyTo?: ReplyAfterExec, target?: ExecTarget): Promise<ReexecOutcome> {
     // A handback execs virtlockd, which does not read relockd's settings.
     const refused = target ? null : checkConfigBeforeReexec(this, trigger);
     if (refused) return Promise.resolve(refused);

@@ -1,5 +1,5 @@
 // The main server's service: the lock-space program plus what happens when a
-// connection closes (spec 3.6). When the connection an owner made for itself
+// connection closes (libvirt: virLockDaemonClientFree, lock_daemon.c). When the connection an owner made for itself
 // (peer pid == registered pid, i.e. QEMU's inherited connection) closes and
 // that owner still holds leases, the owner must not keep running without
 // them: relockd terminates it first and releases its leases once it is gone,

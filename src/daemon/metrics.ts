@@ -17,7 +17,7 @@ import { lazyRequire } from '../lazyRequire.js';
  * Until the lock-space health work provides its own, health is what the
  * storage gate knows: a lock space with a call past its deadline is stuck.
  */
-export function gateHealth(d: Daemon): LockspaceHealthProvider {
+function gateHealth(d: Daemon): LockspaceHealthProvider {
   return {
     states: ['ok', 'stuck'],
     lockspaceHealth: () => {
@@ -27,7 +27,7 @@ export function gateHealth(d: Daemon): LockspaceHealthProvider {
   };
 }
 
-export function metricsSnapshot(d: Daemon): MetricsSnapshot {
+function metricsSnapshot(d: Daemon): MetricsSnapshot {
   const leases: MetricsSnapshot['leases'] = [];
   const owners = new Set<number>();
   for (const ls of d.manager.allSpaces()) {

@@ -22,7 +22,7 @@ export interface OwnerExit {
   coreDumped?: boolean;
 }
 
-export function describeExit(info: native.ExitInfo): OwnerExit {
+function describeExit(info: native.ExitInfo): OwnerExit {
   if (info.code !== undefined) return { how: `exited with code ${info.code}`, code: info.code };
   if (info.signal !== undefined) {
     const signal = signalNames.get(info.signal) ?? `signal ${info.signal}`;

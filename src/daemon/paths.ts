@@ -1,4 +1,4 @@
-// Default paths, following virtlockd's (spec 1.2) so that libvirt finds
+// Default paths, following virtlockd's (virLockDaemonUnixSocketPaths) so that libvirt finds
 // relockd with no configuration: /run/libvirt as root, else
 // $XDG_RUNTIME_DIR/libvirt (falling back to ~/.cache, as GLib does).
 

@@ -24,7 +24,8 @@ import type { ReexecRecord, StateDocument, TerminationState } from '../state/doc
 import { validateState } from '../state/validate.js';
 import type { Daemon } from './daemon.js';
 
-export type ReexecResult =
+/** How a re-exec attempt ended, inside the daemon (the admin wire reply is relockdAdmin's ReexecResult). */
+export type ReexecOutcome =
   | { ok: true; blackoutMs: number; version: string }
   | { ok: false; error: string; /** worth retrying (a refusal that clears by itself) */ transient?: boolean };
 
@@ -74,12 +75,12 @@ export interface ReplyAfterExec {
 /** Environment marker: lets the new image know the state file is its own. */
 export const REEXEC_ENV = 'RELOCKD_REEXEC';
 
-export class ReexecFailure extends Error {
+class ReexecFailure extends Error {
   override name = 'ReexecFailure';
 }
 
 /** Writes `data` to `path` atomically: temp file 0600, fsync, rename. */
-export function writeFileAtomic(path: string, data: string): void {
+function writeFileAtomic(path: string, data: string): void {
   const tmp = join(dirname(path), `.${basename(path)}.${process.pid}.tmp`);
   const fd = openSync(tmp, 'w', 0o600);
   try {
@@ -103,7 +104,7 @@ export function writeFileAtomic(path: string, data: string): void {
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 export class Reexecutor {
-  private running: Promise<ReexecResult> | null = null;
+  private running: Promise<ReexecOutcome> | null = null;
   /** Calls to answer from the new image (a second caller merges into a running re-exec). */
   private replyTos: ReplyAfterExec[] = [];
 
@@ -114,7 +115,7 @@ export class Reexecutor {
   }
 
   /** Re-execs; resolves only on failure (on success this image is gone). */
-  run(trigger: string, replyTo?: ReplyAfterExec, target?: ExecTarget): Promise<ReexecResult> {
+  run(trigger: string, replyTo?: ReplyAfterExec, target?: ExecTarget): Promise<ReexecOutcome> {
     if (this.d.stopping) {
       this.d.log.warn({ trigger, stopping: this.d.stopping }, 're-exec refused: the daemon is stopping');
       return Promise.resolve({ ok: false, error: `the daemon is stopping (${this.d.stopping})` });
@@ -138,7 +139,7 @@ export class Reexecutor {
     return out;
   }
 
-  private async attempt(trigger: string, target?: ExecTarget): Promise<ReexecResult> {
+  private async attempt(trigger: string, target?: ExecTarget): Promise<ReexecOutcome> {
     const d = this.d;
     const requestedAtNs = process.hrtime.bigint();
     const log = d.log.child({ reexec: trigger });

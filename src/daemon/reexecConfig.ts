@@ -7,9 +7,9 @@
 
 import type { Daemon } from './daemon.js';
 import { KEPT_STATE_ENV } from './keptSettings.js';
-import type { ReexecResult } from './reexec.js';
+import type { ReexecOutcome } from './reexec.js';
 
-export function checkConfigBeforeReexec(d: Daemon, trigger: string): ReexecResult | null {
+export function checkConfigBeforeReexec(d: Daemon, trigger: string): ReexecOutcome | null {
   if (d.reloadSettings) {
     try {
       d.reloadSettings();

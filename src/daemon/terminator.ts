@@ -1,5 +1,5 @@
 // Ends an owner process that lost its lock connection while holding leases,
-// so that no VM runs without its leases. Unlike virtlockd (spec 3.6), this
+// so that no VM runs without its leases. Unlike virtlockd (virLockDaemonClientFree), this
 // never blocks the event loop (timers, not sleeps) and never signals a
 // recycled pid: signals go through a pidfd taken while the process was
 // certainly alive, and liveness is checked through that same pidfd.
@@ -95,7 +95,7 @@ export function closeProcessHandle(h: ProcessHandle): void {
 }
 
 /** True while the process can still run: not reaped, not a zombie, not reused. */
-export async function isAlive(h: ProcessHandle): Promise<boolean> {
+async function isAlive(h: ProcessHandle): Promise<boolean> {
   if (h.pidfd >= 0) {
     try {
       native.pidfdSendSignal(h.pidfd, 0);

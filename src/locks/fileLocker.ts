@@ -36,13 +36,6 @@ export interface ReleaseResult {
   unlinkError?: string;
 }
 
-/** A system error from a storage call, with the errno name and the stage. */
-export interface StorageError extends Error {
-  code: string;
-  errno: number;
-  stage?: 'open' | 'lock' | 'stat';
-}
-
 /** Every path here is a byte string (src/byteString.ts): file names are bytes. */
 export interface FileLocker {
   lock(path: string, req: LockRequest): Promise<LockedFile>;

@@ -1,5 +1,5 @@
 // Lock spaces, resources and their owner lists (virlockspace.c's semantics,
-// spec 3.5, 4.4–4.6). Pure bookkeeping plus policy; the kernel work goes
+// virLockSpaceAcquireResource, virLockSpaceReleaseResource). Pure bookkeeping plus policy; the kernel work goes
 // through a FileLocker, and storage calls through a StorageGate.
 
 import { dirname } from 'node:path';
@@ -35,7 +35,7 @@ export interface Resource {
   readonly ino: number;
   /** Flags of the first acquirer: SHARED and/or AUTOCREATE. */
   readonly flags: number;
-  /** Owner pids in acquisition order; duplicates allowed (spec 4.6). */
+  /** Owner pids in acquisition order; duplicates allowed (as virLockSpaceAcquireResource). */
   readonly owners: number[];
   /** Epoch ms when the lock was taken. */
   readonly since: number;
@@ -465,7 +465,7 @@ export class LockManager {
   }
 
   /**
-   * Connection-close cleanup (spec 3.6): removes one occurrence of `pid` from
+   * Connection-close cleanup (virLockSpaceReleaseResourcesForOwner): removes one occurrence of `pid` from
    * every resource in every lock space; frees those left without owners.
    * Returns how many resources listed the pid.
    */

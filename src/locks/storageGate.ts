@@ -41,7 +41,7 @@ interface KeyState {
  * what bounds the threads a hung mount can hold through them; the rest wait
  * in memory (no thread) and run as soon as the storage answers again.
  */
-export const RELEASES_PER_KEY = 2;
+const RELEASES_PER_KEY = 2;
 
 export interface GateOptions {
   timeoutMs: number;

@@ -5,7 +5,7 @@
 // blackout. Its metric classes are not used: their inc()/observe() hash
 // label sets on every call, while our hot path only increments plain
 // numbers (counters.ts); a scrape hands prom-client finished values.
-// Naming: ../shared/docs/shared-storage-failure.md §5 (relockd_ prefix,
+// Naming: Prometheus' naming practices (relockd_ prefix,
 // base units, _total counters, _info; no label per resource or pid).
 
 import type { DaemonMetrics } from './counters.js';
@@ -13,7 +13,7 @@ import { ACQUIRE_RESULTS, RELEASE_RESULTS, STORAGE_BUCKETS, TERMINATION_OUTCOMES
 import { lazyRequire } from '../lazyRequire.js';
 
 /** One lock space's health, as the storage-failure work defines it. */
-export interface LockspaceHealth {
+interface LockspaceHealth {
   lockspace: string;
   state: string;
 }

@@ -25,7 +25,7 @@ function acquireResult(err: unknown): AcquireResult {
  * directory, or by the image's directory in the default lock space (which
  * would be a label per directory of images: folded into 'default').
  */
-export function lockspaceLabel(manager: LockManager, key: string): string {
+function lockspaceLabel(manager: LockManager, key: string): string {
   return manager.spaces.has(key) ? key : DEFAULT_LOCKSPACE_LABEL;
 }
 

@@ -8,7 +8,7 @@ import { isIP } from 'node:net';
 
 export type MetricsListen = { kind: 'unix'; path: string } | { kind: 'tcp'; host: string; port: number; loopback: boolean };
 
-export class MetricsListenError extends Error {
+class MetricsListenError extends Error {
   override name = 'MetricsListenError';
 }
 

@@ -6,38 +6,27 @@
 // state; this file owns the wire.
 
 import { E } from '../rpc/errorCatalogue.js';
-import type { Codec, FlagsArgs, Program, ProgramSpec } from '../rpc/program.js';
-import { ANY_FLAGS, flagsCodec, procNumbers, rowOf, rowsProgram, voidCodec } from '../rpc/program.js';
+import type { Codec, Program, ProgramSpec } from '../rpc/program.js';
+import { ANY_FLAGS, flagsCodec, rowOf, rowsProgram, voidCodec } from '../rpc/program.js';
 import { XdrDecodeError } from '../rpc/xdr.js';
 import type { XdrReader, XdrWriter } from '../rpc/xdr.js';
 
 export const ADMIN_PROGRAM = 0x06900690;
 export const ADMIN_PROTOCOL_VERSION = 1;
 
-export const ADMIN_STRING_MAX = 4194304;
-export const ADMIN_SERVER_LIST_MAX = 16384;
-export const ADMIN_SERVER_THREADPOOL_PARAMETERS_MAX = 32;
-export const ADMIN_CLIENT_LIST_MAX = 16384;
-export const ADMIN_CLIENT_INFO_PARAMETERS_MAX = 64;
-export const ADMIN_SERVER_CLIENT_LIMITS_MAX = 32;
+const ADMIN_STRING_MAX = 4194304;
+const ADMIN_SERVER_LIST_MAX = 16384;
+const ADMIN_SERVER_THREADPOOL_PARAMETERS_MAX = 32;
+const ADMIN_CLIENT_LIST_MAX = 16384;
+const ADMIN_CLIENT_INFO_PARAMETERS_MAX = 64;
+const ADMIN_SERVER_CLIENT_LIMITS_MAX = 32;
 /** VIR_TYPED_PARAM_FIELD_LENGTH */
-export const TYPED_PARAM_FIELD_LENGTH = 80;
+const TYPED_PARAM_FIELD_LENGTH = 80;
 
 /** virClientTransport */
 export const ClientTransport = { UNIX: 0, TCP: 1, TLS: 2 } as const;
 
 // ---- typed parameters (admin_typed_param) ---------------------------------
-
-/** virTypedParameterType */
-export const TypedParamType = {
-  INT: 1,
-  UINT: 2,
-  LLONG: 3,
-  ULLONG: 4,
-  DOUBLE: 5,
-  BOOLEAN: 6,
-  STRING: 7,
-} as const;
 
 export type TypedParam =
   | { field: string; type: 'int'; value: number }
@@ -48,8 +37,9 @@ export type TypedParam =
   | { field: string; type: 'boolean'; value: boolean }
   | { field: string; type: 'string'; value: string };
 
-export type TypedParamTypeName = TypedParam['type'];
+type TypedParamTypeName = TypedParam['type'];
 
+/** virTypedParameterType numbers (VIR_TYPED_PARAM_INT = 1 … _STRING = 7). */
 const TYPE_NAMES: Record<number, TypedParamTypeName> = {
   1: 'int',
   2: 'uint',
@@ -72,7 +62,7 @@ const TYPE_NUMBERS: Record<TypedParamTypeName, number> = {
 
 const adminString = (r: XdrReader) => r.string(ADMIN_STRING_MAX);
 
-export function decodeTypedParam(r: XdrReader): TypedParam {
+function decodeTypedParam(r: XdrReader): TypedParam {
   const field = adminString(r);
   const type = r.i32();
   switch (TYPE_NAMES[type]) {
@@ -96,7 +86,7 @@ export function decodeTypedParam(r: XdrReader): TypedParam {
   }
 }
 
-export function encodeTypedParam(w: XdrWriter, p: TypedParam): void {
+function encodeTypedParam(w: XdrWriter, p: TypedParam): void {
   w.string(p.field);
   w.i32(TYPE_NUMBERS[p.type]);
   switch (p.type) {
@@ -162,7 +152,6 @@ const encodeClientRef = (w: XdrWriter, c: AdminClientRef) => {
 
 // ---- args and rets -------------------------------------------------------------
 
-export type { FlagsArgs };
 export interface ListArgs {
   needResults: number;
   flags: number;
@@ -221,7 +210,7 @@ export interface LoggingFiltersRet {
 }
 
 /** Encoders and decoders for both sides (the daemon and AdminClient). */
-export const adminCodec = {
+const adminCodec = {
   flags: flagsCodec,
   list: {
     decode: (r: XdrReader): ListArgs => ({ needResults: r.u32(), flags: r.u32() }),
@@ -545,8 +534,6 @@ export const adminRows = {
     run: (b, _c, a) => b.setDaemonTimeout(a.timeout),
   }),
 };
-
-export const AdminProc = procNumbers(adminRows);
 
 const SPEC: ProgramSpec = { name: 'admin', prog: ADMIN_PROGRAM, vers: ADMIN_PROTOCOL_VERSION, flagsError: E.ADMIN_UNSUPPORTED_FLAGS };
 

@@ -1,10 +1,10 @@
 // virtlockd's lock-space program (0x0EA7BEEF v1), as a table. Each row says
 // which flags it accepts, which pre-checks apply (in virtlockd's order:
-// flags → restricted → registered, spec 3.4), how to decode its args, and
+// flags → restricted → registered, as lock_daemon_dispatch.c's handlers), how to decode its args, and
 // what it does. All procedures return void.
 
 import { E } from '../rpc/errorCatalogue.js';
-import type { FlagsArgs, Program, ProgramSpec } from '../rpc/program.js';
+import type { Program, ProgramSpec } from '../rpc/program.js';
 import { flagsCodec, procNumbers, rowOf, rowsProgram } from '../rpc/program.js';
 import type { XdrReader, XdrWriter } from '../rpc/xdr.js';
 import type { LockManager, Owner } from '../locks/lockManager.js';
@@ -12,7 +12,7 @@ import type { LockManager, Owner } from '../locks/lockManager.js';
 export const LOCKSPACE_PROGRAM = 0x0ea7beef;
 export const LOCKSPACE_VERSION = 1;
 /** VIR_LOCK_SPACE_PROTOCOL_STRING_MAX */
-export const LOCKSPACE_STRING_MAX = 65536;
+const LOCKSPACE_STRING_MAX = 65536;
 
 /** Per-connection state (virLockDaemonClient). */
 export interface LockClientState {
@@ -34,7 +34,6 @@ export interface RegisterArgs {
   owner: Owner;
   flags: number;
 }
-export type { FlagsArgs };
 export interface PathArgs {
   path: string;
   flags: number;

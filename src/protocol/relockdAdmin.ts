@@ -12,17 +12,17 @@
 // which files relockd holds; a lock probe from relockctl covers everyone else.
 
 import { E } from '../rpc/errorCatalogue.js';
-import type { Codec, FlagsArgs, Program, ProgramSpec } from '../rpc/program.js';
-import { flagsCodec, procNumbers, rowOf, rowsProgram } from '../rpc/program.js';
+import type { Codec, Program, ProgramSpec } from '../rpc/program.js';
+import { flagsCodec, rowOf, rowsProgram } from '../rpc/program.js';
 import type { XdrReader, XdrWriter } from '../rpc/xdr.js';
 import type { AdminContext } from './admin.js';
 import { uuidFromString, uuidToString } from './lockspace.js';
 
 export const RELOCKD_ADMIN_PROGRAM = 0x52454c4b; // "RELK"
 export const RELOCKD_ADMIN_VERSION = 1;
-export const RELOCKD_ADMIN_STRING_MAX = 4194304;
+const RELOCKD_ADMIN_STRING_MAX = 4194304;
 /** Bound on every list (the 32 MiB message limit comes first in practice). */
-export const RELOCKD_ADMIN_LIST_MAX = 4_000_000;
+const RELOCKD_ADMIN_LIST_MAX = 4_000_000;
 
 // ---- types -------------------------------------------------------------------------
 
@@ -123,7 +123,6 @@ export interface HandbackRefused {
   warnings: string[];
 }
 
-export type { FlagsArgs };
 export interface FilterArgs {
   filter: string | null;
   flags: number;
@@ -377,8 +376,6 @@ export const relockdAdminRows = {
     },
   }),
 };
-
-export const RelockdProc = procNumbers(relockdAdminRows);
 
 const SPEC: ProgramSpec = { name: 'relockd-admin', prog: RELOCKD_ADMIN_PROGRAM, vers: RELOCKD_ADMIN_VERSION, flagsError: E.ADMIN_UNSUPPORTED_FLAGS };
 

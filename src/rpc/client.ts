@@ -1,6 +1,6 @@
 // A libvirt RPC client over a UNIX socket: used by relockctl, the tests and
 // the benchmarks. Calls may be pipelined; replies are matched by serial
-// (libvirt's client matches prog, vers and serial, spec 2.8).
+// (libvirt's client matches prog, vers and serial: virNetClientCallDispatchReply).
 
 import net from 'node:net';
 import { decodeWireError } from './errors.js';
@@ -169,7 +169,7 @@ export class RpcClient {
 }
 
 /** The payload of a reply, or the RemoteError it carries. */
-export function replyPayload(reply: Packet): XdrReader {
+function replyPayload(reply: Packet): XdrReader {
   const r = new XdrReader(reply.body, HEADER_SIZE);
   if (reply.header.status === MessageStatus.ERROR) throw new RemoteError(decodeWireError(r), reply.header);
   if (reply.header.status !== MessageStatus.OK) throw new Error(`unexpected reply status ${reply.header.status}`);

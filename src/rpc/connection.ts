@@ -21,11 +21,9 @@ export const KEEPALIVE_VERSION = 1;
 export const KEEPALIVE_PING = 1;
 export const KEEPALIVE_PONG = 2;
 
-export interface PeerCred {
-  pid: number;
-  uid: number;
-  gid: number;
-}
+import type { PeerCred } from '../native.js';
+
+export type { PeerCred };
 
 /** What a server offers on its socket: programs plus per-client state. */
 export interface Service<Ctx> {

@@ -1,6 +1,7 @@
 // libvirt's error model on the wire: virNetMessageError, the error codes and
 // domains we send, and typed errors that carry them. Handlers throw these; the
-// RPC layer turns them into error replies (spec 2.3, 2.5, appendix B). Which
+// RPC layer turns them into error replies (libvirt: virNetServerProgramSendError,
+// src/rpc/virnetserverprogram.c; codes and domains: virterror.h). Which
 // errors exist, with their texts, is the catalogue's (errorCatalogue.ts).
 
 import { XdrReader, XdrWriter } from './xdr.js';
@@ -29,7 +30,7 @@ export const ErrorDomain = {
   ADMIN: 62,
 } as const;
 
-export const VIR_ERR_ERROR = 2;
+const VIR_ERR_ERROR = 2;
 
 /** libvirt's per-code "info format" (str1 of ordinary errors). */
 export const INFO_FORMAT: Readonly<Record<number, string>> = {
@@ -154,7 +155,7 @@ export class ProtocolError extends Error {
 }
 
 /** Maximum length of strings in the generic RPC types (error messages). */
-export const VIR_NET_MESSAGE_STRING_MAX = 4194304;
+const VIR_NET_MESSAGE_STRING_MAX = 4194304;
 
 export function encodeWireError(w: XdrWriter, e: WireError): void {
   // Messages quote paths and names, which are byte strings (src/byteString.ts):

@@ -1,14 +1,15 @@
 // libvirt RPC framing: a 4-byte length word that counts itself, a 24-byte
-// header, then the XDR payload (spec 2.1, 2.2).
+// header, then the XDR payload (libvirt: virNetMessageDecodeLength and
+// virNetMessageDecodeHeader, src/rpc/virnetmessage.c).
 
 import { XdrReader } from './xdr.js';
 
 export const LEN_WORD = 4;
 export const HEADER_SIZE = 24;
 /** Smallest meaningful packet: length word + header. */
-export const MIN_PACKET = LEN_WORD + HEADER_SIZE;
+const MIN_PACKET = LEN_WORD + HEADER_SIZE;
 /** VIR_NET_MESSAGE_MAX: header + payload, length word excluded. */
-export const MESSAGE_MAX = 33554432;
+const MESSAGE_MAX = 33554432;
 /** Largest length word the server accepts. */
 export const MAX_PACKET = MESSAGE_MAX + LEN_WORD;
 /** VIR_NET_MESSAGE_NUM_FDS_MAX */
@@ -79,7 +80,7 @@ export class FramingError extends Error {
 
 /**
  * Incremental frame splitter. Bytes go in as they arrive; complete packets
- * come out. A bad length word is fatal for the connection (spec 2.2), which
+ * come out. A bad length word is fatal for the connection (virNetMessageDecodeLength), which
  * the caller learns from a thrown FramingError.
  *
  * Unconsumed bytes are kept in `pending()` so a re-exec can carry a
@@ -111,7 +112,7 @@ export class FrameReader {
 
   /**
    * Discards the next n bytes of the stream: libvirt sends each passed fd in
-   * its own sendmsg with one dummy data byte after the packet (spec 2.6).
+   * its own sendmsg with one dummy data byte after the packet (virNetSocketSendFD).
    */
   skip(n: number): void {
     this.toSkip += n;

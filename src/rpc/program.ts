@@ -38,7 +38,7 @@ export interface Program<Ctx> {
 }
 
 /** Builds a program from its rows, refusing duplicate procedure numbers. */
-export function defineProgram<Ctx>(
+function defineProgram<Ctx>(
   name: string,
   prog: number,
   vers: number,
@@ -53,7 +53,7 @@ export function defineProgram<Ctx>(
 }
 
 /** Args decoder for procedures without arguments. */
-export const noArgs = (): undefined => undefined;
+const noArgs = (): undefined => undefined;
 
 // ---- the one row shape ---------------------------------------------------------
 
@@ -82,7 +82,7 @@ export const ANY_FLAGS = 0xffffffff;
 export type FlagsError = (unsupported: number, fn: string) => ProtocolError;
 
 /** virCheckFlags: refuses the bits outside `mask`, naming the C function `fn`. */
-export function checkFlags(flags: number, mask: number, fn: string, refuse: FlagsError): void {
+function checkFlags(flags: number, mask: number, fn: string, refuse: FlagsError): void {
   const bad = (flags & ~mask) >>> 0;
   if (bad) throw refuse(bad, fn);
 }

@@ -9,7 +9,7 @@ import * as native from '../native.js';
 import { ClientConnection } from './connection.js';
 import type { PeerCred, Service } from './connection.js';
 
-export class SocketInUseError extends Error {
+class SocketInUseError extends Error {
   override name = 'SocketInUseError';
 }
 
@@ -60,7 +60,7 @@ export function peerAllowed(peer: PeerCred, euid = process.geteuid?.() ?? 0): bo
  * Checks whether a daemon answers on `path`. A live socket is never
  * unlinked; a stale one (ECONNREFUSED) is.
  */
-export function probeSocket(path: string): Promise<'live' | 'stale' | 'missing'> {
+function probeSocket(path: string): Promise<'live' | 'stale' | 'missing'> {
   if (!existsSync(path)) return Promise.resolve('missing');
   return new Promise((resolve, reject) => {
     const st = lstatSync(path);

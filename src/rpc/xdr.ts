@@ -83,7 +83,7 @@ export class XdrReader {
 
   /**
    * string<max>. libvirt uses strings as C strings, so an embedded NUL ends
-   * the string (spec 3.2); we mirror that.
+   * the string (xdr_string into a char *); we mirror that.
    */
   string(max: number): string {
     const len = this.u32();

@@ -1,9 +1,9 @@
-// The re-exec state document: virtlockd 9.0's format (spec 6.3), so that
+// The re-exec state document: virtlockd 9.0's format (virLockDaemonPreExecRestart), so that
 // either daemon's state can be read, plus one `relockd` object for what
 // virtlockd does not carry. schemas/state.schema.json is the authority; these
 // types mirror it.
 
-export interface SocketState {
+interface SocketState {
   fd: number;
   errfd: number;
   pid: number;
@@ -11,7 +11,7 @@ export interface SocketState {
   unlinkUNIX?: boolean;
 }
 
-export interface ServiceState {
+interface ServiceState {
   auth: number;
   readonly: boolean;
   nrequests_client_max: number;
@@ -51,7 +51,7 @@ export interface ServerState {
   clients: ClientState[];
 }
 
-export interface ResourceState {
+interface ResourceState {
   name: string;
   path: string;
   fd: number;
@@ -92,7 +92,7 @@ export interface TerminationState {
   startTime: string;
 }
 
-export interface ListenerState {
+interface ListenerState {
   server: string;
   fd: number;
   path: string;
@@ -126,7 +126,7 @@ export interface RelockdExtension {
   pendingReplies?: PendingReply[];
 }
 
-export interface PendingReply {
+interface PendingReply {
   server: string;
   clientId: number;
   header: { prog: number; vers: number; proc: number; type: number; serial: number; status: number };

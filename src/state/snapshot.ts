@@ -21,7 +21,7 @@ import type {
 } from './document.js';
 
 /** What a server contributes besides its sockets: per-client state. */
-export interface ServerSnapshotSource<Ctx> {
+interface ServerSnapshotSource<Ctx> {
   server: RpcServer<Ctx>;
   /** virtlockd's privateData for a client. */
   privateData(conn: ClientConnection<Ctx>): ClientState['privateData'];
@@ -48,7 +48,7 @@ export interface SnapshotInput {
   startedAt: number;
 }
 
-export function fdIdentity(fd: number, kind: FdIdentity['kind']): FdIdentity {
+function fdIdentity(fd: number, kind: FdIdentity['kind']): FdIdentity {
   const st = fstatSync(fd, { bigint: true });
   return { fd, kind, dev: st.dev.toString(), ino: st.ino.toString() };
 }

@@ -11,6 +11,7 @@ export interface AjvError {
   keyword: string;
   message?: string;
   params: Record<string, unknown>;
+  schemaPath?: string;
 }
 
 export type ValidateFn = ((data: unknown) => boolean) & { errors?: AjvError[] | null };
@@ -29,7 +30,7 @@ export function load(name: string): ValidateFn {
   return v;
 }
 
-export class ValidationError extends Error {
+class ValidationError extends Error {
   override name = 'ValidationError';
   constructor(
     readonly what: string,

@@ -12,12 +12,12 @@ export const END = '<!-- end of generated part -->';
 
 const nameOf = (table: Record<string, number>, v: number) => Object.keys(table).find((k) => table[k] === v);
 
-export function codeName(v: number): string {
+function codeName(v: number): string {
   const n = nameOf(ErrorCode, v);
   return n ? `VIR_ERR_${n} (${v})` : `?? (${v})`;
 }
 
-export function domainName(v: number): string {
+function domainName(v: number): string {
   const n = nameOf(ErrorDomain, v);
   return n ? `VIR_FROM_${n} (${v})` : `?? (${v})`;
 }

@@ -11,7 +11,7 @@ export interface Sample {
   value: number;
 }
 
-export const PROMTOOL = ['/usr/bin/promtool', '/bin/promtool'].find((p) => existsSync(p)) ?? null;
+const PROMTOOL = ['/usr/bin/promtool', '/bin/promtool'].find((p) => existsSync(p)) ?? null;
 
 /** promtool check metrics: exit status and what it printed (lint problems). */
 export function promtoolCheck(text: string): { status: number | null; output: string } {

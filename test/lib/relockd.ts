@@ -115,7 +115,7 @@ export async function startRelockd(opts: RelockdOptions = {}): Promise<StartedDa
     await waitForSocket(socketPath, 15000, () => dead);
   } catch (e) {
     child.kill('SIGKILL');
-    throw new Error(`${(e as Error).message}\n${logs}`);
+    throw new Error(`${(e as Error).message}\n${logs}`, { cause: e });
   }
   return {
     kind: 'relockd',

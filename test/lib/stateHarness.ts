@@ -19,7 +19,7 @@ import type { LockPrivateData, StateDocument } from '../../src/state/document.js
 import type { Owner } from '../../src/locks/lockManager.js';
 
 export const EXAMPLES = join(ROOT, 'state-examples');
-export const FIXTURE = join(ROOT, 'test', 'fixtures', 'exec-with-state.mjs');
+const FIXTURE = join(ROOT, 'test', 'fixtures', 'exec-with-state.mjs');
 export const exampleFiles = readdirSync(EXAMPLES).filter((f) => f.endsWith('.json')).sort();
 export const readExample = (name: string) => JSON.parse(readFileSync(join(EXAMPLES, name), 'utf8')) as StateDocument;
 
@@ -43,7 +43,7 @@ export async function waitFor(cond: () => boolean, ms = 15000, what = 'condition
  * 'idle': just lives. Either prints 'got SIGTERM' on SIGTERM and exits only
  * when told ('exit' on stdin) or killed.
  */
-export const HELPER = `
+const HELPER = `
 const net = require('node:net');
 process.on('SIGTERM', () => process.stdout.write('got SIGTERM\\n'));
 process.stdin.on('data', (d) => { if (String(d).includes('exit')) process.exit(0); });
@@ -78,7 +78,7 @@ export function spawnHelper(mode: 'connect' | 'idle', path = ''): Promise<Helper
 }
 
 /** One connection the old image had: ours (helper's peer pid, or our own). */
-export interface Conn {
+interface Conn {
   server: 'virtlockd' | 'admin';
   index: number;
   socket: net.Socket;
@@ -89,7 +89,7 @@ export interface Conn {
   lockspace(): LockspaceClient;
 }
 
-export function makeConn(server: Conn['server'], index: number, socket: net.Socket, helper?: Helper): Conn {
+function makeConn(server: Conn['server'], index: number, socket: net.Socket, helper?: Helper): Conn {
   const received: Buffer[] = [];
   socket.on('data', (d: Buffer) => received.push(d));
   socket.on('error', () => {});
@@ -180,7 +180,7 @@ export async function instantiate(t: Test, example: string, opts: { args?: strin
     try {
       await waitFor(() => cond() || dead, 20000, what);
     } catch (e) {
-      throw new Error(`${(e as Error).message}\n--- output ---\n${out}`);
+      throw new Error(`${(e as Error).message}\n--- output ---\n${out}`, { cause: e });
     }
     if (!cond()) throw new Error(`fixture/daemon exited while waiting for ${what}\n--- output ---\n${out}`);
   };
@@ -240,7 +240,7 @@ export async function instantiate(t: Test, example: string, opts: { args?: strin
   };
 }
 
-export const RELEASER_UUID = '99999999-8888-7777-6666-555555555555';
+const RELEASER_UUID = '99999999-8888-7777-6666-555555555555';
 export const asOwner = (pid: number): Owner => ({ uuid: RELEASER_UUID, name: `owner-${pid}`, id: 1, pid });
 
 /** REGISTER as `pid` on a NEW connection (as libvirtd does) and RELEASE. */

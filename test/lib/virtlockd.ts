@@ -116,7 +116,7 @@ export interface VirtlockdOptions {
   startTimeoutMs?: number;
 }
 
-export interface ExitInfo {
+interface ExitInfo {
   code: number | null;
   signal: NodeJS.Signals | null;
 }
@@ -440,7 +440,7 @@ export async function startVirtlockd(opts: VirtlockdOptions = {}): Promise<Start
     live.delete(entry);
     const out = logs();
     cleanupFiles();
-    throw new Error(`${(e as Error).message}\n--- virtlockd output ---\n${out}`);
+    throw new Error(`${(e as Error).message}\n--- virtlockd output ---\n${out}`, { cause: e });
   }
 
   // A forgotten daemon must not keep the test process alive; the exit hook

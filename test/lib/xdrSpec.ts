@@ -34,7 +34,7 @@ export interface XSpec {
   procedures: Map<string, number>;
 }
 
-export class XSpecError extends Error {
+class XSpecError extends Error {
   override name = 'XSpecError';
 }
 

@@ -30,7 +30,7 @@ const owner = { uuid, name: 'guest-1', id: 3, pid: 4242 };
 const lsDir = '/var/lib/libvirt/lockd/files';
 const resName = '5a7d2b0c1e4f\xe9.lease';
 
-export const lockspaceCases: ProgramCases = {
+const lockspaceCases: ProgramCases = {
   cases: [
     { proc: 1, name: 'REGISTER', args: { owner, flags: 0 } },
     { proc: 2, name: 'RESTRICT', args: { flags: 0 } },
@@ -51,7 +51,7 @@ export const lockspaceCases: ProgramCases = {
 const clnt = { srv: 'virtlockd', id: 7n, timestamp: 1765065600n, transport: 0 };
 const server = { srv: 'admin', flags: 0 };
 
-export const adminCases: ProgramCases = {
+const adminCases: ProgramCases = {
   cases: [
     { proc: 1, name: 'CONNECT_OPEN', args: { flags: 0 } },
     { proc: 2, name: 'CONNECT_CLOSE' },
@@ -126,7 +126,7 @@ export const adminCases: ProgramCases = {
 
 const leaseOwner = { pid: 4242, owner, terminating: false };
 
-export const relockdCases: ProgramCases = {
+const relockdCases: ProgramCases = {
   cases: [
     {
       proc: 1,

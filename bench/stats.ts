@@ -1,5 +1,5 @@
-// Small formatting and statistics helpers of reexecbench. (lockbench.ts has
-// the same ones, but importing it would run its main().)
+// Small formatting and statistics helpers shared by the benchmarks
+// (lockbench, reexecbench, and lockbench's generator, worker.ts).
 
 import { readFileSync } from 'node:fs';
 
