@@ -20,11 +20,11 @@ import { scanInheritedFds } from '../state/orphans.js';
 import { validateState } from '../state/validate.js';
 import { VERSION } from '../version.js';
 import { bootMarks, mark } from '../bootMarks.js';
-import { AdminService } from './adminService.js';
-import { LockService } from './lockService.js';
-import type { LockClient } from './lockService.js';
-import { openProcessHandle } from './terminator.js';
-import type { TerminationOptions } from './terminator.js';
+import { AdminService } from '../services/adminService.js';
+import { LockService } from '../services/lockService.js';
+import type { LockClient } from '../services/lockService.js';
+import { openProcessHandle } from '../util/processHandle.js';
+import type { TerminationOptions } from '../services/terminator.js';
 import { REEXEC_ENV, Reexecutor } from './reexec.js';
 import { ActivationError, takeActivation } from './activation.js';
 import type { ActivatedSockets } from './activation.js';
@@ -38,7 +38,7 @@ import net from 'node:net';
 import { DaemonMetrics } from '../metrics/counters.js';
 import { instrument } from '../metrics/instrument.js';
 import type { LockspaceHealthProvider } from '../metrics/exposition.js';
-import { MetricsListener } from './metrics.js';
+import { MetricsListener } from '../services/metrics.js';
 import { checkConfigBeforeReexec } from './reexecConfig.js';
 import { codeCacheStatus, scheduleCodeCache } from './codeCache.js';
 import { lazyRequire } from '../lazyRequire.js';
@@ -122,7 +122,7 @@ export class Daemon {
   private readonly reexecutor = new Reexecutor(this);
   /** Running totals for Prometheus (src/metrics/); carried across re-execs. */
   readonly metrics = new DaemonMetrics();
-  /** Lock-space health for the metrics; null: what the storage gate knows (daemon/metrics.ts). */
+  /** Lock-space health for the metrics; null: what the storage gate knows (services/metrics.ts). */
   healthProvider: LockspaceHealthProvider | null = null;
   private readonly metricsListener = new MetricsListener(this);
   private statusTimer: NodeJS.Timeout | null = null;
@@ -157,7 +157,7 @@ export class Daemon {
    * admin socket is configured. Binding or adopting its socket is start()'s job.
    */
   private createAdminServer(): void {
-    // ADMIN-WIRING (issue 6): libvirt's admin program and relockd's own (daemon/adminService.ts).
+    // ADMIN-WIRING (issue 6): libvirt's admin program and relockd's own (services/adminService.ts).
     if (!this.opts.adminSocketPath) return;
     this.adminService = new AdminService(this);
     this.adminServer = new RpcServer({ name: 'admin', service: this.adminService, log: this.log, maxClients: this.opts.adminMaxClients });

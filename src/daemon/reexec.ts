@@ -30,7 +30,7 @@ export type ReexecResult =
 
 /**
  * What to exec and with which state, when it is not relockd itself (the
- * handback to virtlockd, daemon/handback.ts). `plan` runs on the snapshot in
+ * handback to virtlockd, services/handback.ts). `plan` runs on the snapshot in
  * the synchronous stretch before execve; throwing aborts the exec and the
  * old image keeps serving.
  */

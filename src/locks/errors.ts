@@ -2,7 +2,7 @@
 // virtlockd uses for the same situation (spec appendix B), so handlers can
 // simply let them propagate to the client.
 
-import { ErrorCode, ErrorDomain, ProtocolError } from '../rpc/errors.js';
+import { ErrorCode, ErrorDomain, ProtocolError } from '../util/errors.js';
 import { strerror } from '../native.js';
 import { StorageTimeoutError } from './storageGate.js';
 

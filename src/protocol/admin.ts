@@ -2,10 +2,10 @@
 // table: what virt-admin sends to virtlockd's admin socket. Rows decode the
 // args, check flags the way libvirt's handlers do (virCheckFlags in the named
 // C function, after the server lookup where libvirt looks up first), call the
-// backend and encode the reply. The backend (daemon/adminService.ts) owns the
+// backend and encode the reply. The backend (services/adminService.ts) owns the
 // state; this file owns the wire.
 
-import { ErrorCode, ErrorDomain, ProtocolError } from '../rpc/errors.js';
+import { ErrorCode, ErrorDomain, ProtocolError } from '../util/errors.js';
 import type { Procedure, Program } from '../rpc/program.js';
 import { defineProgram, noArgs } from '../rpc/program.js';
 import { XdrDecodeError } from '../rpc/xdr.js';

@@ -3,7 +3,7 @@
 // flags → restricted → registered, spec 3.4), how to decode its args, and
 // what it does. All procedures return void.
 
-import { ErrorCode, ErrorDomain, ProtocolError } from '../rpc/errors.js';
+import { ErrorCode, ErrorDomain, ProtocolError } from '../util/errors.js';
 import type { Procedure, Program } from '../rpc/program.js';
 import { defineProgram } from '../rpc/program.js';
 import type { XdrReader, XdrWriter } from '../rpc/xdr.js';

@@ -11,7 +11,7 @@
 // Cleanup of lease files (relockctl cleanup) uses LIST_RESOURCES: dev/ino say
 // which files relockd holds; a lock probe from relockctl covers everyone else.
 
-import { ErrorCode, ErrorDomain, ProtocolError } from '../rpc/errors.js';
+import { ErrorCode, ErrorDomain, ProtocolError } from '../util/errors.js';
 import type { Procedure, Program } from '../rpc/program.js';
 import { defineProgram } from '../rpc/program.js';
 import type { XdrReader, XdrWriter } from '../rpc/xdr.js';

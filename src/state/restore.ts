@@ -11,7 +11,7 @@ import * as native from '../native.js';
 import type { LockManager, Resource } from '../locks/lockManager.js';
 import type { RpcServer } from '../rpc/server.js';
 import type { ClientConnection } from '../rpc/connection.js';
-import type { ProcessHandle } from '../daemon/terminator.js';
+import type { ProcessHandle } from '../util/processHandle.js';
 import type { FdIdentity, LockPrivateData, ServerState, StateDocument, TerminationState } from './document.js';
 
 export interface RestoreTarget {

@@ -10,7 +10,7 @@ import { DEFAULT_LOCKSPACE_LABEL } from '../metrics/instrument.js';
 import { METRICS_CONTENT_TYPE, renderMetrics } from '../metrics/exposition.js';
 import type { LockspaceHealthProvider, MetricsSnapshot } from '../metrics/exposition.js';
 import { parseMetricsListen } from '../metrics/listen.js';
-import type { Daemon } from './daemon.js';
+import type { Daemon } from '../daemon/daemon.js';
 import { lazyRequire } from '../lazyRequire.js';
 
 /**

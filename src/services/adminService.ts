@@ -11,7 +11,7 @@
 import { readFileSync } from 'node:fs';
 import { userInfo } from 'node:os';
 import type { Level } from 'pino';
-import { ErrorCode, ErrorDomain, ProtocolError } from '../rpc/errors.js';
+import { ErrorCode, ErrorDomain, ProtocolError } from '../util/errors.js';
 import type { ClientConnection, Service } from '../rpc/connection.js';
 import type { RpcServer } from '../rpc/server.js';
 import { adminProgram, ClientTransport, encodeVersion, invalidArg } from '../protocol/admin.js';
@@ -36,7 +36,7 @@ import { VERSION } from '../version.js';
 import { levelOfPriority, loggingPlan, LogSpecError, parseLogFilters, parseLogOutputs, priorityOfLevel } from '../config/logging.js';
 import type { LogFilter, LogOutput } from '../config/logging.js';
 import type { OutputSpec } from '../log.js';
-import type { Daemon } from './daemon.js';
+import type { Daemon } from '../daemon/daemon.js';
 import type { LockClient } from './lockService.js';
 import { handback } from './handbackCall.js';
 

@@ -4,10 +4,10 @@
 
 import type { ClientConnection } from '../rpc/connection.js';
 import type { HandbackArgs, HandbackRefused } from '../protocol/relockdAdmin.js';
-import type { Daemon } from './daemon.js';
+import type { Daemon } from '../daemon/daemon.js';
 import { checkRequest, handbackTarget } from './handback.js';
 import type { HandbackContext } from './handback.js';
-import { ExecRefusal } from './reexec.js';
+import { ExecRefusal } from '../daemon/reexec.js';
 
 export async function handback(d: Daemon, caller: ClientConnection<any>, a: HandbackArgs): Promise<HandbackRefused> {
   const req = { path: a.path, args: a.args };

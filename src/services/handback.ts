@@ -11,10 +11,10 @@ import { dirname, isAbsolute } from 'node:path';
 import * as native from '../native.js';
 import type { StateDocument } from '../state/document.js';
 import { ConversionRefused, toVirtlockdDocument, virtlockdStateFile } from '../state/virtlockdDocument.js';
-import type { Daemon } from './daemon.js';
-import { isPrivileged } from './paths.js';
-import { ExecRefusal } from './reexec.js';
-import type { ExecPlan, ExecTarget } from './reexec.js';
+import type { Daemon } from '../daemon/daemon.js';
+import { isPrivileged } from '../util/paths.js';
+import { ExecRefusal } from '../daemon/reexec.js';
+import type { ExecPlan, ExecTarget } from '../daemon/reexec.js';
 
 export interface HandbackRequest {
   /** virtlockd's binary (absolute). */

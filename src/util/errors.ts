@@ -2,7 +2,7 @@
 // domains we send, and typed errors that carry them. Handlers throw these; the
 // RPC layer turns them into error replies (spec 2.3, 2.5, appendix B).
 
-import { XdrReader, XdrWriter } from './xdr.js';
+import { XdrReader, XdrWriter } from '../rpc/xdr.js';
 
 /** virErrorNumber values used by virtlockd and relockd. */
 export const ErrorCode = {
