@@ -3,7 +3,7 @@
 // (libvirt's client matches prog, vers and serial, spec 2.8).
 
 import net from 'node:net';
-import { decodeWireError } from '../util/errors.js';
+import { decodeWireError } from './wireError.js';
 import type { WireError } from '../util/errors.js';
 import { FrameReader, HEADER_SIZE, MessageStatus, MessageType, encodePacket } from './packet.js';
 import type { Header, Packet } from './packet.js';

@@ -7,7 +7,8 @@
 
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
-import { ProtocolError, encodeWireError } from '../util/errors.js';
+import { ProtocolError } from '../util/errors.js';
+import { encodeWireError } from './wireError.js';
 import { FrameReader, FramingError, MessageStatus, MessageType, NUM_FDS_MAX, HEADER_SIZE, encodePacket } from './packet.js';
 import type { Header, Packet } from './packet.js';
 import type { Program } from './program.js';

@@ -13,8 +13,8 @@ import type { StateDocument } from '../state/document.js';
 import { ConversionRefused, toVirtlockdDocument, virtlockdStateFile } from '../state/virtlockdDocument.js';
 import type { Daemon } from '../daemon/daemon.js';
 import { isPrivileged } from '../util/paths.js';
-import { ExecRefusal } from '../daemon/reexec.js';
-import type { ExecPlan, ExecTarget } from '../daemon/reexec.js';
+import { ExecRefusal } from '../state/execPlan.js';
+import type { ExecPlan, ExecTarget } from '../state/execPlan.js';
 
 export interface HandbackRequest {
   /** virtlockd's binary (absolute). */

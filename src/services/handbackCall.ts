@@ -7,7 +7,7 @@ import type { HandbackArgs, HandbackRefused } from '../protocol/relockdAdmin.js'
 import type { Daemon } from '../daemon/daemon.js';
 import { checkRequest, handbackTarget } from './handback.js';
 import type { HandbackContext } from './handback.js';
-import { ExecRefusal } from '../daemon/reexec.js';
+import { ExecRefusal } from '../state/execPlan.js';
 
 export async function handback(d: Daemon, caller: ClientConnection<any>, a: HandbackArgs): Promise<HandbackRefused> {
   const req = { path: a.path, args: a.args };
