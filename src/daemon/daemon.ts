@@ -10,7 +10,6 @@ import { NativeFileLocker } from '../locks/fileLocker.js';
 import type { FileLocker } from '../locks/fileLocker.js';
 import { StorageGate } from '../locks/storageGate.js';
 import { StorageClassifier } from '../locks/storageClass.js';
-import type { InlinePolicy } from '../locks/storageClass.js';
 import { RpcServer } from '../rpc/server.js';
 import { peerAllowed } from '../rpc/server.js';
 import * as native from '../native.js';
@@ -21,11 +20,12 @@ import { validateState } from '../state/validate.js';
 import { VERSION } from '../version.js';
 import { bootMarks, mark } from '../bootMarks.js';
 import { AdminService } from '../services/adminService.js';
+import type { AdminHost } from '../services/adminService.js';
 import { LockService } from '../services/lockService.js';
 import type { LockClient } from '../services/lockService.js';
 import { openProcessHandle } from '../util/processHandle.js';
-import type { TerminationOptions } from '../services/terminator.js';
 import { REEXEC_ENV, Reexecutor } from './reexec.js';
+import type { ReexecHost } from './reexec.js';
 import { ActivationError, takeActivation } from './activation.js';
 import type { ActivatedSockets } from './activation.js';
 import { PidFile } from './pidFile.js';
@@ -41,49 +41,16 @@ import { instrument } from '../metrics/instrument.js';
 import type { LockspaceHealthProvider } from '../metrics/exposition.js';
 import { MetricsListener } from '../services/metrics.js';
 import { checkConfigBeforeReexec } from './reexecConfig.js';
+import type { ReexecConfigHost } from './reexecConfig.js';
 import { codeCacheStatus, scheduleCodeCache } from './codeCache.js';
 import { lazyRequire } from '../lazyRequire.js';
+import type { DaemonOptions, ShutdownPolicy } from './options.js';
 
-export interface DaemonOptions {
-  socketPath: string;
-  /** null: no admin socket. */
-  adminSocketPath: string | null;
-  adminMaxClients: number;
-  runtimeDir: string;
-  stateFile: string;
-  maxClients: number;
-  termination: TerminationOptions;
-  storageTimeoutMs: number;
-  storagePerKeyConcurrency: number;
-  /** How long a re-exec waits for requests in flight before giving up. */
-  quiesceTimeoutMs: number;
-  /** null: no pid file. */
-  pidFile: string | null;
-  /** What SIGTERM/SIGINT/SIGQUIT do while leases are held (see requestStop). */
-  shutdownPolicy: ShutdownPolicy;
-  /** Exit after this many idle seconds (no client, no lease); null: never. */
-  timeoutSec: number | null;
-  /** Directory lock spaces created at every start. */
-  lockspaces: string[];
-  /** 'local': storage calls on local filesystems run inline; 'never': always off-thread. */
-  storageInline: InlinePolicy;
-  /** HTTP metrics listener (an address:port or a UNIX socket path); null: none. */
-  metricsListen?: string | null;
-}
-
-/**
- * drain: refuse new acquisitions, keep serving releases, exit when the last
- * lease is gone (host shutdown: libvirt stops the VMs first).
- * kill-owners: virtlockd's way: terminate every lease-holding owner that has
- * its own connection, release everything, exit.
- * refuse: ignore the request while leases are held.
- */
-export type ShutdownPolicy = 'drain' | 'kill-owners' | 'refuse';
 
 /** How this image came to be. */
 export type BootKind = 'fresh' | 'restored' | 'safe-mode';
 
-export class Daemon {
+export class Daemon implements AdminHost, ReexecHost, ReexecConfigHost {
   readonly manager: LockManager;
   readonly lockService: LockService;
   readonly lockServer: RpcServer<LockClient>;
@@ -93,11 +60,6 @@ export class Daemon {
   adminServer: RpcServer<any> | null = null;
   /** The admin socket's service (see createAdminServer). */
   adminService: AdminService | null = null;
-  /**
-   * virt-admin daemon-timeout: seconds without clients before the daemon may
-   * exit, 0 = never. Stored here; the shutdown policy (host-integration issue) acts on it.
-   */
-  autoShutdownTimeout = 0;
   /** When the daemon first started (carried across re-execs: uptime is the daemon's, not the image's). */
   startedAt = Date.now();
   readonly version = VERSION;
@@ -143,6 +105,11 @@ export class Daemon {
     instrument(this.metrics, this.manager, this.gate, this.classifier);
     this.lockService.onTerminated = (outcome) => this.metrics.terminations[outcome]++;
     this.createAdminServer();
+  }
+
+  /** The idle exit (--timeout, virt-admin daemon-timeout); null: never. */
+  setIdleTimeout(sec: number | null): void {
+    this.opts.timeoutSec = sec;
   }
 
   get stateFile(): string {

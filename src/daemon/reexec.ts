@@ -24,7 +24,42 @@ import type { ReexecRecord, StateDocument, TerminationState } from '../state/doc
 import { validateState } from '../state/validate.js';
 import { ExecRefusal } from '../state/execPlan.js';
 import type { ExecPlan, ExecTarget } from '../state/execPlan.js';
-import type { Daemon } from './daemon.js';
+import type { Logger } from 'pino';
+import type { LockManager } from '../locks/lockManager.js';
+import type { RpcServer } from '../rpc/server.js';
+import type { FdIdentity } from '../state/document.js';
+import type { LockClient, LockService } from '../services/lockService.js';
+
+/**
+ * What a re-exec needs from the daemon: the servers to quiesce and snapshot,
+ * what the state document carries, and the calls back when an exec fails
+ * (Daemon implements it; test/reexecutor.test.ts a small fake).
+ */
+export interface ReexecHost {
+  readonly log: Logger;
+  readonly lockServer: RpcServer<LockClient>;
+  readonly adminServer: RpcServer<any> | null;
+  readonly manager: LockManager;
+  readonly lockService: Pick<LockService, 'frozen' | 'terminations' | 'saveContext'>;
+  readonly opts: { readonly quiesceTimeoutMs: number };
+  readonly stopping: string | null;
+  readonly version: string;
+  readonly stateFile: string;
+  readonly execPath: string;
+  readonly originalArgv: string[];
+  readonly orphans: FdIdentity[];
+  readonly safeMode: boolean;
+  readonly history: ReexecRecord[];
+  readonly pidFile: { readonly path: string; readonly fd: number } | null;
+  readonly startedAt: number;
+  readonly metrics: { save(): unknown };
+  /** Settings in force, recorded in the state document. */
+  settings(): Record<string, unknown>;
+  notify(msg: string): void;
+  recordReexec(r: ReexecRecord): void;
+  /** Restarts the owner terminations a failed exec had frozen. */
+  resumeFrozenTerminations(): void;
+}
 
 export type ReexecResult =
   | { ok: true; blackoutMs: number; version: string }
@@ -72,7 +107,7 @@ export class Reexecutor {
   /** Calls to answer from the new image (a second caller merges into a running re-exec). */
   private replyTos: ReplyAfterExec[] = [];
 
-  constructor(private readonly d: Daemon) {}
+  constructor(private readonly d: ReexecHost) {}
 
   get inProgress(): boolean {
     return this.running !== null;

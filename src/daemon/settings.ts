@@ -10,7 +10,7 @@ import type { RelockdConfig } from '../config/config.js';
 import { LogSpecError, loggingPlan, parseLogFilters, parseLogOutputs } from '../config/logging.js';
 import { ConfigError } from '../config/errors.js';
 import type { OutputSpec } from '../log.js';
-import type { DaemonOptions } from './daemon.js';
+import type { DaemonOptions } from './options.js';
 import type { DaemonPaths } from '../util/paths.js';
 import { defaultTermination } from '../services/terminator.js';
 
