@@ -83,6 +83,41 @@ function check(files: Map<string, string>, table: Map<string, Set<string>>): Vio
   return out;
 }
 
+/** Import cycles between modules (type-only imports included), each as its modules. */
+function cycles(files: Map<string, string>): string[][] {
+  const graph = new Map([...files].map(([f, text]) => [f, importsOf(f, text).filter((x) => files.has(x))]));
+  const index = new Map<string, number>();
+  const low = new Map<string, number>();
+  const stack: string[] = [];
+  const onStack = new Set<string>();
+  const out: string[][] = [];
+  let next = 0;
+  const visit = (v: string) => {
+    index.set(v, next);
+    low.set(v, next++);
+    stack.push(v);
+    onStack.add(v);
+    for (const w of graph.get(v)!) {
+      if (!index.has(w)) {
+        visit(w);
+        low.set(v, Math.min(low.get(v)!, low.get(w)!));
+      } else if (onStack.has(w)) low.set(v, Math.min(low.get(v)!, index.get(w)!));
+    }
+    if (low.get(v) === index.get(v)) {
+      const scc: string[] = [];
+      let w: string;
+      do {
+        w = stack.pop()!;
+        onStack.delete(w);
+        scc.push(relative(root, w));
+      } while (w !== v);
+      if (scc.length > 1) out.push(scc.sort());
+    }
+  };
+  for (const v of graph.keys()) if (!index.has(v)) visit(v);
+  return out;
+}
+
 const table = readLayerTable(readFileSync(join(root, 'docs', 'architecture.md'), 'utf8'));
 const files = new Map(sourceFiles(src).map((f) => [f, readFileSync(f, 'utf8')] as const));
 
@@ -109,4 +144,12 @@ t.test('the check catches what it is for', async (t) => {
   const cyclic = new Map(table);
   cyclic.set('rpc', new Set(['base', 'daemon']));
   t.match(check(files, cyclic), [{ why: /cycle/ }], 'a cycle in the table');
+});
+
+t.test('no import cycle between modules (the daemon no longer sits in one with its services)', async (t) => {
+  t.same(cycles(files), [], 'no cycle');
+  const injected = new Map(files);
+  const options = join(src, 'daemon', 'options.ts');
+  injected.set(options, `${files.get(options)}\nimport type { Daemon } from './daemon.js';\n`);
+  t.ok(cycles(injected).some((c) => c.includes('src/daemon/daemon.ts') && c.includes('src/daemon/options.ts')), 'an injected cycle is caught');
 });
