@@ -20,7 +20,7 @@ import { readFileSync, readdirSync } from 'node:fs';
 import { encodePacket, MessageType, MessageStatus } from '../src/rpc/packet.js';
 import { LOCKSPACE_PROGRAM, LOCKSPACE_VERSION, Proc, codec, uuidToString } from '../src/protocol/lockspace.js';
 import { XdrReader, XdrWriter } from '../src/rpc/xdr.js';
-import { decodeWireError } from '../src/rpc/errors.js';
+import { decodeWireError } from '../src/rpc/wireError.js';
 import { hostJiffies } from './stats.js';
 
 // ---- messages ----------------------------------------------------------------

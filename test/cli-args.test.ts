@@ -2,7 +2,7 @@
 // yargs; both must read every argv the same way.
 import t from 'tap';
 import { parseArgs } from '../src/cli/relockd.js';
-import { parseKnownArgs } from '../src/cli/relockdOptions.js';
+import { parseKnownArgs } from '../src/config/relockdOptions.js';
 
 const corpus: string[][] = [
   [],
@@ -29,7 +29,7 @@ t.test('yargs refuses unknown options; the table has no positional arguments', a
   t.throws(() => parseKnownArgs(['stray']));
 });
 
-import { defaultPaths, pathsUnder } from '../src/daemon/paths.js';
+import { defaultPaths, pathsUnder } from '../src/util/paths.js';
 
 t.test("default paths follow virtlockd's, so libvirt finds relockd unconfigured", async (t) => {
   const root = defaultPaths({}, true);

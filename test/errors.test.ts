@@ -7,8 +7,8 @@
 import t from 'tap';
 import { readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
-import { E, catalogue } from '../src/rpc/errorCatalogue.js';
-import { ErrorCode, ErrorDomain, ProtocolError } from '../src/rpc/errors.js';
+import { E, catalogue } from '../src/util/errorCatalogue.js';
+import { ErrorCode, ErrorDomain, ProtocolError } from '../src/util/errors.js';
 import { END, START, messageOf, renderErrorsDoc } from './lib/errorsDoc.js';
 
 const ROOT = join(import.meta.dirname, '..');
@@ -40,7 +40,7 @@ t.test('docs/errors.md lists exactly the catalogue and the exit codes', async (t
 });
 
 t.test('nothing in src/ builds a wire error outside the catalogue', async (t) => {
-  const allowed = new Set(['src/rpc/errors.ts', 'src/rpc/errorCatalogue.ts']);
+  const allowed = new Set(['src/util/errors.ts', 'src/util/errorCatalogue.ts']);
   const builders = /new ProtocolError\b|ProtocolError\.(report|formatted|system|unsupportedFlags|rpc|unset)\(/;
   const offenders: string[] = [];
   for (const f of sources(join(ROOT, 'src'))) {

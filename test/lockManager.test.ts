@@ -7,7 +7,7 @@ import { pino } from 'pino';
 import { LockManager } from '../src/locks/lockManager.js';
 import type { FileLocker, LockRequest, ReleaseRequest } from '../src/locks/fileLocker.js';
 import { StorageGate } from '../src/locks/storageGate.js';
-import { ProtocolError } from '../src/rpc/errors.js';
+import { ProtocolError } from '../src/util/errors.js';
 
 class MemLocker implements FileLocker {
   files = new Set<string>(['/img/a', '/img/b']);

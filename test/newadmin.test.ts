@@ -14,7 +14,7 @@ import { LockspaceClient } from '../src/protocol/lockspaceClient.js';
 import { socketCandidates } from '../src/ctl/connection.js';
 import { relockdCodec } from '../src/protocol/relockdAdmin.js';
 import { XdrReader, XdrWriter } from '../src/rpc/xdr.js';
-import { defaultPaths } from '../src/daemon/paths.js';
+import { defaultPaths } from '../src/util/paths.js';
 
 // npm's own range semantics (semver comes with the dev dependencies).
 const semver = createRequire(import.meta.url)('semver') as { satisfies(version: string, range: string): boolean };

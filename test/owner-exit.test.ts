@@ -14,7 +14,7 @@ import { startRelockd, waitExit, ROOT } from './lib/relockd.js';
 import { probeOne } from './lib/probe.js';
 import { waitFor } from './lib/wait.js';
 import * as native from '../src/native.js';
-import { ownerExit } from '../src/daemon/ownerExit.js';
+import { ownerExit } from '../src/services/ownerExit.js';
 
 const work = mkdtempSync(join(tmpdir(), 'owner-exit-'));
 t.teardown(() => rmSync(work, { recursive: true, force: true }));

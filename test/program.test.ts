@@ -5,8 +5,8 @@
 import t from 'tap';
 import { ANY_FLAGS, flagsCodec, rowOf, rowsProgram, voidCodec } from '../src/rpc/program.js';
 import type { AnyRow, FlagsArgs } from '../src/rpc/program.js';
-import { E } from '../src/rpc/errorCatalogue.js';
-import { ErrorDomain, ProtocolError } from '../src/rpc/errors.js';
+import { E } from '../src/util/errorCatalogue.js';
+import { ErrorDomain, ProtocolError } from '../src/util/errors.js';
 import { XdrReader, XdrWriter } from '../src/rpc/xdr.js';
 import { lockspaceRows } from '../src/protocol/lockspace.js';
 import { adminRows } from '../src/protocol/admin.js';

@@ -438,7 +438,7 @@ print(reply[4], reply[5], reply[6], pong[3])
   });
 }
 
-import { decodeWireError } from '../src/rpc/errors.js';
+import { decodeWireError } from '../src/rpc/wireError.js';
 import { XdrReader } from '../src/rpc/xdr.js';
 import { HEADER_SIZE } from '../src/rpc/packet.js';
 import { spawn } from 'node:child_process';

@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseVirtlockdArgv } from '../src/ctl/procInfo.js';
 import { entryScript, relockdArgvFor, relockdNodeFlags, unsafeClients, virtlockdPaths } from '../src/ctl/takeover.js';
-import { hasVirtlockdOption, virtlockdArgv } from '../src/daemon/handback.js';
+import { hasVirtlockdOption, virtlockdArgv } from '../src/services/handback.js';
 
 t.test("virtlockd's argv, as getopt_long(\"df:p:t:vVh\") reads it", async (t) => {
   t.same(parseVirtlockdArgv(['/usr/sbin/virtlockd']), { argv0: '/usr/sbin/virtlockd', daemon: false, verbose: false });

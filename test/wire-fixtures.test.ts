@@ -21,7 +21,7 @@ import t from 'tap';
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { decodeHeader, HEADER_SIZE, LEN_WORD, MessageStatus, MessageType } from './../src/rpc/packet.js';
-import { decodeWireError, encodeWireError } from '../src/rpc/errors.js';
+import { decodeWireError, encodeWireError } from '../src/rpc/wireError.js';
 import { XdrReader, XdrWriter } from '../src/rpc/xdr.js';
 import { xDecode } from './lib/xdrSpec.js';
 import {

@@ -1,7 +1,8 @@
 import t from 'tap';
 import { XdrReader, XdrWriter, XdrDecodeError } from '../src/rpc/xdr.js';
 import { FrameReader, FramingError, encodePacket, MAX_PACKET, decodeHeader } from '../src/rpc/packet.js';
-import { ProtocolError, encodeWireError, decodeWireError } from '../src/rpc/errors.js';
+import { ProtocolError } from '../src/util/errors.js';
+import { encodeWireError, decodeWireError } from '../src/rpc/wireError.js';
 
 t.test('xdr round trip of every primitive', async (t) => {
   const w = new XdrWriter(4);

@@ -10,7 +10,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { packageRoot } from '../packageRoot.js';
 import { validateWith } from '../config/validate.js';
-import type { CliArgs } from './relockdOptions.js';
+import type { CliArgs } from '../config/relockdOptions.js';
 
 const FLAGS: ReadonlyArray<{ arg: 'termGrace' | 'storageTimeout' | 'maxClients'; flag: string; key: string }> = [
   { arg: 'termGrace', flag: '--term-grace', key: 'owner_term_grace' },

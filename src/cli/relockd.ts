@@ -4,12 +4,12 @@
 import { isAbsolute, resolve } from 'node:path';
 import { Daemon } from '../daemon/daemon.js';
 import { enterRoot } from '../startCwd.js';
-import { defaultPaths, pathsUnder } from '../daemon/paths.js';
+import { defaultPaths, pathsUnder } from '../util/paths.js';
 import { createDaemonLogger } from '../log.js';
 import { fromConfig, resolveSettings } from '../daemon/settings.js';
 import type { ResolvedSettings } from '../daemon/settings.js';
-import { RELOCKD_OPTIONS, parseKnownArgs } from './relockdOptions.js';
-import type { CliArgs } from './relockdOptions.js';
+import { RELOCKD_OPTIONS, parseKnownArgs } from '../config/relockdOptions.js';
+import type { CliArgs } from '../config/relockdOptions.js';
 import { REEXEC_ENV } from '../daemon/reexec.js';
 import { VERSION } from '../version.js';
 import { mark } from '../bootMarks.js';

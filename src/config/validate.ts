@@ -1,8 +1,8 @@
 // Validation of any document against one of the generated validators
 // (schemas/<name>.schema.json -> dist/validators/<name>.cjs), with the error
-// wording of src/state/validate.ts.
+// wording of src/util/validator.ts.
 
-import { describeErrors, load as loadValidator, type AjvError } from '../state/validate.js';
+import { describeErrors, load as loadValidator, type AjvError } from '../util/validator.js';
 
 export type { AjvError };
 

@@ -4,7 +4,7 @@
 
 import { lstatSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { defaultPaths, isPrivileged, pathsUnder } from '../daemon/paths.js';
+import { defaultPaths, isPrivileged, pathsUnder } from '../util/paths.js';
 import { AdminClient } from '../protocol/adminClient.js';
 import { ConnectionClosedError, RemoteError, RpcClient } from '../rpc/client.js';
 import { CtlError, Exit } from './command.js';

@@ -2,7 +2,7 @@
 // durations, and the labels for lock spaces and lease modes.
 
 import { display } from '../byteString.js';
-import { AcquireFlags } from '../locks/lockManager.js';
+import { AcquireFlags } from '../util/acquireFlags.js';
 
 /** Aligned columns, two spaces apart; no trailing blanks. */
 export function formatTable(headers: string[], rows: string[][]): string {

@@ -2,7 +2,7 @@
 // owner, as a table or JSON.
 
 import { display, parseDisplay, toBuffer, unicode } from '../byteString.js';
-import { AcquireFlags } from '../locks/lockManager.js';
+import { AcquireFlags } from '../util/acquireFlags.js';
 import type { ResourceInfo } from '../protocol/relockdAdmin.js';
 import { Exit } from './command.js';
 import type { GlobalArgs } from './command.js';

@@ -2,88 +2,45 @@
 // boots fresh, from a re-exec state document, or in safe mode; re-execs;
 // and shuts down only by an explicit, logged decision.
 
-import { decodeDocFile, fromUnicode } from '../byteString.js';
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, unlinkSync } from 'node:fs';
+import { fromUnicode } from '../byteString.js';
+import { mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import type { Logger } from 'pino';
 import { LockManager } from '../locks/lockManager.js';
 import { NativeFileLocker } from '../locks/fileLocker.js';
 import type { FileLocker } from '../locks/fileLocker.js';
 import { StorageGate } from '../locks/storageGate.js';
 import { StorageClassifier } from '../locks/storageClass.js';
-import type { InlinePolicy } from '../locks/storageClass.js';
 import { RpcServer } from '../rpc/server.js';
-import { peerAllowed } from '../rpc/server.js';
 import * as native from '../native.js';
-import type { FdIdentity, ReexecRecord, StateDocument } from '../state/document.js';
-import { restoreState } from '../state/restore.js';
-import { scanInheritedFds } from '../state/orphans.js';
-import { validateState } from '../state/validate.js';
+import type { FdIdentity, ReexecRecord } from '../state/document.js';
 import { VERSION } from '../version.js';
-import { bootMarks, mark } from '../bootMarks.js';
-import { AdminService } from './adminService.js';
-import { LockService } from './lockService.js';
-import type { LockClient } from './lockService.js';
-import { openProcessHandle } from './terminator.js';
-import type { TerminationOptions } from './terminator.js';
+import { AdminService } from '../services/adminService.js';
+import type { AdminHost } from '../services/adminService.js';
+import { LockService } from '../services/lockService.js';
+import type { LockClient } from '../services/lockService.js';
 import { REEXEC_ENV, Reexecutor } from './reexec.js';
-import { ActivationError, takeActivation } from './activation.js';
-import type { ActivatedSockets } from './activation.js';
-import { PidFile } from './pidFile.js';
+import type { ReexecHost } from './reexec.js';
+import { takeActivation } from './activation.js';
+import type { PidFile } from './pidFile.js';
+import { readStateFile, startFresh, startFromState, startSafeMode } from './boot.js';
+import type { BootHost, BootKind } from './boot.js';
 import type { DaemonLogger } from '../log.js';
 import type { ResolvedSettings } from './settings.js';
 import { safeModeRefusal, stoppingRefusal } from '../locks/errors.js';
 import { ExitCode } from './exitCode.js';
-import { listenerPath } from '../state/orphans.js';
-import type { ExecTarget, ReexecOutcome, ReplyAfterExec } from './reexec.js';
-import net from 'node:net';
+import type { ReexecOutcome, ReplyAfterExec } from './reexec.js';
+import type { ExecTarget } from '../state/execPlan.js';
 import { DaemonMetrics } from '../metrics/counters.js';
 import { instrument } from '../metrics/instrument.js';
 import type { LockspaceHealthProvider } from '../metrics/exposition.js';
-import { MetricsListener } from './metrics.js';
+import { MetricsListener } from '../services/metrics.js';
 import { checkConfigBeforeReexec } from './reexecConfig.js';
+import type { ReexecConfigHost } from './reexecConfig.js';
 import { codeCacheStatus, scheduleCodeCache } from './codeCache.js';
-import { lazyRequire } from '../lazyRequire.js';
-import type { ShutdownPolicy } from '../config/config.js';
+import type { DaemonOptions, ShutdownPolicy } from './options.js';
 
-export interface DaemonOptions {
-  socketPath: string;
-  /** null: no admin socket. */
-  adminSocketPath: string | null;
-  adminMaxClients: number;
-  runtimeDir: string;
-  stateFile: string;
-  maxClients: number;
-  termination: TerminationOptions;
-  storageTimeoutMs: number;
-  storagePerKeyConcurrency: number;
-  /** How long a re-exec waits for requests in flight before giving up. */
-  quiesceTimeoutMs: number;
-  /** null: no pid file. */
-  pidFile: string | null;
-  /** What SIGTERM/SIGINT/SIGQUIT do while leases are held (see requestStop). */
-  shutdownPolicy: ShutdownPolicy;
-  /** Exit after this many idle seconds (no client, no lease); null: never. */
-  timeoutSec: number | null;
-  /** Directory lock spaces created at every start. */
-  lockspaces: string[];
-  /** 'local': storage calls on local filesystems run inline; 'never': always off-thread. */
-  storageInline: InlinePolicy;
-  /** HTTP metrics listener (an address:port or a UNIX socket path); null: none. */
-  metricsListen?: string | null;
-}
 
-/**
- * drain: refuse new acquisitions, keep serving releases, exit when the last
- * lease is gone (host shutdown: libvirt stops the VMs first).
- * kill-owners: virtlockd's way: terminate every lease-holding owner that has
- * its own connection, release everything, exit.
- * refuse: ignore the request while leases are held.
- */
-
-/** How this image came to be. */
-export type BootKind = 'fresh' | 'restored' | 'safe-mode';
-
-export class Daemon {
+export class Daemon implements AdminHost, BootHost, ReexecHost, ReexecConfigHost {
   readonly manager: LockManager;
   readonly lockService: LockService;
   readonly lockServer: RpcServer<LockClient>;
@@ -118,7 +75,7 @@ export class Daemon {
   private readonly reexecutor = new Reexecutor(this);
   /** Running totals for Prometheus (src/metrics/); carried across re-execs. */
   readonly metrics = new DaemonMetrics();
-  /** Lock-space health for the metrics; null: what the storage gate knows (daemon/metrics.ts). */
+  /** Lock-space health for the metrics; null: what the storage gate knows (services/metrics.ts). */
   healthProvider: LockspaceHealthProvider | null = null;
   private readonly metricsListener = new MetricsListener(this);
   private statusTimer: NodeJS.Timeout | null = null;
@@ -140,6 +97,11 @@ export class Daemon {
     this.createAdminServer();
   }
 
+  /** The idle exit (--timeout, virt-admin daemon-timeout); null: never. */
+  setIdleTimeout(sec: number | null): void {
+    this.opts.timeoutSec = sec;
+  }
+
   get stateFile(): string {
     return this.opts.stateFile;
   }
@@ -153,7 +115,7 @@ export class Daemon {
    * admin socket is configured. Binding or adopting its socket is start()'s job.
    */
   private createAdminServer(): void {
-    // ADMIN-WIRING (issue 6): libvirt's admin program and relockd's own (daemon/adminService.ts).
+    // ADMIN-WIRING (issue 6): libvirt's admin program and relockd's own (services/adminService.ts).
     if (!this.opts.adminSocketPath) return;
     this.adminService = new AdminService(this);
     this.adminServer = new RpcServer({ name: 'admin', service: this.adminService, log: this.log, maxClients: this.opts.adminMaxClients });
@@ -170,17 +132,17 @@ export class Daemon {
     const ours = reexecOf !== null && reexecOf[0] === String(process.pid);
     const requestedAtNs = ours && reexecOf![1] ? BigInt(reexecOf![1]) : null;
 
-    const doc = this.readStateFile(ours);
+    const doc = readStateFile(this, ours);
     if (doc === 'corrupt') {
-      await this.startSafeMode(['state document is not readable JSON']);
+      await startSafeMode(this, ['state document is not readable JSON']);
     } else if (doc) {
-      await this.startFromState(doc, requestedAtNs);
+      await startFromState(this, doc, requestedAtNs);
     } else {
       if (ours) {
         // We were exec'd by an old image but its document is gone: keep every inherited fd.
-        await this.startSafeMode([`state file ${this.stateFile} is missing after a re-exec`]);
+        await startSafeMode(this, [`state file ${this.stateFile} is missing after a re-exec`]);
       } else {
-        await this.startFresh(activated);
+        await startFresh(this, activated);
       }
     }
     if (this.safeMode) this.manager.acquireRefusal = safeModeRefusal;
@@ -204,70 +166,6 @@ export class Daemon {
     this.notify(`READY=1\nSTATUS=${this.statusLine()}`);
   }
 
-  /** The state document if it is ours; stale ones are moved aside. */
-  private readStateFile(ours: boolean): StateDocument | 'corrupt' | null {
-    const path = this.stateFile;
-    if (!existsSync(path)) return null;
-    let text: string;
-    try {
-      text = decodeDocFile(readFileSync(path)); // raw non-UTF-8 name bytes survive (byteString.ts)
-    } catch (err) {
-      this.log.error({ err, stateFile: path }, 'cannot read state file');
-      return ours ? 'corrupt' : null;
-    }
-    let doc: { magic?: unknown };
-    try {
-      doc = JSON.parse(text) as { magic?: unknown };
-    } catch {
-      if (ours) {
-        this.unlinkQuietly(path);
-        return 'corrupt';
-      }
-      this.moveAside(path, 'not valid JSON');
-      return null;
-    }
-    if (doc.magic !== String(process.pid)) {
-      this.moveAside(path, `magic ${JSON.stringify(doc.magic)} is not our pid ${process.pid}`);
-      return ours ? null : null;
-    }
-    this.unlinkQuietly(path);
-    return doc as StateDocument;
-  }
-
-  private moveAside(path: string, why: string): void {
-    const aside = `${path}.stale-${Date.now()}`;
-    try {
-      renameSync(path, aside);
-      this.log.warn({ stateFile: path, movedTo: aside, why }, 'stale state file moved aside, not trusted');
-    } catch (err) {
-      this.log.warn({ err, stateFile: path, why }, 'stale state file could not be moved aside; ignoring it');
-    }
-  }
-
-  private unlinkQuietly(path: string): void {
-    try {
-      unlinkSync(path);
-    } catch {
-      /* already gone */
-    }
-  }
-
-  private async startFresh(activated: ActivatedSockets | null): Promise<void> {
-    this.boot = 'fresh';
-    if (this.opts.pidFile) this.pidFile = PidFile.acquire(this.opts.pidFile);
-    if (activated) {
-      // systemd owns these paths: never unlink them, never bind our own.
-      for (const fd of activated.main) await this.lockServer.adopt(fd, listenerPath(fd) ?? this.opts.socketPath, false);
-      if (activated.admin.length && !this.adminServer) throw new ActivationError('an admin socket was passed but no admin socket is configured');
-      for (const fd of activated.admin) await this.adminServer!.adopt(fd, listenerPath(fd) ?? this.opts.adminSocketPath ?? '', false);
-      if (activated.main.length === 0) throw new ActivationError('socket activation passed no main socket (relockd.socket or virtlockd.socket)');
-      this.log.info({ main: activated.main, admin: activated.admin }, 'socket-activated');
-      return;
-    }
-    await this.lockServer.bind(this.opts.socketPath);
-    if (this.adminServer && this.opts.adminSocketPath) await this.adminServer.bind(this.opts.adminSocketPath, 0o600);
-  }
-
   /** Lock-space directories from the configuration exist after every start. */
   private async createConfiguredLockspaces(): Promise<void> {
     for (const dir of this.opts.lockspaces) {
@@ -276,146 +174,6 @@ export class Daemon {
       } catch (err) {
         this.log.error({ lockspace: dir, err: (err as Error).message }, 'cannot create configured lockspace');
       }
-    }
-  }
-
-  private async startFromState(doc: StateDocument, requestedAtNs: bigint | null): Promise<void> {
-    mark('read');
-    try {
-      validateState(doc);
-      mark('validated');
-    } catch (err) {
-      await this.startSafeMode([(err as Error).message]);
-      return;
-    }
-    const report = await restoreState(doc, {
-      lockServer: this.lockServer,
-      adminServer: this.adminServer,
-      manager: this.manager,
-      socketPath: this.opts.socketPath,
-      adminSocketPath: this.opts.adminSocketPath,
-      restoreLockContext: (conn, d, proc) => this.lockService.restoreContext(conn.ctx as LockClient, d, proc),
-      openProcessHandle,
-    });
-    mark('adopted');
-    if (report.pidFile) this.pidFile = PidFile.adopt(report.pidFile.path, report.pidFile.fd);
-    else if (this.opts.pidFile) {
-      try {
-        this.pidFile = PidFile.acquire(this.opts.pidFile);
-      } catch (err) {
-        report.problems.push(`pid file: ${(err as Error).message}`);
-      }
-    }
-    this.orphans = report.orphans;
-    this.history = doc.relockd?.history ?? [];
-    this.metrics.restore(doc.relockd?.metrics);
-    if (doc.relockd?.startedAt) this.startedAt = doc.relockd.startedAt;
-    for (const t of report.terminations) {
-      const handle = t.pidfd >= 0 ? { pid: t.owner.pid, pidfd: t.pidfd, startTime: t.startTime } : openProcessHandle(t.owner.pid, -1);
-      this.lockService.startTermination(t.owner, handle, t.startedAt);
-    }
-    // A main listener that did not come back: bind afresh so we stay reachable.
-    if (this.lockServer.listeners.length === 0) await this.bindIfFree(this.lockServer, this.opts.socketPath, 0o700);
-    if (this.adminServer && this.adminServer.listeners.length === 0 && this.opts.adminSocketPath) await this.bindIfFree(this.adminServer, this.opts.adminSocketPath, 0o600);
-    const blackoutMs = requestedAtNs !== null ? Number(process.hrtime.bigint() - requestedAtNs) / 1e6 : undefined;
-    const prev = doc.relockd;
-    this.recordReexec({ at: Date.now(), ok: true, blackoutMs, trigger: prev?.trigger ?? 'virtlockd', fromVersion: prev?.version ?? 'virtlockd', toVersion: this.version });
-    this.sendPendingReplies(doc, blackoutMs ?? 0);
-    // A retry (SIGUSR1 in safe mode) that restores everything cleanly leaves
-    // safe mode; fds we cannot interpret keep it in safe mode.
-    if (prev?.safeMode && !report.problems.length && !report.orphans.length) {
-      this.log.warn({ earlier: this.history.filter((h) => !h.ok).slice(-3) }, 'left safe mode: this restore was complete (earlier problems above)');
-    }
-    if (report.problems.length || report.orphans.length) {
-      this.safeMode = true;
-      this.boot = 'safe-mode';
-      this.log.fatal({ problems: report.problems, orphans: report.orphans.map((o) => o.fd) }, 'SAFE MODE: restore incomplete; every inherited fd is kept open (no lock dropped), new acquisitions are refused; send SIGUSR1 to retry');
-    } else {
-      this.boot = 'restored';
-    }
-    this.log.info(
-      { blackoutMs, bootMs: bootMarks(), listeners: report.listeners, clients: report.clients, resources: report.resources, lockspaces: report.lockspaces, terminations: report.terminations.length, fromVersion: prev?.version, toVersion: this.version, trigger: prev?.trigger },
-      're-exec complete',
-    );
-  }
-
-  /**
-   * The document cannot be trusted. Keep every inherited fd that could hold
-   * a lock or a client; adopt our own listeners (found through
-   * /proc/net/unix) and the client sockets so we stay reachable.
-   */
-  private async startSafeMode(problems: string[]): Promise<void> {
-    this.safeMode = true;
-    this.boot = 'safe-mode';
-    const found = scanInheritedFds();
-    const orphans: FdIdentity[] = [...found.others];
-    for (const { fd, path } of found.listeners) {
-      const srv = path === this.opts.socketPath ? this.lockServer : path === this.opts.adminSocketPath ? this.adminServer : null;
-      if (srv) {
-        try {
-          await srv.adopt(fd, path, false);
-          native.setCloexec(fd, true);
-          continue;
-        } catch (err) {
-          problems.push(`listener ${path}: ${(err as Error).message}`);
-        }
-      }
-      orphans.push({ fd, kind: 'listener', dev: '0', ino: '0' });
-    }
-    // Client sockets go back to the server they were accepted on (accepted
-    // sockets carry the listener's path). Lock clients come back restricted:
-    // who they were is unknown, so they may do nothing but keepalive.
-    for (const { fd, path } of found.sockets) {
-      const srv = path === this.opts.socketPath ? this.lockServer : path === this.opts.adminSocketPath ? this.adminServer : null;
-      try {
-        if (!srv) throw new Error('accepted on an unknown socket');
-        const peer = native.peerCred(fd);
-        if (!peerAllowed(peer)) throw new Error('peer not allowed');
-        const sock = new net.Socket({ fd, readable: true, writable: true });
-        native.setCloexec(fd, true);
-        srv.attach(sock, peer, srv === this.lockServer ? { restore: (c) => ((c.ctx as LockClient).restricted = true) } : {});
-      } catch {
-        orphans.push({ fd, kind: 'client', dev: '0', ino: '0' });
-      }
-    }
-    for (const o of orphans) {
-      try {
-        const st = (lazyRequire('node:fs') as typeof import('node:fs')).fstatSync(o.fd, { bigint: true });
-        o.dev = st.dev.toString();
-        o.ino = st.ino.toString();
-        native.setCloexec(o.fd, true);
-      } catch {
-        /* gone */
-      }
-    }
-    this.orphans = orphans;
-    if (this.lockServer.listeners.length === 0) await this.bindIfFree(this.lockServer, this.opts.socketPath, 0o700);
-    if (this.adminServer && this.adminServer.listeners.length === 0 && this.opts.adminSocketPath) await this.bindIfFree(this.adminServer, this.opts.adminSocketPath, 0o600);
-    this.recordReexec({ at: Date.now(), ok: false, error: problems.join('; '), trigger: 'restore', toVersion: this.version });
-    this.log.fatal(
-      { problems, keptFds: orphans.map((o) => o.fd), keptLockFds: orphans.filter((o) => o.kind === 'resource').length, adoptedClients: this.lockServer.clients.size },
-      'SAFE MODE: state document unusable; every inherited fd is kept open (no lock dropped), new acquisitions are refused; send SIGUSR1 to retry',
-    );
-  }
-
-  private async bindIfFree(srv: RpcServer<any>, path: string, mode: number): Promise<void> {
-    try {
-      await srv.bind(path, mode);
-    } catch (err) {
-      this.log.error({ err: (err as Error).message, socket: path }, 'cannot bind socket');
-    }
-  }
-
-  /** Replies the old image owed (the admin call that asked for this re-exec). */
-  private sendPendingReplies(doc: StateDocument, blackoutMs: number): void {
-    for (const p of doc.relockd?.pendingReplies ?? []) {
-      const srv = p.server === 'admin' ? this.adminServer : this.lockServer;
-      const conn = srv?.clients.get(p.clientId);
-      const prog = conn?.service.programs.find((g) => g.prog === p.header.prog && g.vers === p.header.vers);
-      const proc = prog?.procedures.get(p.header.proc);
-      if (!conn || !proc) continue;
-      const result: ReexecOutcome = { ok: true, blackoutMs, version: this.version };
-      conn.sendReply(p.header, proc.encodeRet, result);
     }
   }
 

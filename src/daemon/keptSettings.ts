@@ -9,7 +9,7 @@ import { readFileSync } from 'node:fs';
 import type { Level } from 'pino';
 import type { OutputSpec } from '../log.js';
 import { LOG_LEVELS } from '../log.js';
-import type { DaemonOptions } from './daemon.js';
+import type { DaemonOptions } from './options.js';
 import type { ResolvedSettings } from './settings.js';
 
 /** Set by the old image for the new one: where its state document is (the configuration may name it). */

@@ -22,49 +22,49 @@ import type { Header } from '../rpc/packet.js';
 import { buildState } from '../state/snapshot.js';
 import type { ReexecRecord, StateDocument, TerminationState } from '../state/document.js';
 import { validateState } from '../state/validate.js';
-import type { Daemon } from './daemon.js';
+import { ExecRefusal } from '../state/execPlan.js';
+import type { ExecPlan, ExecTarget } from '../state/execPlan.js';
+import type { Logger } from 'pino';
+import type { LockManager } from '../locks/lockManager.js';
+import type { RpcServer } from '../rpc/server.js';
+import type { FdIdentity } from '../state/document.js';
+import type { LockClient, LockService } from '../services/lockService.js';
+
+/**
+ * What a re-exec needs from the daemon: the servers to quiesce and snapshot,
+ * what the state document carries, and the calls back when an exec fails
+ * (Daemon implements it; test/reexecutor.test.ts a small fake).
+ */
+export interface ReexecHost {
+  readonly log: Logger;
+  readonly lockServer: RpcServer<LockClient>;
+  readonly adminServer: RpcServer<any> | null;
+  readonly manager: LockManager;
+  readonly lockService: Pick<LockService, 'frozen' | 'terminations' | 'saveContext'>;
+  readonly opts: { readonly quiesceTimeoutMs: number };
+  readonly stopping: string | null;
+  readonly version: string;
+  readonly stateFile: string;
+  readonly execPath: string;
+  readonly originalArgv: string[];
+  readonly orphans: FdIdentity[];
+  readonly safeMode: boolean;
+  readonly history: ReexecRecord[];
+  readonly pidFile: { readonly path: string; readonly fd: number } | null;
+  readonly startedAt: number;
+  readonly metrics: { save(): unknown };
+  /** Settings in force, recorded in the state document. */
+  settings(): Record<string, unknown>;
+  notify(msg: string): void;
+  recordReexec(r: ReexecRecord): void;
+  /** Restarts the owner terminations a failed exec had frozen. */
+  resumeFrozenTerminations(): void;
+}
 
 /** How a re-exec attempt ended, inside the daemon (the admin wire reply is relockdAdmin's ReexecResult). */
 export type ReexecOutcome =
   | { ok: true; blackoutMs: number; version: string }
   | { ok: false; error: string; /** worth retrying (a refusal that clears by itself) */ transient?: boolean };
-
-/**
- * What to exec and with which state, when it is not relockd itself (the
- * handback to virtlockd, daemon/handback.ts). `plan` runs on the snapshot in
- * the synchronous stretch before execve; throwing aborts the exec and the
- * old image keeps serving.
- */
-export interface ExecTarget {
-  plan(doc: StateDocument): ExecPlan;
-}
-
-export interface ExecPlan {
-  stateFile: string;
-  text: string;
-  /** fds the new image inherits (FD_CLOEXEC cleared); everything else closes at exec. */
-  keep: number[];
-  execPath: string;
-  argv: string[];
-  env: string[];
-  /**
-   * Keep SIGUSR1 blocked across execve (the signal mask is inherited): right
-   * for relockd, which unblocks it once ready; wrong for virtlockd, which
-   * never unblocks it and so could never re-exec again.
-   */
-  blockSigusr1: boolean;
-}
-
-/** A refusal raised by an ExecTarget: nothing was changed; `transient` when retrying may succeed. */
-export class ExecRefusal extends Error {
-  override name = 'ExecRefusal';
-  constructor(
-    message: string,
-    readonly transient: boolean,
-  ) {
-    super(message);
-  }
-}
 
 /** A call whose reply the new image sends (the admin "re-exec" call itself). */
 export interface ReplyAfterExec {
@@ -108,7 +108,7 @@ export class Reexecutor {
   /** Calls to answer from the new image (a second caller merges into a running re-exec). */
   private replyTos: ReplyAfterExec[] = [];
 
-  constructor(private readonly d: Daemon) {}
+  constructor(private readonly d: ReexecHost) {}
 
   get inProgress(): boolean {
     return this.running !== null;

@@ -5,11 +5,22 @@
 // and key. Without this, the new image would start with the file's errors
 // and (before keptSettings.ts) the defaults.
 
-import type { Daemon } from './daemon.js';
+import type { Logger } from 'pino';
+import type { ReexecRecord } from '../state/document.js';
 import { KEPT_STATE_ENV } from './keptSettings.js';
 import type { ReexecOutcome } from './reexec.js';
 
-export function checkConfigBeforeReexec(d: Daemon, trigger: string): ReexecOutcome | null {
+/** What the check needs from the daemon (Daemon implements it). */
+export interface ReexecConfigHost {
+  readonly log: Logger;
+  readonly version: string;
+  readonly stateFile: string;
+  /** Re-reads the configuration (throws on a bad file); null: no configuration to read. */
+  readonly reloadSettings: (() => unknown) | null;
+  recordReexec(r: ReexecRecord): void;
+}
+
+export function checkConfigBeforeReexec(d: ReexecConfigHost, trigger: string): ReexecOutcome | null {
   if (d.reloadSettings) {
     try {
       d.reloadSettings();

@@ -4,15 +4,15 @@
 // while running.
 
 import type { Level } from 'pino';
-import type { CliArgs } from '../cli/relockdOptions.js';
+import type { CliArgs } from '../config/relockdOptions.js';
 import { loadConfig, DEFAULT_CONFIG } from '../config/config.js';
 import type { RelockdConfig } from '../config/config.js';
 import { LogSpecError, loggingPlan, parseLogFilters, parseLogOutputs } from '../config/logging.js';
 import { ConfigError } from '../config/errors.js';
 import type { OutputSpec } from '../log.js';
-import type { DaemonOptions } from './daemon.js';
-import type { DaemonPaths } from './paths.js';
-import { defaultTermination } from './terminator.js';
+import type { DaemonOptions } from './options.js';
+import type { DaemonPaths } from '../util/paths.js';
+import { defaultTermination } from '../services/terminator.js';
 
 export interface ResolvedSettings {
   options: DaemonOptions;

@@ -1,9 +1,9 @@
 // The lock domain's errors, by the names the lock code uses. Codes, domains
 // and texts (virtlockd's for the same situation) are the catalogue's
-// (rpc/errorCatalogue.ts); handlers simply let these propagate to the client.
+// (util/errorCatalogue.ts); handlers simply let these propagate to the client.
 
-import { E } from '../rpc/errorCatalogue.js';
-import type { ProtocolError } from '../rpc/errors.js';
+import { E } from '../util/errorCatalogue.js';
+import type { ProtocolError } from '../util/errors.js';
 import { strerror } from '../native.js';
 import { StorageTimeoutError } from './storageGate.js';
 

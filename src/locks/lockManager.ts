@@ -4,8 +4,8 @@
 
 import { dirname } from 'node:path';
 import type { Logger } from 'pino';
-import { E } from '../rpc/errorCatalogue.js';
-import type { ProtocolError } from '../rpc/errors.js';
+import { E } from '../util/errorCatalogue.js';
+import type { ProtocolError } from '../util/errors.js';
 import * as errors from './errors.js';
 import type { FileLocker, LockedFile } from './fileLocker.js';
 import { KeyedMutex } from './keyedMutex.js';
@@ -13,10 +13,8 @@ import { StorageTimeoutError } from './storageGate.js';
 import type { StorageGate } from './storageGate.js';
 import type { StorageClassifier } from './storageClass.js';
 
-export const AcquireFlags = {
-  SHARED: 1,
-  AUTOCREATE: 2,
-} as const;
+import { AcquireFlags } from '../util/acquireFlags.js';
+export { AcquireFlags };
 
 /** Who a lease is for: the owner a client registered (a VM). */
 export interface Owner {

@@ -3,7 +3,7 @@
 // construction. Each wrapper adds one call and one `x.y++` (measured in
 // README "Metrics": no difference within noise on the lock benchmark).
 
-import { ErrorCode, ProtocolError } from '../rpc/errors.js';
+import { ErrorCode, ProtocolError } from '../util/errors.js';
 import type { LockManager } from '../locks/lockManager.js';
 import type { StorageGate } from '../locks/storageGate.js';
 import { StorageTimeoutError } from '../locks/storageGate.js';

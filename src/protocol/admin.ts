@@ -2,10 +2,10 @@
 // table: what virt-admin sends to virtlockd's admin socket. Rows decode the
 // args, check flags the way libvirt's handlers do (virCheckFlags in the named
 // C function, after the server lookup where libvirt looks up first), call the
-// backend and encode the reply. The backend (daemon/adminService.ts) owns the
+// backend and encode the reply. The backend (services/adminService.ts) owns the
 // state; this file owns the wire.
 
-import { E } from '../rpc/errorCatalogue.js';
+import { E } from '../util/errorCatalogue.js';
 import type { Codec, Program, ProgramSpec } from '../rpc/program.js';
 import { ANY_FLAGS, flagsCodec, rowOf, rowsProgram, voidCodec } from '../rpc/program.js';
 import { XdrDecodeError } from '../rpc/xdr.js';

@@ -3,7 +3,7 @@
 // flags → restricted → registered, as lock_daemon_dispatch.c's handlers), how to decode its args, and
 // what it does. All procedures return void.
 
-import { E } from '../rpc/errorCatalogue.js';
+import { E } from '../util/errorCatalogue.js';
 import type { Program, ProgramSpec } from '../rpc/program.js';
 import { flagsCodec, procNumbers, rowOf, rowsProgram } from '../rpc/program.js';
 import type { XdrReader, XdrWriter } from '../rpc/xdr.js';

@@ -11,7 +11,7 @@
 // Cleanup of lease files (relockctl cleanup) uses LIST_RESOURCES: dev/ino say
 // which files relockd holds; a lock probe from relockctl covers everyone else.
 
-import { E } from '../rpc/errorCatalogue.js';
+import { E } from '../util/errorCatalogue.js';
 import type { Codec, Program, ProgramSpec } from '../rpc/program.js';
 import { flagsCodec, rowOf, rowsProgram } from '../rpc/program.js';
 import type { XdrReader, XdrWriter } from '../rpc/xdr.js';

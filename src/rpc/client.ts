@@ -3,8 +3,8 @@
 // (libvirt's client matches prog, vers and serial: virNetClientCallDispatchReply).
 
 import net from 'node:net';
-import { decodeWireError } from './errors.js';
-import type { WireError } from './errors.js';
+import { decodeWireError } from './wireError.js';
+import type { WireError } from '../util/errors.js';
 import { FrameReader, HEADER_SIZE, MessageStatus, MessageType, encodePacket } from './packet.js';
 import type { Header, Packet } from './packet.js';
 import { KEEPALIVE_PING, KEEPALIVE_PONG, KEEPALIVE_PROGRAM, KEEPALIVE_VERSION } from './connection.js';

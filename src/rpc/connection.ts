@@ -7,8 +7,9 @@
 
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
-import { ProtocolError, encodeWireError } from './errors.js';
-import { E } from './errorCatalogue.js';
+import { ProtocolError } from '../util/errors.js';
+import { encodeWireError } from './wireError.js';
+import { E } from '../util/errorCatalogue.js';
 import { FrameReader, FramingError, MessageStatus, MessageType, NUM_FDS_MAX, HEADER_SIZE, encodePacket } from './packet.js';
 import type { Header, Packet } from './packet.js';
 import type { Program } from './program.js';

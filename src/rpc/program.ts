@@ -17,7 +17,7 @@
 // dispatcher (rpc/connection.ts) is the only code that walks that. Adding a
 // procedure is adding a row (plus, usually, its backend method).
 
-import type { ProtocolError } from './errors.js';
+import type { ProtocolError } from '../util/errors.js';
 import type { XdrReader, XdrWriter } from './xdr.js';
 
 export interface Procedure<Ctx, Args = unknown, Ret = unknown> {

@@ -6,12 +6,12 @@
 
 import { readFileSync, statSync } from 'node:fs';
 import { display, fromDocText, toBuffer } from '../byteString.js';
-import net from 'node:net';
 import * as native from '../native.js';
-import type { LockManager, Resource } from '../locks/lockManager.js';
+import type { LockManager, LockSpace, Resource } from '../locks/lockManager.js';
 import type { RpcServer } from '../rpc/server.js';
 import type { ClientConnection } from '../rpc/connection.js';
-import type { ProcessHandle } from '../daemon/terminator.js';
+import { adoptClientSocket } from '../rpc/adoptClient.js';
+import type { ProcessHandle } from '../util/processHandle.js';
 import type { FdIdentity, LockPrivateData, ServerState, StateDocument, TerminationState } from './document.js';
 
 export interface RestoreTarget {
@@ -120,19 +120,52 @@ function inheritedLockFlavour(fd: number): 'ofd' | 'classic' | 'unknown' {
 
 const problem = (r: { why: string } | { st: FdStat }): string | null => ('why' in r ? r.why : null);
 
+/** What the per-object restores share: the recorded identities, the report, and the fd keeper. */
+interface RestoreRun {
+  readonly doc: StateDocument;
+  readonly ext: StateDocument['relockd'];
+  readonly target: RestoreTarget;
+  readonly recorded: Map<number, FdIdentity>;
+  readonly report: RestoreReport;
+  /** An fd we cannot use is still never closed: it may hold a lock. */
+  keep(fd: number, kind: Kind): void;
+}
+
+/**
+ * Rebuilds every object from the document, each kind by its own function in
+ * the order of the numbered steps (as libvirt's per-object
+ * …PostExecRestart functions do): resources first (they are the locks), then
+ * listeners and clients, the pid file, and owner terminations.
+ */
 export async function restoreState(doc: StateDocument, target: RestoreTarget): Promise<RestoreReport> {
   const ext = doc.relockd;
   const recorded = new Map<number, FdIdentity>((ext?.fds ?? []).map((f) => [f.fd, f]));
   // Resource identities travel with their resource records (one record per lease).
   for (const r of ext?.resources ?? []) if (r.dev !== undefined && r.ino !== undefined) recorded.set(r.fd, { fd: r.fd, kind: 'resource', dev: r.dev, ino: r.ino });
   const report: RestoreReport = { listeners: 0, clients: 0, resources: 0, lockspaces: 0, terminations: [], orphans: [], problems: [], pidFile: null };
-  const keep = (fd: number, kind: Kind) => {
-    // An fd we cannot use is still never closed: it may hold a lock.
-    const st = statAll([fd]).get(fd)!;
-    if (!('errno' in st)) report.orphans.push({ fd, kind, dev: String(st.dev), ino: String(st.ino) });
+  const run: RestoreRun = {
+    doc,
+    ext,
+    target,
+    recorded,
+    report,
+    keep: (fd, kind) => {
+      const st = statAll([fd]).get(fd)!;
+      if (!('errno' in st)) report.orphans.push({ fd, kind, dev: String(st.dev), ino: String(st.ino) });
+    },
   };
+  restoreOrphans(run);
+  restoreLockSpaces(run); // 1.
+  const servers = serversOf(doc);
+  await restoreServer(run, 'virtlockd', servers.virtlockd, target.lockServer, target.socketPath); // 2.
+  await restoreServer(run, 'admin', servers.admin, target.adminServer, target.adminSocketPath);
+  restorePidFile(run); // 3.
+  for (const t of ext?.terminations ?? []) restoreTermination(run, t); // 4.
+  return report;
+}
 
-  // Orphans carried from an earlier safe-mode image stay orphans.
+/** Orphans carried from an earlier safe-mode image stay orphans. */
+function restoreOrphans({ ext, report }: RestoreRun): void {
   for (const o of ext?.orphans ?? []) {
     const why = problem(checkFd(o.fd, o.kind, new Map([[o.fd, o]])));
     if (why) report.problems.push(`orphan ${why}`);
@@ -141,160 +174,173 @@ export async function restoreState(doc: StateDocument, target: RestoreTarget): P
       native.setCloexec(o.fd, true);
     }
   }
+}
 
-  // 1. Resources first: they are the locks. Re-mark them close-on-exec so
-  // children never inherit them.
+/**
+ * 1. Resources first: they are the locks. Re-mark them close-on-exec so
+ * children never inherit them.
+ */
+function restoreLockSpaces(run: RestoreRun): void {
+  const { doc, ext } = run;
   const extraByFd = new Map((ext?.resources ?? []).map((r) => [r.fd, r]));
   // Names in the document are text with non-UTF-8 bytes as \udcXX (byteString.ts).
   const spaces = [{ dir: '', st: doc.defaultLockspace }, ...doc.lockspaces.map((l) => ({ dir: fromDocText(l.directory!), st: l }))];
   const leaseStats = statAll(spaces.flatMap(({ st }) => st.resources.map((r) => r.fd)));
   for (const { dir, st } of spaces) {
-    const ls = target.manager.adoptLockSpace(dir);
-    if (dir) report.lockspaces++;
-    for (const rd of st.resources) {
-      const r = { ...rd, name: fromDocText(rd.name), path: fromDocText(rd.path) };
-      const checked = checkFd(r.fd, 'resource', recorded, leaseStats.get(r.fd));
-      if ('why' in checked) {
-        report.problems.push(`resource '${display(r.name)}' in lockspace '${display(dir)}': ${checked.why}`);
-        keep(r.fd, 'resource');
-        continue;
-      }
-      const fst = checked.st;
-      if (!recorded.has(r.fd)) {
-        // virtlockd documents: the fd must still be the file at `path`, if it exists.
-        let mismatch = false;
-        try {
-          const pst = statSync(toBuffer(r.path), { bigint: true });
-          mismatch = Number(pst.ino) !== fst.ino || Number(pst.dev) !== fst.dev;
-        } catch {
-          /* lease file gone: the fd still holds the lock */
-        }
-        if (mismatch) {
-          // Not the file the document names: keep the fd (it may hold some
-          // lock), but never pass it off as this resource.
-          report.problems.push(`resource '${display(r.name)}' in lockspace '${display(dir)}': fd ${r.fd} is not the file at ${display(r.path)}`);
-          keep(r.fd, 'resource');
-          continue;
-        }
-      }
-      const res: Resource = {
-        name: r.name,
-        path: r.path,
-        fd: r.fd,
-        dev: fst.dev,
-        ino: fst.ino,
-        flags: r.flags,
-        owners: [...r.owners],
-        since: extraByFd.get(r.fd)?.since ?? Date.now(),
-        // virtlockd takes classic POSIX locks, but after a handback it also
-        // holds relockd's OFD locks: the kernel says which (relockd documents
-        // record it).
-        ...((ext ? extraByFd.get(r.fd)?.classic : inheritedLockFlavour(r.fd) !== 'ofd') ? { classic: true } : {}),
-      };
-      try {
-        target.manager.adoptResource(ls, res); // close-on-exec was set by statAll
-        report.resources++;
-      } catch (err) {
-        report.problems.push((err as Error).message);
-        keep(r.fd, 'resource');
-      }
-    }
+    const ls = run.target.manager.adoptLockSpace(dir);
+    if (dir) run.report.lockspaces++;
+    for (const rd of st.resources) restoreResource(run, ls, dir, rd, extraByFd.get(rd.fd), leaseStats.get(rd.fd));
   }
+}
 
-  // 2. Listeners.
-  const servers = serversOf(doc);
-  const pathOf = new Map((ext?.listeners ?? []).map((l) => [l.fd, l]));
-  const restoreServer = async (name: 'virtlockd' | 'admin', st: ServerState | undefined, srv: RpcServer<any> | null, defaultPath: string | null) => {
-    if (!st) return;
-    if (!srv) {
-      // e.g. an admin server in the document but none configured: keep its fds.
-      for (const svc of st.services) for (const s of svc.socks) keep(s.fd, 'listener');
-      for (const c of st.clients) keep(c.sock.fd, 'client');
+type ResourceRecord = StateDocument['defaultLockspace']['resources'][number];
+type ResourceExtra = NonNullable<StateDocument['relockd']>['resources'][number];
+
+function restoreResource(run: RestoreRun, ls: LockSpace, dir: string, rd: ResourceRecord, extra: ResourceExtra | undefined, known: FdStat | { errno: number } | undefined): void {
+  const { report, recorded, ext } = run;
+  const r = { ...rd, name: fromDocText(rd.name), path: fromDocText(rd.path) };
+  const checked = checkFd(r.fd, 'resource', recorded, known);
+  if ('why' in checked) {
+    report.problems.push(`resource '${display(r.name)}' in lockspace '${display(dir)}': ${checked.why}`);
+    run.keep(r.fd, 'resource');
+    return;
+  }
+  const fst = checked.st;
+  if (!recorded.has(r.fd)) {
+    // virtlockd documents: the fd must still be the file at `path`, if it exists.
+    let mismatch = false;
+    try {
+      const pst = statSync(toBuffer(r.path), { bigint: true });
+      mismatch = Number(pst.ino) !== fst.ino || Number(pst.dev) !== fst.dev;
+    } catch {
+      /* lease file gone: the fd still holds the lock */
+    }
+    if (mismatch) {
+      // Not the file the document names: keep the fd (it may hold some
+      // lock), but never pass it off as this resource.
+      report.problems.push(`resource '${display(r.name)}' in lockspace '${display(dir)}': fd ${r.fd} is not the file at ${display(r.path)}`);
+      run.keep(r.fd, 'resource');
       return;
     }
-    if (st.next_client_id && st.next_client_id > srv.nextClientId) srv.nextClientId = st.next_client_id;
-    for (const svc of st.services) {
-      for (const s of svc.socks) {
-        const why = problem(checkFd(s.fd, 'listener', recorded));
-        if (why) {
-          report.problems.push(`${name} listener: ${why}`);
-          keep(s.fd, 'listener');
-          continue;
-        }
-        const info = pathOf.get(s.fd);
-        try {
-          await srv.adopt(s.fd, info?.path ?? defaultPath ?? '', info?.unlinkOnClose ?? s.unlinkUNIX ?? !s.isClient);
-          native.setCloexec(s.fd, true);
-          report.listeners++;
-        } catch (err) {
-          report.problems.push(`${name} listener fd ${s.fd}: ${(err as Error).message}`);
-          keep(s.fd, 'listener');
-        }
-      }
-    }
-    const extraClients = new Map((ext?.clients ?? []).filter((c) => c.server === name).map((c) => [c.id, c]));
-    for (const c of st.clients) {
-      const fd = c.sock.fd;
-      const why = problem(checkFd(fd, 'client', recorded));
-      if (why) {
-        report.problems.push(`${name} client ${c.id ?? '?'}: ${why}`);
-        keep(fd, 'client');
-        continue;
-      }
-      const extra = c.id !== undefined ? extraClients.get(c.id) : undefined;
-      try {
-        const peer = native.peerCred(fd);
-        const sock = new net.Socket({ fd, readable: true, writable: true });
-        native.setCloexec(fd, true);
-        const pd = c.privateData as LockPrivateData;
-        let process: ProcessHandle | null = null;
-        if (name === 'virtlockd' && pd.ownerId !== 0 && pd.ownerPid === peer.pid) {
-          if (extra?.process && extra.process.pidfd >= 0) {
-            const pwhy = problem(checkFd(extra.process.pidfd, 'pidfd', recorded));
-            if (pwhy) report.problems.push(`client ${c.id} owner handle: ${pwhy}`);
-            else {
-              process = { pid: pd.ownerPid, pidfd: extra.process.pidfd, startTime: extra.process.startTime };
-              native.setCloexec(extra.process.pidfd, true);
-            }
-          }
-          process ??= target.openProcessHandle(pd.ownerPid, fd);
-        }
-        srv.attach(sock, peer, {
-          id: c.id,
-          connTime: c.conn_time,
-          pending: extra ? Buffer.from(extra.pending, 'base64') : undefined,
-          unsent: extra ? Buffer.from(extra.unsent, 'base64') : undefined,
-          restore: name === 'virtlockd' ? (conn) => target.restoreLockContext(conn, pd, process) : undefined,
-        });
-        report.clients++;
-      } catch (err) {
-        report.problems.push(`${name} client ${c.id ?? '?'} fd ${fd}: ${(err as Error).message}`);
-        keep(fd, 'client');
-      }
-    }
+  }
+  const res: Resource = {
+    name: r.name,
+    path: r.path,
+    fd: r.fd,
+    dev: fst.dev,
+    ino: fst.ino,
+    flags: r.flags,
+    owners: [...r.owners],
+    since: extra?.since ?? Date.now(),
+    // virtlockd takes classic POSIX locks, but after a handback it also
+    // holds relockd's OFD locks: the kernel says which (relockd documents
+    // record it).
+    ...((ext ? extra?.classic : inheritedLockFlavour(r.fd) !== 'ofd') ? { classic: true } : {}),
   };
-  await restoreServer('virtlockd', servers.virtlockd, target.lockServer, target.socketPath);
-  await restoreServer('admin', servers.admin, target.adminServer, target.adminSocketPath);
-
-  // 3. The pid file (its lock is ours for as long as the fd is open).
-  if (ext?.pidFile) {
-    const why = problem(checkFd(ext.pidFile.fd, 'pidfile', recorded));
-    if (why) report.problems.push(`pid file: ${why}`);
-    else report.pidFile = ext.pidFile;
+  try {
+    run.target.manager.adoptResource(ls, res); // close-on-exec was set by statAll
+    report.resources++;
+  } catch (err) {
+    report.problems.push((err as Error).message);
+    run.keep(r.fd, 'resource');
   }
+}
 
-  // 4. Owner terminations in progress: the caller resumes them.
-  for (const t of ext?.terminations ?? []) {
-    if (t.pidfd >= 0) {
-      const why = problem(checkFd(t.pidfd, 'pidfd', recorded));
-      if (why) {
-        report.problems.push(`termination of pid ${t.owner.pid}: ${why}`);
-        report.terminations.push({ ...t, pidfd: -1 });
-        continue;
+/** 2. A server's listeners, then its clients. */
+async function restoreServer(run: RestoreRun, name: 'virtlockd' | 'admin', st: ServerState | undefined, srv: RpcServer<any> | null, defaultPath: string | null): Promise<void> {
+  if (!st) return;
+  if (!srv) {
+    // e.g. an admin server in the document but none configured: keep its fds.
+    for (const svc of st.services) for (const s of svc.socks) run.keep(s.fd, 'listener');
+    for (const c of st.clients) run.keep(c.sock.fd, 'client');
+    return;
+  }
+  if (st.next_client_id && st.next_client_id > srv.nextClientId) srv.nextClientId = st.next_client_id;
+  const pathOf = new Map((run.ext?.listeners ?? []).map((l) => [l.fd, l]));
+  for (const svc of st.services) for (const s of svc.socks) await restoreListener(run, name, srv, s, pathOf.get(s.fd), defaultPath);
+  const extraClients = new Map((run.ext?.clients ?? []).filter((c) => c.server === name).map((c) => [c.id, c]));
+  for (const c of st.clients) restoreClient(run, name, srv, c, c.id !== undefined ? extraClients.get(c.id) : undefined);
+}
+
+type SockRecord = ServerState['services'][number]['socks'][number];
+type ListenerExtra = NonNullable<StateDocument['relockd']>['listeners'][number];
+type ClientRecord = ServerState['clients'][number];
+type ClientExtra = NonNullable<StateDocument['relockd']>['clients'][number];
+
+async function restoreListener(run: RestoreRun, name: string, srv: RpcServer<any>, s: SockRecord, info: ListenerExtra | undefined, defaultPath: string | null): Promise<void> {
+  const why = problem(checkFd(s.fd, 'listener', run.recorded));
+  if (why) {
+    run.report.problems.push(`${name} listener: ${why}`);
+    run.keep(s.fd, 'listener');
+    return;
+  }
+  try {
+    await srv.adopt(s.fd, info?.path ?? defaultPath ?? '', info?.unlinkOnClose ?? s.unlinkUNIX ?? !s.isClient);
+    native.setCloexec(s.fd, true);
+    run.report.listeners++;
+  } catch (err) {
+    run.report.problems.push(`${name} listener fd ${s.fd}: ${(err as Error).message}`);
+    run.keep(s.fd, 'listener');
+  }
+}
+
+function restoreClient(run: RestoreRun, name: 'virtlockd' | 'admin', srv: RpcServer<any>, c: ClientRecord, extra: ClientExtra | undefined): void {
+  const { report, recorded, target } = run;
+  const fd = c.sock.fd;
+  const why = problem(checkFd(fd, 'client', recorded));
+  if (why) {
+    report.problems.push(`${name} client ${c.id ?? '?'}: ${why}`);
+    run.keep(fd, 'client');
+    return;
+  }
+  try {
+    adoptClientSocket(srv, fd, (peer) => {
+      const pd = c.privateData as LockPrivateData;
+      let process: ProcessHandle | null = null;
+      if (name === 'virtlockd' && pd.ownerId !== 0 && pd.ownerPid === peer.pid) {
+        if (extra?.process && extra.process.pidfd >= 0) {
+          const pwhy = problem(checkFd(extra.process.pidfd, 'pidfd', recorded));
+          if (pwhy) report.problems.push(`client ${c.id} owner handle: ${pwhy}`);
+          else {
+            process = { pid: pd.ownerPid, pidfd: extra.process.pidfd, startTime: extra.process.startTime };
+            native.setCloexec(extra.process.pidfd, true);
+          }
+        }
+        process ??= target.openProcessHandle(pd.ownerPid, fd);
       }
-      native.setCloexec(t.pidfd, true);
-    }
-    report.terminations.push(t);
+      return {
+        id: c.id,
+        connTime: c.conn_time,
+        pending: extra ? Buffer.from(extra.pending, 'base64') : undefined,
+        unsent: extra ? Buffer.from(extra.unsent, 'base64') : undefined,
+        restore: name === 'virtlockd' ? (conn) => target.restoreLockContext(conn, pd, process) : undefined,
+      };
+    });
+    report.clients++;
+  } catch (err) {
+    report.problems.push(`${name} client ${c.id ?? '?'} fd ${fd}: ${(err as Error).message}`);
+    run.keep(fd, 'client');
   }
-  return report;
+}
+
+/** 3. The pid file (its lock is ours for as long as the fd is open). */
+function restorePidFile({ ext, recorded, report }: RestoreRun): void {
+  if (!ext?.pidFile) return;
+  const why = problem(checkFd(ext.pidFile.fd, 'pidfile', recorded));
+  if (why) report.problems.push(`pid file: ${why}`);
+  else report.pidFile = ext.pidFile;
+}
+
+/** 4. An owner termination in progress: the caller resumes it. */
+function restoreTermination({ recorded, report }: RestoreRun, t: TerminationState): void {
+  if (t.pidfd >= 0) {
+    const why = problem(checkFd(t.pidfd, 'pidfd', recorded));
+    if (why) {
+      report.problems.push(`termination of pid ${t.owner.pid}: ${why}`);
+      report.terminations.push({ ...t, pidfd: -1 });
+      return;
+    }
+    native.setCloexec(t.pidfd, true);
+  }
+  report.terminations.push(t);
 }

@@ -1,59 +1,7 @@
-// Validators for the state document (and later the config file), generated
-// from schemas/ at build time by scripts/build-validators.mjs: loading them
-// costs a few ms instead of ajv's ~50 ms compile.
+// The state document's validation (schemas/state.schema.json), with the
+// loader and error wording of src/util/validator.ts.
 
-import { createRequire } from 'node:module';
-import { join } from 'node:path';
-import { packageRoot } from '../packageRoot.js';
-
-export interface AjvError {
-  instancePath: string;
-  keyword: string;
-  message?: string;
-  params: Record<string, unknown>;
-  schemaPath?: string;
-}
-
-export type ValidateFn = ((data: unknown) => boolean) & { errors?: AjvError[] | null };
-
-const require = createRequire(import.meta.url);
-const cache = new Map<string, ValidateFn>();
-
-/** The generated validator for schemas/<name>.schema.json. */
-export function load(name: string): ValidateFn {
-  let v = cache.get(name);
-  if (!v) {
-    const mod = require(join(packageRoot, 'dist', 'validators', `${name}.cjs`)) as ValidateFn | { default: ValidateFn };
-    v = typeof mod === 'function' ? mod : mod.default;
-    cache.set(name, v);
-  }
-  return v;
-}
-
-class ValidationError extends Error {
-  override name = 'ValidationError';
-  constructor(
-    readonly what: string,
-    readonly problems: string[],
-  ) {
-    super(`${what} is invalid: ${problems.join('; ')}`);
-  }
-}
-
-/** "JSON path: problem" for each error, most specific first, without duplicates. */
-export function describeErrors(errors: AjvError[]): string[] {
-  const out = new Set<string>();
-  // allOf/anyOf produce summary errors at the parent; the leaves say what is wrong.
-  const leaves = errors.filter((e) => e.keyword !== 'anyOf' && e.keyword !== 'oneOf' && e.keyword !== 'allOf' && e.keyword !== 'if');
-  for (const e of leaves.length ? leaves : errors) {
-    const path = e.instancePath || '/';
-    let msg = e.message ?? e.keyword;
-    if (e.keyword === 'additionalProperties') msg = `unexpected property '${String(e.params.additionalProperty)}'`;
-    if (e.keyword === 'enum') msg = `${msg}: ${JSON.stringify(e.params.allowedValues)}`;
-    out.add(`${path}: ${msg}`);
-  }
-  return [...out].slice(0, 10);
-}
+import { describeErrors, load, ValidationError } from '../util/validator.js';
 
 export function validateState(doc: unknown): void {
   const v = load('state');

@@ -1,13 +1,13 @@
 // Renders docs/errors.md's generated part from the error catalogue and the
 // exit codes (test/errors.test.ts compares; RELOCKD_WRITE_ERRORS_DOC=1 writes).
 
-import { catalogue } from '../../src/rpc/errorCatalogue.js';
-import type { CatalogueEntry } from '../../src/rpc/errorCatalogue.js';
-import { ErrorCode, ErrorDomain } from '../../src/rpc/errors.js';
+import { catalogue } from '../../src/util/errorCatalogue.js';
+import type { CatalogueEntry } from '../../src/util/errorCatalogue.js';
+import { ErrorCode, ErrorDomain } from '../../src/util/errors.js';
 import { EXIT_CODE_USES, ExitCode } from '../../src/daemon/exitCode.js';
 import type { ExitCodeName } from '../../src/daemon/exitCode.js';
 
-export const START = '<!-- generated from src/rpc/errorCatalogue.ts and src/daemon/exitCode.ts: do not edit by hand -->';
+export const START = '<!-- generated from src/util/errorCatalogue.ts and src/daemon/exitCode.ts: do not edit by hand -->';
 export const END = '<!-- end of generated part -->';
 
 const nameOf = (table: Record<string, number>, v: number) => Object.keys(table).find((k) => table[k] === v);

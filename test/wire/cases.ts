@@ -7,8 +7,8 @@
 // Paths and names are byte strings (src/byteString.ts): '\xe9' is the single
 // byte 0xe9, which is not UTF-8 — on purpose, as libvirt sends bytes.
 
-import { ErrorCode, ErrorDomain, ProtocolError } from '../../src/rpc/errors.js';
-import type { WireError } from '../../src/rpc/errors.js';
+import { ErrorCode, ErrorDomain, ProtocolError } from '../../src/util/errors.js';
+import type { WireError } from '../../src/util/errors.js';
 
 export interface WireCase {
   proc: number;

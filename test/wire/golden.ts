@@ -4,7 +4,7 @@
 
 import { join } from 'node:path';
 import { MessageStatus, MessageType, encodePacket } from '../../src/rpc/packet.js';
-import { encodeWireError } from '../../src/rpc/errors.js';
+import { encodeWireError } from '../../src/rpc/wireError.js';
 import { XdrWriter } from '../../src/rpc/xdr.js';
 import { FIXTURES, encodeWith } from '../lib/wirePrograms.js';
 import type { WireProgram } from '../lib/wirePrograms.js';

@@ -11,10 +11,12 @@ import { dirname, isAbsolute } from 'node:path';
 import * as native from '../native.js';
 import type { StateDocument } from '../state/document.js';
 import { ConversionRefused, toVirtlockdDocument, virtlockdStateFile } from '../state/virtlockdDocument.js';
-import type { Daemon } from './daemon.js';
-import { isPrivileged } from './paths.js';
-import { ExecRefusal } from './reexec.js';
-import type { ExecPlan, ExecTarget } from './reexec.js';
+import type { Logger } from 'pino';
+import type { ClientConnection } from '../rpc/connection.js';
+import type { Header } from '../rpc/packet.js';
+import { isPrivileged } from '../util/paths.js';
+import { ExecRefusal } from '../state/execPlan.js';
+import type { ExecPlan, ExecTarget } from '../state/execPlan.js';
 
 export interface HandbackRequest {
   /** virtlockd's binary (absolute). */
@@ -64,8 +66,20 @@ export function virtlockdArgv(req: HandbackRequest, pidFile: string | null): str
   return [req.path, ...args];
 }
 
+/** What the handback needs from the daemon (Daemon implements it). */
+export interface HandbackHost {
+  readonly log: Logger;
+  readonly safeMode: boolean;
+  readonly lockService: { readonly terminations: { readonly size: number } };
+  readonly lockServer: { readonly name: string; readonly clients: ReadonlyMap<number, ClientConnection<any>> };
+  readonly adminServer: { readonly name: string; readonly clients: ReadonlyMap<number, ClientConnection<any>> } | null;
+  readonly pidFile: { readonly path: string; readonly fd: number } | null;
+  /** Resolves only with a refusal or failure: on success this image is gone. */
+  reexec(trigger: string, replyTo: { conn: ClientConnection<any>; header: Header } | undefined, target: ExecTarget): Promise<{ ok: true } | { ok: false; error: string; transient?: boolean }>;
+}
+
 /** Checks that do not need a snapshot; throws ExecRefusal. */
-export function checkRequest(d: Daemon, req: HandbackRequest): void {
+export function checkRequest(d: HandbackHost, req: HandbackRequest): void {
   if (!isAbsolute(req.path)) throw new ExecRefusal(`virtlockd path must be absolute: '${req.path}'`, false);
   try {
     const st = statSync(req.path);
@@ -90,7 +104,7 @@ function peerState(pid: number): 'alive' | 'gone' | 'zombie' {
   }
 }
 
-export function handbackTarget(d: Daemon, req: HandbackRequest, ctx: HandbackContext): ExecTarget {
+export function handbackTarget(d: HandbackHost, req: HandbackRequest, ctx: HandbackContext): ExecTarget {
   return {
     plan(doc: StateDocument): ExecPlan {
       // virtlockd's restore looks up every client's peer (SO_PEERCRED pid, then

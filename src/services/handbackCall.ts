@@ -4,12 +4,11 @@
 
 import type { ClientConnection } from '../rpc/connection.js';
 import type { HandbackArgs, HandbackRefused } from '../protocol/relockdAdmin.js';
-import type { Daemon } from './daemon.js';
 import { checkRequest, handbackTarget } from './handback.js';
-import type { HandbackContext } from './handback.js';
-import { ExecRefusal } from './reexec.js';
+import type { HandbackContext, HandbackHost } from './handback.js';
+import { ExecRefusal } from '../state/execPlan.js';
 
-export async function handback(d: Daemon, caller: ClientConnection<any>, a: HandbackArgs): Promise<HandbackRefused> {
+export async function handback(d: HandbackHost, caller: ClientConnection<any>, a: HandbackArgs): Promise<HandbackRefused> {
   const req = { path: a.path, args: a.args };
   const ctx: HandbackContext = { callerClientIds: new Set([caller.id]), warnings: [] };
   d.log.warn({ client: caller.id, peer: caller.peer, exec: a.path, args: a.args }, 'handback to virtlockd requested by admin');

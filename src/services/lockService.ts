@@ -13,8 +13,10 @@ import type { LockManager, Owner } from '../locks/lockManager.js';
 import { lockspaceProgram } from '../protocol/lockspace.js';
 import type { LockClientState } from '../protocol/lockspace.js';
 import type { LockPrivateData } from '../state/document.js';
-import { closeProcessHandle, openProcessHandle, terminate } from './terminator.js';
-import type { Freeze, ProcessHandle, TerminationOptions } from './terminator.js';
+import { terminate } from './terminator.js';
+import { closeProcessHandle, openProcessHandle } from '../util/processHandle.js';
+import type { ProcessHandle } from '../util/processHandle.js';
+import type { Freeze, TerminationOptions } from './terminator.js';
 import { logOwnerExit } from './ownerExit.js';
 
 export interface LockClient extends LockClientState {

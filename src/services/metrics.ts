@@ -10,14 +10,33 @@ import { DEFAULT_LOCKSPACE_LABEL } from '../metrics/instrument.js';
 import { METRICS_CONTENT_TYPE, renderMetrics } from '../metrics/exposition.js';
 import type { LockspaceHealthProvider, MetricsSnapshot } from '../metrics/exposition.js';
 import { parseMetricsListen } from '../metrics/listen.js';
-import type { Daemon } from './daemon.js';
+import type { Logger } from 'pino';
+import type { LockManager } from '../locks/lockManager.js';
+import type { StorageGate } from '../locks/storageGate.js';
+import type { DaemonMetrics } from '../metrics/counters.js';
 import { lazyRequire } from '../lazyRequire.js';
+
+/** What the metrics read from the daemon (Daemon implements it). */
+export interface MetricsHost {
+  readonly log: Logger;
+  readonly manager: LockManager;
+  readonly gate: Pick<StorageGate, 'stuckKeys'>;
+  readonly metrics: DaemonMetrics;
+  readonly healthProvider: LockspaceHealthProvider | null;
+  readonly lockServer: { readonly name: string; readonly clients: { readonly size: number } };
+  readonly adminServer: { readonly name: string; readonly clients: { readonly size: number } } | null;
+  readonly lockService: { readonly terminations: { readonly size: number } };
+  readonly safeMode: boolean;
+  readonly stopping: string | null;
+  readonly startedAt: number;
+  readonly version: string;
+}
 
 /**
  * Until the lock-space health work provides its own, health is what the
  * storage gate knows: a lock space with a call past its deadline is stuck.
  */
-function gateHealth(d: Daemon): LockspaceHealthProvider {
+function gateHealth(d: MetricsHost): LockspaceHealthProvider {
   return {
     states: ['ok', 'stuck'],
     lockspaceHealth: () => {
@@ -27,7 +46,7 @@ function gateHealth(d: Daemon): LockspaceHealthProvider {
   };
 }
 
-function metricsSnapshot(d: Daemon): MetricsSnapshot {
+function metricsSnapshot(d: MetricsHost): MetricsSnapshot {
   const leases: MetricsSnapshot['leases'] = [];
   const owners = new Set<number>();
   for (const ls of d.manager.allSpaces()) {
@@ -56,7 +75,7 @@ function metricsSnapshot(d: Daemon): MetricsSnapshot {
   };
 }
 
-export function daemonMetricsText(d: Daemon): Promise<string> {
+export function daemonMetricsText(d: MetricsHost): Promise<string> {
   return renderMetrics(metricsSnapshot(d));
 }
 
@@ -69,7 +88,7 @@ export class MetricsListener {
   private server: Server | null = null;
   private unixPath: string | null = null;
 
-  constructor(private readonly d: Daemon) {}
+  constructor(private readonly d: MetricsHost) {}
 
   async start(spec: string): Promise<void> {
     const where = parseMetricsListen(spec);

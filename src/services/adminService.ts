@@ -11,7 +11,7 @@
 import { readFileSync } from 'node:fs';
 import { userInfo } from 'node:os';
 import type { Level } from 'pino';
-import { E } from '../rpc/errorCatalogue.js';
+import { E } from '../util/errorCatalogue.js';
 import type { ClientConnection, Service } from '../rpc/connection.js';
 import type { RpcServer } from '../rpc/server.js';
 import { adminProgram, ClientTransport, encodeVersion } from '../protocol/admin.js';
@@ -35,10 +35,40 @@ import type { Owner } from '../locks/lockManager.js';
 import { VERSION } from '../version.js';
 import { levelOfPriority, loggingPlan, LogSpecError, parseLogFilters, parseLogOutputs, priorityOfLevel } from '../config/logging.js';
 import type { LogFilter, LogOutput } from '../config/logging.js';
-import type { OutputSpec } from '../log.js';
-import type { Daemon } from './daemon.js';
-import type { LockClient } from './lockService.js';
+import type { DaemonLogger, OutputSpec } from '../log.js';
+import type { Logger } from 'pino';
+import type { LockManager } from '../locks/lockManager.js';
+import type { ReexecRecord } from '../state/document.js';
+import type { Header } from '../rpc/packet.js';
+import type { LockClient, LockService } from './lockService.js';
 import { handback } from './handbackCall.js';
+import type { HandbackHost } from './handback.js';
+import type { MetricsHost } from './metrics.js';
+
+/** The log settings' view of the daemon: its logger and (when attached) its log outputs. */
+export interface LogHost {
+  readonly log: Logger;
+  readonly logging: DaemonLogger | null;
+}
+
+/**
+ * What the admin service reads and asks of the daemon (Daemon implements it;
+ * test/adminService.test.ts a small fake). It never writes the daemon's
+ * options: the idle timeout goes through setIdleTimeout.
+ */
+export interface AdminHost extends LogHost, HandbackHost, MetricsHost {
+  readonly lockServer: RpcServer<LockClient>;
+  readonly adminServer: RpcServer<any> | null;
+  readonly manager: LockManager;
+  readonly lockService: Pick<LockService, 'terminations'>;
+  readonly opts: { readonly socketPath: string; readonly adminSocketPath: string | null; readonly timeoutSec: number | null };
+  readonly boot: string;
+  readonly configError: string | null;
+  readonly lastReexec: ReexecRecord | undefined;
+  /** virt-admin daemon-timeout: seconds without clients before the daemon exits; null: never. */
+  setIdleTimeout(sec: number | null): void;
+  reexec(trigger: string, replyTo?: { conn: ClientConnection<any>; header: Header }): Promise<{ ok: true; blackoutMs: number } | { ok: false; error: string; transient?: boolean }>;
+}
 
 // ---- log settings (virt-admin daemon-log-filters / daemon-log-outputs) -------
 
@@ -84,7 +114,7 @@ export class LogSettings {
   private start: { level: Level; outputs: LogOutput[] } | null = null;
 
   /** The Daemon is built before its log outputs are attached: read the start-up state on first use. */
-  constructor(private readonly daemon: Daemon) {}
+  constructor(private readonly daemon: LogHost) {}
 
   private get startLevel(): Level {
     return this.startState().level;
@@ -198,7 +228,7 @@ export class AdminService implements Service<AdminContext> {
   /** Per-server limit on unauthenticated clients (all clients authenticate at once). */
   private readonly unauthMax = new Map<string, number>();
 
-  constructor(private readonly daemon: Daemon) {
+  constructor(private readonly daemon: AdminHost) {
     this.logSettings = new LogSettings(daemon);
     const libvirt: AdminBackend = {
       libVersion: encodeVersion(VERSION),
@@ -208,9 +238,8 @@ export class AdminService implements Service<AdminContext> {
       setLoggingOutputs: (s) => this.logSettings.setOutputs(s),
       setLoggingFilters: (s) => this.logSettings.setFilters(s),
       setDaemonTimeout: (sec) => {
-        // virNetDaemonAutoShutdown: 0 turns the idle exit off. The daemon's
-        // idle check (--timeout) reads opts.timeoutSec.
-        this.daemon.opts.timeoutSec = sec > 0 ? sec : null;
+        // virNetDaemonAutoShutdown: 0 turns the idle exit off.
+        this.daemon.setIdleTimeout(sec > 0 ? sec : null);
         this.daemon.log.info({ timeout: sec }, 'daemon timeout set by admin');
       },
     };
