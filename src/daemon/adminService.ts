@@ -39,6 +39,7 @@ import type { OutputSpec } from '../log.js';
 import type { Daemon } from './daemon.js';
 import type { LockClient } from './lockService.js';
 import { handback } from './handbackCall.js';
+import { healthInfo } from './healthWiring.js';
 
 // ---- log settings (virt-admin daemon-log-filters / daemon-log-outputs) -------
 
@@ -223,6 +224,8 @@ export class AdminService implements Service<AdminContext> {
       reexec: (caller) => this.reexec(caller as AdminConnState),
       handback: (caller, a) => handback(this.daemon, (caller as AdminConnState).conn, a),
       metrics: () => daemonMetricsText(this.daemon),
+      health: () => healthInfo(this.daemon),
+      releaseOwnerLeases: (pid, lockspace) => this.daemon.health.releaseForOwner(pid, lockspace),
     };
     this.programs = [adminProgram(libvirt), relockdAdminProgram(ours)];
   }

@@ -27,6 +27,10 @@ import { openProcessHandle } from './terminator.js';
 import type { TerminationOptions } from './terminator.js';
 import { REEXEC_ENV, Reexecutor } from './reexec.js';
 import { ActivationError, takeActivation } from './activation.js';
+import type { HealthMonitor } from '../health/monitor.js';
+import type { HealthOptions } from '../health/options.js';
+import { createHealthMonitor, unverifiableFds } from './healthWiring.js';
+import { FdGuard, guardedLocker } from '../health/probe.js';
 import type { ActivatedSockets } from './activation.js';
 import { PidFile } from './pidFile.js';
 import type { DaemonLogger } from '../log.js';
@@ -68,6 +72,8 @@ export interface DaemonOptions {
   storageInline: InlinePolicy;
   /** HTTP metrics listener (an address:port or a UNIX socket path); null: none. */
   metricsListen?: string | null;
+  /** Lock-space health watch and lock-failure actions (src/health/). */
+  health: HealthOptions;
 }
 
 /**
@@ -88,6 +94,8 @@ export class Daemon {
   readonly lockServer: RpcServer<LockClient>;
   readonly gate: StorageGate;
   readonly classifier: StorageClassifier;
+  readonly health: HealthMonitor;
+  readonly probeGuard = new FdGuard();
   /** The admin server (libvirt's admin program and relockd's own). */
   adminServer: RpcServer<any> | null = null;
   /** The admin socket's service (see createAdminServer). */
@@ -134,6 +142,8 @@ export class Daemon {
     readonly log: Logger,
     locker: FileLocker = new NativeFileLocker(),
   ) {
+    // Releases wait for a health probe using the same fd (src/health/probe.ts).
+    locker = guardedLocker(locker, this.probeGuard);
     this.gate = new StorageGate({ timeoutMs: opts.storageTimeoutMs, perKeyConcurrency: opts.storagePerKeyConcurrency });
     this.classifier = new StorageClassifier(log, opts.storageInline);
     this.manager = new LockManager({ locker, gate: this.gate, log, classifier: this.classifier });
@@ -142,6 +152,7 @@ export class Daemon {
     instrument(this.metrics, this.manager, this.gate, this.classifier);
     this.lockService.onTerminated = (outcome) => this.metrics.terminations[outcome]++;
     this.createAdminServer();
+    this.health = createHealthMonitor(this);
   }
 
   get stateFile(): string {
@@ -190,6 +201,7 @@ export class Daemon {
     if (this.safeMode) this.manager.acquireRefusal = safeModeRefusal;
     await this.createConfiguredLockspaces();
     this.startTimers();
+    this.health.start();
     this.notify(`READY=1\nSTATUS=${this.statusLine()}`);
     // Counting fds walks /proc/self/fd (~20 ms with 10k leases): with many
     // leases that count waits until the clients queued behind it are answered.
@@ -300,6 +312,7 @@ export class Daemon {
       adminSocketPath: this.opts.adminSocketPath,
       restoreLockContext: (conn, d, proc) => this.lockService.restoreContext(conn.ctx as LockClient, d, proc),
       openProcessHandle,
+      unverifiable: unverifiableFds(doc),
     });
     mark('adopted');
     if (report.pidFile) this.pidFile = PidFile.adopt(report.pidFile.path, report.pidFile.fd);
@@ -311,6 +324,7 @@ export class Daemon {
       }
     }
     this.orphans = report.orphans;
+    if (doc.relockd?.health) this.health.restore(doc.relockd.health);
     this.history = doc.relockd?.history ?? [];
     this.metrics.restore(doc.relockd?.metrics);
     if (doc.relockd?.startedAt) this.startedAt = doc.relockd.startedAt;
@@ -476,6 +490,7 @@ export class Daemon {
     set('storageInline', o.storageInline);
     const metricsMoved = (cur.metricsListen ?? null) !== (o.metricsListen ?? null);
     set('metricsListen', o.metricsListen ?? null);
+    set('health', o.health);
     this.classifier.policy = cur.storageInline;
     this.lockServer.maxClients = cur.maxClients;
     if (this.adminServer) this.adminServer.maxClients = cur.adminMaxClients;
@@ -517,7 +532,8 @@ export class Daemon {
 
   statusLine(): string {
     const c = this.manager.counts();
-    return `${this.safeMode ? 'SAFE MODE; ' : ''}${this.stopping ? `stopping (${this.stopping}); ` : ''}${this.lockServer.clients.size} clients, ${c.resources} leases held in ${c.lockspaces} lockspaces`;
+    const health = this.health.statusSuffix();
+    return `${this.safeMode ? 'SAFE MODE; ' : ''}${this.stopping ? `stopping (${this.stopping}); ` : ''}${this.lockServer.clients.size} clients, ${c.resources} leases held in ${c.lockspaces} lockspaces${health ? `; ${health}` : ''}`;
   }
 
   /** sd_notify, when run under systemd (or a test acting as it). */

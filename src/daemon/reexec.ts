@@ -164,7 +164,7 @@ export class Reexecutor {
       stdioCloexec = [0, 1, 2].map((fd) => safeGetCloexec(fd));
       for (const fd of [0, 1, 2]) native.setCloexec(fd, false);
       cleared.push(...keep);
-      native.fdInfo(Int32Array.from(keep), 0); // one call for every fd to keep
+      native.setCloexecAll(Int32Array.from(keep), false); // one call for every fd to keep; no fstat (a failed lock space's fds would block)
       d.notify(`RELOADING=1\nMONOTONIC_USEC=${process.hrtime.bigint() / 1000n}\nSTATUS=re-executing`);
       log.info({ fds: keep.length, stateFile: plan.stateFile, exec: plan.execPath, argv: plan.argv }, 're-exec: state written, executing');
       // A SIGUSR1 arriving now stays pending until the new image is ready for it.
@@ -175,7 +175,7 @@ export class Reexecutor {
     } catch (err) {
       // ---- failure before execve: undo everything, keep serving -------------
       native.sigmask('unblock', [constants.signals.SIGUSR1]);
-      if (cleared.length) native.fdInfo(Int32Array.from(cleared), 1);
+      if (cleared.length) native.setCloexecAll(Int32Array.from(cleared), true);
       stdioCloexec.forEach((on, fd) => trySetCloexec(fd, on));
       if (written) {
         try {
@@ -273,6 +273,7 @@ export class Reexecutor {
       startedAt: d.startedAt,
     });
     doc.relockd!.metrics = d.metrics.save() as unknown as Record<string, unknown>;
+    doc.relockd!.health = d.health.save();
     const live = this.replyTos.filter((r) => !r.conn.isClosed);
     if (live.length) doc.relockd!.pendingReplies = live.map((r) => ({ server: r.conn.service.name, clientId: r.conn.id, header: r.header }));
     return doc;

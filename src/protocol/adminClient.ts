@@ -6,7 +6,7 @@ import type { XdrReader, XdrWriter } from '../rpc/xdr.js';
 import { ADMIN_CLIENT_INFO_PARAMETERS_MAX, ADMIN_PROGRAM, ADMIN_PROTOCOL_VERSION, ADMIN_SERVER_CLIENT_LIMITS_MAX, ADMIN_SERVER_THREADPOOL_PARAMETERS_MAX, AdminProc, adminCodec } from './admin.js';
 import type { AdminClientRef, LoggingFiltersRet, LoggingOutputsRet, TypedParam } from './admin.js';
 import { RELOCKD_ADMIN_PROGRAM, RELOCKD_ADMIN_VERSION, RelockdProc, relockdCodec } from './relockdAdmin.js';
-import type { ClientInfo, DaemonInfo, HandbackRefused, LockspaceInfo, ReexecResult, ResourceInfo } from './relockdAdmin.js';
+import type { ClientInfo, DaemonInfo, HandbackRefused, HealthInfo, LockspaceInfo, ReexecResult, ResourceInfo } from './relockdAdmin.js';
 
 type Enc = (w: XdrWriter) => void;
 
@@ -149,5 +149,15 @@ export class AdminClient {
 
   close(): void {
     this.rpc.close();
+  }
+
+  /** Lock-space health watches. */
+  health(flags = 0): Promise<HealthInfo[]> {
+    return this.ours(RelockdProc.LIST_HEALTH, (w) => relockdCodec.flags.encode(w, { flags }), relockdCodec.health.decode);
+  }
+
+  /** Releases an owner's leases in a lock space after a lock failure (killpath programs). */
+  releaseOwnerLeases(pid: number, lockspace: string, flags = 0): Promise<number> {
+    return this.ours(RelockdProc.RELEASE_OWNER_LEASES, (w) => relockdCodec.releaseOwner.encode(w, { pid, lockspace, flags }), relockdCodec.count.decode);
   }
 }

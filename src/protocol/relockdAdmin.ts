@@ -32,7 +32,36 @@ export const RelockdProc = {
   REEXEC: 5,
   HANDBACK: 6,
   GET_METRICS: 16,
+  LIST_HEALTH: 20,
+  RELEASE_OWNER_LEASES: 21,
 } as const;
+
+export interface HealthOwnerInfo {
+  owner: OwnerInfo;
+  action: string;
+  phase: string;
+  since: number;
+  resources: string[];
+  note: string | null;
+}
+
+export interface HealthInfo {
+  dir: string;
+  lockspace: string;
+  state: string;
+  since: number;
+  lastGood: number;
+  error: string | null;
+  lost: string[];
+  leaseTimeMs: number;
+  owners: HealthOwnerInfo[];
+}
+
+export interface ReleaseOwnerArgs {
+  pid: number;
+  lockspace: string;
+  flags: number;
+}
 
 // ---- types -------------------------------------------------------------------------
 
@@ -277,7 +306,57 @@ const daemonInfo = {
   }),
 };
 
+const healthOwner = {
+  encode: (w: XdrWriter, h: HealthOwnerInfo) => {
+    owner.encode(w, h.owner);
+    w.string(h.action).string(h.phase).i64(BigInt(Math.trunc(h.since)));
+    w.array(h.resources, (wr, x) => wr.string(x));
+    wOptStr(w, h.note);
+  },
+  decode: (r: XdrReader): HealthOwnerInfo => ({
+    owner: owner.decode(r),
+    action: str(r),
+    phase: str(r),
+    since: num(r.i64()),
+    resources: r.array(RELOCKD_ADMIN_LIST_MAX, str),
+    note: optStr(r),
+  }),
+};
+
+const health = {
+  encode: (w: XdrWriter, h: HealthInfo) => {
+    w.string(h.dir).string(h.lockspace).string(h.state).i64(BigInt(Math.trunc(h.since))).i64(BigInt(Math.trunc(h.lastGood)));
+    wOptStr(w, h.error);
+    w.array(h.lost, (wr, x) => wr.string(x));
+    w.i32(h.leaseTimeMs);
+    w.array(h.owners, healthOwner.encode);
+  },
+  decode: (r: XdrReader): HealthInfo => ({
+    dir: str(r),
+    lockspace: str(r),
+    state: str(r),
+    since: num(r.i64()),
+    lastGood: num(r.i64()),
+    error: optStr(r),
+    lost: r.array(RELOCKD_ADMIN_LIST_MAX, str),
+    leaseTimeMs: r.i32(),
+    owners: r.array(RELOCKD_ADMIN_LIST_MAX, healthOwner.decode),
+  }),
+};
+
 export const relockdCodec = {
+  health: {
+    encode: (w: XdrWriter, v: HealthInfo[]) => w.array(v, health.encode),
+    decode: (r: XdrReader): HealthInfo[] => r.array(RELOCKD_ADMIN_LIST_MAX, health.decode),
+  },
+  releaseOwner: {
+    decode: (r: XdrReader): ReleaseOwnerArgs => ({ pid: r.u32(), lockspace: str(r), flags: r.u32() }),
+    encode: (w: XdrWriter, a: ReleaseOwnerArgs) => w.u32(a.pid).string(a.lockspace).u32(a.flags),
+  },
+  count: {
+    decode: (r: XdrReader): number => r.u32(),
+    encode: (w: XdrWriter, n: number) => w.u32(n),
+  },
   flags: {
     decode: (r: XdrReader): FlagsArgs => ({ flags: r.u32() }),
     encode: (w: XdrWriter, a: FlagsArgs) => w.u32(a.flags),
@@ -333,6 +412,10 @@ export interface RelockdAdminBackend {
   handback?: (caller: AdminContext, args: HandbackArgs) => Promise<HandbackRefused>;
   /** The Prometheus exposition text. */
   metrics?: () => Promise<string>;
+  /** Lock-space health watches (docs/storage-failure.md). */
+  health(): HealthInfo[];
+  /** A killpath program made this owner safe: release its leases in the lock space. */
+  releaseOwnerLeases(pid: number, lockspace: string): Promise<number>;
 }
 
 // ---- errors ------------------------------------------------------------------------------
@@ -428,6 +511,26 @@ function rows(b: RelockdAdminBackend): Row[] {
         checkFlags(a.flags, fnName('GetMetrics'));
         if (!b.metrics) throw ProtocolError.report(ErrorCode.NO_SUPPORT, ErrorDomain.ADMIN, 'metrics are not available in this relockd build');
         return b.metrics();
+      },
+    },
+    {
+      proc: RelockdProc.LIST_HEALTH,
+      name: 'LIST_HEALTH',
+      decodeArgs: relockdCodec.flags.decode,
+      encodeRet: relockdCodec.health.encode,
+      handle: (_c, a: FlagsArgs) => {
+        checkFlags(a.flags, fnName('ListHealth'));
+        return b.health();
+      },
+    },
+    {
+      proc: RelockdProc.RELEASE_OWNER_LEASES,
+      name: 'RELEASE_OWNER_LEASES',
+      decodeArgs: relockdCodec.releaseOwner.decode,
+      encodeRet: relockdCodec.count.encode,
+      handle: (_c, a: ReleaseOwnerArgs) => {
+        checkFlags(a.flags, fnName('ReleaseOwnerLeases'));
+        return b.releaseOwnerLeases(a.pid, a.lockspace);
       },
     },
   ];

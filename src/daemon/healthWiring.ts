@@ -1,0 +1,104 @@
+// Wires the lock-space health monitor (src/health/) to the daemon: owner
+// processes come from the lock service's connections (the pidfd taken when
+// an owner registered on its own connection), terminations go through the
+// existing terminator, and the manager asks the monitor about failed lock
+// spaces and leases held for a paused owner.
+
+import { join } from 'node:path';
+import { HealthMonitor } from '../health/monitor.js';
+import { StorageProber } from '../health/probe.js';
+import type { OwnerControl } from '../health/monitor.js';
+import type { Owner } from '../locks/lockManager.js';
+import * as native from '../native.js';
+import { packageRoot } from '../packageRoot.js';
+import type { Daemon } from './daemon.js';
+import type { LockClient } from './lockService.js';
+import type { HealthInfo } from '../protocol/relockdAdmin.js';
+import type { StateDocument } from '../state/document.js';
+import { dirname } from 'node:path';
+import { isAlive } from './terminator.js';
+import type { ProcessHandle } from './terminator.js';
+
+/** The connection on which `pid` registered itself (QEMU's own), if any. */
+function ownConnection(d: Daemon, pid: number): LockClient | null {
+  let named: LockClient | null = null;
+  for (const c of d.lockServer.clients.values()) {
+    const ctx = c.ctx as LockClient;
+    if (ctx.owner?.pid !== pid) continue;
+    if (ctx.process && ctx.process.pidfd >= 0) return ctx;
+    named ??= ctx;
+  }
+  return named;
+}
+
+export function createHealthMonitor(d: Daemon): HealthMonitor {
+  const owners: OwnerControl = {
+    ownerOf: (pid) => ownConnection(d, pid)?.owner ?? d.lockService.terminations.get(pid)?.owner ?? null,
+    isAlive: async (owner) => {
+      const h = ownConnection(d, owner.pid)?.process;
+      if (h) return isAlive(h);
+      const t = d.lockService.terminations.get(owner.pid);
+      if (t?.handle) return isAlive(t.handle);
+      return null;
+    },
+    isTerminating: (pid) => d.lockService.terminations.has(pid),
+    terminate: (owner: Owner, reason: string) => {
+      const h = ownConnection(d, owner.pid)?.process;
+      if (!h || h.pidfd < 0) return false;
+      // Our own copy of the pidfd: the termination closes it when done,
+      // the connection closes its own.
+      let copy: ProcessHandle;
+      try {
+        copy = { pid: h.pid, pidfd: native.dup(h.pidfd), startTime: h.startTime };
+      } catch {
+        return false;
+      }
+      d.log.warn({ owner, reason }, 'terminating owner for a lock failure');
+      d.lockService.startTermination(owner, copy, Date.now());
+      return true;
+    },
+  };
+  const m = new HealthMonitor({
+    manager: d.manager,
+    log: d.log.child({ component: 'health' }),
+    options: () => d.opts.health,
+    termGraceMs: () => d.opts.termination.termGraceMs,
+    deadlineMs: () => d.opts.storageTimeoutMs,
+    owners,
+    notifyStatus: (line) => d.notify(`STATUS=${d.statusLine()} [${line}]`),
+    adminSocket: d.opts.adminSocketPath,
+    relockctl: [process.execPath, join(packageRoot, 'bin', 'relockctl.cjs')],
+    prober: new StorageProber(d.probeGuard),
+  });
+  d.manager.acquireCheck = (ls, key) => m.acquireRefusal(ls, key);
+  d.manager.handover = (ls, name, owner) => m.handover(ls, name, owner);
+  return m;
+}
+
+/** LIST_HEALTH: every watched directory with the owners being handled there. */
+export function healthInfo(d: Daemon): HealthInfo[] {
+  const m = d.health;
+  return [...m.watches.values()].map((w) => ({
+    dir: w.key,
+    lockspace: w.lockspace,
+    state: w.state,
+    since: w.since,
+    lastGood: w.lastGoodAt,
+    error: w.lastError,
+    lost: [...w.lost],
+    leaseTimeMs: w.leaseTimeMs ?? -1,
+    owners: m.records
+      .filter((r) => r.key === w.key)
+      .map((r) => ({ owner: r.owner, action: r.action, phase: r.phase, since: r.startedAt, resources: r.leases.map((l) => l.name), note: r.note ?? null })),
+  }));
+}
+
+/** Lease fds of a state document on watched storage that is not healthy (not to be fstat'd at restore). */
+export function unverifiableFds(doc: StateDocument): Set<number> {
+  const bad = new Set((doc.relockd?.health?.watches ?? []).filter((w) => w.state !== 'healthy').map((w) => w.key));
+  const out = new Set<number>();
+  if (bad.size === 0) return out;
+  for (const r of doc.defaultLockspace.resources) if (bad.has(dirname(r.name))) out.add(r.fd);
+  for (const l of doc.lockspaces) if (l.directory && bad.has(l.directory)) for (const r of l.resources) out.add(r.fd);
+  return out;
+}

@@ -1,0 +1,292 @@
+// Storage failure over real NFS (the UML lab, ../shared/lab/nfs-hosts): a
+// partition between client host c1 and the server, longer than the NFSv4
+// lease time (lowered to 15 s on the server for the run), while relockd on
+// c1 holds a lease for a real owner process there.
+//
+//  A. killpath, short timeouts: relockd on c1 fails the lock space and runs
+//     the killpath program (which releases through relockctl); relockd on c2
+//     then acquires the lease; after the partition heals, c1's owner is not
+//     resumed but terminated (its lease is c2's now).
+//  B. ignore, long failure timeout: after the partition heals, relockd on c1
+//     detects the lost lock (EIO through the holder's fd) and fails the lock
+//     space; alongside, every probe method is measured on its own lost lock:
+//     which of them really detects the loss.
+//
+//   flock /tmp/relockd-nfs-lab.lock node --import=@tapjs/typescript/import test/nfs/lockloss.ts [--keep]
+//
+// Prints PASS/FAIL lines, a timing table and `N passed, N failed`.
+
+import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync, chmodSync } from 'node:fs';
+import { join } from 'node:path';
+import { ROOT } from '../lib/relockd.js';
+import { run, sleep } from '../e2e/proc.js';
+import { DEFAULT_LAB_SCRIPT, Lab } from './lab.js';
+
+const LEASE_S = 15;
+const keep = process.argv.includes('--keep');
+const W = mkdtempSync('/tmp/relockd-lockloss-');
+const lab = new Lab(process.env.RELOCKD_NFS_LAB_SCRIPT ?? DEFAULT_LAB_SCRIPT, W);
+const NODE = process.execPath;
+const FLAGS = '--experimental-permission --allow-fs-read=* --allow-fs-write=* --allow-addons --allow-child-process --no-warnings';
+const EXPORT = '/mnt/nfs4/lockloss';
+let labUp = false;
+let passed = 0;
+let failed = 0;
+const timings: Array<[string, string]> = [];
+const check = (ok: boolean, what: string, detail = '') => {
+  if (ok) passed++;
+  else failed++;
+  console.log(`${ok ? 'PASS' : 'FAIL'} ${what}${detail ? ` — ${detail}` : ''}`);
+};
+const note = (k: string, v: string) => {
+  timings.push([k, v]);
+  console.log(`  ${k}: ${v}`);
+};
+
+async function sh(host: string, cmd: string, timeoutS = 60): Promise<string> {
+  const r = await lab.exec(host, cmd, timeoutS);
+  if (r.code !== 0) throw new Error(`${host}: ${cmd}: exit ${r.code}: ${r.stdout}${r.stderr}`);
+  return r.stdout;
+}
+
+async function ns(cmd: string[]): Promise<void> {
+  const { ns } = lab.env();
+  const r = await run('ip', ['-n', ns, ...cmd], { timeoutMs: 10_000 });
+  if (r.code !== 0) throw new Error(`ip -n ${ns} ${cmd.join(' ')}: ${r.stderr}`);
+}
+
+const partition = () => ns(['link', 'set', 'mhtap-c1', 'down']);
+const heal = () => ns(['link', 'set', 'mhtap-c1', 'up']);
+
+/** Files the guests run (plain JS: no TypeScript in the guests). */
+function writeScripts(): void {
+  writeFileSync(
+    join(W, 'owner.mjs'),
+    `const { LockspaceClient } = await import('${ROOT}/dist/src/protocol/lockspaceClient.js');
+const [sock, ls, name, uuid] = process.argv.slice(2);
+const c = await LockspaceClient.connect(sock);
+await c.register({ uuid, name: 'vm-' + name, id: 1, pid: process.pid });
+await c.acquire(ls, name, 2);
+console.log('ready', process.pid);
+setInterval(() => {}, 1 << 30);
+`,
+  );
+  // Another host's VM start: keep trying until the lease is ours, then hold it.
+  writeFileSync(
+    join(W, 'taker.mjs'),
+    `const { LockspaceClient } = await import('${ROOT}/dist/src/protocol/lockspaceClient.js');
+const [sock, ls, name] = process.argv.slice(2);
+const c = await LockspaceClient.connect(sock);
+await c.register({ uuid: '99999999-0000-0000-0000-000000000002', name: 'taker', id: 2, pid: process.pid });
+for (;;) {
+  try { await c.acquire(ls, name, 2); break; } catch (e) { await new Promise((r) => setTimeout(r, 500)); }
+}
+console.log('acquired', Date.now() / 1000);
+setInterval(() => {}, 1 << 30);
+`,
+  );
+  // Probe-method measurement: one lease file per method, each OFD-locked on
+  // its own fd; on 'go' each is probed with that method alone (through a dup).
+  writeFileSync(
+    join(W, 'methods.cjs'),
+    `const n = require('${ROOT}/build/Release/relockd_native.node');
+const fs = require('fs');
+const dir = process.argv[2];
+const methods = { dirStatx: 1, directRead: 2, relock: 4, fstatSync: 8, bufferedRead: 0 };
+const fds = {};
+for (const m of Object.keys(methods)) { const f = dir + '/method-' + m; fds[m] = fs.openSync(f, fs.constants.O_RDWR | fs.constants.O_CREAT); fs.writeSync(fds[m], 'x'); n.ofdLock(fds[m], 'write', 0, 1); }
+console.log('locked');
+const go = () => {
+  const out = {};
+  let left = Object.keys(methods).length;
+  for (const [m, bits] of Object.entries(methods)) {
+    if (m === 'bufferedRead') {
+      try { fs.readSync(fds[m], Buffer.alloc(1), 0, 1, 0); out[m] = 'ok'; } catch (e) { out[m] = e.code; }
+      if (--left === 0) console.log(JSON.stringify(out));
+      continue;
+    }
+    n.probeStorage(dir, [{ fd: n.dup(fds[m]), lock: 'write' }], bits, (err, res) => {
+      out[m] = err ? err.code : res.dirError ? 'dir:' + res.dirError.code : res.leases[0].error ? res.leases[0].error.code : 'ok';
+      if (--left === 0) console.log(JSON.stringify(out));
+    });
+  }
+};
+setInterval(() => { if (fs.existsSync('${W}/methods-go')) { fs.unlinkSync('${W}/methods-go'); go(); } }, 200);
+`,
+  );
+  writeFileSync(
+    join(W, 'killpath.sh'),
+    `#!/bin/sh
+echo "$(date +%s.%N) killpath $* pid=$RELOCKD_OWNER_PID lockspace=$RELOCKD_LOCKSPACE resources=$RELOCKD_RESOURCES" >> ${W}/calls.log
+if [ "$1" = fail ]; then exec ${NODE} ${ROOT}/bin/relockctl.cjs --admin-socket "$RELOCKD_ADMIN_SOCKET" --timeout 10 release-leases; fi
+exit 0
+`,
+  );
+  chmodSync(join(W, 'killpath.sh'), 0o755);
+}
+
+function startRelockd(host: string, tag: string, args: string): Promise<string> {
+  return sh(host, `mkdir -p /tmp/${tag} && setsid nohup ${NODE} ${FLAGS} ${ROOT}/bin/relockd.cjs --runtime-dir /tmp/${tag} --log-level debug ${args} > ${W}/${tag}.log 2>&1 < /dev/null & echo started`);
+}
+
+async function health(host: string, tag: string): Promise<Array<{ dir: string; state: string; lost: string[]; error: string | null; owners: Array<{ phase: string }> }>> {
+  const out = await sh(host, `${NODE} ${ROOT}/bin/relockctl.cjs --admin-socket /tmp/${tag}/virtlockd-admin-sock --timeout 5 health --json`, 30);
+  return JSON.parse(out);
+}
+
+async function until<T>(what: string, ms: number, f: () => Promise<T | null | undefined | false>): Promise<T | null> {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    try {
+      const v = await f();
+      if (v) return v;
+    } catch {
+      /* retry */
+    }
+    await sleep(300);
+  }
+  console.log(`  (timed out waiting for ${what})`);
+  return null;
+}
+
+const stateOf = async (host: string, tag: string, dir: string) => (await health(host, tag)).find((w) => w.dir === dir);
+const t = (t0: number) => `${((Date.now() - t0) / 1000).toFixed(1)} s`;
+
+async function scenarioA(): Promise<void> {
+  console.log(`# A: partition c1 from the server for longer than the ${LEASE_S} s lease; killpath`);
+  const ls = `${EXPORT}/a`;
+  await sh('c1', `mkdir -p ${ls}`);
+  // 4 s failure timeout + 3 s kill_grace + 1 s term grace + 1.5 s margin <= 15 s lease
+  await startRelockd('c1', 'c1a', `--lockspace-check-interval 1 --lockspace-failure-timeout 4 --kill-grace 3 --term-grace 1 --storage-timeout 2 --nfs-lease-time ${LEASE_S} --lock-failure-action killpath --killpath ${W}/killpath.sh --lockspace ${ls}`);
+  await startRelockd('c2', 'c2a', `--storage-timeout 5 --lockspace ${ls}`);
+  await sleep(2500);
+  await sh('c1', `setsid nohup ${NODE} ${W}/owner.mjs /tmp/c1a/relockd.sock ${ls} disk1 11111111-0000-0000-0000-00000000000a > ${W}/ownerA.log 2>&1 < /dev/null & echo $! > ${W}/ownerA.pid`);
+  const pid = Number((await until('owner', 10_000, async () => /ready (\d+)/.exec(readFileSync(join(W, 'ownerA.log'), 'utf8'))?.[1])) ?? 0);
+  check(pid > 0, 'A: owner on c1 holds disk1');
+  const watched = await until('watch', 10_000, async () => (await stateOf('c1', 'c1a', ls))?.state === 'healthy');
+  check(!!watched, 'A: relockd on c1 watches the NFS lock space (healthy)');
+  const lt = readFileSync(join(W, 'c1a.log'), 'utf8').match(/"leaseTimeMs":(\d+|null)/)?.[1];
+  note('A lease time read from mountstats', `${lt} ms`);
+  await sh('c2', `setsid nohup ${NODE} ${W}/taker.mjs /tmp/c2a/relockd.sock ${ls} disk1 > ${W}/takerA.log 2>&1 < /dev/null & echo ok`);
+  await sleep(1500);
+  check(!readFileSync(join(W, 'takerA.log'), 'utf8').includes('acquired'), 'A: c2 cannot acquire disk1 while c1 holds it');
+  const t0 = Date.now();
+  await partition();
+  const failing = await until('failing', 20_000, async () => (await stateOf('c1', 'c1a', ls))?.state === 'failing');
+  note('A partition -> failing', failing ? t(t0) : 'never');
+  const failedAt = await until('failed', 30_000, async () => (await stateOf('c1', 'c1a', ls))?.state === 'failed');
+  note('A partition -> failed', failedAt ? t(t0) : 'never');
+  check(!!failedAt, 'A: c1 fails the lock space');
+  const kp = await until('killpath', 20_000, async () => existsSync(join(W, 'calls.log')) && readFileSync(join(W, 'calls.log'), 'utf8').includes('fail'));
+  note('A partition -> killpath ran', kp ? t(t0) : 'never');
+  check(!!kp, 'A: the killpath program ran for the owner', existsSync(join(W, 'calls.log')) ? readFileSync(join(W, 'calls.log'), 'utf8').trim() : '');
+  const released = await until('released', 20_000, async () => (await stateOf('c1', 'c1a', ls))?.owners[0]?.phase === 'released');
+  note('A partition -> owner released on c1', released ? t(t0) : 'never');
+  const took = await until('c2 acquires', 90_000, async () => /acquired ([\d.]+)/.exec(readFileSync(join(W, 'takerA.log'), 'utf8')));
+  note('A partition -> c2 acquired disk1', took ? `${(Number(took[1]) - t0 / 1000).toFixed(1)} s` : 'never');
+  check(!!took, 'A: relockd on c2 acquires the lease during the partition');
+  if (took) check(Number(took[1]) * 1000 - t0 >= LEASE_S * 1000 - 1000, 'A: not before the lease time', `${(Number(took[1]) - t0 / 1000).toFixed(1)} s >= ${LEASE_S} s`);
+  await sleep(2000);
+  await heal();
+  const th = Date.now();
+  note('A partition length', `${((th - t0) / 1000).toFixed(1)} s`);
+  const gone = await until('owner terminated', 60_000, async () => (await sh('c1', `kill -0 ${pid} 2>/dev/null && echo alive || echo gone`)).includes('gone'));
+  note('A heal -> c1 owner terminated', gone ? t(th) : 'never');
+  check(!!gone, 'A: after the heal, the owner on c1 is terminated, not resumed');
+  check(!readFileSync(join(W, 'calls.log'), 'utf8').includes('resume'), 'A: resume never ran');
+  const log = readFileSync(join(W, 'c1a.log'), 'utf8');
+  check(/taken by someone else during the failure/.test(log), 'A: c1 logs why');
+  const healthy = await until('healthy', 30_000, async () => (await stateOf('c1', 'c1a', ls))?.state === 'healthy');
+  note('A heal -> c1 healthy', healthy ? t(th) : 'never');
+}
+
+async function scenarioB(): Promise<void> {
+  console.log('# B: action ignore, long failure timeout: the lost lock is detected after the heal (EIO)');
+  const ls = `${EXPORT}/b`;
+  await sh('c1', `mkdir -p ${ls}`);
+  await startRelockd('c1', 'c1b', `--lockspace-check-interval 1 --lockspace-failure-timeout 300 --storage-timeout 2 --lock-failure-action ignore --lockspace ${ls}`);
+  await startRelockd('c2', 'c2b', `--storage-timeout 5 --lockspace ${ls}`);
+  await sleep(2500);
+  await sh('c1', `setsid nohup ${NODE} ${W}/owner.mjs /tmp/c1b/relockd.sock ${ls} disk2 11111111-0000-0000-0000-00000000000b > ${W}/ownerB.log 2>&1 < /dev/null & echo ok`);
+  await sh('c1', `mkdir -p ${EXPORT}/m && setsid nohup ${NODE} ${W}/methods.cjs ${EXPORT}/m > ${W}/methods.log 2>&1 < /dev/null & echo ok`);
+  await until('owner', 10_000, async () => readFileSync(join(W, 'ownerB.log'), 'utf8').includes('ready'));
+  await until('methods', 10_000, async () => readFileSync(join(W, 'methods.log'), 'utf8').includes('locked'));
+  await until('watch', 10_000, async () => (await stateOf('c1', 'c1b', ls))?.state === 'healthy');
+  // c2 wants disk2 and the method files: the courteous server (Linux >= 5.19)
+  // only drops c1's expired state when someone else asks for a conflicting lock.
+  await sh('c2', `setsid nohup ${NODE} ${W}/taker.mjs /tmp/c2b/relockd.sock ${ls} disk2 > ${W}/takerB.log 2>&1 < /dev/null & echo ok`);
+  await sh('c2', `setsid nohup python3 -c "
+import fcntl, os, time, glob
+want = ['${EXPORT}/m/method-' + m for m in ['dirStatx', 'directRead', 'relock', 'fstatSync', 'bufferedRead']]
+fds = {p: os.open(p, os.O_RDWR) for p in want}
+got = set()
+while len(got) < len(want):
+    for p, fd in fds.items():
+        if p in got: continue
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0); got.add(p); print('got', p, time.time(), flush=True)
+        except OSError: pass
+    time.sleep(0.5)
+time.sleep(3600)
+" > ${W}/takerM.log 2>&1 < /dev/null & echo ok`);
+  const t0 = Date.now();
+  await partition();
+  const took = await until('c2 acquires disk2', 90_000, async () => /acquired ([\d.]+)/.exec(readFileSync(join(W, 'takerB.log'), 'utf8')));
+  note('B partition -> c2 acquired disk2', took ? `${(Number(took[1]) - t0 / 1000).toFixed(1)} s` : 'never');
+  await until('c2 takes the method files', 30_000, async () => (readFileSync(join(W, 'takerM.log'), 'utf8').match(/^got/gm) ?? []).length === 5);
+  const before = await stateOf('c1', 'c1b', ls);
+  note('B state during the partition', `${before?.state} (${before?.error ?? ''})`);
+  await heal();
+  const th = Date.now();
+  const lost = await until('lost lock', 90_000, async () => {
+    const w = await stateOf('c1', 'c1b', ls);
+    return w && w.lost.length > 0 ? w : null;
+  });
+  note('B heal -> lost lock detected', lost ? `${t(th)} (state ${lost.state}, lost ${lost.lost.join(', ')})` : 'never');
+  check(!!lost && lost.state !== 'healthy', 'B: relockd on c1 detects the lost lock after the heal', lost ? JSON.stringify({ state: lost.state, lost: lost.lost, error: lost.error }) : '');
+  await sleep(3000);
+  writeFileSync(join(W, 'methods-go'), '');
+  const res = await until('methods', 60_000, async () => readFileSync(join(W, 'methods.log'), 'utf8').split('\n').find((l) => l.startsWith('{')));
+  note('B probe methods on a lost lock', res ?? 'no answer');
+  if (res) {
+    const r = JSON.parse(res) as Record<string, string>;
+    check(r.directRead === 'EIO', 'B: O_DIRECT read through the holder fd detects the lost lock (EIO)', res);
+  }
+}
+
+async function main(): Promise<void> {
+  console.log(`lab in ${W}`);
+  writeScripts();
+  process.env.MH_GRACE = String(LEASE_S);
+  const up = await lab.up(2);
+  if (up.code !== 0) throw new Error(`lab up failed: ${up.stdout}${up.stderr}`);
+  labUp = true;
+  note('server nfsv4leasetime', (await sh('srv', 'cat /proc/fs/nfsd/nfsv4leasetime')).trim() + ' s');
+  note('client kernel', (await sh('c1', 'uname -r')).trim());
+  await sh('c1', `mkdir -p ${EXPORT} && grep -o 'lease_time=[0-9]*' /proc/self/mountstats | head -1 || true`).then((s) => note('c1 mountstats', s.trim() || 'no lease_time'));
+  try {
+    await scenarioA();
+  } catch (e) {
+    check(false, 'A ran', (e as Error).message);
+  }
+  try {
+    await scenarioB();
+  } catch (e) {
+    check(false, 'B ran', (e as Error).message);
+  }
+}
+
+main()
+  .catch((e) => check(false, 'lab run', (e as Error).stack ?? String(e)))
+  .finally(async () => {
+    await heal().catch(() => {});
+    console.log('\n| step | measured |\n|---|---|');
+    for (const [k, v] of timings) console.log(`| ${k} | ${v} |`);
+    if (!keep || !labUp) {
+      for (const h of ['c1', 'c2', 'srv']) await lab.crash(h).catch(() => {});
+      await lab.down(true).catch(() => {});
+      rmSync(W, { recursive: true, force: true });
+    } else console.log(`kept: ${W}`);
+    console.log(`${passed} passed, ${failed} failed`);
+    process.exitCode = failed ? 1 : 0;
+  });
