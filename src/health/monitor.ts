@@ -120,6 +120,9 @@ export interface MonitorDeps {
 /** A killpath or resume program running longer than this (or kill_grace) is killed. */
 const PROGRAM_TIMEOUT_MS = 30_000;
 
+/** statfs f_type of NFS (v2, v3 and v4). */
+const NFS_SUPER_MAGIC = 0x6969;
+
 const done = (p: ActionPhase) => p === 'ignored' || p === 'terminated' || p === 'unsafe' || p === 'resumed' || p === 'resume-failed';
 
 export class HealthMonitor {
@@ -127,7 +130,7 @@ export class HealthMonitor {
   readonly records: OwnerRecord[] = [];
   private readonly probing = new Map<string, number>();
   private readonly lastProbeAt = new Map<string, number>();
-  private readonly classes = new Map<string, { local: boolean | null; since: number }>();
+  private readonly classes = new Map<string, { local: boolean | null; nfs: boolean; since: number }>();
   private readonly busy = new Set<string>();
   private readonly programs = new Map<OwnerRecord, number>();
   private timer: NodeJS.Timeout | null = null;
@@ -200,12 +203,15 @@ export class HealthMonitor {
     const now = Date.now();
     if (c && c.local !== null) return c.local;
     if (c) return now - c.since > this.d.deadlineMs() ? false : null; // statfs hangs: not local
-    this.classes.set(key, { local: null, since: now });
+    this.classes.set(key, { local: null, nfs: false, since: now });
     statfs(key, (err, st) => {
       const cur = this.classes.get(key);
       if (!cur) return;
       if (err) this.classes.delete(key); // missing directory and the like: ask again
-      else cur.local = isLocalFsType(Number(st.type));
+      else {
+        cur.local = isLocalFsType(Number(st.type));
+        cur.nfs = Number(st.type) === NFS_SUPER_MAGIC;
+      }
     });
     return null;
   }
@@ -244,8 +250,12 @@ export class HealthMonitor {
     this.lastProbeAt.set(w.key, started);
     this.probing.set(w.key, started);
     const targets: ProbeTarget[] = res.map((r) => ({ name: r.name, fd: r.fd, shared: (r.flags & AcquireFlags.SHARED) !== 0, classic: r.classic === true }));
+    // I/O through the lease fds only where a lost lock shows up there (NFS):
+    // elsewhere (FUSE, cluster filesystems) the directory check is the probe,
+    // and a read stuck on a lease's inode would hold that inode's lock.
+    const leases = this.classes.get(w.key)?.nfs ? targets : [];
     void this.prober
-      .probe(w.key, targets, this.d.deadlineMs(), () => this.probing.delete(w.key))
+      .probe(w.key, leases, this.d.deadlineMs(), () => this.probing.delete(w.key))
       .then((out) => this.onProbe(w, started, out));
   }
 
