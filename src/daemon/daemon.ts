@@ -199,6 +199,7 @@ export class Daemon {
       }
     }
     if (this.safeMode) this.manager.acquireRefusal = safeModeRefusal;
+    this.health.ensureRunner(); // before the first lease fd (src/health/actionRunner.ts)
     await this.createConfiguredLockspaces();
     this.startTimers();
     this.health.start();

@@ -7,7 +7,8 @@
 import { join } from 'node:path';
 import { HealthMonitor } from '../health/monitor.js';
 import { StorageProber } from '../health/probe.js';
-import type { OwnerControl } from '../health/monitor.js';
+import type { HealthState, OwnerControl } from '../health/monitor.js';
+import type { LockspaceHealthProvider } from '../metrics/exposition.js';
 import type { Owner } from '../locks/lockManager.js';
 import * as native from '../native.js';
 import { packageRoot } from '../packageRoot.js';
@@ -69,9 +70,14 @@ export function createHealthMonitor(d: Daemon): HealthMonitor {
     adminSocket: d.opts.adminSocketPath,
     relockctl: [process.execPath, join(packageRoot, 'bin', 'relockctl.cjs')],
     prober: new StorageProber(d.probeGuard),
+    runnerArgv: [process.execPath, join(packageRoot, 'dist', 'relockd-runner.cjs')],
+    // Nothing a child could block on at its execve: no lease fd, no storage
+    // call that holds or may soon hold one, no fd kept from an old image.
+    canSpawn: () => d.manager.counts().resources === 0 && d.gate.idle() && d.orphans.length === 0,
   });
   d.manager.acquireCheck = (ls, key) => m.acquireRefusal(ls, key);
   d.manager.handover = (ls, name, owner) => m.handover(ls, name, owner);
+  d.healthProvider = healthMetrics(d, m);
   return m;
 }
 
@@ -101,4 +107,31 @@ export function unverifiableFds(doc: StateDocument): Set<number> {
   for (const r of doc.defaultLockspace.resources) if (bad.has(dirname(r.name))) out.add(r.fd);
   for (const l of doc.lockspaces) if (l.directory && bad.has(l.directory)) for (const r of l.resources) out.add(r.fd);
   return out;
+}
+
+const HEALTH_RANK: Record<HealthState, number> = { healthy: 0, failing: 1, recovering: 2, failed: 3 };
+
+/**
+ * relockd_lockspace_health: each lock space's state. A lock space not
+ * watched (local storage) is healthy unless a call there overran the
+ * storage deadline (failing); the default lock space takes the worst of
+ * its image directories' watches.
+ */
+function healthMetrics(d: Daemon, m: HealthMonitor): LockspaceHealthProvider {
+  return {
+    states: ['healthy', 'failing', 'failed', 'recovering'],
+    lockspaceHealth: () => {
+      const stuck = new Set(d.gate.stuckKeys());
+      const worst = new Map<string, HealthState>();
+      for (const w of m.watches.values()) {
+        const cur = worst.get(w.lockspace);
+        if (!cur || HEALTH_RANK[w.state] > HEALTH_RANK[cur]) worst.set(w.lockspace, w.state);
+      }
+      return [...d.manager.spaces.keys()].map((dir) => {
+        const st = worst.get(dir) ?? 'healthy';
+        const gateStuck = dir === '' ? [...stuck].some((k) => !d.manager.spaces.has(k)) : stuck.has(dir);
+        return { lockspace: dir, state: st === 'healthy' && gateStuck ? 'failing' : st };
+      });
+    },
+  };
 }

@@ -207,7 +207,7 @@ export class Reexecutor {
     return {
       stateFile: this.d.stateFile,
       text: JSON.stringify(doc),
-      keep: [...ext.fds.map((f) => f.fd), ...ext.resources.map((r) => r.fd), ...ext.orphans.map((f) => f.fd)],
+      keep: [...ext.fds.map((f) => f.fd), ...ext.resources.map((r) => r.fd), ...ext.orphans.map((f) => f.fd), ...this.d.health.fdsToKeep()],
       execPath: this.d.execPath,
       argv: this.d.originalArgv,
       env: Object.entries(env).map(([k, v]) => `${k}=${v}`),

@@ -13,7 +13,6 @@
 // in the re-exec state document so that nothing is forgotten and no action
 // runs twice across a re-exec.
 
-import { spawn } from 'node:child_process';
 import { statfs } from 'node:fs';
 import { dirname } from 'node:path';
 import type { Logger } from 'pino';
@@ -24,6 +23,9 @@ import { ErrorCode, ErrorDomain, ProtocolError } from '../rpc/errors.js';
 import type { HealthOptions, LockFailureAction } from './options.js';
 import { effectiveFailureTimeoutMs } from './options.js';
 import { StorageProber, mountLeaseTimeMs } from './probe.js';
+import { ActionRunner } from './actionRunner.js';
+import type { RunResult, RunnerSaved } from './actionRunner.js';
+import * as native from '../native.js';
 import type { ProbeOutcome, ProbeTarget } from './probe.js';
 
 export type HealthState = 'healthy' | 'failing' | 'failed' | 'recovering';
@@ -61,6 +63,8 @@ export interface OwnerRecord {
   reacquired: LeaseRef[];
   /** Why it ended up where it is. */
   note?: string;
+  /** The program the action runner runs for it now (its result may arrive after a re-exec). */
+  program?: { id: number; event: 'fail' | 'resume'; sentAt: number; pid?: number };
 }
 
 /** One watched directory (saved across re-exec). */
@@ -87,6 +91,8 @@ export interface WatchRecord {
 export interface HealthDocument {
   watches: WatchRecord[];
   records: OwnerRecord[];
+  /** The action runner, kept across the re-exec (actionRunner.ts). */
+  runner?: RunnerSaved;
 }
 
 /** What the monitor needs from the daemon about owner processes. */
@@ -115,6 +121,10 @@ export interface MonitorDeps {
   /** argv of relockctl (program first), for the pause action. */
   relockctl: string[];
   prober?: StorageProber;
+  /** argv that starts the action runner (runnerMain.ts). */
+  runnerArgv: string[];
+  /** True only while relockd holds no fd a child could block on (no lease, no storage call in flight). */
+  canSpawn: () => boolean;
 }
 
 /** A killpath or resume program running longer than this (or kill_grace) is killed. */
@@ -132,12 +142,30 @@ export class HealthMonitor {
   private readonly lastProbeAt = new Map<string, number>();
   private readonly classes = new Map<string, { local: boolean | null; nfs: boolean; since: number }>();
   private readonly busy = new Set<string>();
-  private readonly programs = new Map<OwnerRecord, number>();
+  readonly runner: ActionRunner;
   private timer: NodeJS.Timeout | null = null;
   private readonly prober: StorageProber;
 
   constructor(private readonly d: MonitorDeps) {
     this.prober = d.prober ?? new StorageProber();
+    this.runner = new ActionRunner(d.log.child({ component: 'action-runner' }), {
+      started: (id, pid) => this.onProgramStarted(id, pid),
+      result: (r) => this.onProgramResult(r),
+    });
+  }
+
+  /**
+   * Starts the action runner if there is none and relockd holds nothing a
+   * child could block on (at a fresh start: before any lease exists). Never
+   * otherwise: see actionRunner.ts.
+   */
+  ensureRunner(): void {
+    if (this.runner.available || !this.d.canSpawn()) return;
+    try {
+      this.runner.spawn(this.d.runnerArgv);
+    } catch (err) {
+      this.log.error({ err: (err as Error).message }, 'cannot start the action runner');
+    }
   }
 
   private get log(): Logger {
@@ -218,6 +246,7 @@ export class HealthMonitor {
 
   private tick(): void {
     const now = Date.now();
+    if (!this.runner.available) this.ensureRunner();
     const opts = this.d.options();
     const byKey = this.leasesByKey();
     for (const [key, e] of byKey) {
@@ -366,17 +395,27 @@ export class HealthMonitor {
     return o.killpath;
   }
 
-  private runProgram(rec: OwnerRecord, event: 'fail' | 'resume', onExit?: (ok: boolean) => void): void {
+  private programLog(rec: OwnerRecord, event: string): Logger {
+    return this.log.child({ owner: rec.owner, lockspace: this.watches.get(rec.key)?.lockspace ?? rec.key, dir: rec.key, event });
+  }
+
+  /**
+   * Sends the record's program to the action runner (never spawned here:
+   * relockd holds lease fds, see actionRunner.ts). Its result comes back
+   * through onProgramResult, in this image or, after a re-exec, the next.
+   */
+  private runProgram(rec: OwnerRecord, event: 'fail' | 'resume'): void {
     const argv = this.programFor(rec);
-    const l = this.log.child({ owner: rec.owner, lockspace: this.watches.get(rec.key)?.lockspace ?? rec.key, dir: rec.key, event });
+    const l = this.programLog(rec, event);
     if (!argv) {
       l.error('no killpath program configured');
-      onExit?.(false);
+      this.programDone(rec, event, false, 'no killpath program configured');
       return;
     }
-    const args = [...argv.slice(1), event, rec.owner.uuid];
-    const env = {
-      ...process.env,
+    const args = [...argv, event, rec.owner.uuid];
+    const env: Record<string, string> = {};
+    for (const [k, v] of Object.entries(process.env)) if (v !== undefined) env[k] = v;
+    Object.assign(env, {
       RELOCKD_EVENT: event,
       RELOCKD_OWNER_UUID: rec.owner.uuid,
       RELOCKD_OWNER_NAME: rec.owner.name,
@@ -385,44 +424,63 @@ export class HealthMonitor {
       RELOCKD_LOCKSPACE_DIR: rec.key,
       RELOCKD_RESOURCES: rec.leases.map((x) => x.name).join('\n'),
       ...(this.d.adminSocket ? { RELOCKD_ADMIN_SOCKET: this.d.adminSocket } : {}),
-    };
-    let output = '';
-    const started = Date.now();
-    let child;
-    try {
-      child = spawn(argv[0]!, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    } catch (err) {
-      l.error({ err: (err as Error).message, program: argv[0] }, 'cannot start the killpath program');
-      onExit?.(false);
+    });
+    // Safety never waits for the program (kill_grace escalates on its own);
+    // the limit only stops one that hangs, e.g. on an unresponsive libvirtd.
+    const limitMs = Math.max(PROGRAM_TIMEOUT_MS, this.d.options().killGraceMs);
+    const id = this.runner.run(args, env, limitMs);
+    if (id === null) {
+      l.error({ program: argv[0] }, `killpath program (${event}) cannot run: no action runner`);
+      this.programDone(rec, event, false, 'no action runner');
       return;
     }
-    const collect = (b: Buffer) => {
-      if (output.length < 4096) output += b.toString('utf8').slice(0, 4096 - output.length);
-    };
-    child.stdout!.on('data', collect);
-    child.stderr!.on('data', collect);
-    l.info({ program: argv[0], args, pid: child.pid }, `killpath program started (${event})`);
-    if (child.pid) this.programs.set(rec, child.pid);
-    // Safety never waits for the program (kill_grace escalates on its own);
-    // this only stops one that hangs, e.g. on an unresponsive libvirtd.
-    const limitMs = Math.max(PROGRAM_TIMEOUT_MS, this.d.options().killGraceMs);
-    const timeout = setTimeout(() => {
-      l.error({ program: argv[0], pid: child.pid, limitMs }, `killpath program (${event}) still running: killing it`);
-      child.kill('SIGKILL');
-    }, limitMs);
-    timeout.unref();
-    let reported = false;
-    const finish = (code: number | null, signal: string | null, err?: Error) => {
-      if (reported) return;
-      reported = true;
-      clearTimeout(timeout);
-      this.programs.delete(rec);
-      const ok = code === 0;
-      l[ok ? 'info' : 'error']({ program: argv[0], code, signal, err: err?.message, ms: Date.now() - started, output: output.trim() || undefined }, `killpath program (${event}) ${ok ? 'succeeded' : 'failed'}`);
-      onExit?.(ok);
-    };
-    child.once('error', (err) => finish(null, null, err));
-    child.once('exit', (code, signal) => finish(code, signal));
+    rec.program = { id, event, sentAt: Date.now() };
+    l.info({ program: argv[0], args: args.slice(1), request: id, runner: this.runner.pid, limitMs }, `killpath program (${event}) sent to the action runner`);
+  }
+
+  private recordOfProgram(id: number): OwnerRecord | undefined {
+    return this.records.find((r) => r.program?.id === id);
+  }
+
+  private onProgramStarted(id: number, pid: number): void {
+    const rec = this.recordOfProgram(id);
+    if (!rec?.program) return;
+    rec.program.pid = pid;
+    this.programLog(rec, rec.program.event).info({ pid, request: id, ms: Date.now() - rec.program.sentAt }, `killpath program started (${rec.program.event})`);
+  }
+
+  private onProgramResult(r: RunResult): void {
+    const rec = this.recordOfProgram(r.id);
+    if (!rec?.program) return;
+    const { event, sentAt } = rec.program;
+    rec.program = undefined;
+    const ok = r.code === 0;
+    this.programLog(rec, event)[ok ? 'info' : 'error'](
+      { code: r.code, signal: r.signal, err: r.err, timedOut: r.timedOut, ms: r.ms, sinceSentMs: Date.now() - sentAt, output: r.output || undefined },
+      `killpath program (${event}) ${ok ? 'succeeded' : r.timedOut ? 'timed out and was killed' : 'failed'}`,
+    );
+    this.programDone(rec, event, ok, ok ? undefined : (r.err ?? (r.timedOut ? 'timed out' : `exit ${r.code ?? r.signal}`)));
+  }
+
+  /** What a program's end means for its record. */
+  private programDone(rec: OwnerRecord, event: 'fail' | 'resume', ok: boolean, why?: string): void {
+    if (event === 'fail') {
+      // A program that could not run at all makes nobody safe: do not wait
+      // for kill_grace. One that ran and failed: kill_grace still counts.
+      if (!ok && rec.phase === 'killpath' && (why === 'no action runner' || why === 'no killpath program configured' || why === 'the action runner died before reporting')) {
+        this.terminateOwner(rec, `the killpath program could not run (${why})`);
+      }
+      return;
+    }
+    if (ok) {
+      rec.phase = 'resumed';
+      this.log.warn({ owner: rec.owner, dir: rec.key, reacquired: rec.reacquired.map((x) => x.name), ms: Date.now() - rec.startedAt }, 'recovery: owner resumed');
+    } else {
+      rec.phase = 'resume-failed';
+      rec.note = `the resume program failed (${why}); the owner stays paused with its leases`;
+      this.log.error({ owner: rec.owner, dir: rec.key, why }, 'recovery: resume failed; the owner stays paused (it holds its leases; resume or stop it by hand)');
+    }
+    rec.reacquired = [];
   }
 
   private terminateOwner(rec: OwnerRecord, reason: string): void {
@@ -516,7 +574,7 @@ export class HealthMonitor {
 
   private async recoverOwner(w: WatchRecord, rec: OwnerRecord): Promise<void> {
     if (done(rec.phase) || rec.phase === 'resuming' || rec.phase === 'terminating') return;
-    if (this.programs.has(rec)) return; // the fail program is still running: let it finish first
+    if (rec.program) return; // the fail program is still running: let it finish first
     const l = this.log.child({ owner: rec.owner, lockspace: w.lockspace, dir: w.key });
     const alive = await this.d.owners.isAlive(rec.owner);
     if (alive === false) {
@@ -565,20 +623,7 @@ export class HealthMonitor {
       return;
     }
     rec.phase = 'resuming';
-    await new Promise<void>((resolve) =>
-      this.runProgram(rec, 'resume', (ok) => {
-        if (ok) {
-          rec.phase = 'resumed';
-          l.warn({ reacquired: rec.reacquired.map((x) => x.name), ms: Date.now() - rec.startedAt }, 'recovery: owner resumed');
-        } else {
-          rec.phase = 'resume-failed';
-          rec.note = 'the resume program failed; the owner stays paused with its leases';
-          l.error('recovery: resume failed; the owner stays paused (it holds its leases; resume or stop it by hand)');
-        }
-        rec.reacquired = [];
-        resolve();
-      }),
-    );
+    this.runProgram(rec, 'resume');
   }
 
   // ---- reporting and state -------------------------------------------------------------
@@ -590,32 +635,51 @@ export class HealthMonitor {
   }
 
   save(): HealthDocument {
+    const runner = this.runner.save();
     return {
       watches: [...this.watches.values()].map((w) => ({ ...w, lost: [...w.lost] })),
-      records: this.records.map((r) => ({ ...r, leases: [...r.leases], reacquired: [...r.reacquired] })),
+      records: this.records.map((r) => ({ ...r, leases: [...r.leases], reacquired: [...r.reacquired], ...(r.program ? { program: { ...r.program } } : {}) })),
+      ...(runner ? { runner } : {}),
     };
   }
 
+  /** The fds a re-exec must keep open (the runner's channel). */
+  fdsToKeep(): number[] {
+    const fd = this.runner.fd();
+    return fd === null ? [] : [fd];
+  }
+
   /**
-   * From a re-exec state document. A killpath or resume program that was
-   * running is not run again (it is no longer our child to watch): its
-   * record goes on from where it was; kill_grace still applies.
+   * From a re-exec state document. The action runner and its channel came
+   * through the exec: a program it runs for a record reports to this image,
+   * so nothing runs twice and no result is lost. Without the runner (an old
+   * image's document, or it died), a pending program's result is lost: its
+   * record goes on as if it failed (kill_grace still applies).
    */
   restore(doc: HealthDocument): void {
     for (const w of doc.watches) {
       this.watches.set(w.key, { ...w });
       this.lastProbeAt.set(w.key, 0);
     }
-    for (const r of doc.records) {
-      const rec = { ...r };
-      if (rec.phase === 'resuming') {
-        rec.phase = 'resumed';
-        rec.note = 're-exec while the resume program ran: not run again';
+    // Records first: results the old image had half-read are dispatched at adopt.
+    for (const r of doc.records) this.records.push({ ...r });
+    if (doc.runner) {
+      try {
+        native.setCloexec(doc.runner.fd, true);
+      } catch {
+        /* adopt() reports it */
       }
-      this.records.push(rec);
+      this.runner.adopt(doc.runner);
+    }
+    for (const rec of this.records) {
+      if (rec.program && !this.runner.isPending(rec.program.id)) {
+        const { event } = rec.program;
+        rec.program = undefined;
+        this.programDone(rec, event, false, 'result lost across the re-exec (no action runner carried over)');
+      }
     }
     if (doc.watches.length || doc.records.length) {
-      this.log.info({ watches: doc.watches.map((w) => ({ dir: w.key, state: w.state })), records: doc.records.map((r) => ({ owner: r.owner, dir: r.key, phase: r.phase })) }, 'lock-space health carried over the re-exec');
+      this.log.info({ watches: doc.watches.map((w) => ({ dir: w.key, state: w.state })), records: doc.records.map((r) => ({ owner: r.owner, dir: r.key, phase: r.phase, program: r.program })) }, 'lock-space health carried over the re-exec');
     }
   }
 }
