@@ -152,6 +152,11 @@ export class Reexecutor {
     let written: string | null = null;
     try {
       await this.quiesce();
+      // execve first ends every other thread: one blocked in a close on a
+      // hung FUSE mount (FLUSH waits uninterruptibly) never ends, and the
+      // whole daemon would hang in execve with it (docs/storage-failure.md).
+      const stuck = d.gate.stuckKeys();
+      if (stuck.length) throw new ExecRefusal(`a storage call on ${stuck.join(', ')} has not returned: execve would wait for it; retry when the storage answers`, true);
 
       // ---- synchronous from here to execve --------------------------------
       for (const c of this.allClients()) if (!c.isClosed) detached.set(c, c.detachForExec());

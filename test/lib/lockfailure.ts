@@ -54,6 +54,8 @@ export interface SceneOptions {
   action: 'killpath' | 'pause' | 'terminate' | 'ignore';
   /** Extra seconds the killpath program sleeps on resume (to catch 'recovering'). */
   resumeDelay?: number;
+  /** Seconds the killpath program sleeps on fail before it releases (to re-exec while it runs). */
+  failDelay?: number;
   /** The killpath program does not release (the owner keeps its leases). */
   noRelease?: boolean;
   extraArgs?: string[];
@@ -72,6 +74,7 @@ export async function setUp(t: Test, o: SceneOptions): Promise<Scene> {
     killpath,
     `#!/bin/sh
 echo "killpath $* uuid=$RELOCKD_OWNER_UUID name=$RELOCKD_OWNER_NAME pid=$RELOCKD_OWNER_PID lockspace=$RELOCKD_LOCKSPACE resources=$RELOCKD_RESOURCES" >> ${rec}
+if [ "$2" = fail ]; then sleep ${o.failDelay ?? 0}; fi
 if [ "$2" = fail ] && [ -z "${o.noRelease ? '1' : ''}" ]; then
   exec ${node} ${ctl} --admin-socket "$RELOCKD_ADMIN_SOCKET" release-leases
 fi
@@ -198,4 +201,13 @@ export function healthLog(logs: string): string {
     .filter((l) => l.includes('"component":"health"'))
     .map((l) => [...l.matchAll(/"(msg|why|reason|note|err)":"([^"]*)"/g)].map((m) => `${m[1]}=${m[2]}`).join(' '))
     .join('\n');
+}
+
+/** relockd's children: the action runner is its only one (programs are the runner's children). */
+export function childrenOf(pid: number): number[] {
+  try {
+    return readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
 }
