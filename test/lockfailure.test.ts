@@ -13,7 +13,8 @@ import { join } from 'node:path';
 import { ROOT } from './lib/relockd.js';
 import { probeOne } from './lib/probe.js';
 import { bindfsAvailable } from './lib/fuse.js';
-import { OWNER_UUID, healthLog, localStillServed, setUp, spawnThief } from './lib/lockfailure.js';
+import { OWNER_UUID, childrenOf, healthLog, localStillServed, setUp, spawnThief } from './lib/lockfailure.js';
+import { readFileSync, readdirSync, readlinkSync } from 'node:fs';
 import { KILL_GRACE_MS } from './lib/lockfailure.js';
 import { waitFor } from './lib/wait.js';
 import { NotifyReceiver } from './lib/notify.js';
@@ -136,5 +137,40 @@ if (skip) {
     await t.rejects(c.acquire(s.ls, 'disk2', 2), /lock space '.*' has failed/);
     s.fuse.thaw();
     await s.waitState('healthy');
+  });
+
+  t.test('the action runner: started before any lease fd, holds none, spawns the programs; if it dies, owners are terminated through the pidfd', async (t) => {
+    const s = await setUp(t, { action: 'killpath' });
+    const runners = childrenOf(s.d.pid);
+    t.equal(runners.length, 1, `relockd has one child, the action runner (${runners.join(' ')})`);
+    const runner = runners[0]!;
+    const fds = readdirSync(`/proc/${runner}/fd`).map((f) => { try { return readlinkSync(`/proc/${runner}/fd/${f}`); } catch { return ''; } });
+    t.notOk(fds.some((p) => p.startsWith(s.fuse.mnt) || p.startsWith(s.local)), `the runner holds no storage fd (${fds.filter((p) => p.startsWith('/')).join(', ')})`);
+    s.fuse.freeze();
+    await s.waitState('failed');
+    t.ok(await waitFor(async () => (await s.holders()).length === 0, 10000, 50), 'the killpath program released');
+    t.match(readFileSync(join(s.work, 'calls.log.ppid'), 'utf8'), `parent ${runner}`, "the program is the runner's child, not relockd's");
+    t.same(childrenOf(s.d.pid), [runner], 'relockd forked nothing while it held a lease on the frozen mount');
+    s.fuse.thaw();
+    await s.waitState('healthy');
+    t.same(await s.holders(), [s.owner.pid], 'resumed');
+
+    // The runner dies. relockd holds a lease: it must not fork a new one.
+    process.kill(runner, 'SIGKILL');
+    t.ok(await waitFor(() => /ACTION RUNNER GONE/.test(s.d.logs()), 5000), 'the runner\'s death is logged loudly');
+    await new Promise((r) => setTimeout(r, 1000));
+    t.same(childrenOf(s.d.pid).filter((p) => p !== runner), [], 'no new runner while a lease is held');
+    const calls = s.calls().length;
+    s.fuse.freeze();
+    await s.waitState('failed');
+    const exit = await Promise.race([s.ownerExit, new Promise((r) => setTimeout(() => r(null), 8000))]);
+    t.same(exit, { code: null, signal: 'SIGTERM' }, 'no program can run: the owner is terminated through its pidfd at once');
+    t.equal(s.calls().length, calls, 'and no program ran');
+    t.match(s.d.logs(), /the killpath program could not run \(no action runner\)/);
+    await localStillServed(t, s);
+    s.fuse.thaw();
+    await s.waitState('healthy');
+    t.ok(await waitFor(() => childrenOf(s.d.pid).length === 1, 8000, 100), 'with no lease left, a new runner is started');
+    t.equal((s.d.logs().match(/"msg":"action runner started/g) ?? []).length, 2, 'logged');
   });
 }

@@ -73,6 +73,7 @@ export async function setUp(t: Test, o: SceneOptions): Promise<Scene> {
   writeFileSync(
     killpath,
     `#!/bin/sh
+echo "parent $PPID" >> ${rec}.ppid
 echo "killpath $* uuid=$RELOCKD_OWNER_UUID name=$RELOCKD_OWNER_NAME pid=$RELOCKD_OWNER_PID lockspace=$RELOCKD_LOCKSPACE resources=$RELOCKD_RESOURCES" >> ${rec}
 if [ "$2" = fail ]; then sleep ${o.failDelay ?? 0}; fi
 if [ "$2" = fail ] && [ -z "${o.noRelease ? '1' : ''}" ]; then
