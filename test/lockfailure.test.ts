@@ -98,6 +98,10 @@ if (skip) {
     const hl = ctl('health', '--json');
     t.match(JSON.parse(hl.stdout), [{ dir: s.ls, state: 'failed', owners: [{ action: 'ignore', phase: 'ignored', owner: { pid: s.owner.pid } }] }], 'relockctl health --json');
     t.match(ctl('health').stdout, /FAILED/);
+    const metrics = ctl('metrics').stdout;
+    const series = (state: string) => new RegExp(`relockd_lockspace_health\\{[^}]*lockspace="${s.ls}"[^}]*state="${state}"[^}]*\\} 1\\b|relockd_lockspace_health\\{[^}]*state="${state}"[^}]*lockspace="${s.ls}"[^}]*\\} 1\\b`);
+    t.match(metrics, series('failed'), 'relockd_lockspace_health says failed');
+    t.notMatch(metrics, series('healthy'), 'and not healthy');
     await new Promise((r) => setTimeout(r, KILL_GRACE_MS + 500));
     t.equal(s.owner.exitCode, null, 'owner untouched');
     t.same(await s.holders(), [s.owner.pid], 'lease kept');

@@ -160,14 +160,14 @@ async function scenarioA(): Promise<void> {
   await startRelockd('c1', 'c1a', `--lockspace-check-interval 1 --lockspace-failure-timeout 4 --kill-grace 3 --term-grace 1 --storage-timeout 2 --nfs-lease-time ${LEASE_S} --lock-failure-action killpath --killpath ${W}/killpath.sh --lockspace ${ls}`);
   await startRelockd('c2', 'c2a', `--storage-timeout 5 --lockspace ${ls}`);
   await sleep(2500);
-  await sh('c1', `setsid nohup ${NODE} ${W}/owner.mjs /tmp/c1a/relockd.sock ${ls} disk1 11111111-0000-0000-0000-00000000000a > ${W}/ownerA.log 2>&1 < /dev/null & echo $! > ${W}/ownerA.pid`);
+  await sh('c1', `setsid nohup ${NODE} ${W}/owner.mjs /tmp/c1a/virtlockd-sock ${ls} disk1 11111111-0000-0000-0000-00000000000a > ${W}/ownerA.log 2>&1 < /dev/null & echo $! > ${W}/ownerA.pid`);
   const pid = Number((await until('owner', 10_000, async () => /ready (\d+)/.exec(readFileSync(join(W, 'ownerA.log'), 'utf8'))?.[1])) ?? 0);
   check(pid > 0, 'A: owner on c1 holds disk1');
   const watched = await until('watch', 10_000, async () => (await stateOf('c1', 'c1a', ls))?.state === 'healthy');
   check(!!watched, 'A: relockd on c1 watches the NFS lock space (healthy)');
   const lt = readFileSync(join(W, 'c1a.log'), 'utf8').match(/"leaseTimeMs":(\d+|null)/)?.[1];
   note('A lease time read from mountstats', `${lt} ms`);
-  await sh('c2', `setsid nohup ${NODE} ${W}/taker.mjs /tmp/c2a/relockd.sock ${ls} disk1 > ${W}/takerA.log 2>&1 < /dev/null & echo ok`);
+  await sh('c2', `setsid nohup ${NODE} ${W}/taker.mjs /tmp/c2a/virtlockd-sock ${ls} disk1 > ${W}/takerA.log 2>&1 < /dev/null & echo ok`);
   await sleep(1500);
   check(!readFileSync(join(W, 'takerA.log'), 'utf8').includes('acquired'), 'A: c2 cannot acquire disk1 while c1 holds it');
   const t0 = Date.now();
@@ -207,14 +207,14 @@ async function scenarioB(): Promise<void> {
   await startRelockd('c1', 'c1b', `--lockspace-check-interval 1 --lockspace-failure-timeout 300 --storage-timeout 2 --lock-failure-action ignore --lockspace ${ls}`);
   await startRelockd('c2', 'c2b', `--storage-timeout 5 --lockspace ${ls}`);
   await sleep(2500);
-  await sh('c1', `setsid nohup ${NODE} ${W}/owner.mjs /tmp/c1b/relockd.sock ${ls} disk2 11111111-0000-0000-0000-00000000000b > ${W}/ownerB.log 2>&1 < /dev/null & echo ok`);
+  await sh('c1', `setsid nohup ${NODE} ${W}/owner.mjs /tmp/c1b/virtlockd-sock ${ls} disk2 11111111-0000-0000-0000-00000000000b > ${W}/ownerB.log 2>&1 < /dev/null & echo ok`);
   await sh('c1', `mkdir -p ${EXPORT}/m && setsid nohup ${NODE} ${W}/methods.cjs ${EXPORT}/m > ${W}/methods.log 2>&1 < /dev/null & echo ok`);
   await until('owner', 10_000, async () => readFileSync(join(W, 'ownerB.log'), 'utf8').includes('ready'));
   await until('methods', 10_000, async () => readFileSync(join(W, 'methods.log'), 'utf8').includes('locked'));
   await until('watch', 10_000, async () => (await stateOf('c1', 'c1b', ls))?.state === 'healthy');
   // c2 wants disk2 and the method files: the courteous server (Linux >= 5.19)
   // only drops c1's expired state when someone else asks for a conflicting lock.
-  await sh('c2', `setsid nohup ${NODE} ${W}/taker.mjs /tmp/c2b/relockd.sock ${ls} disk2 > ${W}/takerB.log 2>&1 < /dev/null & echo ok`);
+  await sh('c2', `setsid nohup ${NODE} ${W}/taker.mjs /tmp/c2b/virtlockd-sock ${ls} disk2 > ${W}/takerB.log 2>&1 < /dev/null & echo ok`);
   await sh('c2', `setsid nohup python3 -c "
 import fcntl, os, time, glob
 want = ['${EXPORT}/m/method-' + m for m in ['dirStatx', 'directRead', 'relock', 'fstatSync', 'bufferedRead']]
