@@ -150,14 +150,33 @@ async function until<T>(what: string, ms: number, f: () => Promise<T | null | un
 }
 
 const stateOf = async (host: string, tag: string, dir: string) => (await health(host, tag)).find((w) => w.dir === dir);
+/** A healthy watch with no lease and no owner record left ends: gone counts as healthy. */
+const healthyOrGone = async (host: string, tag: string, dir: string) => {
+  const w = await stateOf(host, tag, dir);
+  return !w || w.state === 'healthy';
+};
+
+/**
+ * The daemon's own timeline (its log's timestamps; UML guests read the host's
+ * clock), relative to `t0`: polling relockctl health in a guest takes seconds.
+ */
+function logTimeline(file: string, t0: number, steps: Array<[string, RegExp]>): void {
+  const lines = existsSync(file) ? readFileSync(file, 'utf8').split('\n') : [];
+  for (const [label, re] of steps) {
+    const l = lines.find((x) => re.test(x) && Date.parse(/"time":"([^"]+)"/.exec(x)?.[1] ?? '') >= t0);
+    const at = l ? Date.parse(/"time":"([^"]+)"/.exec(l)![1]!) : null;
+    note(label, at === null ? 'not in the log' : `${((at - t0) / 1000).toFixed(2)} s`);
+  }
+}
 const t = (t0: number) => `${((Date.now() - t0) / 1000).toFixed(1)} s`;
 
 async function scenarioA(): Promise<void> {
   console.log(`# A: partition c1 from the server for longer than the ${LEASE_S} s lease; killpath`);
   const ls = `${EXPORT}/a`;
   await sh('c1', `mkdir -p ${ls}`);
-  // 4 s failure timeout + 3 s kill_grace + 1 s term grace + 1.5 s margin <= 15 s lease
-  await startRelockd('c1', 'c1a', `--lockspace-check-interval 1 --lockspace-failure-timeout 4 --kill-grace 3 --term-grace 1 --storage-timeout 2 --nfs-lease-time ${LEASE_S} --lock-failure-action killpath --killpath ${W}/killpath.sh --lockspace ${ls}`);
+  // 4 s failure timeout + 8 s kill_grace + 1 s term grace + 1.5 s margin <= 15 s lease
+  // (kill_grace 8 s: a node program starts in 3-8 s in a loaded UML guest)
+  await startRelockd('c1', 'c1a', `--lockspace-check-interval 1 --lockspace-failure-timeout 4 --kill-grace 8 --term-grace 1 --storage-timeout 2 --nfs-lease-time ${LEASE_S} --lock-failure-action killpath --killpath ${W}/killpath.sh --lockspace ${ls}`);
   await startRelockd('c2', 'c2a', `--storage-timeout 5 --lockspace ${ls}`);
   await sleep(2500);
   await sh('c1', `setsid nohup ${NODE} ${W}/owner.mjs /tmp/c1a/virtlockd-sock ${ls} disk1 11111111-0000-0000-0000-00000000000a > ${W}/ownerA.log 2>&1 < /dev/null & echo $! > ${W}/ownerA.pid`);
@@ -196,14 +215,31 @@ async function scenarioA(): Promise<void> {
   check(!readFileSync(join(W, 'calls.log'), 'utf8').includes('resume'), 'A: resume never ran');
   const log = readFileSync(join(W, 'c1a.log'), 'utf8');
   check(/taken by someone else during the failure/.test(log), 'A: c1 logs why');
-  const healthy = await until('healthy', 30_000, async () => (await stateOf('c1', 'c1a', ls))?.state === 'healthy');
+  check(/"event":"fail".*killpath program \(fail\) succeeded/.test(log), 'A: the killpath program (through the action runner) succeeded');
+  logTimeline(join(W, 'c1a.log'), t0, [
+    ['A c1 log: first probe failed', /"msg":"lock-space probe failed"/],
+    ['A c1 log: failing', /"msg":"lock space failing"/],
+    ['A c1 log: failed', /"msg":"lock space failed"/],
+    ['A c1 log: killpath sent to the runner', /"msg":"killpath program \(fail\) sent/],
+    ['A c1 log: killpath started', /"msg":"killpath program started \(fail\)"/],
+    ['A c1 log: owner made safe (released)', /"msg":"lock failure: owner made safe/],
+    ['A c1 log: killpath exited', /"msg":"killpath program \(fail\) (succeeded|failed)"/],
+    ['A c1 log: recovering', /"msg":"lock space recovering"/],
+    ['A c1 log: owner terminated (lease taken)', /taken by someone else during the failure; the owner must never run again/],
+  ]);
+  const healthy = await until('healthy', 30_000, () => healthyOrGone('c1', 'c1a', ls));
   note('A heal -> c1 healthy', healthy ? t(th) : 'never');
 }
 
 async function scenarioB(): Promise<void> {
   console.log('# B: action ignore, long failure timeout: the lost lock is detected after the heal (EIO)');
   const ls = `${EXPORT}/b`;
-  await sh('c1', `mkdir -p ${ls}`);
+  // After A's long partition the c1 client's TCP connection and NFSv4 state
+  // recover on their own schedule (RPC retransmits back off up to timeo=60 s).
+  const t1 = Date.now();
+  const back = await until('c1 mount answers after A', 240_000, async () => (await lab.exec('c1', `mkdir -p ${ls} && echo ok`, 30)).stdout.includes('ok'));
+  note('A heal -> c1 NFS mount answers again', back ? t(t1) : 'never');
+  if (!back) throw new Error('c1 NFS mount did not answer after the heal');
   await startRelockd('c1', 'c1b', `--lockspace-check-interval 1 --lockspace-failure-timeout 300 --storage-timeout 2 --lock-failure-action ignore --lockspace ${ls}`);
   await startRelockd('c2', 'c2b', `--storage-timeout 5 --lockspace ${ls}`);
   await sleep(2500);
