@@ -291,6 +291,7 @@ export class HealthMonitor {
   private onProbe(w: WatchRecord, started: number, out: ProbeOutcome): void {
     if (this.watches.get(w.key) !== w) return;
     if (out.ok) {
+      this.log.debug({ dir: w.key, ms: out.ms }, 'lock-space probe ok');
       if (w.state === 'failed') w.outageMs = started - w.lastGoodAt;
       w.lastGoodAt = started;
       w.lastError = null;

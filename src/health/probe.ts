@@ -116,7 +116,7 @@ export class StorageProber {
    * out probe keeps a pool thread, and its leases' fds, until then).
    */
   probe(dir: string, leases: ProbeTarget[], deadlineMs: number, onSettled: () => void): Promise<ProbeOutcome> {
-    const t0 = Date.now();
+    const t0 = performance.now();
     const probed = leases.filter((l) => !l.classic && !this.guard.isBusy(l.fd));
     const args: native.ProbeLeaseArg[] = probed.map((l) => ({ fd: l.fd, lock: l.shared ? 'read' : 'write' }));
     for (const a of args) this.guard.hold(a.fd);
@@ -128,7 +128,7 @@ export class StorageProber {
       let done = false;
       const timer = setTimeout(() => {
         done = true;
-        resolve({ ok: false, timedOut: true, dirError: `storage did not answer within ${+(deadlineMs / 1000).toFixed(1)} s`, lost: [], leaseErrors: {}, ms: Date.now() - t0 });
+        resolve({ ok: false, timedOut: true, dirError: `storage did not answer within ${+(deadlineMs / 1000).toFixed(1)} s`, lost: [], leaseErrors: {}, ms: +(performance.now() - t0).toFixed(2) });
       }, deadlineMs);
       let call: Promise<native.ProbeStorageResult>;
       try {
@@ -150,13 +150,13 @@ export class StorageProber {
             else leaseErrors[name] = r.error.message;
           });
           const dirError = res.dirError ? res.dirError.message : null;
-          resolve({ ok: !dirError && lost.length === 0 && Object.keys(leaseErrors).length === 0, timedOut: false, dirError, lost, leaseErrors, ms: Date.now() - t0 });
+          resolve({ ok: !dirError && lost.length === 0 && Object.keys(leaseErrors).length === 0, timedOut: false, dirError, lost, leaseErrors, ms: +(performance.now() - t0).toFixed(2) });
         },
         (err: Error) => {
           settled();
           if (done) return;
           clearTimeout(timer);
-          resolve({ ok: false, timedOut: false, dirError: err.message, lost: [], leaseErrors: {}, ms: Date.now() - t0 });
+          resolve({ ok: false, timedOut: false, dirError: err.message, lost: [], leaseErrors: {}, ms: +(performance.now() - t0).toFixed(2) });
         },
       );
     });
