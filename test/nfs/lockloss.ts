@@ -286,7 +286,13 @@ time.sleep(3600)
   note('B state during the partition', `${before?.state} (${before?.error ?? ''})`);
   await heal();
   const th = Date.now();
-  const lostLine = await until('lost lock', 120_000, async () => logLine('c1b', /"msg":"lock space failed".*lock lost on/, th));
+  logTimeline(join(W, 'c1b.log'), t0, [
+    ['B c1 log: failing (partition)', /"msg":"lock space failing"/],
+    ['B c1 log: first probe reporting the lost lock', /"err":"lock lost on/],
+    ['B c1 log: failed (lock lost)', /"why":"lock lost on.*"msg":"lock space failed"/],
+  ]);
+  note('B heal at', `${((th - t0) / 1000).toFixed(2)} s after the partition`);
+  const lostLine = await until('lost lock', 120_000, async () => logLine('c1b', /"why":"lock lost on.*"msg":"lock space failed"/, th));
   note('B heal -> lost lock in c1 log', lostLine ? `${((Date.parse(/"time":"([^"]+)"/.exec(lostLine)![1]!) - th) / 1000).toFixed(2)} s` : 'never');
   const lost = lostLine ? await until('lost lock (relockctl health)', 60_000, async () => {
     const w = await stateOf('c1', 'c1b', ls);
