@@ -16,7 +16,7 @@
 //
 // Prints PASS/FAIL lines, a timing table and `N passed, N failed`.
 
-import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync, chmodSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync, chmodSync } from 'node:fs';
 import { join } from 'node:path';
 import { ROOT } from '../lib/relockd.js';
 import { run, sleep } from '../e2e/proc.js';
@@ -27,7 +27,12 @@ import { DEFAULT_LAB_SCRIPT, Lab } from './lab.js';
 // leave it that time within the lease.
 const LEASE_S = 30;
 const keep = process.argv.includes('--keep');
-const W = mkdtempSync('/tmp/relockd-lockloss-');
+const argOf = (name: string) => process.argv.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3);
+// --lab-dir=DIR (test/nfs/ci.sh): the lab and this run's files there, so that
+// ci.sh's teardown finds whatever is left; --time-limit=SECS: stop and clean up.
+const W = argOf('lab-dir') ?? mkdtempSync('/tmp/relockd-lockloss-');
+mkdirSync(W, { recursive: true });
+const TIME_LIMIT_S = Number(argOf('time-limit') ?? 0);
 const lab = new Lab(process.env.RELOCKD_NFS_LAB_SCRIPT ?? DEFAULT_LAB_SCRIPT, W);
 const NODE = process.execPath;
 const FLAGS = '--experimental-permission --allow-fs-read=* --allow-fs-write=* --allow-addons --allow-child-process --no-warnings';
@@ -286,11 +291,6 @@ time.sleep(3600)
   note('B state during the partition', `${before?.state} (${before?.error ?? ''})`);
   await heal();
   const th = Date.now();
-  logTimeline(join(W, 'c1b.log'), t0, [
-    ['B c1 log: failing (partition)', /"msg":"lock space failing"/],
-    ['B c1 log: first probe reporting the lost lock', /"err":"lock lost on/],
-    ['B c1 log: failed (lock lost)', /"why":"lock lost on.*"msg":"lock space failed"/],
-  ]);
   note('B heal at', `${((th - t0) / 1000).toFixed(2)} s after the partition`);
   const lostLine = await until('lost lock', 120_000, async () => logLine('c1b', /"why":"lock lost on.*"msg":"lock space failed"/, th));
   note('B heal -> lost lock in c1 log', lostLine ? `${((Date.parse(/"time":"([^"]+)"/.exec(lostLine)![1]!) - th) / 1000).toFixed(2)} s` : 'never');
@@ -300,6 +300,11 @@ time.sleep(3600)
   }) : null;
   note('B heal -> lost lock detected', lost ? `${t(th)} (state ${lost.state}, lost ${lost.lost.join(', ')})` : 'never');
   check(!!lost && lost.state !== 'healthy', 'B: relockd on c1 detects the lost lock after the heal', lost ? JSON.stringify({ state: lost.state, lost: lost.lost, error: lost.error }) : '');
+  logTimeline(join(W, 'c1b.log'), t0, [
+    ['B c1 log: failing (partition)', /"msg":"lock space failing"/],
+    ['B c1 log: first probe reporting the lost lock', /"err":"lock lost on/],
+    ['B c1 log: failed (lock lost)', /"why":"lock lost on.*"msg":"lock space failed"/],
+  ]);
   await sleep(3000);
   writeFileSync(join(W, 'methods-go'), '');
   const res = await until('methods', 60_000, async () => readFileSync(join(W, 'methods.log'), 'utf8').split('\n').find((l) => l.startsWith('{')));
@@ -332,17 +337,29 @@ async function main(): Promise<void> {
   }
 }
 
+let finished = false;
+async function finish(): Promise<void> {
+  if (finished) return;
+  finished = true;
+  await heal().catch(() => {});
+  console.log('\n| step | measured |\n|---|---|');
+  for (const [k, v] of timings) console.log(`| ${k} | ${v} |`);
+  if (!keep || !labUp) {
+    for (const h of ['c1', 'c2', 'srv']) await lab.crash(h).catch(() => {});
+    await lab.down(true).catch(() => {});
+    rmSync(W, { recursive: true, force: true });
+  } else console.log(`kept: ${W}`);
+  console.log(`${passed} passed, ${failed} failed`);
+  process.exitCode = failed ? 1 : 0;
+}
+
+if (TIME_LIMIT_S > 0) {
+  setTimeout(() => {
+    check(false, `time limit of ${TIME_LIMIT_S} s reached`);
+    void finish().then(() => process.exit(1));
+  }, TIME_LIMIT_S * 1000).unref();
+}
+
 main()
   .catch((e) => check(false, 'lab run', (e as Error).stack ?? String(e)))
-  .finally(async () => {
-    await heal().catch(() => {});
-    console.log('\n| step | measured |\n|---|---|');
-    for (const [k, v] of timings) console.log(`| ${k} | ${v} |`);
-    if (!keep || !labUp) {
-      for (const h of ['c1', 'c2', 'srv']) await lab.crash(h).catch(() => {});
-      await lab.down(true).catch(() => {});
-      rmSync(W, { recursive: true, force: true });
-    } else console.log(`kept: ${W}`);
-    console.log(`${passed} passed, ${failed} failed`);
-    process.exitCode = failed ? 1 : 0;
-  });
+  .finally(finish);
