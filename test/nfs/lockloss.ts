@@ -161,6 +161,12 @@ async function until<T>(what: string, ms: number, f: () => Promise<T | null | un
 }
 
 const stateOf = async (host: string, tag: string, dir: string) => (await health(host, tag)).find((w) => w.dir === dir);
+/** Both daemons answer (a start in a loaded UML guest takes seconds: a fixed sleep raced it). */
+async function readyBoth(a: string, b: string): Promise<void> {
+  const ok = await until(`${a} and ${b} ready`, 90_000, async () => logLine(a, /"msg":"relockd ready"/) && logLine(b, /"msg":"relockd ready"/));
+  if (!ok) throw new Error(`relockd ${a}/${b} did not start`);
+}
+
 /**
  * The first line of a daemon's log (on the lab's shared work directory) at or
  * after `since` matching `re`. Cheaper and exact where a relockctl in a
@@ -194,7 +200,7 @@ async function scenarioA(): Promise<void> {
   // 4 s failure timeout + 20 s kill_grace + 1 s term grace + 3 s margin <= 30 s lease
   await startRelockd('c1', 'c1a', `--lockspace-check-interval 1 --lockspace-failure-timeout 4 --kill-grace 20 --term-grace 1 --storage-timeout 2 --nfs-lease-time ${LEASE_S} --lock-failure-action killpath --killpath ${W}/killpath.sh --lockspace ${ls}`);
   await startRelockd('c2', 'c2a', `--storage-timeout 5 --lockspace ${ls}`);
-  await sleep(2500);
+  await readyBoth('c1a', 'c2a');
   await sh('c1', `setsid nohup ${NODE} ${W}/owner.mjs /tmp/c1a/virtlockd-sock ${ls} disk1 11111111-0000-0000-0000-00000000000a > ${W}/ownerA.log 2>&1 < /dev/null & echo $! > ${W}/ownerA.pid`);
   const pid = Number((await until('owner', 10_000, async () => /ready (\d+)/.exec(readFileSync(join(W, 'ownerA.log'), 'utf8'))?.[1])) ?? 0);
   check(pid > 0, 'A: owner on c1 holds disk1');
@@ -259,7 +265,7 @@ async function scenarioB(): Promise<void> {
   if (!back) throw new Error('c1 NFS mount did not answer after the heal');
   await startRelockd('c1', 'c1b', `--lockspace-check-interval 1 --lockspace-failure-timeout 300 --storage-timeout 2 --lock-failure-action ignore --lockspace ${ls}`);
   await startRelockd('c2', 'c2b', `--storage-timeout 5 --lockspace ${ls}`);
-  await sleep(2500);
+  await readyBoth('c1b', 'c2b');
   await sh('c1', `setsid nohup ${NODE} ${W}/owner.mjs /tmp/c1b/virtlockd-sock ${ls} disk2 11111111-0000-0000-0000-00000000000b > ${W}/ownerB.log 2>&1 < /dev/null & echo ok`);
   await sh('c1', `mkdir -p ${EXPORT}/m && setsid nohup ${NODE} ${W}/methods.cjs ${EXPORT}/m > ${W}/methods.log 2>&1 < /dev/null & echo ok`);
   await until('owner', 10_000, async () => readFileSync(join(W, 'ownerB.log'), 'utf8').includes('ready'));
@@ -286,6 +292,7 @@ time.sleep(3600)
   await partition();
   const took = await until('c2 acquires disk2', 90_000, async () => /acquired ([\d.]+)/.exec(readFileSync(join(W, 'takerB.log'), 'utf8')));
   note('B partition -> c2 acquired disk2', took ? `${(Number(took[1]) - t0 / 1000).toFixed(1)} s` : 'never');
+  check(!!took && Number(took[1]) * 1000 - t0 >= LEASE_S * 1000 - 1000, 'B: c2 acquires disk2 during the partition, not before the lease time', took ? `${(Number(took[1]) - t0 / 1000).toFixed(1)} s` : 'never');
   await until('c2 takes the method files', 30_000, async () => (readFileSync(join(W, 'takerM.log'), 'utf8').match(/^got/gm) ?? []).length === 5);
   const before = await stateOf('c1', 'c1b', ls);
   note('B state during the partition', `${before?.state} (${before?.error ?? ''})`);
