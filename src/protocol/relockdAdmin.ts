@@ -310,7 +310,7 @@ const healthOwner = {
   encode: (w: XdrWriter, h: HealthOwnerInfo) => {
     owner.encode(w, h.owner);
     w.string(h.action).string(h.phase).i64(BigInt(Math.trunc(h.since)));
-    w.array(h.resources, (wr, x) => wr.string(x));
+    w.array(h.resources, (wr, x) => wr.byteString(x)); // resource names are bytes
     wOptStr(w, h.note);
   },
   decode: (r: XdrReader): HealthOwnerInfo => ({
@@ -318,27 +318,27 @@ const healthOwner = {
     action: str(r),
     phase: str(r),
     since: num(r.i64()),
-    resources: r.array(RELOCKD_ADMIN_LIST_MAX, str),
+    resources: r.array(RELOCKD_ADMIN_LIST_MAX, bytes),
     note: optStr(r),
   }),
 };
 
 const health = {
   encode: (w: XdrWriter, h: HealthInfo) => {
-    w.string(h.dir).string(h.lockspace).string(h.state).i64(BigInt(Math.trunc(h.since))).i64(BigInt(Math.trunc(h.lastGood)));
+    w.byteString(h.dir).byteString(h.lockspace).string(h.state).i64(BigInt(Math.trunc(h.since))).i64(BigInt(Math.trunc(h.lastGood)));
     wOptStr(w, h.error);
-    w.array(h.lost, (wr, x) => wr.string(x));
+    w.array(h.lost, (wr, x) => wr.byteString(x));
     w.i32(h.leaseTimeMs);
     w.array(h.owners, healthOwner.encode);
   },
   decode: (r: XdrReader): HealthInfo => ({
-    dir: str(r),
-    lockspace: str(r),
+    dir: bytes(r),
+    lockspace: bytes(r),
     state: str(r),
     since: num(r.i64()),
     lastGood: num(r.i64()),
     error: optStr(r),
-    lost: r.array(RELOCKD_ADMIN_LIST_MAX, str),
+    lost: r.array(RELOCKD_ADMIN_LIST_MAX, bytes),
     leaseTimeMs: r.i32(),
     owners: r.array(RELOCKD_ADMIN_LIST_MAX, healthOwner.decode),
   }),

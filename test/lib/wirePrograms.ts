@@ -135,6 +135,8 @@ export const wirePrograms: readonly WireProgram[] = [
       [5, side(relockdCodec.flags.encode, relockdCodec.reexecResult.decode)],
       [6, side(relockdCodec.handbackArgs.encode, relockdCodec.handbackRefused.decode)],
       [16, side(relockdCodec.flags.encode, relockdCodec.text.decode)],
+      [20, side(relockdCodec.flags.encode, relockdCodec.health.decode)],
+      [21, side(relockdCodec.releaseOwner.encode, relockdCodec.count.decode)],
     ]),
     xFile: 'protocol/relockd_admin_protocol.x',
     procPrefix: 'RELOCKD_ADMIN_PROC_',
