@@ -195,11 +195,11 @@ export class Daemon {
         // We were exec'd by an old image but its document is gone: keep every inherited fd.
         await this.startSafeMode([`state file ${this.stateFile} is missing after a re-exec`]);
       } else {
+        this.health.ensureRunner(); // before any client can take a lease (src/health/actionRunner.ts)
         await this.startFresh(activated);
       }
     }
     if (this.safeMode) this.manager.acquireRefusal = safeModeRefusal;
-    this.health.ensureRunner(); // before the first lease fd (src/health/actionRunner.ts)
     await this.createConfiguredLockspaces();
     this.startTimers();
     this.health.start();
