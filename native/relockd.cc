@@ -15,6 +15,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -307,6 +308,18 @@ Napi::Value FdInfo(const Napi::CallbackInfo& info) {
     if (cloexec >= 0) fcntl(fd, F_SETFD, cloexec ? FD_CLOEXEC : 0);
   }
   return out;
+}
+
+// FD_CLOEXEC on (1) or off (0) for many fds, with no fstat: fstat of a lease
+// fd on a hung NFS or FUSE mount blocks until the server answers, and a
+// re-exec must not wait for a lock space that failed (src/health/).
+void SetCloexecAll(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+    ThrowType(env, "fds must be an Int32Array");
+  Napi::Int32Array fds = info[0].As<Napi::Int32Array>();
+  bool on = BoolValue(env, info[1], "on");
+  for (size_t i = 0; i < fds.ElementLength(); i++) fcntl(fds[i], F_SETFD, on ? FD_CLOEXEC : 0);
 }
 
 // A close-on-exec duplicate: libuv listens on a dup of each listening socket
@@ -928,6 +941,128 @@ void ReleaseFile(const Napi::CallbackInfo& info) { QueueJob(info, 2, "relockd.re
 
 Napi::Value ReleaseFileSync(const Napi::CallbackInfo& info) { return RunJobSync(info, ReleaseJobArgs(info)); }
 
+// ---- storage health probe ----------------------------------------------------------------
+
+// One probe of a lock space's storage, on the libuv pool (src/health/): a
+// statx that must reach the server (FORCE_SYNC: no attribute cache), then,
+// per held lease, I/O through the holder's own open file description, which
+// is where an NFSv4 client reports a lost lock (EIO, Linux >= 3.12). The fds
+// given are dups made by the caller on the main thread (so a concurrent
+// release can never make us touch a recycled fd number); they are closed here.
+constexpr int kProbeDirStatx = 1;   // statx(dir, AT_STATX_FORCE_SYNC)
+constexpr int kProbeDirectRead = 2; // pread of the first block with O_DIRECT (no page cache)
+constexpr int kProbeRelock = 4;     // F_OFD_SETLK again with the type we hold (a LOCK RPC on NFS)
+constexpr int kProbeFstatSync = 8;  // statx(fd, FORCE_SYNC): GETATTR through the fd
+constexpr int kProbeKeepFds = 16;   // the fds are the leases' own: do not close them
+
+struct ProbeLease {
+  int fd = -1;
+  short lockType = 0;  // F_RDLCK / F_WRLCK, or 0: do not re-assert
+  Failure fail;
+  bool buffered = false;  // O_DIRECT refused (e.g. FUSE without direct I/O): plain pread
+};
+
+struct ProbeJob {
+  std::string dir;
+  int methods = 0;
+  Failure dirFail;
+  std::vector<ProbeLease> leases;
+
+  void Run() {
+    if ((methods & kProbeDirStatx) && !dir.empty()) {
+      struct statx sx;
+      if (statx(AT_FDCWD, dir.c_str(), AT_STATX_FORCE_SYNC, STATX_BASIC_STATS, &sx) < 0)
+        dirFail = {errno, "statx", "dir", nullptr};
+    }
+    void* buf = nullptr;
+    if (posix_memalign(&buf, 4096, 4096) != 0) buf = nullptr;
+    for (auto& l : leases) {
+      ProbeOne(l, buf);
+      if (!(methods & kProbeKeepFds)) close(l.fd);
+    }
+    free(buf);
+  }
+
+  void ProbeOne(ProbeLease& l, void* buf) {
+    if (methods & kProbeFstatSync) {
+      struct statx sx;
+      if (statx(l.fd, "", AT_EMPTY_PATH | AT_STATX_FORCE_SYNC, STATX_BASIC_STATS, &sx) < 0) {
+        l.fail = {errno, "statx", "fstat", nullptr};
+        return;
+      }
+    }
+    if ((methods & kProbeRelock) && l.lockType) {
+      struct flock fl = MakeFlock(l.lockType, 0, 1);
+      if (fcntl(l.fd, F_OFD_SETLK, &fl) < 0) {
+        l.fail = {errno, "fcntl(F_OFD_SETLK)", "relock", nullptr};
+        return;
+      }
+    }
+    if ((methods & kProbeDirectRead) && buf) {
+      int flags = fcntl(l.fd, F_GETFL);
+      bool direct = flags >= 0 && fcntl(l.fd, F_SETFL, flags | O_DIRECT) == 0;
+      if (!direct) l.buffered = true;
+      ssize_t n = pread(l.fd, buf, 4096, 0);
+      int err = errno;
+      if (direct) fcntl(l.fd, F_SETFL, flags);
+      if (n < 0) l.fail = {err, "pread", "read", nullptr};
+    }
+  }
+
+  Napi::Object Result(Napi::Env env) const {
+    Napi::Object r = Napi::Object::New(env);
+    if (dirFail.err) r.Set("dirError", FailureValue(env, dirFail));
+    Napi::Array a = Napi::Array::New(env, leases.size());
+    for (size_t i = 0; i < leases.size(); i++) {
+      Napi::Object o = Napi::Object::New(env);
+      if (leases[i].fail.err) o.Set("error", FailureValue(env, leases[i].fail));
+      o.Set("buffered", leases[i].buffered);
+      a.Set(static_cast<uint32_t>(i), o);
+    }
+    r.Set("leases", a);
+    return r;
+  }
+};
+
+class ProbeWorker : public Napi::AsyncWorker {
+ public:
+  ProbeWorker(Napi::Function cb, ProbeJob job) : Napi::AsyncWorker(cb, "relockd.probeStorage"), job_(std::move(job)) {}
+
+ protected:
+  void Execute() override { job_.Run(); }
+  void OnOK() override { Callback().Call({Env().Null(), job_.Result(Env())}); }
+
+ private:
+  ProbeJob job_;
+};
+
+// probeStorage(dir, [{fd, lock: 'read'|'write'|null}], methods, cb(err, {dirError?, leases: [{error?, buffered}]}))
+void ProbeStorage(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  ProbeJob job;
+  job.dir = StringArg(info, 0, "dir");
+  if (!info[1].IsArray()) ThrowType(env, "leases must be an array");
+  Napi::Array a = info[1].As<Napi::Array>();
+  job.methods = static_cast<int>(IntArg(info, 2, "methods", 0, 31));
+  Napi::Function cb = FunctionArg(info, 3, "cb");
+  for (uint32_t k = 0; k < a.Length(); k++) {
+    Napi::Value v = a.Get(k);
+    if (!v.IsObject()) ThrowType(env, "leases[] must be objects");
+    Napi::Object o = v.As<Napi::Object>();
+    ProbeLease l;
+    l.fd = static_cast<int>(ToIntOrThrow(env, o.Get("fd"), "leases[].fd", 0, INT_MAX));
+    Napi::Value lt = o.Get("lock");
+    if (lt.IsString()) {
+      std::string t = lt.As<Napi::String>().Utf8Value();
+      if (t == "read") l.lockType = F_RDLCK;
+      else if (t == "write") l.lockType = F_WRLCK;
+      else ThrowType(env, "leases[].lock must be 'read', 'write' or null");
+    }
+    job.leases.push_back(l);
+  }
+  (new ProbeWorker(cb, std::move(job)))->Queue();
+}
+
 // ---- misc -----------------------------------------------------------------------------
 
 // The C library's text for an errno (virtlockd puts it in its error messages).
@@ -968,6 +1103,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   fn("releaseFile", ReleaseFile);
   fn("releaseFileSync", ReleaseFileSync);
   fn("strerror", Strerror);
+  fn("probeStorage", ProbeStorage);
+  fn("setCloexecAll", SetCloexecAll);
   return exports;
 }
 

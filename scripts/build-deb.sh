@@ -19,7 +19,7 @@ here=$(pwd)
 version=${RELOCKD_DEB_VERSION:-$(node -p 'require("./package.json").version')}
 arch=$(dpkg --print-architecture)
 out=${RELOCKD_DEB_OUT:-dist/deb}
-for f in dist/relockd-main.cjs dist/relockctl.mjs dist/validators/state.cjs build/Release/relockd_native.node; do
+for f in dist/relockd-main.cjs dist/relockctl.mjs dist/relockd-runner.cjs dist/validators/state.cjs build/Release/relockd_native.node; do
 	[ -f "$f" ] || { echo "build-deb: $f is missing: run npm run build and sh scripts/build-native.sh" >&2; exit 1; }
 done
 
@@ -37,7 +37,7 @@ node -e '
   require("fs").writeFileSync(process.argv[2], JSON.stringify(out, null, 2) + "\n");
 ' "$version" "$lib/package.json"
 install -m 0755 bin/relockd.cjs bin/relockctl.cjs "$lib/bin/"
-install -m 0644 dist/relockd-main.cjs dist/relockctl.mjs "$lib/dist/"
+install -m 0644 dist/relockd-main.cjs dist/relockctl.mjs dist/relockd-runner.cjs "$lib/dist/"
 install -m 0644 dist/validators/*.cjs "$lib/dist/validators/"
 install -m 0644 schemas/*.json "$lib/schemas/"
 install -m 0644 build/Release/relockd_native.node "$lib/build/Release/"

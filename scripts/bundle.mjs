@@ -17,6 +17,7 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 for (const [entry, out, format] of [
   ['dist/src/cli/main.js', 'dist/relockd-main.cjs', 'cjs'],
   ['dist/src/cli/relockctl.js', 'dist/relockctl.mjs', 'esm'],
+  ['dist/src/health/runnerMain.js', 'dist/relockd-runner.cjs', 'cjs'],
 ]) {
   await build({
     entryPoints: [join(root, entry)],

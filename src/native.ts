@@ -199,6 +199,30 @@ export interface NativeBinding {
   releaseFileSync(fd: number, opts: ReleaseFileOptions): ReleaseFileResult;
   /** The C library's message for a (positive) errno, e.g. 11 → 'Resource temporarily unavailable'. */
   strerror(errno: number): string;
+  setCloexecAll(fds: Int32Array, on: boolean): void;
+  probeStorage(dir: string, leases: ProbeLeaseArg[], methods: number, cb: (err: NativeError | null, res?: ProbeStorageResult) => void): void;
+}
+
+/** What a storage probe does (bitmask; see src/health/probe.ts). */
+export const ProbeMethod = {
+  DIR_STATX: 1,
+  DIRECT_READ: 2,
+  RELOCK: 4,
+  FSTAT_SYNC: 8,
+  /** The fds are the leases' own (not dups): leave them open. */
+  KEEP_FDS: 16,
+} as const;
+
+export interface ProbeLeaseArg {
+  /** A dup of the lease fd, which the probe closes (or the lease's own fd, with KEEP_FDS). */
+  fd: number;
+  /** The lock type held, for a RELOCK probe; null: not re-asserted. */
+  lock: LockType | null;
+}
+
+export interface ProbeStorageResult {
+  dirError?: NativeError;
+  leases: Array<{ error?: NativeError; buffered: boolean }>;
 }
 
 const ADDON = path.join('build', 'Release', 'relockd_native.node');
@@ -236,6 +260,7 @@ export const {
   posixGetLock,
   getCloexec,
   setCloexec,
+  setCloexecAll,
   fsync,
   dup,
   fdInfo,
@@ -288,4 +313,15 @@ export function isNativeError(e: unknown, code?: string): e is NativeError {
     typeof (e as Partial<NativeError>).syscall === 'string' &&
     (code === undefined || (e as NativeError).code === code)
   );
+}
+
+/**
+ * One health probe of a lock space (src/health/), on the libuv pool: statx
+ * of `dir` that must reach the server, then I/O through each lease's own
+ * open file description. Every fd in `leases` is closed by the probe.
+ */
+export function probeStorageP(dir: string, leases: ProbeLeaseArg[], methods: number): Promise<ProbeStorageResult> {
+  return new Promise((resolve, reject) => {
+    binding.probeStorage(dir, leases, methods, (err, res) => (err ? reject(err) : resolve(res!)));
+  });
 }

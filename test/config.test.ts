@@ -188,6 +188,13 @@ t.test('defaults', async (t) => {
     storageConcurrency: 4,
     reexecQuiesceTimeout: 5,
     metricsListen: null,
+    lockspaceCheckInterval: 10,
+    lockspaceFailureTimeout: 60,
+    lockFailureAction: 'pause',
+    killpath: null,
+    killGrace: 15,
+    nfsLeaseTime: 90,
+    libvirtUri: 'qemu:///system',
   });
   t.ok(Object.isFrozen(DEFAULT_CONFIG));
   const a = configOf('');
@@ -216,6 +223,13 @@ t.test('every key: value, camelCase field, source line', async (t) => {
     'storage_concurrency = 16',
     'reexec_quiesce_timeout = 10',
     'metrics_listen = "127.0.0.1:9855"',
+    'lockspace_check_interval = 5',
+    'lockspace_failure_timeout = 30',
+    'lock_failure_action = "killpath"',
+    'killpath = "/usr/local/bin/vm-fence --hard"',
+    'kill_grace = 20',
+    'nfs_lease_time = 120',
+    'libvirt_uri = "qemu+ssh://h/system"',
   ].join('\n');
   const r = parseConfig(text, F);
   t.same(r.warnings, []);
@@ -237,6 +251,13 @@ t.test('every key: value, camelCase field, source line', async (t) => {
   t.equal(c.storageConcurrency, 16);
   t.equal(c.reexecQuiesceTimeout, 10);
   t.equal(c.metricsListen, '127.0.0.1:9855');
+  t.equal(c.lockspaceCheckInterval, 5);
+  t.equal(c.lockspaceFailureTimeout, 30);
+  t.equal(c.lockFailureAction, 'killpath');
+  t.equal(c.killpath, '/usr/local/bin/vm-fence --hard');
+  t.equal(c.killGrace, 20);
+  t.equal(c.nfsLeaseTime, 120);
+  t.equal(c.libvirtUri, 'qemu+ssh://h/system');
   t.same(Object.keys(r.sources).sort(), Object.values(CONFIG_KEYS).sort(), 'a source for every field set');
   t.same(r.sources.lockspaces, { key: 'lockspaces', line: 8, column: 1 });
   t.same(r.sources.reexecQuiesceTimeout, { key: 'reexec_quiesce_timeout', line: 16, column: 1 });

@@ -96,7 +96,8 @@ t.test('lease traffic shows in the counters and gauges', async (t) => {
   t.equal(valueOf(m, 'relockd_clients', { server: 'virtlockd' }), 2);
   t.equal(valueOf(m, 'relockd_safe_mode'), 0);
   t.equal(valueOf(m, 'relockd_build_info', { version: JSON.parse(spawnSync('cat', [join(ROOT, 'package.json')], { encoding: 'utf8' }).stdout).version }), 1);
-  t.equal(valueOf(m, 'relockd_lockspace_health', { lockspace: space, state: 'ok' }), 1);
+  t.equal(valueOf(m, 'relockd_lockspace_health', { lockspace: space, state: 'healthy' }), 1);
+  t.equal(valueOf(m, 'relockd_lockspace_health', { lockspace: space, state: 'failed' }), 0);
   // the lock-space calls (lock, release+unlink) are in the histogram under the directory's label
   t.ok((valueOf(m, 'relockd_storage_call_duration_seconds_count', { lockspace: space }) ?? 0) >= 2, 'storage calls of the lock space counted');
   t.equal(valueOf(m, 'relockd_storage_call_duration_seconds_bucket', { lockspace: space, le: '+Inf' }), valueOf(m, 'relockd_storage_call_duration_seconds_count', { lockspace: space }), '+Inf bucket = count');

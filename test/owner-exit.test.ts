@@ -16,6 +16,10 @@ import { waitFor } from './lib/wait.js';
 import * as native from '../src/native.js';
 import { ownerExit } from '../src/services/ownerExit.js';
 
+// A long owner_term_grace breaks the storage-failure timing rule against the
+// default 90 s NFSv4 lease time (docs/storage-failure.md §5): say the lease is longer.
+const LONG_GRACE_OK = ['--nfs-lease-time', '300'];
+
 const work = mkdtempSync(join(tmpdir(), 'owner-exit-'));
 t.teardown(() => rmSync(work, { recursive: true, force: true }));
 
@@ -119,7 +123,7 @@ t.test('addon: a callback that throws reaches uncaughtException, and the process
 });
 
 t.test('an owner that exits with a code: released at once, "exited with code 7" logged after', async (t) => {
-  const d = await startRelockd({ args: ['--term-grace', '20'] });
+  const d = await startRelockd({ args: ['--term-grace', '20', ...LONG_GRACE_OK] });
   t.teardown(() => d.stop());
   const img = join(work, 'code.raw');
   writeFileSync(img, '');
@@ -139,7 +143,7 @@ t.test('an owner that exits with a code: released at once, "exited with code 7" 
 });
 
 t.test('an owner killed by SIGKILL: released, "killed by SIGKILL" logged', async (t) => {
-  const d = await startRelockd({ args: ['--term-grace', '20'] });
+  const d = await startRelockd({ args: ['--term-grace', '20', ...LONG_GRACE_OK] });
   t.teardown(() => d.stop());
   const img = join(work, 'kill.raw');
   writeFileSync(img, '');
@@ -156,7 +160,7 @@ t.test('owners that drop their connection: SIGTERM first, then release; how they
     [{ exit: 3 }, 'exited with code 3'],
     ['default', 'killed by SIGTERM'],
   ] as const) {
-    const d = await startRelockd({ args: ['--term-grace', '20'] });
+    const d = await startRelockd({ args: ['--term-grace', '20', ...LONG_GRACE_OK] });
     const img = join(work, `drop-${how.replace(/ /g, '-')}.raw`);
     writeFileSync(img, '');
     const o = owner(d.socketPath, img, mode);
@@ -174,7 +178,7 @@ t.test('owners that drop their connection: SIGTERM first, then release; how they
 });
 
 t.test('a termination carried across a re-exec: the new image re-arms the watch', async (t) => {
-  const d = await startRelockd({ args: ['--term-grace', '30'] });
+  const d = await startRelockd({ args: ['--term-grace', '30', ...LONG_GRACE_OK] });
   t.teardown(() => d.stop());
   const img = join(work, 'reexec.raw');
   writeFileSync(img, '');

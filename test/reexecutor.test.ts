@@ -49,6 +49,8 @@ function fakeHost(dir: string): Fake {
     pidFile: null,
     startedAt: Date.now(),
     metrics: new DaemonMetrics(),
+    gate: { stuckKeys: () => [] },
+    health: { fdsToKeep: () => [], save: () => ({ watches: [], records: [] }) },
     settings: () => ({}),
     notify: (m) => host.notes.push(m.split('\n')[0]!),
     recordReexec: (r) => host.records.push(r),

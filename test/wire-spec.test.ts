@@ -123,7 +123,7 @@ t.test('an injected drift is caught', async (t) => {
     (s) => s.replace('struct admin_connect_set_daemon_timeout_args', 'struct admin_connect_set_daemon_timeout_ret { unsigned int old; };\nstruct admin_connect_set_daemon_timeout_args'),
     /SET_DAEMON_TIMEOUT.*reply is void/);
   expectCaught(ours, 'a procedure added to relockd_admin_protocol.x but not to the table',
-    (s) => s.replace('RELOCKD_ADMIN_PROC_GET_METRICS = 16', 'RELOCKD_ADMIN_PROC_GET_METRICS = 16,\n    RELOCKD_ADMIN_PROC_LIST_HEALTH = 20'), /LIST_HEALTH = 20 is in/);
+    (s) => s.replace('RELOCKD_ADMIN_PROC_GET_METRICS = 16', 'RELOCKD_ADMIN_PROC_GET_METRICS = 16,\n    RELOCKD_ADMIN_PROC_FROBNICATE = 40'), /FROBNICATE = 40 is in/);
   expectCaught(ours, 'two bools of the client struct swapped',
     (s) => s.replace('    bool restricted;\n    bool owner_connection;', '    bool owner_connection;\n    bool restricted;\n'), /table key|differs/, undefined);
 

@@ -23,6 +23,7 @@ import { cmdRun } from '../ctl/run.js';
 import { cmdStatus } from '../ctl/status.js';
 import { cmdTakeover } from '../ctl/takeover.js';
 import { cmdHandback } from '../ctl/handback.js';
+import { cmdHealth, cmdLibvirtKillpath, cmdReleaseLeases } from '../ctl/lockFailure.js';
 
 // ---- the command line ------------------------------------------------------------------------------------------
 
@@ -116,7 +117,27 @@ export function buildParser(argv: string[], onCommand: (h: Handler, a: unknown) 
           .option('systemctl', { type: 'string', default: 'systemctl', describe: 'systemctl to run daemon-reload with' }),
       (a) => onCommand(cmdHandback, { ...a, virtlockdArgs: ((a as Record<string, unknown>)['--'] as string[] | undefined)?.map(String) ?? [] }),
     )
-    .demandCommand(1, 'give a command: status, leases, clients, metrics, reexec, cleanup, run, takeover or handback')
+    .command('health', 'lock spaces on remote storage: healthy, failing, failed, recovering; owners being handled', {}, (a) => onCommand(cmdHealth, a))
+    .command(
+      'release-leases',
+      "for killpath programs: the owner is safe now, release its leases in the failed lock space",
+      (c) =>
+        c
+          .option('owner', { type: 'string', describe: 'PID, NAME or UUID (default: $RELOCKD_OWNER_PID)' })
+          .option('lockspace', { type: 'string', describe: "lock space ('' for the default one; default: $RELOCKD_LOCKSPACE)" }),
+      (a) => onCommand(cmdReleaseLeases, a),
+    )
+    .command(
+      'libvirt-killpath <event> [uuid]',
+      'the killpath program for libvirt (lock_failure_action = pause): fail suspends the domain and releases its leases, resume resumes it',
+      (c) =>
+        c
+          .positional('event', { type: 'string', choices: ['fail', 'resume'], demandOption: true })
+          .positional('uuid', { type: 'string', describe: 'domain uuid (default: $RELOCKD_OWNER_UUID)' })
+          .option('uri', { type: 'string', default: 'qemu:///system', describe: 'libvirt connection URI' }),
+      (a) => onCommand(cmdLibvirtKillpath, a),
+    )
+    .demandCommand(1, 'give a command: status, leases, clients, metrics, health, reexec, cleanup, run, takeover, handback, release-leases or libvirt-killpath')
     .version('version', 'show version', `relockctl (relockd) ${VERSION}`)
     .alias('version', 'V')
     .help('help')

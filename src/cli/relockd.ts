@@ -87,6 +87,10 @@ function checkArgs(args: CliArgs): void {
   const bounds = cliBoundsError(args);
   if (bounds) throw new UsageError(bounds);
   if (args.timeout !== undefined && !(Number.isInteger(args.timeout) && args.timeout >= 0 && args.timeout <= 2147483)) throw new UsageError('Invalid value for timeout');
+  for (const k of ['killGrace', 'lockspaceCheckInterval', 'lockspaceFailureTimeout', 'nfsLeaseTime'] as const) {
+    const v = args[k];
+    if (v !== undefined && !(v > 0)) throw new UsageError(`--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} takes a positive number of seconds`);
+  }
   for (const dir of args.lockspace ?? []) if (!dir.startsWith('/')) throw new UsageError(`--lockspace needs an absolute path: '${dir}'`);
 }
 

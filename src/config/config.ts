@@ -15,6 +15,8 @@ import type { Position, VirConfDocument, VirConfEntry, VirConfValue } from './vi
 import { describeError, validateWith } from './validate.js';
 import { parseMetricsListen } from '../metrics/listen.js';
 import type { AjvError } from './validate.js';
+import { DEFAULT_HEALTH } from '../health/options.js';
+import type { LockFailureAction } from '../health/options.js';
 
 export type ShutdownPolicy = 'drain' | 'kill-owners' | 'refuse';
 
@@ -47,6 +49,20 @@ export interface RelockdConfig {
   reexecQuiesceTimeout: number;
   /** metrics_listen: the HTTP metrics listener (ADDRESS:PORT or a socket path); null = none. */
   metricsListen: string | null;
+  /** lockspace_check_interval: seconds between probes of a watched lock space. */
+  lockspaceCheckInterval: number;
+  /** lockspace_failure_timeout: seconds without a good probe before a lock space is failed. */
+  lockspaceFailureTimeout: number;
+  /** lock_failure_action. */
+  lockFailureAction: LockFailureAction;
+  /** killpath = "/path/prog ARGS"; null = none. */
+  killpath: string | null;
+  /** kill_grace: seconds the killpath program has before SIGTERM/SIGKILL. */
+  killGrace: number;
+  /** nfs_lease_time: seconds, the NFSv4 lease time assumed when the mount does not say. */
+  nfsLeaseTime: number;
+  /** libvirt_uri: for the pause action. */
+  libvirtUri: string;
 }
 
 export const DEFAULT_CONFIG: Readonly<RelockdConfig> = Object.freeze({
@@ -65,6 +81,13 @@ export const DEFAULT_CONFIG: Readonly<RelockdConfig> = Object.freeze({
   storageConcurrency: 4,
   reexecQuiesceTimeout: 5,
   metricsListen: null,
+  lockspaceCheckInterval: DEFAULT_HEALTH.checkIntervalMs / 1000,
+  lockspaceFailureTimeout: DEFAULT_HEALTH.failureTimeoutMs / 1000,
+  lockFailureAction: DEFAULT_HEALTH.action,
+  killpath: null,
+  killGrace: DEFAULT_HEALTH.killGraceMs / 1000,
+  nfsLeaseTime: DEFAULT_HEALTH.nfsLeaseTimeMs / 1000,
+  libvirtUri: DEFAULT_HEALTH.libvirtUri,
 } satisfies RelockdConfig) as Readonly<RelockdConfig>;
 
 /** Config file key -> RelockdConfig field. Must list exactly the schema's properties (tested). */
@@ -83,6 +106,13 @@ export const CONFIG_KEYS = {
   storage_concurrency: 'storageConcurrency',
   reexec_quiesce_timeout: 'reexecQuiesceTimeout',
   metrics_listen: 'metricsListen',
+  lockspace_check_interval: 'lockspaceCheckInterval',
+  lockspace_failure_timeout: 'lockspaceFailureTimeout',
+  lock_failure_action: 'lockFailureAction',
+  killpath: 'killpath',
+  kill_grace: 'killGrace',
+  nfs_lease_time: 'nfsLeaseTime',
+  libvirt_uri: 'libvirtUri',
 } as const satisfies Record<string, keyof RelockdConfig>;
 
 export type ConfigKey = keyof typeof CONFIG_KEYS;

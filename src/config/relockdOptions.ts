@@ -34,6 +34,13 @@ export const RELOCKD_OPTIONS: Record<string, OptionSpec> = {
   'max-clients': { type: 'number', describe: 'connected clients at most on the main socket; more wait in the backlog (default 1024)' },
   'storage-inline': { type: 'string', choices: ['local', 'never'], describe: "lease calls on local filesystems run on the event loop ('local', default) or always on worker threads ('never')" },
   lockspace: { type: 'string', array: true, describe: 'directory lock space to create at start (repeatable)' },
+  'lock-failure-action': { type: 'string', choices: ['killpath', 'pause', 'terminate', 'ignore'], describe: 'what happens to owners of a lock space whose storage failed (default pause; docs/storage-failure.md)' },
+  killpath: { type: 'string', describe: 'program (and arguments) run for each owner of a failed lock space: "/path/prog ARGS"' },
+  'kill-grace': { type: 'number', describe: 'seconds the killpath program has before SIGTERM/SIGKILL (default 15)' },
+  'lockspace-check-interval': { type: 'number', describe: 'seconds between probes of a lock space on remote storage (default 10)' },
+  'lockspace-failure-timeout': { type: 'number', describe: 'seconds without a good probe before a lock space is failed (default 60)' },
+  'nfs-lease-time': { type: 'number', describe: "the NFS server's lease time in seconds when the mount does not say (default 90)" },
+  'libvirt-uri': { type: 'string', describe: 'libvirt URI for the pause action (default qemu:///system)' },
 };
 
 export interface CliArgs {
@@ -53,6 +60,13 @@ export interface CliArgs {
   lockspace?: string[];
   maxClients?: number;
   storageInline?: 'local' | 'never';
+  lockFailureAction?: 'killpath' | 'pause' | 'terminate' | 'ignore';
+  killpath?: string;
+  killGrace?: number;
+  lockspaceCheckInterval?: number;
+  lockspaceFailureTimeout?: number;
+  nfsLeaseTime?: number;
+  libvirtUri?: string;
 }
 
 const camel = (s: string) => s.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());

@@ -3,7 +3,8 @@
 
 import { display, parseDisplay, toBuffer, unicode } from '../byteString.js';
 import { AcquireFlags } from '../util/acquireFlags.js';
-import type { ResourceInfo } from '../protocol/relockdAdmin.js';
+import { dirname } from 'node:path';
+import type { HealthInfo, ResourceInfo } from '../protocol/relockdAdmin.js';
 import { Exit } from './command.js';
 import type { GlobalArgs } from './command.js';
 import { withAdmin } from './connection.js';
@@ -17,7 +18,8 @@ export interface LeasesArgs extends GlobalArgs {
 }
 
 export async function cmdLeases(a: LeasesArgs): Promise<number> {
-  let res = await withAdmin(a, (c) => c.resources(null));
+  const { all, health } = await withAdmin(a, async (c) => ({ all: await c.resources(null), health: await c.health().catch(() => [] as HealthInfo[]) }));
+  let res = all;
   // --lockspace may use the \xHH escapes the table shows.
   if (a.lockspace !== undefined) res = res.filter((r) => sameLockspace(parseDisplay(a.lockspace!), r.lockspace));
   if (a.owner !== undefined) {
@@ -27,18 +29,23 @@ export async function cmdLeases(a: LeasesArgs): Promise<number> {
       .filter((r) => r.owners.length > 0);
   }
   if (a.json) {
-    json(res.map((r) => ({ ...r, ...shownNames(r), mode: modeOf(r.flags), autocreate: (r.flags & AcquireFlags.AUTOCREATE) !== 0 })));
+    json(res.map((r) => ({ ...r, ...shownNames(r), mode: modeOf(r.flags), autocreate: (r.flags & AcquireFlags.AUTOCREATE) !== 0, health: healthOf(health, r)?.state ?? null })));
     return Exit.OK;
   }
   if (res.length === 0) {
     out('no leases held' + (a.lockspace !== undefined || a.owner !== undefined ? ' (matching the filter)' : ''));
     return Exit.OK;
   }
-  out(renderLeases(res));
+  out(renderLeases(res, Date.now(), health));
   return Exit.OK;
 }
 
-function renderLeases(res: ResourceInfo[], now = Date.now()): string {
+/** The health watch covering a lease, if its storage is watched. */
+function healthOf(health: HealthInfo[], r: ResourceInfo): HealthInfo | undefined {
+  return health.find((w) => (r.lockspace === '' ? w.lockspace === '' && w.dir === dirname(r.name) : w.lockspace === r.lockspace));
+}
+
+function renderLeases(res: ResourceInfo[], now = Date.now(), health: HealthInfo[] = []): string {
   const rows: string[][] = [];
   for (const r of res) {
     for (const o of r.owners) {
@@ -49,7 +56,7 @@ function renderLeases(res: ResourceInfo[], now = Date.now()): string {
         o.owner?.name ?? '?',
         String(o.pid),
         o.owner?.uuid ?? '-',
-        `${formatTime(r.since)} (${formatDuration(now - r.since)})${o.terminating ? ' [owner terminating]' : ''}`,
+        `${formatTime(r.since)} (${formatDuration(now - r.since)})${o.terminating ? ' [owner terminating]' : ''}${storageNote(health, r)}`,
       ]);
     }
   }
@@ -69,4 +76,10 @@ function shownNames(r: ResourceInfo): Record<string, string> {
     if (o[k] !== unicode(v)) o[`${k}Hex`] = toBuffer(v).toString('hex');
   }
   return o;
+}
+
+function storageNote(health: HealthInfo[], r: ResourceInfo): string {
+  const w = healthOf(health, r);
+  if (!w || w.state === 'healthy') return '';
+  return ` [lock space ${w.state}${w.lost.includes(r.name) ? ', LOCK LOST' : ''}]`;
 }

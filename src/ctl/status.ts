@@ -1,7 +1,8 @@
 // `relockctl status`: the daemon's info and its lock spaces, as a summary
 // for people or one JSON document.
 
-import type { DaemonInfo, LockspaceInfo } from '../protocol/relockdAdmin.js';
+import type { DaemonInfo, HealthInfo, LockspaceInfo } from '../protocol/relockdAdmin.js';
+import { renderHealth } from './lockFailure.js';
 import { Exit } from './command.js';
 import type { GlobalArgs } from './command.js';
 import { withAdmin } from './connection.js';
@@ -9,16 +10,21 @@ import { formatDuration, formatMs, formatTable, formatTime, lockspaceLabel } fro
 import { json, out } from './output.js';
 
 export async function cmdStatus(a: GlobalArgs): Promise<number> {
-  const { info, lockspaces } = await withAdmin(a, async (c) => ({ info: await c.daemonInfo(), lockspaces: await c.lockspaces() }));
+  const { info, lockspaces, health } = await withAdmin(a, async (c) => ({
+    info: await c.daemonInfo(),
+    lockspaces: await c.lockspaces(),
+    // An older relockd has no health procedure.
+    health: await c.health().catch(() => [] as HealthInfo[]),
+  }));
   if (a.json) {
-    json({ daemon: info, lockspaces });
+    json({ daemon: info, lockspaces, health });
     return Exit.OK;
   }
-  out(renderStatus(info, lockspaces));
+  out(renderStatus(info, lockspaces, Date.now(), health));
   return Exit.OK;
 }
 
-function renderStatus(info: DaemonInfo, lockspaces: LockspaceInfo[], now = Date.now()): string {
+function renderStatus(info: DaemonInfo, lockspaces: LockspaceInfo[], now = Date.now(), health: HealthInfo[] = []): string {
   const lines: string[] = [];
   const kv = (k: string, v: string) => lines.push(`${`${k}:`.padEnd(14)}${v}`);
   kv('relockd', `${info.version}, pid ${info.pid}, up ${formatDuration(info.uptimeMs)} (since ${formatTime(info.startedAt)}), boot: ${info.boot}`);
@@ -47,5 +53,8 @@ function renderStatus(info: DaemonInfo, lockspaces: LockspaceInfo[], now = Date.
   lines.push('');
   const rows = lockspaces.map((ls) => [lockspaceLabel(ls.dir), String(ls.resources), String(ls.leases)]);
   lines.push(formatTable(['LOCK SPACE', 'RESOURCES', 'LEASES'], rows).trimEnd());
+  const bad = health.filter((w) => w.state !== 'healthy');
+  if (bad.length) kv('STORAGE', `${bad.map((w) => `${w.dir} ${w.state.toUpperCase()}`).join('; ')} (see relockctl health)`);
+  if (health.length) lines.push('', renderHealth(health, now).trimEnd());
   return lines.join('\n') + '\n';
 }

@@ -4,6 +4,8 @@
 // trusted: keep every inherited fd, adopt what can be recognised). The
 // daemon (daemon.ts) chooses the path and implements BootHost.
 
+import type { HealthMonitor } from '../health/monitor.js';
+import { unverifiableFds } from '../services/healthWiring.js';
 import { existsSync, readFileSync, renameSync, unlinkSync } from 'node:fs';
 import type { Logger } from 'pino';
 import { decodeDocFile } from '../byteString.js';
@@ -39,6 +41,7 @@ export interface BootHost {
   readonly manager: LockManager;
   readonly lockService: Pick<LockService, 'restoreContext' | 'startTermination'>;
   readonly metrics: Pick<DaemonMetrics, 'restore'>;
+  readonly health: Pick<HealthMonitor, 'restore'>;
   readonly version: string;
   readonly stateFile: string;
   boot: BootKind;
@@ -131,6 +134,7 @@ export async function startFromState(d: BootHost, doc: StateDocument, requestedA
     adminSocketPath: d.opts.adminSocketPath,
     restoreLockContext: (conn, pd, proc) => d.lockService.restoreContext(conn.ctx as LockClient, pd, proc),
     openProcessHandle,
+    unverifiable: unverifiableFds(doc),
   });
   mark('adopted');
   if (report.pidFile) d.pidFile = PidFile.adopt(report.pidFile.path, report.pidFile.fd);
@@ -142,6 +146,7 @@ export async function startFromState(d: BootHost, doc: StateDocument, requestedA
     }
   }
   d.orphans = report.orphans;
+  if (doc.relockd?.health) d.health.restore(doc.relockd.health);
   d.history = doc.relockd?.history ?? [];
   d.metrics.restore(doc.relockd?.metrics);
   if (doc.relockd?.startedAt) d.startedAt = doc.relockd.startedAt;

@@ -24,6 +24,10 @@ import { takeActivation } from './activation.js';
 import type { PidFile } from './pidFile.js';
 import { readStateFile, startFresh, startFromState, startSafeMode } from './boot.js';
 import type { BootHost, BootKind } from './boot.js';
+import type { HealthMonitor } from '../health/monitor.js';
+import { createHealthMonitor } from '../services/healthWiring.js';
+import type { HealthHost } from '../services/healthWiring.js';
+import { FdGuard, guardedLocker } from '../health/probe.js';
 import type { DaemonLogger } from '../log.js';
 import type { ResolvedSettings } from './settings.js';
 import { safeModeRefusal, stoppingRefusal } from '../locks/errors.js';
@@ -40,12 +44,14 @@ import { codeCacheStatus, scheduleCodeCache } from './codeCache.js';
 import type { DaemonOptions, ShutdownPolicy } from './options.js';
 
 
-export class Daemon implements AdminHost, BootHost, ReexecHost, ReexecConfigHost {
+export class Daemon implements AdminHost, BootHost, HealthHost, ReexecHost, ReexecConfigHost {
   readonly manager: LockManager;
   readonly lockService: LockService;
   readonly lockServer: RpcServer<LockClient>;
   readonly gate: StorageGate;
   readonly classifier: StorageClassifier;
+  readonly health: HealthMonitor;
+  readonly probeGuard = new FdGuard();
   /** The admin server (libvirt's admin program and relockd's own). */
   adminServer: RpcServer<any> | null = null;
   /** The admin socket's service (see createAdminServer). */
@@ -87,6 +93,8 @@ export class Daemon implements AdminHost, BootHost, ReexecHost, ReexecConfigHost
     readonly log: Logger,
     locker: FileLocker = new NativeFileLocker(),
   ) {
+    // Releases wait for a health probe using the same fd (src/health/probe.ts).
+    locker = guardedLocker(locker, this.probeGuard);
     this.gate = new StorageGate({ timeoutMs: opts.storageTimeoutMs, perKeyConcurrency: opts.storagePerKeyConcurrency });
     this.classifier = new StorageClassifier(log, opts.storageInline);
     this.manager = new LockManager({ locker, gate: this.gate, log, classifier: this.classifier });
@@ -95,6 +103,7 @@ export class Daemon implements AdminHost, BootHost, ReexecHost, ReexecConfigHost
     instrument(this.metrics, this.manager, this.gate, this.classifier);
     this.lockService.onTerminated = (outcome) => this.metrics.terminations[outcome]++;
     this.createAdminServer();
+    this.health = createHealthMonitor(this);
   }
 
   /** The idle exit (--timeout, virt-admin daemon-timeout); null: never. */
@@ -142,12 +151,14 @@ export class Daemon implements AdminHost, BootHost, ReexecHost, ReexecConfigHost
         // We were exec'd by an old image but its document is gone: keep every inherited fd.
         await startSafeMode(this, [`state file ${this.stateFile} is missing after a re-exec`]);
       } else {
+        this.health.ensureRunner(); // before any client can take a lease (src/health/actionRunner.ts)
         await startFresh(this, activated);
       }
     }
     if (this.safeMode) this.manager.acquireRefusal = safeModeRefusal;
     await this.createConfiguredLockspaces();
     this.startTimers();
+    this.health.start();
     this.notify(`READY=1\nSTATUS=${this.statusLine()}`);
     // Counting fds walks /proc/self/fd (~20 ms with 10k leases): with many
     // leases that count waits until the clients queued behind it are answered.
@@ -230,6 +241,7 @@ export class Daemon implements AdminHost, BootHost, ReexecHost, ReexecConfigHost
     set('storageInline', o.storageInline);
     const metricsMoved = (cur.metricsListen ?? null) !== (o.metricsListen ?? null);
     set('metricsListen', o.metricsListen ?? null);
+    set('health', o.health);
     this.classifier.policy = cur.storageInline;
     this.lockServer.maxClients = cur.maxClients;
     if (this.adminServer) this.adminServer.maxClients = cur.adminMaxClients;
@@ -271,7 +283,8 @@ export class Daemon implements AdminHost, BootHost, ReexecHost, ReexecConfigHost
 
   statusLine(): string {
     const c = this.manager.counts();
-    return `${this.safeMode ? 'SAFE MODE; ' : ''}${this.stopping ? `stopping (${this.stopping}); ` : ''}${this.lockServer.clients.size} clients, ${c.resources} leases held in ${c.lockspaces} lockspaces`;
+    const health = this.health.statusSuffix();
+    return `${this.safeMode ? 'SAFE MODE; ' : ''}${this.stopping ? `stopping (${this.stopping}); ` : ''}${this.lockServer.clients.size} clients, ${c.resources} leases held in ${c.lockspaces} lockspaces${health ? `; ${health}` : ''}`;
   }
 
   /** sd_notify, when run under systemd (or a test acting as it). */

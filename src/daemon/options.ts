@@ -2,6 +2,7 @@
 // configuration by settings.ts): a leaf, so settings.ts and daemon.ts do not
 // import each other.
 
+import type { HealthOptions } from '../health/options.js';
 import type { InlinePolicy } from '../locks/storageClass.js';
 import type { TerminationOptions } from '../services/terminator.js';
 
@@ -30,6 +31,8 @@ export interface DaemonOptions {
   storageInline: InlinePolicy;
   /** HTTP metrics listener (an address:port or a UNIX socket path); null: none. */
   metricsListen?: string | null;
+  /** Lock-space health watch and lock-failure actions (src/health/). */
+  health: HealthOptions;
 }
 
 /**

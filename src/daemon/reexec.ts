@@ -11,6 +11,8 @@
 // the old image keeps serving, and the failure is reported. (virtlockd exits
 // here and every lock is lost.)
 
+import type { HealthMonitor } from '../health/monitor.js';
+import type { StorageGate } from '../locks/storageGate.js';
 import { closeSync, openSync, renameSync, unlinkSync, writeSync } from 'node:fs';
 import { dirname, basename, join } from 'node:path';
 import { constants } from 'node:os';
@@ -53,6 +55,8 @@ export interface ReexecHost {
   readonly pidFile: { readonly path: string; readonly fd: number } | null;
   readonly startedAt: number;
   readonly metrics: { save(): unknown };
+  readonly gate: Pick<StorageGate, 'stuckKeys'>;
+  readonly health: Pick<HealthMonitor, 'fdsToKeep' | 'save'>;
   /** Settings in force, recorded in the state document. */
   settings(): Record<string, unknown>;
   notify(msg: string): void;
@@ -153,6 +157,11 @@ export class Reexecutor {
     let written: string | null = null;
     try {
       await this.quiesce();
+      // execve first ends every other thread: one blocked in a close on a
+      // hung FUSE mount (FLUSH waits uninterruptibly) never ends, and the
+      // whole daemon would hang in execve with it (docs/storage-failure.md).
+      const stuck = d.gate.stuckKeys();
+      if (stuck.length) throw new ExecRefusal(`a storage call on ${stuck.join(', ')} has not returned: execve would wait for it; retry when the storage answers`, true);
 
       // ---- synchronous from here to execve --------------------------------
       for (const c of this.allClients()) if (!c.isClosed) detached.set(c, c.detachForExec());
@@ -165,7 +174,7 @@ export class Reexecutor {
       stdioCloexec = [0, 1, 2].map((fd) => safeGetCloexec(fd));
       for (const fd of [0, 1, 2]) native.setCloexec(fd, false);
       cleared.push(...keep);
-      native.fdInfo(Int32Array.from(keep), 0); // one call for every fd to keep
+      native.setCloexecAll(Int32Array.from(keep), false); // one call for every fd to keep; no fstat (a failed lock space's fds would block)
       d.notify(`RELOADING=1\nMONOTONIC_USEC=${process.hrtime.bigint() / 1000n}\nSTATUS=re-executing`);
       log.info({ fds: keep.length, stateFile: plan.stateFile, exec: plan.execPath, argv: plan.argv }, 're-exec: state written, executing');
       // A SIGUSR1 arriving now stays pending until the new image is ready for it.
@@ -176,7 +185,7 @@ export class Reexecutor {
     } catch (err) {
       // ---- failure before execve: undo everything, keep serving -------------
       native.sigmask('unblock', [constants.signals.SIGUSR1]);
-      if (cleared.length) native.fdInfo(Int32Array.from(cleared), 1);
+      if (cleared.length) native.setCloexecAll(Int32Array.from(cleared), true);
       stdioCloexec.forEach((on, fd) => trySetCloexec(fd, on));
       if (written) {
         try {
@@ -208,7 +217,7 @@ export class Reexecutor {
     return {
       stateFile: this.d.stateFile,
       text: JSON.stringify(doc),
-      keep: [...ext.fds.map((f) => f.fd), ...ext.resources.map((r) => r.fd), ...ext.orphans.map((f) => f.fd)],
+      keep: [...ext.fds.map((f) => f.fd), ...ext.resources.map((r) => r.fd), ...ext.orphans.map((f) => f.fd), ...this.d.health.fdsToKeep()],
       execPath: this.d.execPath,
       argv: this.d.originalArgv,
       env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
@@ -274,6 +283,7 @@ export class Reexecutor {
       startedAt: d.startedAt,
     });
     doc.relockd!.metrics = d.metrics.save() as unknown as Record<string, unknown>;
+    doc.relockd!.health = d.health.save();
     const live = this.replyTos.filter((r) => !r.conn.isClosed);
     if (live.length) doc.relockd!.pendingReplies = live.map((r) => ({ server: r.conn.service.name, clientId: r.conn.id, header: r.header }));
     return doc;

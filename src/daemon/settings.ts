@@ -13,6 +13,30 @@ import type { OutputSpec } from '../log.js';
 import type { DaemonOptions } from './options.js';
 import type { DaemonPaths } from '../util/paths.js';
 import { defaultTermination } from '../services/terminator.js';
+import { parseKillpath, timingProblems } from '../health/options.js';
+import type { HealthOptions } from '../health/options.js';
+
+/** Lock-space health and lock-failure settings: command line over configuration file. */
+function healthOptions(args: CliArgs, cfg: RelockdConfig): HealthOptions {
+  const killpath = args.killpath ?? cfg.killpath;
+  let argv: string[] | null = null;
+  if (killpath !== null && killpath !== undefined) {
+    try {
+      argv = parseKillpath(killpath);
+    } catch (err) {
+      throw new ConfigError([{ file: '', line: 0, column: 0, key: 'killpath', message: (err as Error).message }]);
+    }
+  }
+  return {
+    checkIntervalMs: (args.lockspaceCheckInterval ?? cfg.lockspaceCheckInterval) * 1000,
+    failureTimeoutMs: (args.lockspaceFailureTimeout ?? cfg.lockspaceFailureTimeout) * 1000,
+    action: args.lockFailureAction ?? cfg.lockFailureAction,
+    killpath: argv,
+    killGraceMs: (args.killGrace ?? cfg.killGrace) * 1000,
+    nfsLeaseTimeMs: (args.nfsLeaseTime ?? cfg.nfsLeaseTime) * 1000,
+    libvirtUri: args.libvirtUri ?? cfg.libvirtUri,
+  };
+}
 
 export interface ResolvedSettings {
   options: DaemonOptions;
@@ -62,7 +86,12 @@ export function resolveSettings(args: CliArgs, paths: DaemonPaths, env: NodeJS.P
   const loaded = loadConfig(configFile, { required: args.config !== undefined });
   const warnings = [...loaded.warnings];
   const cfg = applyEnv(loaded.config, env, warnings);
-  return fromConfig(args, paths, cfg, warnings, configFile, loaded.found, env, privileged);
+  const settings = fromConfig(args, paths, cfg, warnings, configFile, loaded.found, env, privileged);
+  // Checked here, not in fromConfig: a re-exec'd image whose configuration
+  // went bad runs with fromConfig's defaults and must never refuse to start.
+  const problems = timingProblems(settings.options.health, settings.options.termination.termGraceMs);
+  if (problems.length) throw new ConfigError(problems.map((message) => ({ file: configFile, line: 0, column: 0, message })));
+  return settings;
 }
 
 export function fromConfig(
@@ -93,7 +122,9 @@ export function fromConfig(
     lockspaces: args.lockspace ?? cfg.lockspaces,
     storageInline: args.storageInline ?? 'local',
     metricsListen: cfg.metricsListen,
+    health: healthOptions(args, cfg),
   };
+
   const cliLevel = args.logLevel as Level | undefined;
   const plan = loggingPlan(cfg, { defaultLevel: cliLevel ?? 'info', verbose: args.verbose });
   let outputs: OutputSpec[] = plan.outputs.map((o) => ({ level: o.level, kind: o.kind, ...(o.path ? { path: o.path } : {}), ...(o.ident ? { ident: o.ident } : {}) }));

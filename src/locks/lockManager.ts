@@ -87,6 +87,10 @@ export class LockManager {
   readonly spaces = new Map<string, LockSpace>();
   /** When set, new acquisitions are refused with this error (safe mode, draining). */
   acquireRefusal: (() => ProtocolError) | null = null;
+  /** Per lock space refusal of new acquisitions (a failed lock space, src/health/); null: allowed. */
+  acquireCheck: ((lockspace: string, storageKey: string) => ProtocolError | null) | null = null;
+  /** A lease held for this owner (re-acquired after a storage failure) that it may take back; true: granted. */
+  handover: ((lockspace: string, name: string, owner: Owner) => boolean) | null = null;
   private readonly mutex = new KeyedMutex();
   private readonly locker: FileLocker;
   private readonly gate: StorageGate;
@@ -190,6 +194,8 @@ export class LockManager {
     const ls = this.lookup(path);
     this.checkName(ls, name);
     if (this.acquireRefusal) throw this.acquireRefusal();
+    const refusal = this.acquireCheck?.(ls.dir, ls.storageKeyOf(name));
+    if (refusal) throw refusal;
     const shared = (flags & AcquireFlags.SHARED) !== 0;
     if (this.unqueued(ls, name) && this.classicCount === 0) {
       if (this.tryJoinHeld(ls, name, shared, owner)) return;
@@ -250,6 +256,7 @@ export class LockManager {
       this.ownerLog(owner).info({ lockspace: ls.dir, resource: name, shared, owners: held.owners.length }, 'lease acquired (shared)');
       return true;
     }
+    if (held.owners.includes(owner.pid) && this.handover?.(ls.dir, name, owner)) return true;
     this.ownerLog(owner).info({ lockspace: ls.dir, resource: name, shared }, 'lease refused: held by this daemon');
     throw errors.resourceLocked(name);
   }

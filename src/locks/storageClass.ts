@@ -26,6 +26,11 @@ const LOCAL_FS: ReadonlyMap<number, string> = new Map([
   [0xca451a4e, 'bcachefs'],
 ]);
 
+/** True for a statfs f_type of a filesystem that never waits on a network. */
+export function isLocalFsType(type: number): boolean {
+  return LOCAL_FS.has(type);
+}
+
 export type StorageMode = 'inline' | 'offload';
 
 /** 'local': classify by filesystem type; 'never': every call off-thread. */

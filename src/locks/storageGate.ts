@@ -53,6 +53,12 @@ export class StorageGate {
 
   constructor(public options: GateOptions) {}
 
+  /** No storage call running, overdue or queued anywhere (nothing holds or is about to hold an fd). */
+  idle(): boolean {
+    for (const s of this.keys.values()) if (s.running || s.overdue || s.releasing || s.queue.length || s.releaseQueue.length) return false;
+    return true;
+  }
+
   /** Keys with a call that overran its deadline and has not returned yet. */
   stuckKeys(): string[] {
     return [...this.keys].filter(([, s]) => s.overdue > 0).map(([k]) => k);

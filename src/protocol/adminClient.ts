@@ -6,7 +6,7 @@ import type { Codec } from '../rpc/program.js';
 import { ADMIN_PROGRAM, ADMIN_PROTOCOL_VERSION, adminRows as A } from './admin.js';
 import type { AdminClientRef, LoggingFiltersRet, LoggingOutputsRet, TypedParam } from './admin.js';
 import { RELOCKD_ADMIN_PROGRAM, RELOCKD_ADMIN_VERSION, relockdAdminRows as R } from './relockdAdmin.js';
-import type { ClientInfo, DaemonInfo, HandbackRefused, LockspaceInfo, ReexecResult, ResourceInfo } from './relockdAdmin.js';
+import type { ClientInfo, DaemonInfo, HandbackRefused, HealthInfo, LockspaceInfo, ReexecResult, ResourceInfo } from './relockdAdmin.js';
 
 /** What a client needs of a row: the number and both codecs (rpc/program.ts). */
 export interface CallableRow<A, R> {
@@ -160,5 +160,15 @@ export class AdminClient {
 
   close(): void {
     this.rpc.close();
+  }
+
+  /** Lock-space health watches. */
+  health(flags = 0): Promise<HealthInfo[]> {
+    return this.relockd(R.LIST_HEALTH, { flags });
+  }
+
+  /** Releases an owner's leases in a lock space after a lock failure (killpath programs). */
+  releaseOwnerLeases(pid: number, lockspace: string, flags = 0): Promise<number> {
+    return this.relockd(R.RELEASE_OWNER_LEASES, { pid, lockspace, flags });
   }
 }

@@ -24,6 +24,33 @@ const RELOCKD_ADMIN_STRING_MAX = 4194304;
 /** Bound on every list (the 32 MiB message limit comes first in practice). */
 const RELOCKD_ADMIN_LIST_MAX = 4_000_000;
 
+export interface HealthOwnerInfo {
+  owner: OwnerInfo;
+  action: string;
+  phase: string;
+  since: number;
+  resources: string[];
+  note: string | null;
+}
+
+export interface HealthInfo {
+  dir: string;
+  lockspace: string;
+  state: string;
+  since: number;
+  lastGood: number;
+  error: string | null;
+  lost: string[];
+  leaseTimeMs: number;
+  owners: HealthOwnerInfo[];
+}
+
+export interface ReleaseOwnerArgs {
+  pid: number;
+  lockspace: string;
+  flags: number;
+}
+
 // ---- types -------------------------------------------------------------------------
 
 export interface OwnerInfo {
@@ -264,8 +291,58 @@ const daemonInfo: Codec<DaemonInfo> = {
   }),
 };
 
+const healthOwner = {
+  encode: (w: XdrWriter, h: HealthOwnerInfo) => {
+    owner.encode(w, h.owner);
+    w.string(h.action).string(h.phase).i64(BigInt(Math.trunc(h.since)));
+    w.array(h.resources, (wr, x) => wr.byteString(x)); // resource names are bytes
+    wOptStr(w, h.note);
+  },
+  decode: (r: XdrReader): HealthOwnerInfo => ({
+    owner: owner.decode(r),
+    action: str(r),
+    phase: str(r),
+    since: num(r.i64()),
+    resources: r.array(RELOCKD_ADMIN_LIST_MAX, bytes),
+    note: optStr(r),
+  }),
+};
+
+const health = {
+  encode: (w: XdrWriter, h: HealthInfo) => {
+    w.byteString(h.dir).byteString(h.lockspace).string(h.state).i64(BigInt(Math.trunc(h.since))).i64(BigInt(Math.trunc(h.lastGood)));
+    wOptStr(w, h.error);
+    w.array(h.lost, (wr, x) => wr.byteString(x));
+    w.i32(h.leaseTimeMs);
+    w.array(h.owners, healthOwner.encode);
+  },
+  decode: (r: XdrReader): HealthInfo => ({
+    dir: bytes(r),
+    lockspace: bytes(r),
+    state: str(r),
+    since: num(r.i64()),
+    lastGood: num(r.i64()),
+    error: optStr(r),
+    lost: r.array(RELOCKD_ADMIN_LIST_MAX, bytes),
+    leaseTimeMs: r.i32(),
+    owners: r.array(RELOCKD_ADMIN_LIST_MAX, healthOwner.decode),
+  }),
+};
+
 export const relockdCodec = {
   flags: flagsCodec,
+  health: {
+    encode: (w: XdrWriter, v: HealthInfo[]) => w.array(v, health.encode),
+    decode: (r: XdrReader): HealthInfo[] => r.array(RELOCKD_ADMIN_LIST_MAX, health.decode),
+  },
+  releaseOwner: {
+    decode: (r: XdrReader): ReleaseOwnerArgs => ({ pid: r.u32(), lockspace: str(r), flags: r.u32() }),
+    encode: (w: XdrWriter, a: ReleaseOwnerArgs) => w.u32(a.pid).string(a.lockspace).u32(a.flags),
+  },
+  count: {
+    decode: (r: XdrReader): number => r.u32(),
+    encode: (w: XdrWriter, n: number) => w.u32(n),
+  },
   filter: {
     // A lock-space path (LIST_RESOURCES) or a server name: a byte string.
     decode: (r: XdrReader): FilterArgs => ({ filter: r.optional(bytes), flags: r.u32() }),
@@ -317,6 +394,10 @@ export interface RelockdAdminBackend {
   handback?: (caller: AdminContext, args: HandbackArgs) => Promise<HandbackRefused>;
   /** The Prometheus exposition text. */
   metrics?: () => Promise<string>;
+  /** Lock-space health watches (docs/storage-failure.md). */
+  health(): HealthInfo[];
+  /** A killpath program made this owner safe: release its leases in the lock space. */
+  releaseOwnerLeases(pid: number, lockspace: string): Promise<number>;
 }
 
 // ---- the table ------------------------------------------------------------------------------
@@ -374,6 +455,16 @@ export const relockdAdminRows = {
       if (!b.metrics) throw E.METRICS_UNSUPPORTED();
       return b.metrics();
     },
+  }),
+  LIST_HEALTH: row({
+    proc: 20, fn: fnName('ListHealth'), flagsMask: 0,
+    args: flagsCodec, ret: relockdCodec.health,
+    run: (b) => b.health(),
+  }),
+  RELEASE_OWNER_LEASES: row({
+    proc: 21, fn: fnName('ReleaseOwnerLeases'), flagsMask: 0,
+    args: relockdCodec.releaseOwner, ret: relockdCodec.count,
+    run: (b, _c, a) => b.releaseOwnerLeases(a.pid, a.lockspace),
   }),
 };
 

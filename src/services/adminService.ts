@@ -44,6 +44,8 @@ import type { LockClient, LockService } from './lockService.js';
 import { handback } from './handbackCall.js';
 import type { HandbackHost } from './handback.js';
 import type { MetricsHost } from './metrics.js';
+import { healthInfo } from './healthWiring.js';
+import type { HealthMonitor } from '../health/monitor.js';
 
 /** The log settings' view of the daemon: its logger and (when attached) its log outputs. */
 export interface LogHost {
@@ -66,6 +68,8 @@ export interface AdminHost extends LogHost, HandbackHost, MetricsHost {
   readonly configError: string | null;
   readonly lastReexec: ReexecRecord | undefined;
   /** virt-admin daemon-timeout: seconds without clients before the daemon exits; null: never. */
+  /** Lock-space health (LIST_HEALTH, RELEASE_OWNER_LEASES). */
+  readonly health: Pick<HealthMonitor, 'watches' | 'records' | 'releaseForOwner'>;
   setIdleTimeout(sec: number | null): void;
   reexec(trigger: string, replyTo?: { conn: ClientConnection<any>; header: Header }): Promise<{ ok: true; blackoutMs: number } | { ok: false; error: string; transient?: boolean }>;
 }
@@ -251,6 +255,8 @@ export class AdminService implements Service<AdminContext> {
       reexec: (caller) => this.reexec(caller as AdminConnState),
       handback: (caller, a) => handback(this.daemon, (caller as AdminConnState).conn, a),
       metrics: () => daemonMetricsText(this.daemon),
+      health: () => healthInfo(this.daemon),
+      releaseOwnerLeases: (pid, lockspace) => this.daemon.health.releaseForOwner(pid, lockspace),
     };
     this.programs = [adminProgram(libvirt), relockdAdminProgram(ours)];
   }

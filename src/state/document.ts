@@ -122,6 +122,8 @@ export interface RelockdExtension {
   metrics?: Record<string, unknown>;
   /** The locked pid file, kept open across the exec so its lock never lapses. */
   pidFile?: { path: string; fd: number };
+  /** Lock-space health watches and per-owner lock-failure handling (src/health/monitor.ts). */
+  health?: import('../health/monitor.js').HealthDocument;
   /** Calls the old image took whose reply the new image sends (admin re-exec). */
   pendingReplies?: PendingReply[];
 }

@@ -23,6 +23,12 @@ export interface RestoreTarget {
   adminSocketPath: string | null;
   restoreLockContext(conn: ClientConnection<any>, d: LockPrivateData, process: ProcessHandle | null): void;
   openProcessHandle(pid: number, sockFd: number): ProcessHandle | null;
+  /**
+   * Lease fds on storage that failed (src/health/): fstat would block until
+   * the server answers, so their recorded identity is trusted (execve keeps
+   * the fd table as it was; the old image wrote the record moments ago).
+   */
+  unverifiable?: ReadonlySet<number>;
 }
 
 export interface RestoreReport {
@@ -185,7 +191,14 @@ function restoreLockSpaces(run: RestoreRun): void {
   const extraByFd = new Map((ext?.resources ?? []).map((r) => [r.fd, r]));
   // Names in the document are text with non-UTF-8 bytes as \udcXX (byteString.ts).
   const spaces = [{ dir: '', st: doc.defaultLockspace }, ...doc.lockspaces.map((l) => ({ dir: fromDocText(l.directory!), st: l }))];
-  const leaseStats = statAll(spaces.flatMap(({ st }) => st.resources.map((r) => r.fd)));
+  const skip = run.target.unverifiable ?? new Set<number>();
+  const leaseStats = statAll(spaces.flatMap(({ st }) => st.resources.map((r) => r.fd)).filter((fd) => !skip.has(fd)));
+  for (const fd of skip) {
+    const want = run.recorded.get(fd);
+    if (!want || want.kind !== 'resource') continue;
+    native.setCloexec(fd, true);
+    leaseStats.set(fd, { dev: Number(want.dev), ino: Number(want.ino), mode: REG });
+  }
   for (const { dir, st } of spaces) {
     const ls = run.target.manager.adoptLockSpace(dir);
     if (dir) run.report.lockspaces++;

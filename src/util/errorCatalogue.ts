@@ -162,6 +162,20 @@ export const E = {
   NO_SUCH_LOCKSPACE: report(INVALID_ARG, D.ADMIN, "relockd has no lock space '{dir}'", 'relockd: LIST_RESOURCES for an unknown lock space'),
   REEXEC_UNSUPPORTED: report(NO_SUPPORT, D.ADMIN, 're-exec is not available in this relockd build', 'relockd: REEXEC or HANDBACK where the build cannot re-exec'),
   METRICS_UNSUPPORTED: report(NO_SUPPORT, D.ADMIN, 'metrics are not available in this relockd build', 'relockd: GET_METRICS without metrics'),
+  NOT_MADE_SAFE: report(
+    OPERATION_INVALID,
+    D.ADMIN,
+    "owner pid {pid} has no lock-failure action in progress in lock space '{lockspace}'; relockd releases leases only of owners it asked to be made safe",
+    'relockd: RELEASE_OWNER_LEASES for an owner relockd did not ask to be made safe (health/monitor.ts)',
+  ),
+
+  // ---- lock-space health (health/monitor.ts) ----
+  LOCKSPACE_FAILED: report(
+    OPERATION_INVALID,
+    D.LOCKSPACE,
+    "lock space '{dir}' has failed (storage not answering since {since}{error}); no new leases until it recovers",
+    'ACQUIRE in a lock space whose storage health watch is failed',
+  ),
 } as const;
 
 export type ErrorName = keyof typeof E;

@@ -75,7 +75,8 @@ fi
 
 # The runner's own limit (--time-limit) stops and cleans up; timeout(1) is the
 # backstop for a runner that hangs in its cleanup (then the teardown above).
-timeout -k 30 "${RELOCKD_NFS_CI_TIMEOUT:-960}" node --import=@tapjs/typescript/import test/nfs/crosshost.ts --lab-dir="$lab" --time-limit=900 "$@" 2>&1 | tee "$log"
+# RELOCKD_NFS_CI_SUITE: another runner with the same --lab-dir/--time-limit contract (test/nfs/lockloss.ts).
+timeout -k 30 "${RELOCKD_NFS_CI_TIMEOUT:-960}" node --import=@tapjs/typescript/import "${RELOCKD_NFS_CI_SUITE:-test/nfs/crosshost.ts}" --lab-dir="$lab" --time-limit="${RELOCKD_NFS_CI_LIMIT:-900}" "$@" 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 summary=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$log" | tail -1)
 npass=$(sed -nE 's/^([0-9]+) passed.*/\1/p' <<<"$summary"); nfail=$(sed -nE 's/.* ([0-9]+) failed$/\1/p' <<<"$summary")

@@ -214,6 +214,25 @@ const relockdCases: ProgramCases = {
       ret: { transient: true, error: 'a client is not registered', warnings: ['lock space /srv/x is not configured in virtlockd'] },
     },
     { proc: 16, name: 'GET_METRICS', args: { flags: 0 }, ret: '# TYPE relockd_leases gauge\nrelockd_leases 4\n' },
+    {
+      proc: 20,
+      name: 'LIST_HEALTH',
+      args: { flags: 0 },
+      ret: [
+        {
+          dir: '/srv/nfs/lockd',
+          lockspace: '/srv/nfs/lockd',
+          state: 'failed',
+          since: 1733500000000,
+          lastGood: 1733499940000,
+          error: 'storage did not answer within 30 s',
+          lost: [],
+          leaseTimeMs: 90000,
+          owners: [{ owner, action: 'pause', phase: 'released', since: 1733500000100, resources: [resName], note: null }],
+        },
+      ],
+    },
+    { proc: 21, name: 'RELEASE_OWNER_LEASES', args: { pid: 4242, lockspace: '/srv/nfs/lockd', flags: 0 }, ret: 1 },
   ],
   error: {
     proc: 3,
