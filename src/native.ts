@@ -118,6 +118,8 @@ interface Binding {
   peerPidfd(sockfd: number): number;
   execve(path: string, argv: readonly string[], env: readonly string[]): never;
   sdNotify(socketPath: string, message: string): void;
+  sdNotifyFds(socketPath: string, message: string, fds: Int32Array): void;
+  memfdCreate(name: string): number;
   sigmask(how: 'block' | 'unblock', signals: readonly number[]): void;
   sigpending(): number[];
   pidfdOpen(pid: number): number;
@@ -243,6 +245,16 @@ export function execve(file: string, argv: readonly string[], env: readonly stri
  */
 export function sdNotify(socketPath: string, message: string): void {
   native.sdNotify(socketPath, message);
+}
+
+/** sd_notify with `fds` attached (SCM_RIGHTS): systemd's fd store (FDSTORE=1). Non-blocking. */
+export function sdNotifyFds(socketPath: string, message: string, fds: readonly number[]): void {
+  native.sdNotifyFds(socketPath, message, Int32Array.from(fds));
+}
+
+/** memfd_create(name, MFD_CLOEXEC): an anonymous in-memory file. */
+export function memfdCreate(name: string): number {
+  return native.memfdCreate(name);
 }
 
 /**

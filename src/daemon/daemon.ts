@@ -42,6 +42,8 @@ import { MetricsListener } from './metrics.js';
 import { checkConfigBeforeReexec } from './reexecConfig.js';
 import { codeCacheStatus, scheduleCodeCache } from './codeCache.js';
 import { lazyRequire } from '../lazyRequire.js';
+import { CrashStore } from './crashStore.js';
+import type { ClientConnection } from '../rpc/connection.js';
 
 export interface DaemonOptions {
   socketPath: string;
@@ -120,6 +122,8 @@ export class Daemon {
   /** Set once a stop was accepted (draining or exiting). */
   stopping: ShutdownPolicy | null = null;
   private readonly reexecutor = new Reexecutor(this);
+  /** systemd's fd store, when the unit has one (daemon/crashStore.ts); null: a crash drops every lock. */
+  readonly crashStore: CrashStore | null;
   /** Running totals for Prometheus (src/metrics/); carried across re-execs. */
   readonly metrics = new DaemonMetrics();
   /** Lock-space health for the metrics; null: what the storage gate knows (daemon/metrics.ts). */
@@ -142,6 +146,7 @@ export class Daemon {
     instrument(this.metrics, this.manager, this.gate, this.classifier);
     this.lockService.onTerminated = (outcome) => this.metrics.terminations[outcome]++;
     this.createAdminServer();
+    this.crashStore = CrashStore.create(this, log);
   }
 
   get stateFile(): string {
@@ -183,12 +188,15 @@ export class Daemon {
       if (ours) {
         // We were exec'd by an old image but its document is gone: keep every inherited fd.
         await this.startSafeMode([`state file ${this.stateFile} is missing after a re-exec`]);
+      } else if (this.crashStore?.hasStoredState) {
+        await this.crashStore.recover(activated, { startFromState: (d) => this.startFromState(d, null), startSafeMode: (p) => this.startSafeMode(p), keepOrphan: (fd) => this.orphans.push({ fd, kind: 'resource', dev: '0', ino: '0' }) });
       } else {
         await this.startFresh(activated);
       }
     }
     if (this.safeMode) this.manager.acquireRefusal = safeModeRefusal;
     await this.createConfiguredLockspaces();
+    this.crashStore?.install();
     this.startTimers();
     this.notify(`READY=1\nSTATUS=${this.statusLine()}`);
     // Counting fds walks /proc/self/fd (~20 ms with 10k leases): with many
@@ -500,7 +508,13 @@ export class Daemon {
     // A handback execs virtlockd, which does not read relockd's settings.
     const refused = target ? null : checkConfigBeforeReexec(this, trigger);
     if (refused) return Promise.resolve(refused);
+    if (target && this.crashStore) return this.crashStore.handback(target, (t) => this.reexecutor.run(trigger, replyTo, t));
     return this.reexecutor.run(trigger, replyTo, target);
+  }
+
+  /** The state document of this moment (the fd store keeps it current). */
+  stateSnapshot(trigger: string, bytes: Map<ClientConnection<any>, { pending: Buffer; unsent: Buffer }>): StateDocument {
+    return this.reexecutor.snapshot(trigger, process.hrtime.bigint(), bytes);
   }
 
   get reexecInProgress(): boolean {

@@ -37,6 +37,8 @@ export interface LockProgramDeps {
   manager: LockManager;
   /** Called after a successful REGISTER (the daemon tracks owner identity). */
   onRegister?(state: LockClientState, owner: Owner): void;
+  /** Called after a successful RESTRICT. */
+  onRestrict?(state: LockClientState): void;
 }
 
 // ---- argument types and codecs -------------------------------------------
@@ -143,8 +145,9 @@ const rows: Array<Row<any>> = [
   {
     proc: Proc.RESTRICT, name: 'RESTRICT', fn: fnName('Restrict'), flagsMask: 0, registered: true,
     decode: codec.flags.decode,
-    run: (_deps, st) => {
+    run: (deps, st) => {
       st.restricted = true;
+      deps.onRestrict?.(st);
     },
   },
   {
