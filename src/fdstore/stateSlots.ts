@@ -64,6 +64,8 @@ export class StateSlots {
   readonly fds: [number, number];
   private seq: number;
   private current = -1;
+  /** Bytes in each memfd (a shorter document leaves the old tail, after its end). */
+  private readonly sizes = [0, 0];
 
   constructor(fds?: [number, number], lastSeq = 0) {
     this.fds = fds ?? [native.memfdCreate('relockd-state0'), native.memfdCreate('relockd-state1')];
@@ -79,7 +81,11 @@ export class StateSlots {
     const buf = Buffer.concat([Buffer.from(header(this.seq, body.length, Date.now()), 'latin1'), body]);
     let off = 0;
     while (off < buf.length) off += writeSync(fd, buf, off, buf.length - off, off);
-    ftruncateSync(fd, buf.length);
+    // The header says where the document ends; give memory back only when it shrank a lot.
+    if (this.sizes[slot]! > 2 * buf.length + 65536) {
+      ftruncateSync(fd, buf.length);
+      this.sizes[slot] = buf.length;
+    } else this.sizes[slot] = Math.max(this.sizes[slot]!, buf.length);
     this.current = slot;
     return buf.length;
   }
