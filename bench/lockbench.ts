@@ -30,7 +30,7 @@ import { packageRoot } from '../src/packageRoot.js';
 import { startVirtlockd, virtlockdAvailable, virtlockdUnavailableReason } from '../test/lib/virtlockd.js';
 import type { FromWorker, Scenario, SetupMsg, ToWorker, WindowResult } from './worker.js';
 import { Generator } from './generator.js';
-import { FdStoreEmulator } from './fdstoreEmulator.js';
+import { FdStoreEmulator } from '../test/lib/fdstoreEmulator.js';
 import { fmtMb, procMem } from './procmem.js';
 import type { ProcMem } from './procmem.js';
 

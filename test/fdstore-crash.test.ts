@@ -13,7 +13,8 @@
 
 import t from 'tap';
 import { spawn, spawnSync } from 'node:child_process';
-import type { ChildProcessWithoutNullStreams } from 'node:child_process';
+import type { ChildProcessByStdio } from 'node:child_process';
+import type { Readable, Writable } from 'node:stream';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { homedir } from 'node:os';
@@ -35,7 +36,7 @@ class LabClient {
   private waiters: Array<() => void> = [];
   pid = 0;
   private seq = 0;
-  constructor(readonly name: string, readonly child: ChildProcessWithoutNullStreams) {
+  constructor(readonly name: string, readonly child: ChildProcessByStdio<Writable, Readable, null>) {
     createInterface({ input: child.stdout }).on('line', (l) => {
       try {
         this.lines.push(JSON.parse(l));

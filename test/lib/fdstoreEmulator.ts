@@ -1,4 +1,4 @@
-// systemd's side of the fd store, for the bench (no systemd as PID 1 here):
+// systemd's side of the fd store, for the bench and tests (no systemd as PID 1 needed):
 // a python3 process on an AF_UNIX datagram socket that does what PID 1 does
 // with each message: FDSTORE=1 keeps the passed fds under their FDNAME,
 // FDSTOREREMOVE=1 closes every fd of that name. It counts what it got.
@@ -18,7 +18,7 @@ while True:
     r, _, _ = select.select([s, sys.stdin], [], [])
     if sys.stdin in r:
         sys.stdin.readline()
-        print(json.dumps({**counts, 'held': sum(len(v) for v in store.values())}), flush=True)
+        print(json.dumps({**counts, 'held': sum(len(v) for v in store.values()), 'names': sorted(store)}), flush=True)
         continue
     data, anc, flags, addr = s.recvmsg(4096, socket.CMSG_SPACE(253 * 4))
     fds = []
@@ -56,7 +56,7 @@ export class FdStoreEmulator {
   }
 
   /** What it received so far. */
-  counts(): Promise<{ stored: number; removed: number; other: number; held: number }> {
+  counts(): Promise<{ stored: number; removed: number; other: number; held: number; names: string[] }> {
     return new Promise((resolve) => {
       this.child.stdout.once('data', (d: Buffer) => resolve(JSON.parse(d.toString().trim().split('\n').pop()!)));
       this.child.stdin.write('\n');
