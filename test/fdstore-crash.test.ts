@@ -250,5 +250,25 @@ function main(): void {
     const lsOut = relockctl(['leases', '--json']);
     const count = (JSON.stringify(lsOut.json).match(/burst\d+\.img/g) ?? []).length;
     t.ok(count >= burstFiles.length, `relockctl leases lists the burst leases (${count})`);
+
+    // ---- an unreadable stored state: safe mode, every stored fd kept ----------------
+    const pid3 = show('MainPID');
+    // Overwrite both state memfds through /proc (root can), then crash.
+    const mem = inLab(['bash', '-c', `for f in /proc/${pid3}/fd/*; do case "$(readlink $f)" in /memfd:relockd-state*) printf 'garbage' > $f;; esac; done; ls -l /proc/${pid3}/fd | grep -c memfd:relockd-state`]);
+    t.equal(mem.out.trim(), '2', 'both stored state documents overwritten');
+    hammer = await Hammer.start([...held, ...burstFiles]);
+    t.equal(killRelockd(pid3).code, 0, `kill -9 relockd (${pid3}) with its stored state unreadable`);
+    const back3 = await restarted(pid3);
+    await sleep(500);
+    const h3 = await hammer.stop();
+    hammer = null;
+    t.same(h3.wins, {}, `the hammer never won (${h3.attempts} attempts)`);
+    t.match(log(), /SAFE MODE/, 'relockd is in safe mode');
+    const st3 = relockctl(['status']);
+    t.match(st3.out, /SAFE MODE/, `relockctl status says safe mode (pid ${back3.pid})`);
+    const refused = await mgr.call({ op: 'acquire', name: files[7] });
+    t.notOk(refused.ok, `new acquisitions are refused in safe mode (${refused.err})`);
+    const stillHeld = [...held, ...burstFiles].filter((f) => probeOne(f) === 'held').length;
+    t.equal(stillHeld, held.length + burstFiles.length, 'every lease is still held (every stored fd kept)');
   });
 }
