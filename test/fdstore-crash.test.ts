@@ -228,6 +228,17 @@ function main(): void {
     t.match(st.out, /CRASH:\s+recovered from a crash of relockd .* it was down \d/, 'relockctl status says it recovered from a crash and how long it was down');
     t.equal(readFileSync(pidFile, 'utf8').trim(), back.pid, 'the pid file names the new pid (its lock kept by the store)');
 
+    // What systemd holds: each lease, each connection, the two listeners, the pid file, two state memfds.
+    await sleep(300);
+    const expected = held.length + 3 + 2 + 1 + 2;
+    t.equal(Number(show('NFileDescriptorStore')), expected, `systemd's fd store holds exactly ${expected} fds (no leftover of the crash, no duplicate)`);
+    // A live re-exec (systemctl reload) under the store: same pid, no duplicate in the store.
+    t.equal(inLab(['systemctl', 'reload', UNIT]).code, 0, 'systemctl reload (re-exec)');
+    await sleep(2500);
+    t.equal(show('MainPID'), back.pid, 'same pid after the reload');
+    t.equal(Number(show('NFileDescriptorStore')), expected, 'the store still holds exactly those fds after the re-exec');
+    for (const q of qemu) t.ok((await q.call({ op: 'ping' })).ok, `${q.name} served after the re-exec`);
+
     // ---- a SIGKILL in the middle of a burst of acquisitions -------------------
     const burster = await client('burst');
     t.ok((await burster.call({ op: 'register', pid: 888888, ownerName: 'burst' })).ok, 'burst client registers');
