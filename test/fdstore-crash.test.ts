@@ -99,7 +99,7 @@ function main(): void {
       // The same fd-store settings as units/relockd.service.
       `FileDescriptorStoreMax=4096\nEnvironment=FDSTORE=4096\n` +
       `ExecStart=${process.execPath} ${NODE_FLAGS.join(' ')} ${join(APP, 'bin', 'relockd.cjs')} --runtime-dir=${run} --pid-file=${pidFile} --log-level=info\n` +
-      `Restart=on-failure\nRestartSec=300ms\nKillMode=process\nSendSIGKILL=no\nStandardOutput=append:${state}/daemon.log\nStandardError=inherit\n`,
+      `ExecReload=/bin/kill -USR1 $MAINPID\nRestart=on-failure\nRestartSec=300ms\nKillMode=process\nSendSIGKILL=no\nStandardOutput=append:${state}/daemon.log\nStandardError=inherit\n`,
   );
   const files = Array.from({ length: 8 }, (_, i) => join(leases, `disk${i}.img`));
   const burstFiles = Array.from({ length: 40 }, (_, i) => join(leases, `burst${i}.img`));
@@ -152,7 +152,8 @@ function main(): void {
       if (pid !== '0' && pid !== old && show('ActiveState') === 'active' && show('SubState') === 'running') return { pid, ms: Date.now() - t0 };
       await sleep(100);
     }
-    throw new Error(`relockd did not come back; log:\n${log().slice(-3000)}`);
+    const st = inLab(['systemctl', 'status', UNIT, '--no-pager']).out;
+    throw new Error(`relockd did not come back (NRestarts ${show('NRestarts')}, Result ${show('Result')}):\n${st}\nlog:\n${log().slice(-3000)}`);
   };
   const killRelockd = (pid: string, alsoKill: number[] = []) => inLab(['kill', '-KILL', pid, ...alsoKill.map(String)]);
 
@@ -276,7 +277,7 @@ function main(): void {
     t.equal(mem.out.trim(), '2', 'both stored state documents overwritten');
     hammer = await Hammer.start([...held, ...burstFiles]);
     t.equal(killRelockd(pid3).code, 0, `kill -9 relockd (${pid3}) with its stored state unreadable`);
-    const back3 = await restarted(pid3);
+    const back3 = await restarted(pid3, 120_000);
     await sleep(500);
     const h3 = await hammer.stop();
     hammer = null;
