@@ -389,15 +389,10 @@ socklen_t NotifyAddr(Napi::Env env, const std::string& path, struct sockaddr_un*
 
 // One datagram, with `fds` attached as SCM_RIGHTS when there are any (the fd
 // store: FDSTORE=1). Node has no AF_UNIX datagram sockets, let alone fd passing.
-// The fd store sends one datagram per lease taken or released: the sending
-// socket is kept open (close-on-exec) instead of made per message.
-int notifySock = -1;
-
 void SendNotify(Napi::Env env, const std::string& path, const std::string& msg, const int* fds, size_t nfds) {
   struct sockaddr_un sa;
   socklen_t salen = NotifyAddr(env, path, &sa);
-  if (notifySock < 0) notifySock = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  int s = notifySock;
+  int s = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
   if (s < 0) throw SysError(env, errno, "socket");
   struct iovec iov = {const_cast<char*>(msg.data()), msg.size()};
   struct msghdr mh;
@@ -419,7 +414,10 @@ void SendNotify(Napi::Env env, const std::string& path, const std::string& msg, 
   }
   // MSG_DONTWAIT: a stuck receiver gives EAGAIN instead of blocking the loop.
   ssize_t n = sendmsg(s, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
-  if (n < 0) throw SysError(env, errno, "sendmsg");
+  int err = errno;
+  close(s);
+  // sendmsg with no fds is what sendto was: keep the name callers and tests know.
+  if (n < 0) throw SysError(env, err, nfds > 0 ? "sendmsg" : "sendto");
 }
 
 void SdNotify(const Napi::CallbackInfo& info) {
