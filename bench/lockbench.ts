@@ -30,6 +30,7 @@ import { packageRoot } from '../src/packageRoot.js';
 import { startVirtlockd, virtlockdAvailable, virtlockdUnavailableReason } from '../test/lib/virtlockd.js';
 import type { FromWorker, Scenario, SetupMsg, ToWorker, WindowResult } from './worker.js';
 import { Generator } from './generator.js';
+import { FdStoreEmulator } from '../test/lib/fdstoreEmulator.js';
 import { fmtMb, procMem } from './procmem.js';
 import type { ProcMem } from './procmem.js';
 import { fmt1, median, table } from './stats.js';
@@ -53,6 +54,8 @@ const USAGE = `usage: node dist/bench/lockbench.js [options]
   --log-level L       relockd's --log-level (default warn)
   --no-info           skip the extra relockd run at its default level 'info'
   --info-clients N    client count of the 'info' comparison (default: largest of --clients)
+  --fdstore           also measure relockd with systemd's fd store on ('relockd+fdstore': its
+                      NOTIFY_SOCKET is bench/fdstoreEmulator.ts, which keeps fds as PID 1 does)
   --alt PATH          also measure another relockd build (PATH = its bin/relockd.cjs, with
                       its dist/ and build/ beside it) as 'relockd-alt', interleaved with the
                       others: for judging an optimisation under the same noise
@@ -83,6 +86,8 @@ interface Opts {
   perf?: string;
   nodeFlags: string[];
   alt?: string;
+  /** Also relockd with the fd store on (bench/fdstoreEmulator.ts as systemd). */
+  fdstore: boolean;
   ownerExits: number;
   json: boolean;
 }
@@ -104,6 +109,7 @@ function parseOpts(): Opts {
       perf: { type: 'string' },
       'node-flags': { type: 'string', default: '' },
       alt: { type: 'string' },
+      fdstore: { type: 'boolean', default: false },
       'owner-exits': { type: 'string', default: '20' },
       json: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
@@ -140,6 +146,7 @@ function parseOpts(): Opts {
     cpuProf: values['cpu-prof'],
     perf: values.perf,
     alt: values.alt ? resolvePath(values.alt) : undefined,
+    fdstore: values.fdstore!,
     nodeFlags: values['node-flags']!.split(/\s+/).filter(Boolean),
     ownerExits: Math.floor(num(values['owner-exits']!, '--owner-exits', 0)),
     json: values.json!,
@@ -174,7 +181,7 @@ interface Daemon {
  * the daemon for CPU and grow a string without bound. The file is opened
  * O_APPEND and truncated after every window, so it stays small.
  */
-async function startRelockdForBench(dir: string, label: string, logLevel: string, nodeFlags: readonly string[], bin = RELOCKD_BIN): Promise<Daemon> {
+async function startRelockdForBench(dir: string, label: string, logLevel: string, nodeFlags: readonly string[], bin = RELOCKD_BIN, env: NodeJS.ProcessEnv = {}): Promise<Daemon> {
   mkdirSync(dir, { recursive: true });
   const socketPath = join(dir, 'relockd.sock');
   const logPath = join(dir, 'relockd.log');
@@ -182,7 +189,7 @@ async function startRelockdForBench(dir: string, label: string, logLevel: string
   const child = spawn(
     '/usr/bin/env',
     [...ENV_PREFIX, process.execPath, ...nodeFlags, bin, '--runtime-dir', dir, '--socket', socketPath, '--log-level', logLevel],
-    { stdio: ['ignore', logFd, logFd], env: cleanEnv(), cwd: dir },
+    { stdio: ['ignore', logFd, logFd], env: cleanEnv(env), cwd: dir },
   );
   let dead = false;
   let demoted = 0;
@@ -324,6 +331,7 @@ async function main(): Promise<void> {
   const root = mkdtempSync(join(tmpdir(), 'lockbench-'));
   const daemons: Daemon[] = [];
   let gen: Gen | null = null;
+  let fdstore: FdStoreEmulator | null = null;
   let cleaning: Promise<void> | null = null;
   let stopPerf = async (): Promise<void> => {};
   const cleanup = () =>
@@ -331,6 +339,7 @@ async function main(): Promise<void> {
       await stopPerf().catch(() => {});
       if (gen) await gen.stop().catch(() => {});
       for (const d of daemons) await d.stop().catch((e: Error) => err(`stopping ${d.label}: ${e.message}`));
+      fdstore?.stop();
       rmSync(root, { recursive: true, force: true });
     })());
   const onSignal = (sig: NodeJS.Signals) => {
@@ -354,6 +363,10 @@ async function main(): Promise<void> {
     };
     if (opts.targets.includes('relockd')) {
       daemons.push(await startRelockdForBench(join(root, 'relockd'), 'relockd', opts.logLevel, flagsFor('relockd')));
+    }
+    if (opts.fdstore) {
+      fdstore = await FdStoreEmulator.start(join(root, 'fdstore.sock'));
+      daemons.push(await startRelockdForBench(join(root, 'relockd-fdstore'), 'relockd+fdstore', opts.logLevel, flagsFor('relockd'), RELOCKD_BIN, { NOTIFY_SOCKET: fdstore.path, FDSTORE: '65536' }));
     }
     if (opts.alt) daemons.push(await startRelockdForBench(join(root, 'relockd-alt'), 'relockd-alt', opts.logLevel, flagsFor('relockd-alt'), opts.alt));
     if (opts.targets.includes('virtlockd')) {
@@ -466,6 +479,12 @@ async function main(): Promise<void> {
       if (n) out(`note: ${d.label} logged ${n} "slow storage call" warning(s): an inline call took > 50 ms (preempted on a loaded host?) and that directory's calls ran on worker threads afterwards (off-main CPU); its later cells of that directory measure the off-thread path`);
     }
     reportIssueFigures(cells, daemons, opts, clk, out);
+    if (fdstore) {
+      // systemd's share (PID 1 handles one datagram per stored or removed fd) is not in relockd's CPU.
+      const c = await fdstore.counts();
+      const ticks = readFileSync(`/proc/${fdstore.pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+      out(`fd store (emulated systemd): ${c.stored} fds stored, ${c.removed} removals, ${c.held} held at the end; emulator CPU ${((Number(ticks[11]) + Number(ticks[12])) / clk).toFixed(2)} s`);
+    }
   } finally {
     process.removeListener('SIGINT', onSignal);
     process.removeListener('SIGTERM', onSignal);

@@ -386,33 +386,77 @@ void Execve(const Napi::CallbackInfo& info) {
 
 // ---- sd_notify ------------------------------------------------------------------
 
+// NOTIFY_SOCKET ('/path' or '@abstract') as a sockaddr_un.
+socklen_t NotifyAddr(Napi::Env env, const std::string& path, struct sockaddr_un* sa) {
+  memset(sa, 0, sizeof *sa);
+  sa->sun_family = AF_UNIX;
+  bool abstract = !path.empty() && path[0] == '@';
+  // A path needs room for its terminating NUL; an abstract name has none.
+  size_t room = sizeof sa->sun_path - (abstract ? 0 : 1);
+  if (path.empty() || path.size() > room)
+    ThrowRange(env, "socketPath must be 1 to " + std::to_string(room) + " bytes");
+  memcpy(sa->sun_path, path.data(), path.size());
+  if (abstract) sa->sun_path[0] = '\0';
+  return static_cast<socklen_t>(offsetof(struct sockaddr_un, sun_path) + path.size() + (abstract ? 0 : 1));
+}
+
+// One datagram, with `fds` attached as SCM_RIGHTS when there are any (the fd
+// store: FDSTORE=1). Node has no AF_UNIX datagram sockets, let alone fd passing.
+void SendNotify(Napi::Env env, const std::string& path, const std::string& msg, const int* fds, size_t nfds) {
+  struct sockaddr_un sa;
+  socklen_t salen = NotifyAddr(env, path, &sa);
+  int s = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (s < 0) throw SysError(env, errno, "socket");
+  struct iovec iov = {const_cast<char*>(msg.data()), msg.size()};
+  struct msghdr mh;
+  memset(&mh, 0, sizeof mh);
+  mh.msg_name = &sa;
+  mh.msg_namelen = salen;
+  mh.msg_iov = &iov;
+  mh.msg_iovlen = 1;
+  std::vector<char> ctl;
+  if (nfds > 0) {
+    ctl.assign(CMSG_SPACE(sizeof(int) * nfds), 0);
+    mh.msg_control = ctl.data();
+    mh.msg_controllen = ctl.size();
+    struct cmsghdr* c = CMSG_FIRSTHDR(&mh);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+    memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
+  }
+  // MSG_DONTWAIT: a stuck receiver gives EAGAIN instead of blocking the loop.
+  ssize_t n = sendmsg(s, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+  int err = errno;
+  close(s);
+  // sendmsg with no fds is what sendto was: keep the name callers and tests know.
+  if (n < 0) throw SysError(env, err, nfds > 0 ? "sendmsg" : "sendto");
+}
+
 void SdNotify(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string path = StringArg(info, 0, "socketPath");
   if (!info[1].IsString()) ThrowType(env, "message must be a string");
-  std::string msg = info[1].As<Napi::String>().Utf8Value();
+  SendNotify(env, path, info[1].As<Napi::String>().Utf8Value(), nullptr, 0);
+}
 
-  struct sockaddr_un sa;
-  memset(&sa, 0, sizeof sa);
-  sa.sun_family = AF_UNIX;
-  bool abstract = !path.empty() && path[0] == '@';
-  // A path needs room for its terminating NUL; an abstract name has none.
-  size_t room = sizeof sa.sun_path - (abstract ? 0 : 1);
-  if (path.empty() || path.size() > room)
-    ThrowRange(env, "socketPath must be 1 to " + std::to_string(room) + " bytes");
-  memcpy(sa.sun_path, path.data(), path.size());
-  if (abstract) sa.sun_path[0] = '\0';
-  socklen_t salen = static_cast<socklen_t>(offsetof(struct sockaddr_un, sun_path) +
-                                           path.size() + (abstract ? 0 : 1));
+void SdNotifyFds(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string path = StringArg(info, 0, "socketPath");
+  if (!info[1].IsString()) ThrowType(env, "message must be a string");
+  if (!info[2].IsTypedArray() || info[2].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+    ThrowType(env, "fds must be an Int32Array");
+  Napi::Int32Array fds = info[2].As<Napi::Int32Array>();
+  if (fds.ElementLength() == 0 || fds.ElementLength() > 253) ThrowRange(env, "fds must hold 1 to 253 descriptors");
+  SendNotify(env, path, info[1].As<Napi::String>().Utf8Value(), fds.Data(), fds.ElementLength());
+}
 
-  int s = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  if (s < 0) throw SysError(env, errno, "socket");
-  // MSG_DONTWAIT: a stuck receiver gives EAGAIN instead of blocking the loop.
-  ssize_t n = sendto(s, msg.data(), msg.size(), MSG_NOSIGNAL | MSG_DONTWAIT,
-                     reinterpret_cast<struct sockaddr*>(&sa), salen);
-  int err = errno;
-  close(s);
-  if (n < 0) throw SysError(env, err, "sendto");
+// An anonymous in-memory file (the fd store's state document), close-on-exec.
+Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
+  std::string name = StringArg(info, 0, "name");
+  int fd = static_cast<int>(syscall(SYS_memfd_create, name.c_str(), 1u /* MFD_CLOEXEC */));
+  if (fd < 0) throw SysError(info.Env(), errno, "memfd_create");
+  return Napi::Number::New(info.Env(), fd);
 }
 
 // ---- signals ----------------------------------------------------------------------
@@ -1090,6 +1134,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   fn("peerPidfd", PeerPidfd);
   fn("execve", Execve);
   fn("sdNotify", SdNotify);
+  fn("sdNotifyFds", SdNotifyFds);
+  fn("memfdCreate", MemfdCreate);
   fn("sigmask", Sigmask);
   fn("sigpending", Sigpending);
   fn("pidfdOpen", PidfdOpen);

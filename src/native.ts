@@ -150,6 +150,8 @@ export interface NativeBinding {
    * a full receiver queue throws EAGAIN.
    */
   sdNotify(socketPath: string, message: string): void;
+  sdNotifyFds(socketPath: string, message: string, fds: Int32Array): void;
+  memfdCreate(name: string): number;
   /**
    * pthread_sigmask on the calling (main) thread only. In plain Node 20 the libuv
    * pool threads do not block SIGUSR1, so a process-directed SIGUSR1 can still be
@@ -268,6 +270,7 @@ export const {
   peerPidfd,
   execve,
   sdNotify,
+  memfdCreate,
   sigmask,
   sigpending,
   pidfdOpen,
@@ -302,6 +305,11 @@ export function releaseFileP(fd: number, opts: ReleaseFileOptions): Promise<Rele
   return new Promise((resolve, reject) => {
     binding.releaseFile(fd, opts, (err, res) => (err ? reject(err) : resolve(res!)));
   });
+}
+
+/** sd_notify with `fds` attached (SCM_RIGHTS): systemd's fd store (FDSTORE=1). Non-blocking. */
+export function sdNotifyFds(socketPath: string, message: string, fds: readonly number[]): void {
+  binding.sdNotifyFds(socketPath, message, Int32Array.from(fds));
 }
 
 /** True if e is an error from this addon (optionally with the given code). */

@@ -42,6 +42,8 @@ function renderStatus(info: DaemonInfo, lockspaces: LockspaceInfo[], now = Date.
   if (info.configError) kv('CONFIG ERROR', `running with the settings in force before; the file has errors (fix it, then SIGHUP): ${info.configError.replace(/\n/g, '; ')}`);
   if (info.safeMode) kv('SAFE MODE', 'a restore went wrong: every inherited lock is kept, new acquisitions are refused (send SIGUSR1 or run `relockctl reexec` to retry)');
   const l = info.lastReexec;
+  // A restart after relockd itself died, restored from systemd's fd store (daemon/crashStore.ts).
+  if (l && l.trigger === 'crash-restart' && l.result.ok) kv('CRASH', `recovered from a crash of relockd ${formatDuration(now - l.at)} ago: it was down ${formatMs(l.result.blackoutMs)}; leases and connections were kept in systemd's fd store`);
   if (!l) kv('last re-exec', 'none');
   else {
     const how = l.result.ok ? `ok, blackout ${formatMs(l.result.blackoutMs)}` : `FAILED: ${l.result.error}`;

@@ -3,7 +3,9 @@
 // accepts its own unit names and virtlockd's, so it can take over
 // virtlockd's socket units unchanged.
 
-const SD_LISTEN_FDS_START = 3;
+import { isStoredFdName } from '../fdstore/fdStore.js';
+
+export const SD_LISTEN_FDS_START = 3;
 
 export interface ActivatedSockets {
   main: number[];
@@ -42,6 +44,7 @@ export function takeActivation(env: NodeJS.ProcessEnv = process.env, pid = proce
     const fd = SD_LISTEN_FDS_START + i;
     // Without names (older systemd, bare LISTEN_FDS=1) a single fd is the main socket.
     const name = names[i] ?? (n === 1 ? 'relockd.socket' : undefined);
+    if (name !== undefined && isStoredFdName(name)) continue; // the fd store's (daemon/crashStore.ts)
     if (name !== undefined && MAIN_NAMES.has(name)) out.main.push(fd);
     else if (name !== undefined && ADMIN_NAMES.has(name)) out.admin.push(fd);
     else unclaimed.push(`fd ${fd} named '${name ?? '(no name)'}'`);

@@ -12,7 +12,7 @@ import { StorageGate } from '../locks/storageGate.js';
 import { StorageClassifier } from '../locks/storageClass.js';
 import { RpcServer } from '../rpc/server.js';
 import * as native from '../native.js';
-import type { FdIdentity, ReexecRecord } from '../state/document.js';
+import type { FdIdentity, ReexecRecord, StateDocument } from '../state/document.js';
 import { VERSION } from '../version.js';
 import { AdminService } from '../services/adminService.js';
 import type { AdminHost } from '../services/adminService.js';
@@ -42,6 +42,8 @@ import { checkConfigBeforeReexec } from './reexecConfig.js';
 import type { ReexecConfigHost } from './reexecConfig.js';
 import { codeCacheStatus, scheduleCodeCache } from './codeCache.js';
 import type { DaemonOptions, ShutdownPolicy } from './options.js';
+import { CrashStore } from './crashStore.js';
+import type { ClientConnection } from '../rpc/connection.js';
 
 
 export class Daemon implements AdminHost, BootHost, HealthHost, ReexecHost, ReexecConfigHost {
@@ -79,6 +81,8 @@ export class Daemon implements AdminHost, BootHost, HealthHost, ReexecHost, Reex
   /** Set once a stop was accepted (draining or exiting). */
   stopping: ShutdownPolicy | null = null;
   private readonly reexecutor = new Reexecutor(this);
+  /** systemd's fd store, when the unit has one (daemon/crashStore.ts); null: a crash drops every lock. */
+  readonly crashStore: CrashStore | null;
   /** Running totals for Prometheus (src/metrics/); carried across re-execs. */
   readonly metrics = new DaemonMetrics();
   /** Lock-space health for the metrics; null: what the storage gate knows (services/metrics.ts). */
@@ -104,6 +108,7 @@ export class Daemon implements AdminHost, BootHost, HealthHost, ReexecHost, Reex
     this.lockService.onTerminated = (outcome) => this.metrics.terminations[outcome]++;
     this.createAdminServer();
     this.health = createHealthMonitor(this);
+    this.crashStore = CrashStore.create(this, log);
   }
 
   /** The idle exit (--timeout, virt-admin daemon-timeout); null: never. */
@@ -150,6 +155,8 @@ export class Daemon implements AdminHost, BootHost, HealthHost, ReexecHost, Reex
       if (ours) {
         // We were exec'd by an old image but its document is gone: keep every inherited fd.
         await startSafeMode(this, [`state file ${this.stateFile} is missing after a re-exec`]);
+      } else if (this.crashStore?.hasStoredState) {
+        await this.crashStore.recover(activated, { startFromState: (d) => startFromState(this, d, null), startSafeMode: (p) => startSafeMode(this, p), keepOrphan: (fd) => this.orphans.push({ fd, kind: 'resource', dev: '0', ino: '0' }) });
       } else {
         this.health.ensureRunner(); // before any client can take a lease (src/health/actionRunner.ts)
         await startFresh(this, activated);
@@ -157,6 +164,7 @@ export class Daemon implements AdminHost, BootHost, HealthHost, ReexecHost, Reex
     }
     if (this.safeMode) this.manager.acquireRefusal = safeModeRefusal;
     await this.createConfiguredLockspaces();
+    this.crashStore?.install();
     this.startTimers();
     this.health.start();
     this.notify(`READY=1\nSTATUS=${this.statusLine()}`);
@@ -266,7 +274,13 @@ export class Daemon implements AdminHost, BootHost, HealthHost, ReexecHost, Reex
     // A handback execs virtlockd, which does not read relockd's settings.
     const refused = target ? null : checkConfigBeforeReexec(this, trigger);
     if (refused) return Promise.resolve(refused);
+    if (target && this.crashStore) return this.crashStore.handback(target, (t) => this.reexecutor.run(trigger, replyTo, t));
     return this.reexecutor.run(trigger, replyTo, target);
+  }
+
+  /** The state document of this moment (the fd store keeps it current). */
+  stateSnapshot(trigger: string, bytes: Map<ClientConnection<any>, { pending: Buffer; unsent: Buffer }>): StateDocument {
+    return this.reexecutor.snapshot(trigger, process.hrtime.bigint(), bytes);
   }
 
   get reexecInProgress(): boolean {

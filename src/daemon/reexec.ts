@@ -253,7 +253,7 @@ export class Reexecutor {
     }
   }
 
-  private snapshot(trigger: string, requestedAtNs: bigint, detached: Map<ClientConnection<any>, { pending: Buffer; unsent: Buffer }>): StateDocument {
+  snapshot(trigger: string, requestedAtNs: bigint, detached: Map<ClientConnection<any>, { pending: Buffer; unsent: Buffer }>): StateDocument {
     const d = this.d;
     const terminations: TerminationState[] = [...d.lockService.terminations.values()].map((t) => ({
       owner: t.owner,

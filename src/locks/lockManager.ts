@@ -253,6 +253,7 @@ export class LockManager {
     if (!held) return false;
     if (shared && (held.flags & AcquireFlags.SHARED) !== 0) {
       held.owners.push(owner.pid);
+      this.storeHooks?.changed();
       this.ownerLog(owner).info({ lockspace: ls.dir, resource: name, shared, owners: held.owners.length }, 'lease acquired (shared)');
       return true;
     }
@@ -282,7 +283,9 @@ export class LockManager {
   }
 
   private stored(ls: LockSpace, name: string, flags: number, owner: Owner, locked: LockedFile): void {
-    ls.resources.set(name, { name, path: ls.pathOf(name), fd: locked.fd, dev: locked.dev, ino: locked.ino, flags, owners: [owner.pid], since: Date.now() });
+    const res: Resource = { name, path: ls.pathOf(name), fd: locked.fd, dev: locked.dev, ino: locked.ino, flags, owners: [owner.pid], since: Date.now() };
+    ls.resources.set(name, res);
+    this.storeHooks?.added(ls, res);
     this.ownerLog(owner).info({ lockspace: ls.dir, resource: name, shared: (flags & AcquireFlags.SHARED) !== 0, autocreate: (flags & AcquireFlags.AUTOCREATE) !== 0, fd: locked.fd, ...((locked.attempts ?? 1) > 1 ? { attempts: locked.attempts, retried: locked.retried } : {}) }, 'lease acquired');
   }
 
@@ -335,9 +338,11 @@ export class LockManager {
     const i = res.owners.indexOf(owner.pid);
     if (i < 0) throw errors.notOwner(owner.pid);
     res.owners.splice(i, 1);
+    this.storeHooks?.changed();
     this.ownerLog(owner).info({ lockspace: ls.dir, resource: name, owners: res.owners.length }, 'lease released');
     if (res.owners.length > 0) return null;
     ls.resources.delete(name);
+    this.storeHooks?.removed(ls, res);
     if (res.classic) this.classicCount--;
     return res;
   }
@@ -485,9 +490,11 @@ export class LockManager {
             const i = cur ? cur.owners.indexOf(pid) : -1;
             if (!cur || i < 0) return false;
             cur.owners.splice(i, 1);
+            this.storeHooks?.changed();
             this.ownerLog(owner ?? { uuid: '', name: '', id: 0, pid }).info({ lockspace: ls.dir, resource: cur.name, owners: cur.owners.length }, 'lease released: owner gone');
             if (cur.owners.length === 0) {
               ls.resources.delete(cur.name);
+              this.storeHooks?.removed(ls, cur);
               if (cur.classic) this.classicCount--;
               // Local storage: close right here, no thread hop (an owner's
               // death should free its leases at once).
@@ -517,6 +524,9 @@ export class LockManager {
   settled(): Promise<void> {
     return this.mutex.settled();
   }
+
+  /** Told of every lease taken, released or changed (the fd store, daemon/crashStore.ts). */
+  storeHooks: { added(ls: LockSpace, r: Resource): void; removed(ls: LockSpace, r: Resource): void; changed(): void } | null = null;
 
   /** Re-creates a directory lock space from a state document (no mkdir). */
   adoptLockSpace(dir: string): LockSpace {

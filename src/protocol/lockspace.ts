@@ -26,6 +26,8 @@ export interface LockProgramDeps {
   manager: LockManager;
   /** Called after a successful REGISTER (the daemon tracks owner identity). */
   onRegister?(state: LockClientState, owner: Owner): void;
+  /** Called after a successful RESTRICT. */
+  onRestrict?(state: LockClientState): void;
 }
 
 // ---- argument types and codecs -------------------------------------------
@@ -118,8 +120,9 @@ export const lockspaceRows = {
   RESTRICT: row({
     proc: 2, fn: fnName('Restrict'), flagsMask: 0, checks: REGISTERED,
     args: codec.flags,
-    run: (_deps, st) => {
+    run: (deps, st) => {
       st.restricted = true;
+      deps.onRestrict?.(st);
     },
   }),
   NEW: row({

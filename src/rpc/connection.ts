@@ -132,6 +132,10 @@ export class ClientConnection<Ctx> {
       this.busy = true;
       const done = this.dispatch(pkt);
       if (done) {
+        if (this.onAsyncDispatch && !this.closed) {
+          this.inflight = pkt.body;
+          this.onAsyncDispatch();
+        }
         done.then(
           () => this.finish(),
           (err) => {
@@ -292,12 +296,31 @@ export class ClientConnection<Ctx> {
     return undefined;
   }
 
+  /** Told when a request is dispatched that is answered in a later turn (the fd store records it). */
+  onAsyncDispatch: (() => void) | null = null;
+  /** That request's frame (without its length word) until its reply is queued. */
+  private inflight: Buffer | null = null;
+
+  /**
+   * For the fd store's state document, without stopping anything: the
+   * request being handled whose reply is not queued yet, then the bytes read
+   * but not dispatched. A restart after a crash dispatches them again.
+   */
+  crashBytes(): { pending: Buffer; unsent: Buffer } {
+    const rest = this.reader.pending();
+    if (!this.inflight) return { pending: rest, unsent: Buffer.alloc(0) };
+    const len = Buffer.alloc(4);
+    len.writeUInt32BE(this.inflight.length + 4, 0);
+    return { pending: Buffer.concat([len, this.inflight, rest]), unsent: Buffer.alloc(0) };
+  }
+
   /** Sends a success reply for `h` (used after a re-exec for a call the old image took). */
   sendReply(h: Header, encodeRet: ((w: XdrWriter, ret: any) => void) | undefined, ret: unknown): void {
     this.replyOk(h, encodeRet, ret);
   }
 
   private replyOk(h: Header, encodeRet: ((w: XdrWriter, ret: any) => void) | undefined, ret: unknown): void {
+    this.inflight = null;
     let payload: Buffer | undefined;
     if (encodeRet) {
       const w = new XdrWriter();
@@ -308,6 +331,7 @@ export class ClientConnection<Ctx> {
   }
 
   private replyError(h: Header, err: ProtocolError): void {
+    this.inflight = null;
     const w = new XdrWriter(256);
     encodeWireError(w, err.wire);
     this.send(encodeReply(h, MessageStatus.ERROR, w.bytes()));

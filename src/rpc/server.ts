@@ -225,6 +225,9 @@ export class RpcServer<Ctx> {
   /** While set (quiescing for a re-exec), new connections are held at once. */
   holdNew = false;
 
+  /** Told of every connection attached and closed (the fd store, daemon/crashStore.ts). */
+  storeHooks: { attached(conn: ClientConnection<Ctx>): void; closed(conn: ClientConnection<Ctx>): void } | null = null;
+
   /** Wraps an accepted (or inherited) socket in a client connection. */
   attach(
     sock: net.Socket,
@@ -236,6 +239,7 @@ export class RpcServer<Ctx> {
     const conn = new ClientConnection(sock, this.wrapService(), { id, peer, logger: this.log, connTime: opts.connTime });
     this.clients.set(id, conn);
     opts.restore?.(conn);
+    this.storeHooks?.attached(conn);
     if (opts.restore) conn.log.debug({ peer }, 'client adopted');
     else conn.log.info({ peer }, 'client connected');
     if (this.holdNew) void conn.hold();
@@ -256,6 +260,7 @@ export class RpcServer<Ctx> {
         createContext: (c) => inner.createContext(c),
         onClose: (c) => {
           this.clients.delete(c.id);
+          this.storeHooks?.closed(c);
           this.checkLimit();
           inner.onClose?.(c);
         },

@@ -68,6 +68,7 @@ export class LockService implements Service<LockClient>, Freeze {
       lockspaceProgram({
         manager,
         onRegister: (st, owner) => this.onRegister(st as LockClient, owner),
+        onRestrict: () => this.onStateChange?.(),
       }),
     ];
   }
@@ -76,7 +77,11 @@ export class LockService implements Service<LockClient>, Freeze {
     return { conn, restricted: false, owner: null, process: null };
   }
 
+  /** A client's registration or restriction changed (the fd store rewrites its state). */
+  onStateChange: (() => void) | null = null;
+
   private onRegister(c: LockClient, owner: Owner): void {
+    this.onStateChange?.();
     c.conn.log.info({ owner }, 'owner registered');
     if (owner.pid === c.conn.peer.pid && owner.pid > 0 && !c.process) {
       c.process = openProcessHandle(owner.pid, handleFd(c.conn.socket));

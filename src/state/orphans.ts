@@ -32,7 +32,9 @@ function unixSockets(): { listening: Map<string, string>; named: Map<string, str
     // Num RefCount Protocol Flags Type St Inode Path
     if (f.length < 8) continue;
     const flags = parseInt(f[3]!, 16);
-    const path = f.slice(7).join(' ');
+    // RpcServer.bind() binds under PATH.<pid>.tmp and renames it into place:
+    // the kernel keeps the name it was bound with.
+    const path = f.slice(7).join(' ').replace(/\.\d+\.tmp$/, '');
     if ((flags & 0x10000) !== 0) listening.set(f[6]!, path); // __SO_ACCEPTCON
     else named.set(f[6]!, path);
   }

@@ -112,7 +112,7 @@ function checkFd(fd: number, kind: Kind, recorded: Map<number, FdIdentity>, know
  * ("lock: 1: OFDLCK ..." or "POSIX"); 'unknown' counts as classic, the
  * cautious choice (classic locks are never upgraded as OFD ones).
  */
-function inheritedLockFlavour(fd: number): 'ofd' | 'classic' | 'unknown' {
+export function inheritedLockFlavour(fd: number): 'ofd' | 'classic' | 'unknown' {
   let text: string;
   try {
     text = readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8');

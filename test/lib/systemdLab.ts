@@ -18,9 +18,9 @@ import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { ROOT } from './relockd.js';
 
-export const LAB_SCRIPT = join(ROOT, 'test', 'fixtures', 'systemd-ns.sh');
-export const LAB_LOCK = '/tmp/relockd-systemd-lab.lock';
-export const DEBIAN_VIRTLOCKD_UNITS = ['virtlockd.service', 'virtlockd.socket', 'virtlockd-admin.socket'].map((u) => `/lib/systemd/system/${u}`);
+const LAB_SCRIPT = join(ROOT, 'test', 'fixtures', 'systemd-ns.sh');
+const LAB_LOCK = '/tmp/relockd-systemd-lab.lock';
+const DEBIAN_VIRTLOCKD_UNITS = ['virtlockd.service', 'virtlockd.socket', 'virtlockd-admin.socket'].map((u) => `/lib/systemd/system/${u}`);
 
 /** Why the lab cannot run here ('' when it can). */
 export function labUnavailable(opts: { virtlockdUnits?: boolean } = {}): string {
