@@ -76,32 +76,24 @@ export class StorageGate {
     }
     st.running++;
     const op = fn();
-    let timedOut = false;
-    let timer: NodeJS.Timeout | undefined;
-    const deadline = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => {
-        timedOut = true;
-        st.overdue++;
-        reject(new StorageTimeoutError(key, this.options.timeoutMs, false));
-        // Calls queued behind this one would otherwise wait for the storage
-        // without any deadline: wake them, they fail fast (the key is stuck).
-        for (const wake of st.queue.splice(0)) wake();
-      }, this.options.timeoutMs);
+    // Calls queued behind this one would otherwise wait for the storage
+    // without any deadline: on expiry wake them, they fail fast (the key is stuck).
+    const dl = this.deadline(key, st, () => {
+      for (const wake of st.queue.splice(0)) wake();
     });
     const settle = () => {
-      clearTimeout(timer);
+      dl.done();
       st.running--;
-      if (timedOut) st.overdue--;
       this.next(key, st);
     };
     op.then(
       (v) => {
         settle();
-        if (timedOut && onLate) onLate(v);
+        if (dl.expired() && onLate) onLate(v);
       },
       () => settle(),
     );
-    return Promise.race([op, deadline]);
+    return Promise.race([op, dl.promise]);
   }
 
   /**
@@ -114,15 +106,7 @@ export class StorageGate {
    */
   async runRelease<T>(key: string, fn: () => Promise<T>, onLate?: (err: unknown, value?: T) => void): Promise<T> {
     const st = this.state(key);
-    let timedOut = false;
-    let timer: NodeJS.Timeout | undefined;
-    const deadline = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => {
-        timedOut = true;
-        st.overdue++;
-        reject(new StorageTimeoutError(key, this.options.timeoutMs, false));
-      }, this.options.timeoutMs);
-    });
+    const dl = this.deadline(key, st);
     const op = (async () => {
       // A finishing release hands its slot straight to the next one waiting.
       if (st.releasing >= RELEASES_PER_KEY) await new Promise<void>((resolve) => st.releaseQueue.push(resolve));
@@ -130,8 +114,7 @@ export class StorageGate {
       try {
         return await fn();
       } finally {
-        clearTimeout(timer);
-        if (timedOut) st.overdue--;
+        dl.done();
         const wake = st.releaseQueue.shift();
         if (wake) wake();
         else {
@@ -141,10 +124,36 @@ export class StorageGate {
       }
     })();
     op.then(
-      (v) => timedOut && onLate?.(null, v),
-      (e: unknown) => timedOut && onLate?.(e),
+      (v) => dl.expired() && onLate?.(null, v),
+      (e: unknown) => dl.expired() && onLate?.(e),
     );
-    return Promise.race([op, deadline]);
+    return Promise.race([op, dl.promise]);
+  }
+
+  /**
+   * The caller's deadline on one call to `key`: rejects after timeoutMs and
+   * counts the key as stuck (overdue) from then until `done()`, when the call
+   * has really returned.
+   */
+  private deadline(key: string, st: KeyState, onExpire?: () => void): { promise: Promise<never>; expired: () => boolean; done: () => void } {
+    let expired = false;
+    let timer: NodeJS.Timeout | undefined;
+    const promise = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        expired = true;
+        st.overdue++;
+        reject(new StorageTimeoutError(key, this.options.timeoutMs, false));
+        onExpire?.();
+      }, this.options.timeoutMs);
+    });
+    return {
+      promise,
+      expired: () => expired,
+      done: () => {
+        clearTimeout(timer);
+        if (expired) st.overdue--;
+      },
+    };
   }
 
   private state(key: string): KeyState {
