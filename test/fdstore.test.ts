@@ -18,6 +18,7 @@ import { FdStoreEmulator } from './lib/fdstoreEmulator.js';
 import { NotifyReceiver } from './lib/notify.js';
 import { LockspaceClient } from '../src/protocol/lockspaceClient.js';
 import { probeOne } from './lib/probe.js';
+import { waitFor } from './lib/wait.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'relockd-fdstore-'));
 t.teardown(() => rmSync(dir, { recursive: true, force: true }));
@@ -67,7 +68,9 @@ t.test('a real relockd with an emulated fd store: every lease and connection sto
   t.teardown(() => d.stop());
   const img = join(dir, 'disk.img');
   writeFileSync(img, '');
+  // The store is filled once the daemon is ready, which can be after its socket appears.
   let c = await emu.counts();
+  await waitFor(async () => (c = await emu.counts()).names.some((n) => n.startsWith('store.listen.')), 30_000, 50);
   t.ok(c.names.includes('store.state0') && c.names.includes('store.state1'), 'the state memfds are stored');
   t.ok(c.names.some((n) => n.startsWith('store.listen.')), 'our listening socket is stored');
   const cl = await LockspaceClient.connect(d.socketPath);
@@ -78,12 +81,11 @@ t.test('a real relockd with an emulated fd store: every lease and connection sto
   t.ok(c.names.some((n) => n.startsWith('store.lease.')), 'the lease fd is stored');
   await cl.release('', img);
   t.equal(probeOne(img), 'free', 'a release frees the lock at once, although the store still had a copy');
-  await sleep(100);
+  // The removal is sent before the reply; the emulator drains its queue before it answers.
   c = await emu.counts();
   t.notOk(c.names.some((n) => n.startsWith('store.lease.')), 'the lease left the store');
   cl.close();
-  await sleep(300);
-  c = await emu.counts();
+  await waitFor(async () => !(c = await emu.counts()).names.some((n) => n.startsWith('store.client.')), 30_000, 50);
   t.notOk(c.names.some((n) => n.startsWith('store.client.')), 'the connection left the store');
   t.match(d.logs(), /fd store in use/, 'says the fd store is in use');
 });

@@ -14,13 +14,7 @@ s.bind(sys.argv[1])
 store = {}
 counts = {'stored': 0, 'removed': 0, 'other': 0}
 print(json.dumps({'ready': True}), flush=True)
-while True:
-    r, _, _ = select.select([s, sys.stdin], [], [])
-    if sys.stdin in r:
-        sys.stdin.readline()
-        print(json.dumps({**counts, 'held': sum(len(v) for v in store.values()), 'names': sorted(store)}), flush=True)
-        continue
-    data, anc, flags, addr = s.recvmsg(4096, socket.CMSG_SPACE(253 * 4))
+def take(data, anc):
     fds = []
     for level, typ, payload in anc:
         if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
@@ -34,6 +28,21 @@ while True:
     else:
         for fd in fds: os.close(fd)
         counts['other'] += 1
+while True:
+    r, _, _ = select.select([s, sys.stdin], [], [])
+    if sys.stdin in r:
+        sys.stdin.readline()
+        # Everything sent before the question is counted: drain the queue first.
+        while True:
+            try:
+                data, anc, flags, addr = s.recvmsg(4096, socket.CMSG_SPACE(253 * 4), socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+            take(data, anc)
+        print(json.dumps({**counts, 'held': sum(len(v) for v in store.values()), 'names': sorted(store)}), flush=True)
+        continue
+    data, anc, flags, addr = s.recvmsg(4096, socket.CMSG_SPACE(253 * 4))
+    take(data, anc)
 `;
 
 export class FdStoreEmulator {
