@@ -12,6 +12,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, copyFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ROOT } from './lib/relockd.js';
+import { waitFor } from './lib/wait.js';
 import { homedir } from 'node:os';
 
 const LAB = join(ROOT, 'test', 'fixtures', 'systemd-ns.sh');
@@ -91,11 +92,8 @@ function main(): void {
     // a lease holder: relockctl run registers itself and holds the lease for its command's lifetime
     const holder = spawn('bash', [LAB, 'run', state, '/usr/bin/env', '-u', 'NODE_OPTIONS', process.execPath, join(APP, 'bin', 'relockctl.cjs'), 'run', '--socket', '/run/libvirt/virtlockd-sock', '--lease', lease, '--', 'sleep', '600'], { stdio: 'ignore' });
     t.teardown(() => holder.kill('SIGKILL'));
-    let held = false;
-    for (let i = 0; i < 100 && !held; i++) {
-      held = probe(lease) === 'held';
-      if (!held) await new Promise((r) => setTimeout(r, 100));
-    }
+    // relockctl run starts Node inside the lab: seconds on a loaded machine. Wait for the event, not a count.
+    const held = await waitFor(() => probe(lease) === 'held', 90_000, 100);
     t.ok(held, 'virtlockd holds the lease for relockctl run');
 
     const to = relockctl(['takeover', '--assume-registered', '--unit-dir', unitDir, '--json']);
@@ -134,11 +132,7 @@ function main(): void {
     t.ok(ownerPid, `relockd names the lease's owner pid (${ownerPid})`);
     if (ownerPid) inLab(['kill', '-KILL', ownerPid]);
     holder.kill('SIGKILL');
-    let freed = false;
-    for (let i = 0; i < 100 && !freed; i++) {
-      freed = probe(lease) === 'free';
-      if (!freed) await new Promise((r) => setTimeout(r, 100));
-    }
+    const freed = await waitFor(() => probe(lease) === 'free', 90_000, 100);
     t.ok(freed, 'the holder exits: relockd frees the lease');
     t.equal(inLab(['systemctl', 'restart', 'virtlockd.service']).code, 0, 'systemctl restart virtlockd.service');
     const pid2 = show('MainPID');
