@@ -1,13 +1,15 @@
 // Renders docs/errors.md's generated part from the error catalogue and the
-// exit codes (test/errors.test.ts compares; RELOCKD_WRITE_ERRORS_DOC=1 writes).
+// exit codes of relockd and relockctl (test/errors.test.ts compares; RELOCKD_WRITE_ERRORS_DOC=1 writes).
 
 import { catalogue } from '../../src/util/errorCatalogue.js';
 import type { CatalogueEntry } from '../../src/util/errorCatalogue.js';
 import { ErrorCode, ErrorDomain } from '../../src/util/errors.js';
 import { EXIT_CODE_USES, ExitCode } from '../../src/daemon/exitCode.js';
 import type { ExitCodeName } from '../../src/daemon/exitCode.js';
+import { EXIT_USES, Exit } from '../../src/ctl/command.js';
+import type { ExitName } from '../../src/ctl/command.js';
 
-export const START = '<!-- generated from src/util/errorCatalogue.ts and src/daemon/exitCode.ts: do not edit by hand -->';
+export const START = '<!-- generated from src/util/errorCatalogue.ts, src/daemon/exitCode.ts and src/ctl/command.ts: do not edit by hand -->';
 export const END = '<!-- end of generated part -->';
 
 const nameOf = (table: Record<string, number>, v: number) => Object.keys(table).find((k) => table[k] === v);
@@ -46,6 +48,10 @@ export function renderErrorsDoc(): string {
   lines.push('', '### Exit statuses of `relockd`', '', '| Name | Status | When |', '|---|---|---|');
   for (const name of Object.keys(ExitCode) as ExitCodeName[]) {
     lines.push(`| ${name} | ${ExitCode[name]} | ${text(EXIT_CODE_USES[name])} |`);
+  }
+  lines.push('', '### Exit statuses of `relockctl`', '', '| Name | Status | When |', '|---|---|---|');
+  for (const name of Object.keys(Exit) as ExitName[]) {
+    lines.push(`| ${name} | ${Exit[name]} | ${text(EXIT_USES[name])} |`);
   }
   lines.push('', END);
   return lines.join('\n');
