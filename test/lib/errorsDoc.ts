@@ -5,9 +5,7 @@ import { catalogue } from '../../src/util/errorCatalogue.js';
 import type { CatalogueEntry } from '../../src/util/errorCatalogue.js';
 import { ErrorCode, ErrorDomain } from '../../src/util/errors.js';
 import { EXIT_CODE_USES, ExitCode } from '../../src/daemon/exitCode.js';
-import type { ExitCodeName } from '../../src/daemon/exitCode.js';
 import { EXIT_USES, Exit } from '../../src/ctl/command.js';
-import type { ExitName } from '../../src/ctl/command.js';
 
 export const START = '<!-- generated from src/util/errorCatalogue.ts, src/daemon/exitCode.ts and src/ctl/command.ts: do not edit by hand -->';
 export const END = '<!-- end of generated part -->';
@@ -39,20 +37,18 @@ export function messageOf(e: CatalogueEntry): string {
 const cell = (s: string) => '`' + s.replace(/\|/g, '\\|') + '`';
 const text = (s: string) => s.replace(/\|/g, '\\|');
 
+/** One program's exit statuses: name, value, and when it is used. */
+function exitTable<K extends string>(program: string, values: Readonly<Record<K, number>>, uses: Readonly<Record<K, string>>): string[] {
+  const rows = (Object.keys(values) as K[]).map((name) => `| ${name} | ${values[name]} | ${text(uses[name])} |`);
+  return ['', `### Exit statuses of \`${program}\``, '', '| Name | Status | When |', '|---|---|---|', ...rows];
+}
+
 export function renderErrorsDoc(): string {
   const lines = [START, '', '### Wire errors', ''];
   lines.push('| Name | Code | Domain | Message | Sent when |', '|---|---|---|---|---|');
   for (const e of catalogue()) {
     lines.push(`| ${e.name} | ${codeName(e.code)} | ${domainName(e.domain)} | ${cell(messageOf(e))} | ${text(e.when)} |`);
   }
-  lines.push('', '### Exit statuses of `relockd`', '', '| Name | Status | When |', '|---|---|---|');
-  for (const name of Object.keys(ExitCode) as ExitCodeName[]) {
-    lines.push(`| ${name} | ${ExitCode[name]} | ${text(EXIT_CODE_USES[name])} |`);
-  }
-  lines.push('', '### Exit statuses of `relockctl`', '', '| Name | Status | When |', '|---|---|---|');
-  for (const name of Object.keys(Exit) as ExitName[]) {
-    lines.push(`| ${name} | ${Exit[name]} | ${text(EXIT_USES[name])} |`);
-  }
-  lines.push('', END);
+  lines.push(...exitTable('relockd', ExitCode, EXIT_CODE_USES), ...exitTable('relockctl', Exit, EXIT_USES), '', END);
   return lines.join('\n');
 }

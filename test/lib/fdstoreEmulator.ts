@@ -28,21 +28,20 @@ def take(data, anc):
     else:
         for fd in fds: os.close(fd)
         counts['other'] += 1
+def drain():
+    while True:
+        try:
+            data, anc, flags, addr = s.recvmsg(4096, socket.CMSG_SPACE(253 * 4), socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        take(data, anc)
 while True:
     r, _, _ = select.select([s, sys.stdin], [], [])
+    # Everything sent before a question is counted in its answer: the queue is drained first.
+    drain()
     if sys.stdin in r:
         sys.stdin.readline()
-        # Everything sent before the question is counted: drain the queue first.
-        while True:
-            try:
-                data, anc, flags, addr = s.recvmsg(4096, socket.CMSG_SPACE(253 * 4), socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                break
-            take(data, anc)
         print(json.dumps({**counts, 'held': sum(len(v) for v in store.values()), 'names': sorted(store)}), flush=True)
-        continue
-    data, anc, flags, addr = s.recvmsg(4096, socket.CMSG_SPACE(253 * 4))
-    take(data, anc)
 `;
 
 export class FdStoreEmulator {
