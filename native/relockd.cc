@@ -528,6 +528,31 @@ Napi::Value PidfdExited(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(info.Env(), n > 0);
 }
 
+// Reaps an exited child that no ChildProcess object knows (the action runner
+// a re-exec'd image inherited from the old image: same pid, so still our
+// child, but libuv only waits for children it spawned itself). waitpid(pid,
+// WNOHANG): the decoded status, or null while it is still running. Throws
+// ECHILD when `pid` is not our child.
+Napi::Value ReapChild(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  pid_t pid = static_cast<pid_t>(IntArg(info, 0, "pid", 1, INT_MAX));
+  int st = 0;
+  pid_t r;
+  do r = waitpid(pid, &st, WNOHANG);
+  while (r < 0 && errno == EINTR);
+  if (r < 0) throw SysError(env, errno, "waitpid");
+  if (r == 0) return env.Null();
+  Napi::Object o = Napi::Object::New(env);
+  if (WIFEXITED(st)) {
+    o.Set("code", WEXITSTATUS(st));
+  } else if (WIFSIGNALED(st)) {
+    o.Set("signal", WTERMSIG(st));
+    o.Set("coreDumped", WCOREDUMP(st) != 0);
+  }
+  o.Set("status", st);
+  return o;
+}
+
 // How a process ended, from its pidfd (PIDFD_INFO_EXIT). The kernel records
 // it when the process is reaped by its parent, so it may not be there yet:
 // then null, and the caller asks again later. Kernels without the ioctl (or
@@ -1142,6 +1167,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   fn("pidfdGetfd", PidfdGetfd);
   fn("pidfdSendSignal", PidfdSendSignal);
   fn("pidfdExited", PidfdExited);
+  fn("reapChild", ReapChild);
   fn("pidfdExitInfo", PidfdExitInfo);
   exports.Set("PidfdWatch", PidfdWatch::Define(env));
   fn("lockFile", LockFile);

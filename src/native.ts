@@ -168,6 +168,8 @@ export interface NativeBinding {
   pidfdSendSignal(pidfd: number, sig: number): void;
   /** True once the process has exited (its pidfd is readable); never waits. */
   pidfdExited(pidfd: number): boolean;
+  /** waitpid(pid, WNOHANG) for a child no ChildProcess knows: its status once it exited, null while it runs; ECHILD if not our child. */
+  reapChild(pid: number): ExitInfo | null;
   /**
    * PIDFD_GET_INFO with PIDFD_INFO_EXIT (Linux >= 6.15): how the process ended,
    * or null while it is not reaped yet (the kernel records the status at
@@ -278,6 +280,7 @@ export const {
   pidfdSendSignal,
   pidfdExited,
   pidfdExitInfo,
+  reapChild,
   lockFile,
   releaseFile,
   lockFileSync,

@@ -49,6 +49,7 @@ import type { DaemonMetrics } from '../metrics/counters.js';
 import type { DaemonOptions } from './options.js';
 import type { BootKind } from './boot.js';
 import type { ReexecRecord } from '../state/document.js';
+import type { ActionRunner } from '../health/actionRunner.js';
 
 /** The trigger recorded in stored documents and in the history entry of a recovery. */
 const CRASH_TRIGGER = 'crash-restart';
@@ -80,6 +81,8 @@ export interface CrashStoreHost {
   readonly adminServer: RpcServer<any> | null;
   readonly lockService: Pick<LockService, 'onStateChange' | 'startTermination'>;
   readonly manager: LockManager;
+  /** The action runner, whose channel the store keeps too (health/actionRunner.ts). */
+  readonly health: { readonly runner: Pick<ActionRunner, 'fd' | 'generation'> };
   readonly metrics: Pick<DaemonMetrics, 'lastBlackoutSeconds'>;
   readonly opts: Pick<DaemonOptions, 'socketPath' | 'adminSocketPath' | 'pidFile'>;
   boot: BootKind;
@@ -101,6 +104,8 @@ export class CrashStore {
   /** Set after a recovery: how long the daemon was down. */
   recoveredAfterMs: number | null = null;
   private fullWarned = false;
+  /** The runner channel in the store: its name and the runner's channel generation. */
+  private runnerStored: { name: string | null; generation: number } = { name: null, generation: -1 };
 
   private constructor(
     private readonly d: CrashStoreHost,
@@ -266,6 +271,13 @@ export class CrashStore {
           return;
         }
       }
+      if (kind === 'runner') {
+        // A runner channel the document does not name (spawned just before the crash): close it, the runner sees EOF and exits.
+        this.store.remove(p.name);
+        closeSync(p.fd);
+        this.log.warn({ fdName: p.name }, 'crash restart: an action runner channel the state does not name: closed');
+        return;
+      }
       if (kind === 'pidfile' && !this.d.pidFile && this.d.opts.pidFile) {
         this.d.pidFile = PidFile.adopt(this.d.opts.pidFile, p.fd);
         return;
@@ -293,6 +305,7 @@ export class CrashStore {
       for (const c of srv.clients.values()) if (!this.clientNames.has(c)) this.clientAttached(c);
     }
     if (d.pidFile) this.store.put(fdNames.pidFile, d.pidFile.fd);
+    this.syncRunner();
     for (const ls of d.manager.allSpaces()) for (const r of ls.resources.values()) this.store.put(fdNames.lease(r.dev, r.ino), r.fd);
     this.ready = true;
     this.writeState();
@@ -350,9 +363,26 @@ export class CrashStore {
     atTurnEnd(() => this.writeState());
   }
 
+  /**
+   * Keeps the runner's channel in the store (a new runner, or none after it
+   * died): so a crash never gives the runner EOF, and the restarted image,
+   * which cannot spawn one, adopts it. Cheap when nothing changed.
+   */
+  private syncRunner(): void {
+    const r = this.d.health.runner;
+    if (r.generation === this.runnerStored.generation && (this.runnerStored.name === null) === (r.fd() === null)) return;
+    const fd = r.fd();
+    const ino = fd === null ? null : inoOf(fd);
+    const name = ino === null ? null : fdNames.runner(String(ino));
+    if (this.runnerStored.name && this.runnerStored.name !== name) this.store.remove(this.runnerStored.name);
+    if (name && fd !== null) this.store.put(name, fd);
+    this.runnerStored = { name, generation: r.generation };
+  }
+
   private writeState(): void {
     this.dirty = false;
     if (!this.slots || !this.ready || this.d.reexecInProgress) return;
+    this.syncRunner();
     const t0 = performance.now();
     try {
       const bytes = new Map<ClientConnection<any>, { pending: Buffer; unsent: Buffer }>();
@@ -401,6 +431,8 @@ export class CrashStore {
       }
     }
     this.store.remove(fdNames.pidFile);
+    if (this.runnerStored.name) this.store.remove(this.runnerStored.name);
+    this.runnerStored = { name: null, generation: -1 };
     this.store.remove(fdNames.state(0));
     this.store.remove(fdNames.state(1));
     this.installed = false;

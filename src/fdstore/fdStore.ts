@@ -21,14 +21,15 @@ export const fdNames = {
   client: (ino: number | string) => `${STORE_PREFIX}client.${ino}`,
   listener: (ino: number | string) => `${STORE_PREFIX}listen.${ino}`,
   pidFile: `${STORE_PREFIX}pidfile`,
+  runner: (ino: number | string) => `${STORE_PREFIX}runner.${ino}`,
   state: (slot: 0 | 1) => `${STORE_PREFIX}state${slot}`,
 };
 
-export type StoredKind = 'lease' | 'client' | 'listen' | 'pidfile' | 'state' | 'unknown';
+export type StoredKind = 'lease' | 'client' | 'listen' | 'pidfile' | 'runner' | 'state' | 'unknown';
 
 export function kindOfName(name: string): StoredKind {
   const k = name.slice(STORE_PREFIX.length).split('.')[0] ?? '';
-  if (k === 'lease' || k === 'client' || k === 'listen' || k === 'pidfile') return k;
+  if (k === 'lease' || k === 'client' || k === 'listen' || k === 'pidfile' || k === 'runner') return k;
   if (k === 'state0' || k === 'state1') return 'state';
   return 'unknown';
 }

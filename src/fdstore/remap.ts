@@ -155,6 +155,21 @@ export function remapDocument(doc: StateDocument, passed: PassedFd[], pid: numbe
     return true;
   });
 
+  // The action runner's channel (daemon/crashStore.ts stores it): found by
+  // identity, or the runner is forgotten (a crash-restarted process holds
+  // lease fds, so it cannot spawn another: health/actionRunner.ts).
+  const runner = ext.health?.runner;
+  if (runner) {
+    const fd = runner.dev !== undefined && runner.ino !== undefined ? byIdentity.get(key(runner.dev, runner.ino)) : undefined;
+    if (fd === undefined) {
+      dropped.push(`action runner ${runner.pid} (its channel was not passed back)`);
+      delete ext.health!.runner;
+    } else {
+      used.add(fd);
+      runner.fd = fd;
+    }
+  }
+
   // The identity list, in the new numbers (pidfds were not stored).
   const fds: FdIdentity[] = [];
   for (const f of ext.fds) {

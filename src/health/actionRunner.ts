@@ -9,10 +9,26 @@
 // programs cannot run, so a killpath/pause owner is terminated through its
 // pidfd instead (no fork needed), logged loudly; a new runner is started the
 // next time relockd holds nothing.
+//
+// A runner must never get a lease fd, not even for the instant between fork
+// and execve: each program it spawns would then close a copy of it in its
+// own execve, which blocks on a hung FUSE/NFS server (the very moment the
+// programs are needed), and a copy kept open would keep the OFD lock after
+// relockd released it: a lock nobody was granted. So after a crash-restart,
+// whose process holds every stored lease fd from its first instruction, no
+// runner can be spawned: the old one is kept instead. Its channel is in
+// systemd's fd store (daemon/crashStore.ts), so the runner never sees EOF
+// while relockd is down, the restarted image gets the channel back (found
+// by dev/ino, fdstore/remap.ts) and adopts it as after a re-exec; results
+// written meanwhile wait in the socket buffer. After a re-exec the runner
+// is still our child, but no ChildProcess object knows it: adopt() watches
+// its pidfd and reaps it when it exits (no zombie).
 
 import { spawn } from 'node:child_process';
 import net from 'node:net';
+import { closeSync, fstatSync, readFileSync } from 'node:fs';
 import type { Logger } from 'pino';
+import * as native from '../native.js';
 
 export interface RunResult {
   id: number;
@@ -33,6 +49,9 @@ export interface RunnerSaved {
   partial: string;
   /** Request ids whose result has not arrived. */
   pending: number[];
+  /** The channel's identity, to find it again among the fds systemd hands back after a crash. */
+  dev?: string;
+  ino?: string;
 }
 
 export interface RunnerEvents {
@@ -48,6 +67,10 @@ export class ActionRunner {
   pid = 0;
   /** Epoch ms of the spawn, for the hello latency log. */
   private spawnedAt = 0;
+  /** Bumped whenever another channel is attached (the fd store follows it). */
+  generation = 0;
+  /** The reap watch of an adopted runner that is our child (after a re-exec); referenced while armed. */
+  reapWatch: native.PidfdWatch | null = null;
 
   constructor(
     private readonly log: Logger,
@@ -79,6 +102,7 @@ export class ActionRunner {
       sock = new net.Socket({ fd: saved.fd, readable: true, writable: true });
     } catch (err) {
       this.log.error({ err: (err as Error).message, fd: saved.fd, pid: saved.pid }, 'action runner channel not usable after the re-exec');
+      if (parentOf(saved.pid) === process.pid) this.watchForReap(saved.pid);
       return false;
     }
     this.pid = saved.pid;
@@ -86,7 +110,9 @@ export class ActionRunner {
     this.buf = saved.partial;
     for (const id of saved.pending) this.pending.add(id);
     this.attach(sock);
-    this.log.info({ pid: saved.pid, fd: saved.fd, pending: saved.pending }, 'action runner carried over the re-exec');
+    const child = parentOf(saved.pid) === process.pid;
+    if (child) this.watchForReap(saved.pid);
+    this.log.info({ pid: saved.pid, fd: saved.fd, pending: saved.pending, ourChild: child }, child ? 'action runner carried over the re-exec' : 'action runner carried over the crash (its channel was in the fd store)');
     // Results already complete in the saved bytes.
     this.onData('');
     return true;
@@ -109,7 +135,43 @@ export class ActionRunner {
   save(): RunnerSaved | null {
     const fd = this.fd();
     if (!this.sock || fd === null) return null;
-    return { pid: this.pid, fd, nextId: this.nextId, partial: this.buf, pending: [...this.pending] };
+    let id: { dev?: string; ino?: string } = {};
+    try {
+      const st = fstatSync(fd, { bigint: true });
+      id = { dev: String(st.dev), ino: String(st.ino) };
+    } catch {
+      /* no identity: a crash-restart then drops the runner */
+    }
+    return { pid: this.pid, fd, nextId: this.nextId, partial: this.buf, pending: [...this.pending], ...id };
+  }
+
+  /**
+   * An adopted runner is our child (a re-exec keeps the pid) but libuv does
+   * not know it: reap it ourselves when its pidfd says it exited.
+   */
+  private watchForReap(pid: number): void {
+    let pidfd: number;
+    try {
+      pidfd = native.pidfdOpen(pid);
+    } catch {
+      this.reapNow(pid); // already gone
+      return;
+    }
+    this.reapWatch = native.watchPidfd(pidfd, () => {
+      this.reapWatch = null;
+      closeSync(pidfd);
+      this.reapNow(pid);
+    });
+    this.reapWatch.unref();
+  }
+
+  private reapNow(pid: number): void {
+    try {
+      const st = native.reapChild(pid);
+      if (st) this.log.info({ pid, code: st.code ?? null, signal: st.signal ?? null }, 'action runner process exited (reaped)');
+    } catch {
+      /* not our child (any more) */
+    }
   }
 
   fd(): number | null {
@@ -124,6 +186,7 @@ export class ActionRunner {
 
   private attach(sock: net.Socket): void {
     this.sock = sock;
+    this.generation++;
     sock.setEncoding('utf8');
     sock.on('data', (c: string) => this.onData(c));
     const lost = (why: string) => {
@@ -177,5 +240,15 @@ export class ActionRunner {
           this.log.error({ msg: m }, 'action runner reported an error');
       }
     }
+  }
+}
+
+/** The parent pid of `pid` (/proc, never storage), or 0. */
+function parentOf(pid: number): number {
+  try {
+    const s = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return Number(s.slice(s.lastIndexOf(')') + 2).split(' ')[1]);
+  } catch {
+    return 0;
   }
 }
