@@ -184,13 +184,35 @@ export async function startFromState(d: BootHost, doc: StateDocument, requestedA
  * a lock or a client; adopt our own listeners (found through
  * /proc/net/unix) and the client sockets so we stay reachable.
  */
-export async function startSafeMode(d: BootHost, problems: string[]): Promise<void> {
+export async function startSafeMode(d: BootHost, problems: string[], activated: ActivatedSockets | null = null): Promise<void> {
   d.safeMode = true;
   d.boot = 'safe-mode';
   const found = scanInheritedFds();
   const orphans: FdIdentity[] = [...found.others];
+  // A crash-restart under socket activation: systemd passed its sockets again
+  // (virtlockd.socket...). They are the servers' sockets, whatever path they
+  // have, and the clients accepted on them belong to those servers: never
+  // bind a socket of our own over systemd's.
+  const byPath = new Map<string, RpcServer<any>>([[d.opts.socketPath, d.lockServer]]);
+  if (d.adminServer && d.opts.adminSocketPath) byPath.set(d.opts.adminSocketPath, d.adminServer);
+  const taken = new Set<number>();
+  for (const [fds, srv] of [[activated?.main ?? [], d.lockServer], [activated?.admin ?? [], d.adminServer]] as const) {
+    for (const fd of fds) {
+      const path = listenerPath(fd);
+      if (!srv || path === null) continue;
+      try {
+        await srv.adopt(fd, path, false);
+        native.setCloexec(fd, true);
+        byPath.set(path, srv);
+        taken.add(fd);
+      } catch (err) {
+        problems.push(`activated listener ${path}: ${(err as Error).message}`);
+      }
+    }
+  }
   for (const { fd, path } of found.listeners) {
-    const srv = path === d.opts.socketPath ? d.lockServer : path === d.opts.adminSocketPath ? d.adminServer : null;
+    if (taken.has(fd)) continue;
+    const srv = byPath.get(path) ?? null;
     if (srv) {
       try {
         await srv.adopt(fd, path, false);
@@ -206,7 +228,7 @@ export async function startSafeMode(d: BootHost, problems: string[]): Promise<vo
   // sockets carry the listener's path). Lock clients come back restricted:
   // who they were is unknown, so they may do nothing but keepalive.
   for (const { fd, path } of found.sockets) {
-    const srv = path === d.opts.socketPath ? d.lockServer : path === d.opts.adminSocketPath ? d.adminServer : null;
+    const srv = (path === null ? undefined : byPath.get(path)) ?? null;
     try {
       if (!srv) throw new Error('accepted on an unknown socket');
       adoptClientSocket(srv, fd, (peer) => {

@@ -29,6 +29,7 @@ import { FdStore, fdNames, fdStoreConfig, isStoredFdName, kindOfName } from '../
 import type { FdStoreConfig } from '../fdstore/fdStore.js';
 import { StateSlots, newestSlot } from '../fdstore/stateSlots.js';
 import { remapDocument } from '../fdstore/remap.js';
+import { crashAfterGrantHook } from '../fdstore/faultInjection.js';
 import type { PassedFd } from '../fdstore/remap.js';
 import { handleFd } from '../rpc/server.js';
 import type { ClientConnection } from '../rpc/connection.js';
@@ -104,6 +105,8 @@ export class CrashStore {
   /** Set after a recovery: how long the daemon was down. */
   recoveredAfterMs: number | null = null;
   private fullWarned = false;
+  /** Test-only fault injection (fdstore/faultInjection.ts); null unless asked for. */
+  private readonly crashAfterGrant: (() => void) | null;
   /** The runner channel in the store: its name and the runner's channel generation. */
   private runnerStored: { name: string | null; generation: number } = { name: null, generation: -1 };
 
@@ -124,6 +127,7 @@ export class CrashStore {
       },
     });
     for (const p of passed) this.store.known(p.name);
+    this.crashAfterGrant = crashAfterGrantHook(env);
     // Hooked from the start, so nothing granted during boot escapes the store.
     for (const srv of [d.lockServer, d.adminServer]) if (srv) srv.storeHooks = { attached: (c: ClientConnection<any>) => this.clientAttached(c), closed: (c: ClientConnection<any>) => this.clientClosed(c) };
     d.manager.storeHooks = { added: (ls, r) => this.leaseAdded(ls, r), removed: (ls, r) => this.leaseRemoved(ls, r), changed: () => this.markDirty() };
@@ -186,6 +190,16 @@ export class CrashStore {
     } catch (err) {
       await host.startSafeMode([`crash restart: ${(err as Error).message}`]);
       return;
+    }
+    // Stored lease fds the document does not name were taken in the last turn
+    // and never granted: released before the restore, whose clients dispatch
+    // again the requests they had sent (one may be the acquire of that very
+    // lease, which must not find it still locked by the leftover).
+    for (const p of pool) {
+      if (remap.used.has(p.fd) || kindOfName(p.name) !== 'lease') continue;
+      this.log.warn({ fdName: p.name }, 'crash restart: a lease taken just before the crash was never granted: released');
+      this.releaseLeftover(p.fd);
+      remap.used.add(p.fd);
     }
     await host.startFromState(doc);
     // Owners whose own connection closed meanwhile: the path of a closed owner connection.
@@ -331,6 +345,7 @@ export class CrashStore {
     void ls;
     this.store.put(fdNames.lease(r.dev, r.ino), r.fd);
     this.markDirty();
+    this.crashAfterGrant?.();
   }
 
   private leaseRemoved(ls: LockSpace, r: Resource): void {
@@ -346,6 +361,12 @@ export class CrashStore {
     const name = fdNames.client(String(ino));
     this.clientNames.set(c, name);
     c.onAsyncDispatch = () => this.markDirty();
+    // A request read from the socket exists only in this process until the
+    // state shows it: a crash between the read and the end of its turn (the
+    // lock taken, the reply not sent) lost it, and the client waited forever.
+    // So the bytes are written before they are dispatched; a crash-restart
+    // dispatches them again (after releasing what that turn left behind).
+    if (this.d.lockServer.clients.get(c.id) === c) c.onRead = () => this.writeNow();
     this.store.put(name, fd);
     this.markDirty();
   }
@@ -354,6 +375,13 @@ export class CrashStore {
     const name = this.clientNames.get(c);
     if (name) this.store.remove(name);
     this.markDirty();
+  }
+
+  /** Writes the state now (mid-turn); a write already due at the end of this turn stays due. */
+  private writeNow(): void {
+    const due = this.dirty;
+    this.writeState();
+    this.dirty = due;
   }
 
   /** The state is rewritten at the end of this turn, before any reply of this turn goes out. */

@@ -156,7 +156,7 @@ export class Daemon implements AdminHost, BootHost, HealthHost, ReexecHost, Reex
         // We were exec'd by an old image but its document is gone: keep every inherited fd.
         await startSafeMode(this, [`state file ${this.stateFile} is missing after a re-exec`]);
       } else if (this.crashStore?.hasStoredState) {
-        await this.crashStore.recover(activated, { startFromState: (d) => startFromState(this, d, null), startSafeMode: (p) => startSafeMode(this, p), keepOrphan: (fd) => this.orphans.push({ fd, kind: 'resource', dev: '0', ino: '0' }) });
+        await this.crashStore.recover(activated, { startFromState: (d) => startFromState(this, d, null), startSafeMode: (p) => startSafeMode(this, p, activated), keepOrphan: (fd) => this.orphans.push({ fd, kind: 'resource', dev: '0', ino: '0' }) });
       } else {
         this.health.ensureRunner(); // before any client can take a lease (src/health/actionRunner.ts)
         await startFresh(this, activated);

@@ -111,6 +111,9 @@ export class ClientConnection<Ctx> {
   private onData(chunk: Buffer): void {
     if (this.closed) return;
     this.reader.push(chunk);
+    // Before anything is dispatched: the fd store makes the bytes durable
+    // (they left the kernel's buffer; a crash now must not lose them).
+    this.onRead?.();
     this.pump();
   }
 
@@ -298,6 +301,8 @@ export class ClientConnection<Ctx> {
 
   /** Told when a request is dispatched that is answered in a later turn (the fd store records it). */
   onAsyncDispatch: (() => void) | null = null;
+  /** Told when bytes were read, before they are dispatched (the fd store records them: crashBytes()). */
+  onRead: (() => void) | null = null;
   /** That request's frame (without its length word) until its reply is queued. */
   private inflight: Buffer | null = null;
 

@@ -12,7 +12,8 @@
 // filesystem allows) of the runtime tree from its base directory, in the checkout or $HOME.
 
 import { spawn, spawnSync } from 'node:child_process';
-import type { ChildProcess } from 'node:child_process';
+import type { ChildProcess, ChildProcessByStdio } from 'node:child_process';
+import type { Readable, Writable } from 'node:stream';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -68,7 +69,7 @@ export class SystemdLab {
     this.app = hidden ? join(this.base, 'app') : ROOT;
     if (hidden) {
       mkdirSync(this.app);
-      for (const d of ['bin', 'dist', 'build', 'node_modules', 'schemas', 'units', 'package.json']) {
+      for (const d of ['bin', 'dist', 'build', 'node_modules', 'schemas', 'units', 'package.json', 'test']) {
         if (spawnSync('cp', ['-al', join(ROOT, d), this.app]).status !== 0) spawnSync('cp', ['-a', join(ROOT, d), this.app]);
       }
     }
@@ -124,6 +125,13 @@ export class SystemdLab {
   /** Starts a long-running command inside the lab (killed with the lab). */
   spawn(args: string[]): ChildProcess {
     const c = spawn('bash', [LAB_SCRIPT, 'run', this.state, ...args], { stdio: 'ignore', env: { ...process.env, NODE_OPTIONS: '' } });
+    this.spawned.push(c);
+    return c;
+  }
+
+  /** Starts a long-running command inside the lab with its stdin and stdout piped to the test (killed with the lab). */
+  spawnPiped(args: string[]): ChildProcessByStdio<Writable, Readable, null> {
+    const c = spawn('bash', [LAB_SCRIPT, 'run', this.state, ...args], { stdio: ['pipe', 'pipe', 'inherit'], env: { ...process.env, NODE_OPTIONS: '' } });
     this.spawned.push(c);
     return c;
   }
