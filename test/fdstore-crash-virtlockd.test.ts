@@ -43,7 +43,7 @@ function main(): void {
     const pidFile = l.file('virtlockd.pid');
     writeRelockdDefaults(l, u.defaults, ['--pid-file', pidFile, '--state-file', l.file('relockd-restart-exec.json'), '--log-level', 'info']);
     // Fault injection for one phase of the proof (src/fdstore/faultInjection.ts): EnvironmentFile= takes more lines.
-    appendFileSync(u.defaults, `RELOCKD_TEST_CRASH_AFTER_GRANT=${l.file('crash-after-grant')}\n`);
+    appendFileSync(u.defaults, `RELOCKD_TEST_CRASH_AT=${l.file('crash-at')}\n`);
     const up = l.up();
     t.equal(up.code, 0, `systemd up: ${up.err}`);
     if (up.code !== 0) return;
@@ -56,7 +56,7 @@ function main(): void {
       pidFile,
       logName: 'relockd.log',
       storedListeners: 0,
-      faultFile: l.file('crash-after-grant'),
+      faultFile: l.file('crash-at'),
     });
   });
 }

@@ -36,7 +36,7 @@ function main(): void {
       UNIT,
       `[Unit]\nDescription=relockd (fd store lab)\n[Service]\nType=notify\nNotifyAccess=main\n` +
         // The same fd-store settings as units/relockd.service.
-        `FileDescriptorStoreMax=4096\nEnvironment=FDSTORE=4096\nEnvironment=RELOCKD_TEST_CRASH_AFTER_GRANT=${l.file('crash-after-grant')}\n` +
+        `FileDescriptorStoreMax=4096\nEnvironment=FDSTORE=4096\nEnvironment=RELOCKD_TEST_CRASH_AT=${l.file('crash-at')}\n` +
         `ExecStart=${process.execPath} ${NODE_FLAGS.join(' ')} ${join(l.app, 'bin', 'relockd.cjs')} --runtime-dir=${run} --pid-file=${join(run, 'relockd.pid')} --log-level=info\n` +
         `ExecReload=/bin/kill -USR1 $MAINPID\nRestart=on-failure\nRestartSec=300ms\nKillMode=process\nSendSIGKILL=no\nStandardOutput=append:${l.file('daemon.log')}\nStandardError=inherit\n`,
     );
@@ -52,7 +52,7 @@ function main(): void {
       pidFile: join(run, 'relockd.pid'),
       logName: 'daemon.log',
       storedListeners: 2,
-      faultFile: l.file('crash-after-grant'),
+      faultFile: l.file('crash-at'),
     });
   });
 }

@@ -29,7 +29,8 @@ import { FdStore, fdNames, fdStoreConfig, isStoredFdName, kindOfName } from '../
 import type { FdStoreConfig } from '../fdstore/fdStore.js';
 import { StateSlots, newestSlot } from '../fdstore/stateSlots.js';
 import { remapDocument } from '../fdstore/remap.js';
-import { crashAfterGrantHook } from '../fdstore/faultInjection.js';
+import { crashHook } from '../fdstore/faultInjection.js';
+import type { CrashPoint } from '../fdstore/faultInjection.js';
 import type { PassedFd } from '../fdstore/remap.js';
 import { handleFd } from '../rpc/server.js';
 import type { ClientConnection } from '../rpc/connection.js';
@@ -106,7 +107,7 @@ export class CrashStore {
   recoveredAfterMs: number | null = null;
   private fullWarned = false;
   /** Test-only fault injection (fdstore/faultInjection.ts); null unless asked for. */
-  private readonly crashAfterGrant: (() => void) | null;
+  private readonly crashAt: ((at: CrashPoint) => void) | null;
   /** The runner channel in the store: its name and the runner's channel generation. */
   private runnerStored: { name: string | null; generation: number } = { name: null, generation: -1 };
 
@@ -127,7 +128,7 @@ export class CrashStore {
       },
     });
     for (const p of passed) this.store.known(p.name);
-    this.crashAfterGrant = crashAfterGrantHook(env);
+    this.crashAt = crashHook(env);
     // Hooked from the start, so nothing granted during boot escapes the store.
     for (const srv of [d.lockServer, d.adminServer]) if (srv) srv.storeHooks = { attached: (c: ClientConnection<any>) => this.clientAttached(c), closed: (c: ClientConnection<any>) => this.clientClosed(c) };
     d.manager.storeHooks = { added: (ls, r) => this.leaseAdded(ls, r), removed: (ls, r) => this.leaseRemoved(ls, r), changed: () => this.markDirty() };
@@ -345,7 +346,7 @@ export class CrashStore {
     void ls;
     this.store.put(fdNames.lease(r.dev, r.ino), r.fd);
     this.markDirty();
-    this.crashAfterGrant?.();
+    this.crashAt?.('grant');
   }
 
   private leaseRemoved(ls: LockSpace, r: Resource): void {
@@ -366,7 +367,11 @@ export class CrashStore {
     // lock taken, the reply not sent) lost it, and the client waited forever.
     // So the bytes are written before they are dispatched; a crash-restart
     // dispatches them again (after releasing what that turn left behind).
-    if (this.d.lockServer.clients.get(c.id) === c) c.onRead = () => this.writeNow();
+    if (this.d.lockServer.clients.get(c.id) === c)
+      c.onRead = () => {
+        this.writeNow();
+        this.crashAt?.('read');
+      };
     this.store.put(name, fd);
     this.markDirty();
   }

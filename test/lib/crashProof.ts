@@ -83,7 +83,7 @@ export interface CrashTarget {
   logName: string;
   /** Listening sockets relockd stores itself (its own binds; systemd's activated ones come back with their socket units). */
   storedListeners: number;
-  /** The unit's RELOCKD_TEST_CRASH_AFTER_GRANT file (src/fdstore/faultInjection.ts). */
+  /** The unit's RELOCKD_TEST_CRASH_AT file (src/fdstore/faultInjection.ts). */
   faultFile: string;
 }
 
@@ -254,25 +254,30 @@ async function scenario(t: Test, x: CrashTarget, log: () => string): Promise<voi
   t.ok(count >= burstFiles.length, `relockctl leases lists the burst leases (${count})`);
   t.ok(alive(runner), `the action runner ${runner} survived the second crash too`);
 
-  // ---- SIGKILL at the worst instant (fault injected): a lease locked and stored, the turn's state
-  // not written, the client not answered. The request had left the kernel's socket buffer: it must
-  // have been written down before it was dispatched, or the client waits forever.
-  const faultFiles = Array.from({ length: 5 }, (_, n) => join(leases, `fault${n}.img`));
-  for (const f of faultFiles) writeFileSync(f, '');
-  hammer = await Hammer.start(held);
-  const pid4 = show('MainPID');
-  writeFileSync(x.faultFile, '');
-  const faultId = burster.send({ op: 'burst', names: faultFiles });
-  const back4 = await restarted(pid4);
-  t.notOk(existsSync(x.faultFile), `relockd killed itself right after its first grant, back under pid ${back4.pid}`);
-  const faultDone = await burster.waitFor((o) => o.id === faultId, 120_000);
-  t.ok(faultDone.ok, `every acquisition was answered, the one cut short by the crash too ${faultDone.err ?? ''}`);
-  const h4 = await hammer.stop();
-  hammer = null;
-  t.same(h4.wins, {}, `the hammer never won (${h4.attempts} attempts)`);
-  t.same(faultFiles.filter((f) => probeOne(f) !== 'held'), [], 'every one of them is held');
-  t.match(log(), /a lease taken just before the crash was never granted: released/, 'the lease taken in the cut-short turn was released, then granted again to the request');
-  t.notOk(burster.closed, "the client's connection survived");
+  // ---- SIGKILL at the worst instants (fault injected, src/fdstore/faultInjection.ts) -----------
+  // 'read': a request has left the kernel's socket buffer and exists only in relockd's memory; it
+  // must have been written down before it is dispatched, or the client waits forever.
+  // 'grant': a lease is locked and stored, the turn's state not written, the client not answered;
+  // that lease was never granted (released), and the request is dispatched again, which must not
+  // find the lease still locked by that leftover.
+  for (const at of ['read', 'grant'] as const) {
+    const faultFiles = Array.from({ length: 5 }, (_, n) => join(leases, `fault-${at}${n}.img`));
+    for (const f of faultFiles) writeFileSync(f, '');
+    hammer = await Hammer.start(held);
+    const pid4 = show('MainPID');
+    writeFileSync(x.faultFile, at);
+    const faultId = burster.send({ op: 'burst', names: faultFiles });
+    const back4 = await restarted(pid4);
+    t.notOk(existsSync(x.faultFile), `relockd was killed at '${at}' of the first acquisition, back under pid ${back4.pid}`);
+    const faultDone = await burster.waitFor((o) => o.id === faultId, 120_000);
+    t.ok(faultDone.ok, `(${at}) every acquisition was answered, the one cut short by the crash too ${faultDone.err ?? ''}`);
+    const h4 = await hammer.stop();
+    hammer = null;
+    t.same(h4.wins, {}, `(${at}) the hammer never won (${h4.attempts} attempts)`);
+    t.same(faultFiles.filter((f) => probeOne(f) !== 'held'), [], `(${at}) every one of them is held`);
+    t.notOk(burster.closed, `(${at}) the client's connection survived`);
+  }
+  t.match(log(), /a lease taken just before the crash was never granted: released/, "the lease taken in the turn cut short at 'grant' was released, then granted again to the request");
 
   // ---- an unreadable stored state: safe mode, every stored fd kept -------------------
   const pid3 = show('MainPID');
