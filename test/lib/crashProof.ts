@@ -26,7 +26,7 @@ import type { SystemdLab } from './systemdLab.js';
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** A lease-client.mjs process inside the lab: one JSON command in, one JSON line out. */
-export class LabClient {
+class LabClient {
   readonly lines: any[] = [];
   private waiters: Array<() => void> = [];
   pid = 0;
