@@ -419,6 +419,11 @@ export class CrashStore {
       this.compact();
       return;
     }
+    this.append(j);
+    if (j.compactionDue) this.scheduleCompaction();
+  }
+
+  private append(j: StateJournal): void {
     const t0 = performance.now();
     try {
       const n = j.flush();
@@ -432,17 +437,30 @@ export class CrashStore {
       this.scheduleCompaction();
     }
     this.stats.ms += performance.now() - t0;
-    if (j.compactionDue) this.scheduleCompaction();
   }
 
-  /** A new base in a turn of its own: this turn's replies go out first (the journal already shows their changes). */
+  /** A new base in a turn of its own: the replies of the turn that asked go out first (the journal already shows their changes). */
   private scheduleCompaction(): void {
     if (this.compactScheduled) return;
     this.compactScheduled = true;
     setImmediate(() => {
       this.compactScheduled = false;
-      if (this.ready && !this.d.reexecInProgress) this.compact();
+      const j = this.journal;
+      if (!j || !this.ready || this.d.reexecInProgress) return;
+      // Changes of this turn so far go into the old journal first: it then ends exactly where the new base begins.
+      if (!this.needBase && j.hasChanges) this.append(j);
+      this.compact();
     });
+  }
+
+  /** The memfds holding the state (tests and the bench read them). */
+  get stateFds(): readonly [number, number] | null {
+    return this.journal?.slots.fds ?? null;
+  }
+
+  /** The journal's own counters (records, bytes, compactions). */
+  get journalStats(): StateJournal['stats'] | null {
+    return this.journal?.stats ?? null;
   }
 
   private compact(): void {
