@@ -384,24 +384,7 @@ export class CrashStore {
   }
 
   private useSlots(slots: StateSlots): void {
-    const d = this.d;
-    const source: JournalSource = {
-      full: () => {
-        const bytes = new Map<ClientConnection<any>, { pending: Buffer; unsent: Buffer }>();
-        for (const c of d.lockServer.clients.values()) if (!c.isClosed) bytes.set(c, c.crashBytes());
-        return d.stateSnapshot(CRASH_TRIGGER, bytes);
-      },
-      skeleton: () => d.stateSnapshot(CRASH_TRIGGER, new Map(), true),
-      source: (server) => (server === 'virtlockd' || server === 'admin' ? d.snapshotSource(server) : null),
-      // Only lock-protocol requests are dispatched again after a crash, as before the journal.
-      crashBytes: (conn, server) => (server === d.lockServer.name ? conn.crashBytes() : undefined),
-      skeletonKey: () => {
-        let k = `${d.manager.spaces.size}`;
-        for (const pid of d.lockService.terminations.keys()) k += `,${pid}`;
-        return k;
-      },
-    };
-    this.journal = new StateJournal(slots, source);
+    this.journal = new StateJournal(slots, journalSource(this.d));
     this.needBase = true;
   }
 
@@ -534,6 +517,26 @@ export class CrashStore {
     this.ready = false;
     if (this.heartbeat) clearInterval(this.heartbeat);
   }
+}
+
+/** What the journal reads of the daemon (also the bench's, bench/fdstore-state.ts). */
+export function journalSource(d: CrashStoreHost): JournalSource {
+  return {
+    full: () => {
+      const bytes = new Map<ClientConnection<any>, { pending: Buffer; unsent: Buffer }>();
+      for (const c of d.lockServer.clients.values()) if (!c.isClosed) bytes.set(c, c.crashBytes());
+      return d.stateSnapshot(CRASH_TRIGGER, bytes);
+    },
+    skeleton: () => d.stateSnapshot(CRASH_TRIGGER, new Map(), true),
+    source: (server) => (server === 'virtlockd' || server === 'admin' ? d.snapshotSource(server) : null),
+    // Only lock-protocol requests are dispatched again after a crash, as before the journal.
+    crashBytes: (conn, server) => (server === d.lockServer.name ? conn.crashBytes() : undefined),
+    skeletonKey: () => {
+      let k = `${d.manager.spaces.size}`;
+      for (const pid of d.lockService.terminations.keys()) k += `,${pid}`;
+      return k;
+    },
+  };
 }
 
 /** What recovery needs from the daemon's boot code. */

@@ -41,6 +41,10 @@ export function decodeRecord(payload: Buffer, index: number): JournalOp[] {
   } catch (err) {
     throw new JournalError(`journal record ${index} is not JSON: ${(err as Error).message}`);
   }
+  return checkOps(ops, index);
+}
+
+function checkOps(ops: unknown, index: number): JournalOp[] {
   if (!Array.isArray(ops)) throw new JournalError(`journal record ${index} is not a list of changes`);
   for (const o of ops) {
     const k = (o as { op?: unknown })?.op;

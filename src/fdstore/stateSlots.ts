@@ -58,7 +58,7 @@ function readAll(fd: number): Buffer | null {
   } catch {
     return null;
   }
-  const buf = Buffer.alloc(size);
+  const buf = Buffer.allocUnsafe(size);
   let got = 0;
   while (got < size) {
     const n = readSync(fd, buf, got, size - got, got);
