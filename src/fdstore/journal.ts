@@ -34,7 +34,7 @@ export class JournalError extends Error {
   override name = 'JournalError';
 }
 
-export function decodeRecord(payload: Buffer, index: number): JournalOp[] {
+function decodeRecord(payload: Buffer, index: number): JournalOp[] {
   let ops: unknown;
   try {
     ops = JSON.parse(payload.toString('utf8'));
@@ -64,7 +64,7 @@ interface ClientEntry {
  * the rest (its lock spaces' and servers' entity lists are refilled by
  * toDocument()).
  */
-export class DocumentModel {
+class DocumentModel {
   private skeleton!: StateDocument;
   /** Lock space → resource name (document text) → entry, in document order. */
   private readonly spaces = new Map<SpaceKey, Map<string, { state: ResourceState; extra: ResourceExtra | undefined }>>();

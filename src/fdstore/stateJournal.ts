@@ -36,7 +36,7 @@ export interface JournalPolicy {
   minBytes: number;
 }
 
-export const DEFAULT_POLICY: JournalPolicy = { ratio: 2, minBytes: 64 * 1024 };
+const DEFAULT_POLICY: JournalPolicy = { ratio: 2, minBytes: 64 * 1024 };
 
 export class StateJournal {
   private readonly leases = new Map<LockSpace, Set<string>>();

@@ -69,7 +69,7 @@ function readAll(fd: number): Buffer | null {
 }
 
 /** Splits the frames after a base; stops at the first that is torn or fails its CRC. */
-export function readFrames(buf: Buffer, from: number, seq: number): { records: Buffer[]; tornBytes: number } {
+function readFrames(buf: Buffer, from: number, seq: number): { records: Buffer[]; tornBytes: number } {
   const records: Buffer[] = [];
   let off = from;
   while (off + FRAME_HEAD <= buf.length) {
