@@ -31,6 +31,7 @@ import { startVirtlockd, virtlockdAvailable, virtlockdUnavailableReason } from '
 import type { FromWorker, Scenario, SetupMsg, ToWorker, WindowResult } from './worker.js';
 import { Generator } from './generator.js';
 import { FdStoreEmulator } from '../test/lib/fdstoreEmulator.js';
+import { LockspaceClient } from '../src/protocol/lockspaceClient.js';
 import { fmtMb, procMem } from './procmem.js';
 import type { ProcMem } from './procmem.js';
 import { fmt1, median, table } from './stats.js';
@@ -59,6 +60,10 @@ const USAGE = `usage: node dist/bench/lockbench.js [options]
   --alt PATH          also measure another relockd build (PATH = its bin/relockd.cjs, with
                       its dist/ and build/ beside it) as 'relockd-alt', interleaved with the
                       others: for judging an optimisation under the same noise
+  --hold N            before measuring, each daemon holds N more leases (shared, one idle
+                      client): what a host with many VMs costs per change (default 0)
+  --alt-fdstore       with --alt and --fdstore: the alt build runs with the fd store on too
+                      ('relockd-alt+fdstore', instead of plain 'relockd-alt')
   --cpu-prof DIR      run relockd (and relockd-alt) under node --cpu-prof, without the
                       permission model (which stops Node 20 from writing profiles); profiles
                       are written to DIR/<label>/ at the end; summarise one with
@@ -88,6 +93,8 @@ interface Opts {
   alt?: string;
   /** Also relockd with the fd store on (bench/fdstoreEmulator.ts as systemd). */
   fdstore: boolean;
+  altFdstore: boolean;
+  hold: number;
   ownerExits: number;
   json: boolean;
 }
@@ -110,6 +117,8 @@ function parseOpts(): Opts {
       'node-flags': { type: 'string', default: '' },
       alt: { type: 'string' },
       fdstore: { type: 'boolean', default: false },
+      'alt-fdstore': { type: 'boolean', default: false },
+      hold: { type: 'string', default: '0' },
       'owner-exits': { type: 'string', default: '20' },
       json: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
@@ -147,6 +156,8 @@ function parseOpts(): Opts {
     perf: values.perf,
     alt: values.alt ? resolvePath(values.alt) : undefined,
     fdstore: values.fdstore!,
+    altFdstore: values['alt-fdstore']!,
+    hold: Math.floor(num(values.hold!, '--hold', 0)),
     nodeFlags: values['node-flags']!.split(/\s+/).filter(Boolean),
     ownerExits: Math.floor(num(values['owner-exits']!, '--owner-exits', 0)),
     json: values.json!,
@@ -368,13 +379,16 @@ async function main(): Promise<void> {
       fdstore = await FdStoreEmulator.start(join(root, 'fdstore.sock'));
       daemons.push(await startRelockdForBench(join(root, 'relockd-fdstore'), 'relockd+fdstore', opts.logLevel, flagsFor('relockd'), RELOCKD_BIN, { NOTIFY_SOCKET: fdstore.path, FDSTORE: '65536' }));
     }
-    if (opts.alt) daemons.push(await startRelockdForBench(join(root, 'relockd-alt'), 'relockd-alt', opts.logLevel, flagsFor('relockd-alt'), opts.alt));
+    if (opts.alt && opts.altFdstore && fdstore) {
+      daemons.push(await startRelockdForBench(join(root, 'relockd-alt-fdstore'), 'relockd-alt+fdstore', opts.logLevel, flagsFor('relockd-alt'), opts.alt, { NOTIFY_SOCKET: fdstore.path, FDSTORE: '65536' }));
+    } else if (opts.alt) daemons.push(await startRelockdForBench(join(root, 'relockd-alt'), 'relockd-alt', opts.logLevel, flagsFor('relockd-alt'), opts.alt));
     if (opts.targets.includes('virtlockd')) {
       if (virtlockdAvailable()) daemons.push(await startVirtlockdForBench(join(root, 'virtlockd')));
       else err(`virtlockd skipped: ${virtlockdUnavailableReason()}`);
     }
     if (opts.info) daemons.push(await startRelockdForBench(join(root, 'relockd-info'), 'relockd@info', 'info', NODE_FLAGS));
     if (!daemons.length) throw new Error('no daemon to measure');
+    if (opts.hold > 0) await holdLeases(daemons, join(root, 'held'), opts.hold, err);
     await new Promise((r) => setTimeout(r, 1000));
     for (const d of daemons) d.memIdle = procMem(d.pid);
 
@@ -489,6 +503,20 @@ async function main(): Promise<void> {
     process.removeListener('SIGINT', onSignal);
     process.removeListener('SIGTERM', onSignal);
     await cleanup();
+  }
+}
+
+/** --hold: N shared leases per daemon on one idle connection each (kept until the daemons stop). */
+async function holdLeases(daemons: Daemon[], dir: string, n: number, err: (s: string) => void): Promise<void> {
+  mkdirSync(dir, { recursive: true });
+  const files = Array.from({ length: n }, (_, i) => join(dir, `held${i}.img`));
+  for (const f of files) writeFileSync(f, '');
+  for (const d of daemons) {
+    const t0 = performance.now();
+    const c = await LockspaceClient.connect(d.socketPath);
+    await c.register({ uuid: '7e1d0000-0000-4000-8000-000000000001', name: 'held', id: 1, pid: 2_000_000_999 });
+    for (const f of files) await c.acquire('', f, 1); // shared: every daemon holds the same files
+    err(`${d.label}: ${n} leases held (${((performance.now() - t0) / 1000).toFixed(1)} s to take them)`);
   }
 }
 

@@ -402,11 +402,28 @@ socklen_t NotifyAddr(Napi::Env env, const std::string& path, struct sockaddr_un*
 
 // One datagram, with `fds` attached as SCM_RIGHTS when there are any (the fd
 // store: FDSTORE=1). Node has no AF_UNIX datagram sockets, let alone fd passing.
+//
+// One unbound datagram socket serves every message (the fd store sends one
+// per lease and client): made on first use, close-on-exec, and made again if
+// it stops being ours (a send fails as no datagram socket would). Datagrams
+// the receiver has not read yet count against that one socket's send
+// buffer, so it is made large; should it still be full (EAGAIN), the message
+// goes through a socket of its own, as every message did before, and only
+// the receiver's queue limits it.
+static int notify_sock = -1;
+
+static int NewNotifySocket() {
+  int s = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (s < 0) return s;
+  int size = 8 << 20;
+  if (setsockopt(s, SOL_SOCKET, SO_SNDBUFFORCE, &size, sizeof size) < 0)  // root; else capped by wmem_max
+    setsockopt(s, SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
+  return s;
+}
+
 void SendNotify(Napi::Env env, const std::string& path, const std::string& msg, const int* fds, size_t nfds) {
   struct sockaddr_un sa;
   socklen_t salen = NotifyAddr(env, path, &sa);
-  int s = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  if (s < 0) throw SysError(env, errno, "socket");
   struct iovec iov = {const_cast<char*>(msg.data()), msg.size()};
   struct msghdr mh;
   memset(&mh, 0, sizeof mh);
@@ -426,9 +443,27 @@ void SendNotify(Napi::Env env, const std::string& path, const std::string& msg, 
     memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
   }
   // MSG_DONTWAIT: a stuck receiver gives EAGAIN instead of blocking the loop.
-  ssize_t n = sendmsg(s, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
-  int err = errno;
-  close(s);
+  ssize_t n = -1;
+  int err = 0;
+  for (int attempt = 0; attempt < 2; attempt++) {
+    if (notify_sock < 0) {
+      notify_sock = NewNotifySocket();
+      if (notify_sock < 0) throw SysError(env, errno, "socket");
+    }
+    n = sendmsg(notify_sock, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+    err = errno;
+    if (n < 0 && (err == EAGAIN || err == ENOBUFS)) {
+      int own = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+      if (own < 0) break;
+      n = sendmsg(own, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+      err = errno;
+      close(own);
+      break;
+    }
+    if (n >= 0 || (err != EBADF && err != ENOTSOCK && err != EISCONN && err != EOPNOTSUPP && err != EPROTOTYPE && err != EDESTADDRREQ)) break;
+    // The number no longer is our socket (closed and reused): forget it (never close what is not ours).
+    notify_sock = -1;
+  }
   // sendmsg with no fds is what sendto was: keep the name callers and tests know.
   if (n < 0) throw SysError(env, err, nfds > 0 ? "sendmsg" : "sendto");
 }

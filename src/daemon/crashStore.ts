@@ -3,24 +3,29 @@
 // While running: every fd whose loss would drop a lease or a client goes to
 // the store as it appears (a lease fd when the lock is taken, a connection
 // when it is accepted, our listeners, the pid file) and leaves it when its
-// lease or client ends. The state document that gives those fds meaning is
-// the re-exec document (state/snapshot.ts, same schema and validation),
-// rewritten at the end of every event-loop turn that changed something, in
-// a memfd that is itself in the store.
+// lease or client ends. The state that gives those fds meaning is the
+// re-exec document (state/snapshot.ts, same schema and validation), kept in
+// a memfd that is itself in the store: a full document as the base, then a
+// journal with one record per event-loop turn that changed something, each
+// holding the current entry of every lease and connection that changed
+// (fdstore/stateJournal.ts, journal.ts: O(change), not O(state)). A new full
+// base is written when the journal outgrows the old one, in a turn of its own.
 //
 // Crash window: replies wait for the end of their turn behind earlier
-// flushers (turnFlush.ts), and the state write is scheduled when the change
-// happens, before the reply is sent. So no client is ever told of a lease,
-// a registration or a release the stored document does not show yet, and
+// flushers (turnFlush.ts), and the journal append is scheduled when the
+// change happens, before the reply is sent. So no client is ever told of a
+// lease, a registration or a release the stored state does not show yet, and
 // the fd datagram goes out synchronously when the lock is taken, before
-// either. A crash before the write leaves stored fds the document does not
-// name: such a lease was never granted to anyone (it is released), such a
-// connection was accepted but never answered (it is adopted as new).
+// either. A crash before the append (or in the middle of it: a torn record
+// is ignored) leaves stored fds the state does not name: such a lease was
+// never granted to anyone (it is released), such a connection was accepted
+// but never answered (it is adopted as new).
 //
 // After a crash (Restart=on-failure): the stored fds come back with their
-// names; the document is read from the newer complete memfd, its fds are
-// found again by identity (fdstore/remap.ts), and it is restored as after a
-// re-exec. An unreadable document means safe mode with every fd kept.
+// names; the base of the newer complete memfd plus its journal give the
+// document, its fds are found again by identity (fdstore/remap.ts), and it
+// is restored as after a re-exec. An unreadable state means safe mode with
+// every fd kept.
 
 import { closeSync, fstatSync, ftruncateSync, writeSync } from 'node:fs';
 import type { Logger } from 'pino';
@@ -28,11 +33,16 @@ import * as native from '../native.js';
 import { FdStore, fdNames, fdStoreConfig, isStoredFdName, kindOfName } from '../fdstore/fdStore.js';
 import type { FdStoreConfig } from '../fdstore/fdStore.js';
 import { StateSlots, newestSlot } from '../fdstore/stateSlots.js';
+import { StateJournal } from '../fdstore/stateJournal.js';
+import type { JournalSource } from '../fdstore/stateJournal.js';
+import { replayJournal } from '../fdstore/journal.js';
+import type { ServerSnapshotSource } from '../state/snapshot.js';
 import { remapDocument } from '../fdstore/remap.js';
 import { crashHook } from '../fdstore/faultInjection.js';
 import type { CrashPoint } from '../fdstore/faultInjection.js';
 import type { PassedFd } from '../fdstore/remap.js';
 import { handleFd } from '../rpc/server.js';
+import { socketIdentity } from '../state/snapshot.js';
 import type { ClientConnection } from '../rpc/connection.js';
 import type { LockSpace, Resource } from '../locks/lockManager.js';
 import { listenerPath } from '../state/orphans.js';
@@ -81,7 +91,7 @@ const inoOf = (fd: number): bigint | null => {
 export interface CrashStoreHost {
   readonly lockServer: RpcServer<LockClient>;
   readonly adminServer: RpcServer<any> | null;
-  readonly lockService: Pick<LockService, 'onStateChange' | 'startTermination'>;
+  readonly lockService: Pick<LockService, 'onStateChange' | 'startTermination' | 'terminations'>;
   readonly manager: LockManager;
   /** The action runner, whose channel the store keeps too (health/actionRunner.ts). */
   readonly health: { readonly runner: Pick<ActionRunner, 'fd' | 'generation'> };
@@ -91,18 +101,22 @@ export interface CrashStoreHost {
   pidFile: PidFile | null;
   readonly lastReexec: ReexecRecord | undefined;
   readonly reexecInProgress: boolean;
-  stateSnapshot(trigger: string, bytes: Map<ClientConnection<any>, { pending: Buffer; unsent: Buffer }>): StateDocument;
+  stateSnapshot(trigger: string, bytes: Map<ClientConnection<any>, { pending: Buffer; unsent: Buffer }>, skeleton?: boolean): StateDocument;
+  snapshotSource(server: 'virtlockd' | 'admin'): ServerSnapshotSource<any> | null;
 }
 
 export class CrashStore {
   readonly store: FdStore;
-  private slots: StateSlots | null = null;
+  private journal: StateJournal | null = null;
   private dirty = false;
+  /** The next write must be a full base (a change was not journalled, or nothing is written yet). */
+  private needBase = true;
+  private compactScheduled = false;
   private installed = false;
   private readonly clientNames = new WeakMap<ClientConnection<any>, string>();
   private heartbeat: NodeJS.Timeout | null = null;
-  /** Stats for the bench: state writes, bytes and time spent. */
-  readonly stats = { writes: 0, bytes: 0, ms: 0 };
+  /** Stats for the bench: journal appends and bases written, bytes and time spent. */
+  readonly stats = { writes: 0, bytes: 0, ms: 0, bases: 0, baseMs: 0 };
   /** Set after a recovery: how long the daemon was down. */
   recoveredAfterMs: number | null = null;
   private fullWarned = false;
@@ -130,16 +144,16 @@ export class CrashStore {
     for (const p of passed) this.store.known(p.name);
     this.crashAt = crashHook(env);
     // Hooked from the start, so nothing granted during boot escapes the store.
-    for (const srv of [d.lockServer, d.adminServer]) if (srv) srv.storeHooks = { attached: (c: ClientConnection<any>) => this.clientAttached(c), closed: (c: ClientConnection<any>) => this.clientClosed(c) };
-    d.manager.storeHooks = { added: (ls, r) => this.leaseAdded(ls, r), removed: (ls, r) => this.leaseRemoved(ls, r), changed: () => this.markDirty() };
-    d.lockService.onStateChange = () => this.markDirty();
+    for (const srv of [d.lockServer, d.adminServer]) if (srv) srv.storeHooks = { attached: (c: ClientConnection<any>) => this.clientAttached(c, srv.name), closed: (c: ClientConnection<any>) => this.clientClosed(c, srv.name) };
+    d.manager.storeHooks = { added: (ls, r) => this.leaseAdded(ls, r), removed: (ls, r) => this.leaseRemoved(ls, r), changed: (ls, r) => this.leaseChanged(ls, r) };
+    d.lockService.onStateChange = (conn) => this.clientChanged(conn, d.lockServer.name);
     if (this.hasStoredState) return; // recover() reuses the stored memfds
     // A fresh start, or a re-exec (whose image did not carry our memfds): replace any older ones.
     this.forceRemove(fdNames.state(0));
     this.forceRemove(fdNames.state(1));
-    this.slots = new StateSlots();
-    this.store.put(fdNames.state(0), this.slots.fds[0]);
-    this.store.put(fdNames.state(1), this.slots.fds[1]);
+    this.useSlots(new StateSlots());
+    this.store.put(fdNames.state(0), this.journal!.slots.fds[0]);
+    this.store.put(fdNames.state(1), this.journal!.slots.fds[1]);
     // Written as things happen during a fresh boot; a restore writes once it is complete.
     this.ready = !env.RELOCKD_REEXEC;
   }
@@ -166,15 +180,18 @@ export class CrashStore {
     const slotFds = this.passed.filter((p) => kindOfName(p.name) === 'state').map((p) => p.fd);
     const slot = newestSlot(slotFds);
     // Reuse the stored memfds (the store keeps them under their names).
-    if (slotFds.length === 2) this.slots = new StateSlots([slotFds[0]!, slotFds[1]!], slot?.seq ?? 0);
+    // The first base goes into the other slot: a crash while writing it leaves this one.
+    if (slotFds.length === 2) this.useSlots(new StateSlots([slotFds[0]!, slotFds[1]!], slot?.seq ?? 0, slot ? slot.index : -1));
     let doc: StateDocument | null = null;
     let why = 'the fd store holds no complete state document';
     if (slot) {
       try {
-        doc = JSON.parse(slot.text) as StateDocument;
+        doc = replayJournal(JSON.parse(slot.text) as StateDocument, slot.records);
       } catch (err) {
-        why = `the stored state document is not JSON: ${(err as Error).message}`;
+        why = `the stored state is unreadable: ${(err as Error).message}`;
+        doc = null;
       }
+      if (slot.tornBytes > 0) this.log.warn({ tornBytes: slot.tornBytes, records: slot.records.length }, 'crash restart: the last journal record was torn by the crash (that turn\'s changes were never answered): ignored');
     }
     const downMs = slot ? Math.max(0, Date.now() - slot.alive) : null;
     this.recoveredAfterMs = downMs;
@@ -310,21 +327,24 @@ export class CrashStore {
     if (this.installed) return;
     this.installed = true;
     const d = this.d;
-    if (!this.slots) this.slots = new StateSlots(); // a recovery that ended in safe mode
-    this.store.put(fdNames.state(0), this.slots.fds[0]);
-    this.store.put(fdNames.state(1), this.slots.fds[1]);
+    if (!this.journal) this.useSlots(new StateSlots()); // a recovery that ended in safe mode
+    const slots = this.journal!.slots;
+    this.store.put(fdNames.state(0), slots.fds[0]);
+    this.store.put(fdNames.state(1), slots.fds[1]);
     for (const srv of [d.lockServer, d.adminServer]) {
       if (!srv) continue;
       // systemd's own (socket-activated) listeners come back with the socket unit.
       for (const l of srv.listeners) if (l.unlinkOnClose) this.putFd(fdNames.listener, l.fd);
-      for (const c of srv.clients.values()) if (!this.clientNames.has(c)) this.clientAttached(c);
+      for (const c of srv.clients.values()) if (!this.clientNames.has(c)) this.clientAttached(c, srv.name);
     }
     if (d.pidFile) this.store.put(fdNames.pidFile, d.pidFile.fd);
     this.syncRunner();
     for (const ls of d.manager.allSpaces()) for (const r of ls.resources.values()) this.store.put(fdNames.lease(r.dev, r.ino), r.fd);
     this.ready = true;
+    this.needBase = true;
     this.writeState();
-    this.heartbeat = setInterval(() => this.slots?.heartbeat(), 250);
+    let beats = 0;
+    this.heartbeat = setInterval(() => this.beat(++beats), 250);
     this.heartbeat.unref();
     this.log.info({ stored: this.store.size, max: this.store.config.max }, 'fd store in use: leases and client connections survive a crash of relockd');
   }
@@ -343,25 +363,33 @@ export class CrashStore {
   }
 
   private leaseAdded(ls: LockSpace, r: Resource): void {
-    void ls;
     this.store.put(fdNames.lease(r.dev, r.ino), r.fd);
-    this.markDirty();
+    this.leaseChanged(ls, r);
     this.crashAt?.('grant');
   }
 
   private leaseRemoved(ls: LockSpace, r: Resource): void {
-    void ls;
     this.store.remove(fdNames.lease(r.dev, r.ino));
+    this.leaseChanged(ls, r);
+  }
+
+  private leaseChanged(ls: LockSpace, r: Resource): void {
+    this.journal?.lease(ls, r.name);
     this.markDirty();
   }
 
-  private clientAttached(c: ClientConnection<any>): void {
+  private clientAttached(c: ClientConnection<any>, server: string): void {
     const fd = handleFd(c.socket);
-    const ino = fd >= 0 ? inoOf(fd) : null;
-    if (ino === null) return;
-    const name = fdNames.client(String(ino));
+    if (fd < 0) return;
+    let ino: string;
+    try {
+      ino = socketIdentity(c, fd).ino; // the one fstat of this connection, cached for every snapshot
+    } catch {
+      return;
+    }
+    const name = fdNames.client(ino);
     this.clientNames.set(c, name);
-    c.onAsyncDispatch = () => this.markDirty();
+    c.onAsyncDispatch = () => this.clientChanged(c, server);
     // A request read from the socket exists only in this process until the
     // state shows it: a crash between the read and the end of its turn (the
     // lock taken, the reply not sent) lost it, and the client waited forever.
@@ -369,27 +397,33 @@ export class CrashStore {
     // dispatches them again (after releasing what that turn left behind).
     if (this.d.lockServer.clients.get(c.id) === c)
       c.onRead = () => {
-        this.writeNow();
+        this.writeNow(c, server);
         this.crashAt?.('read');
       };
     this.store.put(name, fd);
-    this.markDirty();
+    this.clientChanged(c, server);
   }
 
-  private clientClosed(c: ClientConnection<any>): void {
+  private clientClosed(c: ClientConnection<any>, server: string): void {
     const name = this.clientNames.get(c);
     if (name) this.store.remove(name);
+    this.clientChanged(c, server);
+  }
+
+  private clientChanged(c: ClientConnection<any>, server: string): void {
+    this.journal?.client(c, server);
     this.markDirty();
   }
 
-  /** Writes the state now (mid-turn); a write already due at the end of this turn stays due. */
-  private writeNow(): void {
+  /** Journals this client's read bytes now (mid-turn); a write already due at the end of this turn stays due. */
+  private writeNow(c: ClientConnection<any>, server: string): void {
+    this.journal?.client(c, server);
     const due = this.dirty;
     this.writeState();
     this.dirty = due;
   }
 
-  /** The state is rewritten at the end of this turn, before any reply of this turn goes out. */
+  /** The change is journalled at the end of this turn, before any reply of this turn goes out. */
   markDirty(): void {
     if (this.dirty) return;
     this.dirty = true;
@@ -410,23 +444,101 @@ export class CrashStore {
     if (this.runnerStored.name && this.runnerStored.name !== name) this.store.remove(this.runnerStored.name);
     if (name && fd !== null) this.store.put(name, fd);
     this.runnerStored = { name, generation: r.generation };
+    this.journal?.skeleton(); // the document's health part names the channel
   }
 
+  private useSlots(slots: StateSlots): void {
+    this.journal = new StateJournal(slots, journalSource(this.d));
+    this.needBase = true;
+  }
+
+  /** Appends this turn's record, or writes a full base when one is needed. */
   private writeState(): void {
     this.dirty = false;
-    if (!this.slots || !this.ready || this.d.reexecInProgress) return;
-    this.syncRunner();
+    const j = this.journal;
+    if (!j) return;
+    if (this.ready && !this.d.reexecInProgress) this.syncRunner();
+    if (!this.ready || this.d.reexecInProgress) {
+      // Not journalled now: the next write is a full base, which shows it.
+      this.needBase = true;
+      return;
+    }
+    if (this.needBase) {
+      this.compact();
+      return;
+    }
+    this.append(j);
+    if (j.compactionDue) this.scheduleCompaction();
+  }
+
+  private append(j: StateJournal): void {
     const t0 = performance.now();
     try {
-      const bytes = new Map<ClientConnection<any>, { pending: Buffer; unsent: Buffer }>();
-      for (const c of this.d.lockServer.clients.values()) if (!c.isClosed) bytes.set(c, c.crashBytes());
-      const doc = this.d.stateSnapshot(CRASH_TRIGGER, bytes);
-      this.stats.bytes += this.slots.write(JSON.stringify(doc));
-      this.stats.writes++;
+      const n = j.flush();
+      if (n) {
+        this.stats.bytes += n;
+        this.stats.writes++;
+      }
     } catch (err) {
-      this.log.error({ err: (err as Error).message }, 'fd store: cannot write the state document (a crash now would restart in safe mode)');
+      this.needBase = true;
+      this.log.error({ err: (err as Error).message }, 'fd store: cannot append to the state journal (retrying with a full document)');
+      this.scheduleCompaction();
     }
     this.stats.ms += performance.now() - t0;
+  }
+
+  /** A new base in a turn of its own: the replies of the turn that asked go out first (the journal already shows their changes). */
+  private scheduleCompaction(): void {
+    if (this.compactScheduled) return;
+    this.compactScheduled = true;
+    setImmediate(() => {
+      this.compactScheduled = false;
+      const j = this.journal;
+      if (!j || !this.ready || this.d.reexecInProgress) return;
+      // Changes of this turn so far go into the old journal first: it then ends exactly where the new base begins.
+      if (!this.needBase && j.hasChanges) this.append(j);
+      this.compact();
+    });
+  }
+
+  /** The memfds holding the state (tests and the bench read them). */
+  get stateFds(): readonly [number, number] | null {
+    return this.journal?.slots.fds ?? null;
+  }
+
+  /** The journal's own counters (records, bytes, compactions). */
+  get journalStats(): StateJournal['stats'] | null {
+    return this.journal?.stats ?? null;
+  }
+
+  private compact(): void {
+    const j = this.journal;
+    if (!j) return;
+    const t0 = performance.now();
+    try {
+      this.stats.bytes += j.compact();
+      this.stats.bases++;
+      this.needBase = false;
+    } catch (err) {
+      this.needBase = true;
+      this.log.error({ err: (err as Error).message }, 'fd store: cannot write the state document (a crash now would restart in safe mode)');
+    }
+    this.stats.baseMs += performance.now() - t0;
+  }
+
+  /** Every 250 ms: the alive stamp; every second, the skeleton if it changed (metrics, health). */
+  private beat(n: number): void {
+    const j = this.journal;
+    if (!j) return;
+    try {
+      j.slots.heartbeat();
+      if (n % 4 === 0 && this.ready && !this.needBase && !this.d.reexecInProgress) {
+        j.refreshSkeleton();
+        if (j.compactionDue) this.scheduleCompaction();
+      }
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, 'fd store: heartbeat write failed');
+    }
   }
 
   /**
@@ -472,6 +584,26 @@ export class CrashStore {
     this.ready = false;
     if (this.heartbeat) clearInterval(this.heartbeat);
   }
+}
+
+/** What the journal reads of the daemon (also the bench's, bench/fdstore-state.ts). */
+export function journalSource(d: CrashStoreHost): JournalSource {
+  return {
+    full: () => {
+      const bytes = new Map<ClientConnection<any>, { pending: Buffer; unsent: Buffer }>();
+      for (const c of d.lockServer.clients.values()) if (!c.isClosed) bytes.set(c, c.crashBytes());
+      return d.stateSnapshot(CRASH_TRIGGER, bytes);
+    },
+    skeleton: () => d.stateSnapshot(CRASH_TRIGGER, new Map(), true),
+    source: (server) => (server === 'virtlockd' || server === 'admin' ? d.snapshotSource(server) : null),
+    // Only lock-protocol requests are dispatched again after a crash, as before the journal.
+    crashBytes: (conn, server) => (server === d.lockServer.name ? conn.crashBytes() : undefined),
+    skeletonKey: () => {
+      let k = `${d.manager.spaces.size}`;
+      for (const pid of d.lockService.terminations.keys()) k += `,${pid}`;
+      return k;
+    },
+  };
 }
 
 /** What recovery needs from the daemon's boot code. */

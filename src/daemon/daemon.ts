@@ -34,6 +34,7 @@ import { safeModeRefusal, stoppingRefusal } from '../locks/errors.js';
 import { ExitCode } from './exitCode.js';
 import type { ReexecOutcome, ReplyAfterExec } from './reexec.js';
 import type { ExecTarget } from '../state/execPlan.js';
+import type { ServerSnapshotSource } from '../state/snapshot.js';
 import { DaemonMetrics } from '../metrics/counters.js';
 import { instrument } from '../metrics/instrument.js';
 import type { LockspaceHealthProvider } from '../metrics/exposition.js';
@@ -279,8 +280,12 @@ export class Daemon implements AdminHost, BootHost, HealthHost, ReexecHost, Reex
   }
 
   /** The state document of this moment (the fd store keeps it current). */
-  stateSnapshot(trigger: string, bytes: Map<ClientConnection<any>, { pending: Buffer; unsent: Buffer }>): StateDocument {
-    return this.reexecutor.snapshot(trigger, process.hrtime.bigint(), bytes);
+  stateSnapshot(trigger: string, bytes: Map<ClientConnection<any>, { pending: Buffer; unsent: Buffer }>, skeleton = false): StateDocument {
+    return this.reexecutor.snapshot(trigger, process.hrtime.bigint(), bytes, skeleton);
+  }
+
+  snapshotSource(server: 'virtlockd' | 'admin'): ServerSnapshotSource<any> | null {
+    return this.reexecutor.snapshotSource(server);
   }
 
   get reexecInProgress(): boolean {

@@ -22,6 +22,7 @@ import { codeCacheEnv } from './codeCache.js';
 import type { ClientConnection } from '../rpc/connection.js';
 import type { Header } from '../rpc/packet.js';
 import { buildState } from '../state/snapshot.js';
+import type { ServerSnapshotSource } from '../state/snapshot.js';
 import type { ReexecRecord, StateDocument, TerminationState } from '../state/document.js';
 import { validateState } from '../state/validate.js';
 import { ExecRefusal } from '../state/execPlan.js';
@@ -253,7 +254,18 @@ export class Reexecutor {
     }
   }
 
-  snapshot(trigger: string, requestedAtNs: bigint, detached: Map<ClientConnection<any>, { pending: Buffer; unsent: Buffer }>): StateDocument {
+  /** What each server's connections contribute to the document (the fd store's journal uses them one by one). */
+  snapshotSource(server: 'virtlockd' | 'admin'): ServerSnapshotSource<any> | null {
+    const d = this.d;
+    if (server === 'admin') return d.adminServer ? { server: d.adminServer, privateData: () => ({}) } : null;
+    return {
+      server: d.lockServer,
+      privateData: (c) => d.lockService.saveContext(c.ctx),
+      process: (c) => (c.ctx.process ? { pidfd: c.ctx.process.pidfd, startTime: c.ctx.process.startTime } : undefined),
+    };
+  }
+
+  snapshot(trigger: string, requestedAtNs: bigint, detached: Map<ClientConnection<any>, { pending: Buffer; unsent: Buffer }>, skeleton = false): StateDocument {
     const d = this.d;
     const terminations: TerminationState[] = [...d.lockService.terminations.values()].map((t) => ({
       owner: t.owner,
@@ -267,12 +279,8 @@ export class Reexecutor {
       trigger,
       requestedAtNs,
       settings: d.settings(),
-      lock: {
-        server: d.lockServer,
-        privateData: (c) => d.lockService.saveContext(c.ctx),
-        process: (c) => (c.ctx.process ? { pidfd: c.ctx.process.pidfd, startTime: c.ctx.process.startTime } : undefined),
-      },
-      admin: d.adminServer ? { server: d.adminServer, privateData: () => ({}) } : null,
+      lock: this.snapshotSource('virtlockd')!,
+      admin: this.snapshotSource('admin'),
       manager: d.manager,
       detached,
       terminations,
@@ -281,6 +289,7 @@ export class Reexecutor {
       history: d.history,
       pidFile: d.pidFile ? { path: d.pidFile.path, fd: d.pidFile.fd } : null,
       startedAt: d.startedAt,
+      skeleton,
     });
     doc.relockd!.metrics = d.metrics.save() as unknown as Record<string, unknown>;
     doc.relockd!.health = d.health.save();

@@ -253,7 +253,7 @@ export class LockManager {
     if (!held) return false;
     if (shared && (held.flags & AcquireFlags.SHARED) !== 0) {
       held.owners.push(owner.pid);
-      this.storeHooks?.changed();
+      this.storeHooks?.changed(ls, held);
       this.ownerLog(owner).info({ lockspace: ls.dir, resource: name, shared, owners: held.owners.length }, 'lease acquired (shared)');
       return true;
     }
@@ -338,7 +338,7 @@ export class LockManager {
     const i = res.owners.indexOf(owner.pid);
     if (i < 0) throw errors.notOwner(owner.pid);
     res.owners.splice(i, 1);
-    this.storeHooks?.changed();
+    this.storeHooks?.changed(ls, res);
     this.ownerLog(owner).info({ lockspace: ls.dir, resource: name, owners: res.owners.length }, 'lease released');
     if (res.owners.length > 0) return null;
     ls.resources.delete(name);
@@ -490,7 +490,7 @@ export class LockManager {
             const i = cur ? cur.owners.indexOf(pid) : -1;
             if (!cur || i < 0) return false;
             cur.owners.splice(i, 1);
-            this.storeHooks?.changed();
+            this.storeHooks?.changed(ls, cur);
             this.ownerLog(owner ?? { uuid: '', name: '', id: 0, pid }).info({ lockspace: ls.dir, resource: cur.name, owners: cur.owners.length }, 'lease released: owner gone');
             if (cur.owners.length === 0) {
               ls.resources.delete(cur.name);
@@ -526,7 +526,7 @@ export class LockManager {
   }
 
   /** Told of every lease taken, released or changed (the fd store, daemon/crashStore.ts). */
-  storeHooks: { added(ls: LockSpace, r: Resource): void; removed(ls: LockSpace, r: Resource): void; changed(): void } | null = null;
+  storeHooks: { added(ls: LockSpace, r: Resource): void; removed(ls: LockSpace, r: Resource): void; changed(ls: LockSpace, r: Resource): void } | null = null;
 
   /** Re-creates a directory lock space from a state document (no mkdir). */
   adoptLockSpace(dir: string): LockSpace {

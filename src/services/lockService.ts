@@ -68,7 +68,7 @@ export class LockService implements Service<LockClient>, Freeze {
       lockspaceProgram({
         manager,
         onRegister: (st, owner) => this.onRegister(st as LockClient, owner),
-        onRestrict: () => this.onStateChange?.(),
+        onRestrict: (st) => this.onStateChange?.((st as LockClient).conn),
       }),
     ];
   }
@@ -78,10 +78,10 @@ export class LockService implements Service<LockClient>, Freeze {
   }
 
   /** A client's registration or restriction changed (the fd store rewrites its state). */
-  onStateChange: (() => void) | null = null;
+  onStateChange: ((conn: ClientConnection<LockClient>) => void) | null = null;
 
   private onRegister(c: LockClient, owner: Owner): void {
-    this.onStateChange?.();
+    this.onStateChange?.(c.conn);
     c.conn.log.info({ owner }, 'owner registered');
     if (owner.pid === c.conn.peer.pid && owner.pid > 0 && !c.process) {
       c.process = openProcessHandle(owner.pid, handleFd(c.conn.socket));

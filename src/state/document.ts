@@ -51,7 +51,7 @@ export interface ServerState {
   clients: ClientState[];
 }
 
-interface ResourceState {
+export interface ResourceState {
   name: string;
   path: string;
   fd: number;

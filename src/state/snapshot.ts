@@ -8,10 +8,12 @@ import type { ClientConnection } from '../rpc/connection.js';
 import type { RpcServer } from '../rpc/server.js';
 import { handleFd } from '../rpc/server.js';
 import type { LockManager, LockSpace } from '../locks/lockManager.js';
+import type { Resource } from '../locks/lockManager.js';
 import type {
   ClientState,
   FdIdentity,
   LockspaceState,
+  ResourceState,
   RelockdClientExtra,
   RelockdExtension,
   ReexecRecord,
@@ -21,7 +23,7 @@ import type {
 } from './document.js';
 
 /** What a server contributes besides its sockets: per-client state. */
-interface ServerSnapshotSource<Ctx> {
+export interface ServerSnapshotSource<Ctx> {
   server: RpcServer<Ctx>;
   /** virtlockd's privateData for a client. */
   privateData(conn: ClientConnection<Ctx>): ClientState['privateData'];
@@ -46,11 +48,72 @@ export interface SnapshotInput {
   history: ReexecRecord[];
   pidFile: { path: string; fd: number } | null;
   startedAt: number;
+  /** Leave out leases and connections (the fd store's journal records those one by one). */
+  skeleton?: boolean;
 }
 
 function fdIdentity(fd: number, kind: FdIdentity['kind']): FdIdentity {
   const st = fstatSync(fd, { bigint: true });
   return { fd, kind, dev: st.dev.toString(), ino: st.ino.toString() };
+}
+
+// A connection's socket is the same file for its whole life: fstat it once,
+// not on every snapshot (the fd store takes one per change, a re-exec one of all).
+const socketIds = new WeakMap<ClientConnection<any>, FdIdentity>();
+
+/** The identity of `conn`'s socket (fd `fd`), cached per connection. */
+export function socketIdentity(conn: ClientConnection<any>, fd: number): FdIdentity {
+  let id = socketIds.get(conn);
+  if (!id || id.fd !== fd) {
+    id = fdIdentity(fd, 'client');
+    socketIds.set(conn, id);
+  }
+  return id;
+}
+
+/** One lease as the document records it: its lock space's entry and relockd's extra. */
+export function resourceEntry(r: Resource): { state: ResourceState; extra: RelockdExtension['resources'][number] } {
+  return {
+    // Names are byte strings: carried as text, non-UTF-8 bytes as \udcXX (byteString.ts).
+    state: { name: toDocText(r.name), path: toDocText(r.path), fd: r.fd, lockHeld: true, flags: r.flags, owners: [...r.owners] },
+    // Identity as recorded when the lock was taken: no fstat per lease here.
+    extra: { fd: r.fd, since: r.since, dev: String(r.dev), ino: String(r.ino), ...(r.classic ? { classic: true } : {}) },
+  };
+}
+
+/** One connection as the document records it (null: its socket is already gone). */
+export function clientEntry(
+  src: ServerSnapshotSource<any>,
+  conn: ClientConnection<any>,
+  bytes: { pending: Buffer; unsent: Buffer } | undefined,
+): { state: ClientState; extra: RelockdClientExtra; fds: FdIdentity[] } | null {
+  if (conn.isClosed) return null;
+  const fd = handleFd(conn.socket);
+  if (fd < 0) return null; // already torn down by the kernel/libuv
+  const fds = [socketIdentity(conn, fd)];
+  const b = bytes ?? { pending: Buffer.alloc(0), unsent: Buffer.alloc(0) };
+  const process = src.process?.(conn);
+  if (process && process.pidfd >= 0) fds.push(fdIdentity(process.pidfd, 'pidfd'));
+  return {
+    state: {
+      id: conn.id,
+      auth: 0,
+      auth_pending: false,
+      readonly: false,
+      nrequests_max: 1,
+      conn_time: conn.connTime,
+      sock: { fd, errfd: -1, pid: 0, isClient: true, unlinkUNIX: false },
+      privateData: src.privateData(conn),
+    },
+    extra: {
+      server: src.server.name,
+      id: conn.id,
+      pending: b.pending.toString('base64'),
+      unsent: b.unsent.toString('base64'),
+      ...(process ? { process } : {}),
+    },
+    fds,
+  };
 }
 
 export function buildState(input: SnapshotInput): StateDocument {
@@ -66,31 +129,14 @@ export function buildState(input: SnapshotInput): StateDocument {
       return { fd, errfd: -1, pid: 0, isClient: false, unlinkUNIX: l.unlinkOnClose };
     });
     const cs: ClientState[] = [];
-    for (const conn of src.server.clients.values()) {
-      if (conn.isClosed) continue;
-      const fd = handleFd(conn.socket);
-      if (fd < 0) continue; // already torn down by the kernel/libuv
-      fds.push(fdIdentity(fd, 'client'));
-      const bytes = input.detached.get(conn) ?? { pending: Buffer.alloc(0), unsent: Buffer.alloc(0) };
-      const process = src.process?.(conn);
-      if (process && process.pidfd >= 0) fds.push(fdIdentity(process.pidfd, 'pidfd'));
-      clients.push({
-        server: src.server.name,
-        id: conn.id,
-        pending: bytes.pending.toString('base64'),
-        unsent: bytes.unsent.toString('base64'),
-        ...(process ? { process } : {}),
-      });
-      cs.push({
-        id: conn.id,
-        auth: 0,
-        auth_pending: false,
-        readonly: false,
-        nrequests_max: 1,
-        conn_time: conn.connTime,
-        sock: { fd, errfd: -1, pid: 0, isClient: true, unlinkUNIX: false },
-        privateData: src.privateData(conn),
-      });
+    if (!input.skeleton) {
+      for (const conn of src.server.clients.values()) {
+        const e = clientEntry(src, conn, input.detached.get(conn));
+        if (!e) continue;
+        fds.push(...e.fds);
+        clients.push(e.extra);
+        cs.push(e.state);
+      }
     }
     return {
       min_workers: 0,
@@ -115,11 +161,13 @@ export function buildState(input: SnapshotInput): StateDocument {
   const space = (ls: LockSpace): LockspaceState => ({
     // Names are byte strings: carried as text, non-UTF-8 bytes as \udcXX (byteString.ts).
     ...(ls.isDefault ? {} : { directory: toDocText(ls.dir) }),
-    resources: [...ls.resources.values()].map((r) => {
-      // Identity as recorded when the lock was taken: no fstat per lease here.
-      resources.push({ fd: r.fd, since: r.since, dev: String(r.dev), ino: String(r.ino), ...(r.classic ? { classic: true } : {}) });
-      return { name: toDocText(r.name), path: toDocText(r.path), fd: r.fd, lockHeld: true, flags: r.flags, owners: [...r.owners] };
-    }),
+    resources: input.skeleton
+      ? []
+      : [...ls.resources.values()].map((r) => {
+          const e = resourceEntry(r);
+          resources.push(e.extra);
+          return e.state;
+        }),
   });
   const defaultLockspace = space(input.manager.defaultSpace);
   const lockspaces = [...input.manager.spaces.values()].map(space);

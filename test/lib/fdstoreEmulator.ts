@@ -35,12 +35,35 @@ def drain():
         except BlockingIOError:
             return
         take(data, anc)
+def spawn(cmd):
+    # What PID 1 does when it restarts the unit: the stored fds from 3 up, named, LISTEN_PID the new process.
+    import signal, fcntl
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    items = [(n, fd) for n in sorted(store) for fd in store[n]]
+    pid = os.fork()
+    if pid == 0:
+        try:
+            hi = [fcntl.fcntl(fd, fcntl.F_DUPFD, 3 + len(items) + 16) for _, fd in items]
+            for i, fd in enumerate(hi):
+                os.dup2(fd, 3 + i, inheritable=True)
+            log = os.open(cmd['log'], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            os.dup2(log, 1); os.dup2(log, 2)
+            null = os.open('/dev/null', os.O_RDONLY); os.dup2(null, 0)
+            os.closerange(3 + len(items), 65536)
+            env = dict(cmd['env'], LISTEN_PID=str(os.getpid()), LISTEN_FDS=str(len(items)), LISTEN_FDNAMES=':'.join(n for n, _ in items))
+            os.execve(cmd['argv'][0], cmd['argv'], env)
+        finally:
+            os._exit(127)
+    return pid
 while True:
     r, _, _ = select.select([s, sys.stdin], [], [])
     # Everything sent before a question is counted in its answer: the queue is drained first.
     drain()
     if sys.stdin in r:
-        sys.stdin.readline()
+        line = sys.stdin.readline()
+        if line.startswith('spawn '):
+            print(json.dumps({'spawned': spawn(json.loads(line[6:]))}), flush=True)
+            continue
         print(json.dumps({**counts, 'held': sum(len(v) for v in store.values()), 'names': sorted(store)}), flush=True)
 `;
 
@@ -68,6 +91,18 @@ export class FdStoreEmulator {
     return new Promise((resolve) => {
       this.child.stdout.once('data', (d: Buffer) => resolve(JSON.parse(d.toString().trim().split('\n').pop()!)));
       this.child.stdin.write('\n');
+    });
+  }
+
+  /**
+   * Starts `argv` as PID 1 restarts a unit: every stored fd passed from 3 up
+   * with its name (LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID), output appended
+   * to `log`. Returns the new process's pid (a child of the emulator).
+   */
+  spawnWithStore(argv: string[], env: NodeJS.ProcessEnv, log: string): Promise<number> {
+    return new Promise((resolve) => {
+      this.child.stdout.once('data', (d: Buffer) => resolve(JSON.parse(d.toString().trim().split('\n').pop()!).spawned));
+      this.child.stdin.write(`spawn ${JSON.stringify({ argv, env, log })}\n`);
     });
   }
 
