@@ -706,6 +706,171 @@ class PidfdWatch : public Napi::ObjectWrap<PidfdWatch> {
   Napi::AsyncContext ctx_;
 };
 
+// ---- client reads that leave the kernel only once recorded --------------------------
+
+// recv(MSG_PEEK|MSG_DONTWAIT) of up to `max` bytes: the bytes, an empty
+// buffer when none are queued, or null at end of stream.
+static Napi::Value PeekInto(Napi::Env env, int fd, size_t max) {
+  static thread_local std::vector<char> buf;
+  if (buf.size() < max) buf.resize(max);
+  ssize_t n;
+  do n = recv(fd, buf.data(), max, MSG_PEEK | MSG_DONTWAIT);
+  while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return Napi::Buffer<char>::New(env, 0);
+    throw SysError(env, errno, "recv(MSG_PEEK)");
+  }
+  if (n == 0) return env.Null();
+  return Napi::Buffer<char>::Copy(env, buf.data(), static_cast<size_t>(n));
+}
+
+// Takes `n` bytes that a peek already showed out of the receive queue.
+static size_t DiscardBytes(Napi::Env env, int fd, size_t n) {
+  static thread_local std::vector<char> sink(65536);
+  size_t done = 0;
+  while (done < n) {
+    size_t want = n - done < sink.size() ? n - done : sink.size();
+    ssize_t r = recv(fd, sink.data(), want, MSG_DONTWAIT);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) throw SysError(env, errno, "recv");
+    if (r == 0) break;
+    done += static_cast<size_t>(r);
+  }
+  return done;
+}
+
+Napi::Value RecvPeek(const Napi::CallbackInfo& info) {
+  int fd = FdArg(info, 0);
+  uint32_t max = info[1].IsNumber() ? info[1].As<Napi::Number>().Uint32Value() : 65536;
+  if (max == 0 || max > (1u << 20)) throw Napi::RangeError::New(info.Env(), "max: 1 .. 1048576");
+  return PeekInto(info.Env(), fd, max);
+}
+
+Napi::Value RecvDiscard(const Napi::CallbackInfo& info) {
+  int fd = FdArg(info, 0);
+  if (!info[1].IsNumber()) throw Napi::TypeError::New(info.Env(), "n: a number");
+  return Napi::Number::New(info.Env(), static_cast<double>(DiscardBytes(info.Env(), fd, info[1].As<Napi::Number>().Uint32Value())));
+}
+
+// Watches a connected stream socket and hands the queued bytes to JS without
+// taking them out of the kernel (MSG_PEEK); JS records them, then consume()s
+// them. A SIGKILL between the two leaves the bytes both in the record and in
+// the socket, which the restart can tell apart; the other order would lose
+// them. The poll is on a close-on-exec dup, so Node's own handle for the
+// socket (used for writes) is untouched. Level-triggered: a callback that
+// neither consumes nor pauses is called again.
+class PeekReader : public Napi::ObjectWrap<PeekReader> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "PeekReader",
+                       {InstanceMethod("consume", &PeekReader::Consume),
+                        InstanceMethod("pause", &PeekReader::Pause),
+                        InstanceMethod("resume", &PeekReader::Resume),
+                        InstanceMethod("close", &PeekReader::Close)});
+  }
+
+  explicit PeekReader(const Napi::CallbackInfo& info)
+      : Napi::ObjectWrap<PeekReader>(info), ctx_(info.Env(), "relockd.peekReader") {
+    Napi::Env env = info.Env();
+    int fd = FdArg(info, 0, "fd");
+    cb_ = Napi::Persistent(FunctionArg(info, 1, "cb"));
+    if (napi_get_uv_event_loop(env, &loop_) != napi_ok || !loop_) throw Napi::Error::New(env, "no libuv loop");
+    fd_ = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+    if (fd_ < 0) throw SysError(env, errno, "fcntl(F_DUPFD_CLOEXEC)");
+    poll_ = new uv_poll_t;
+    int rc = uv_poll_init(loop_, poll_, fd_);
+    if (rc < 0) {
+      delete poll_;
+      poll_ = nullptr;
+      ::close(fd_);
+      fd_ = -1;
+      throw SysError(env, -rc, "uv_poll_init");
+    }
+    poll_->data = this;
+    Ref();  // alive while open, whoever holds the JS object
+    open_ = true;
+  }
+
+  ~PeekReader() override { ClosePoll(); }
+
+ private:
+  static void OnPoll(uv_poll_t* h, int status, int /*events*/) {
+    auto* self = static_cast<PeekReader*>(h->data);
+    if (!self) return;
+    Napi::Env env = self->Env();
+    Napi::HandleScope scope(env);
+    napi_value err = env.Null();
+    napi_value bytes = env.Undefined();
+    if (status < 0) {
+      err = SysError(env, -status, "uv_poll").Value();
+    } else {
+      try {
+        Napi::Value v = PeekInto(env, self->fd_, 65536);
+        if (v.IsBuffer() && v.As<Napi::Buffer<char>>().Length() == 0) return;  // spurious wake-up
+        bytes = v;
+      } catch (const Napi::Error& e) {
+        err = e.Value();
+      }
+    }
+    // End of stream or an error: nothing more will come, stop watching.
+    if (status < 0 || !Napi::Value(env, bytes).IsBuffer()) self->StopPoll();
+    try {
+      self->cb_.MakeCallback(env.Global(), {err, bytes}, self->ctx_);
+    } catch (const Napi::Error& e) {
+      napi_fatal_exception(env, e.Value());  // never unwind through libuv
+    }
+  }
+
+  Napi::Value Consume(const Napi::CallbackInfo& info) {
+    if (fd_ < 0) throw Napi::Error::New(info.Env(), "peek reader closed");
+    if (!info[0].IsNumber()) throw Napi::TypeError::New(info.Env(), "n: a number");
+    return Napi::Number::New(info.Env(), static_cast<double>(DiscardBytes(info.Env(), fd_, info[0].As<Napi::Number>().Uint32Value())));
+  }
+
+  void StopPoll() {
+    if (poll_ && polling_) uv_poll_stop(poll_);  // also EPOLL_CTL_DEL while the dup is open
+    polling_ = false;
+  }
+
+  void Pause(const Napi::CallbackInfo&) { StopPoll(); }
+
+  void Resume(const Napi::CallbackInfo& info) {
+    if (!poll_ || polling_) return;
+    int rc = uv_poll_start(poll_, UV_READABLE | UV_DISCONNECT, OnPoll);
+    if (rc < 0) throw SysError(info.Env(), -rc, "uv_poll_start");
+    polling_ = true;
+  }
+
+  // The dup is closed only once libuv has let go of the handle.
+  void ClosePoll() {
+    StopPoll();
+    if (!poll_) return;
+    poll_->data = reinterpret_cast<void*>(static_cast<intptr_t>(fd_));
+    uv_close(reinterpret_cast<uv_handle_t*>(poll_), [](uv_handle_t* hd) {
+      ::close(static_cast<int>(reinterpret_cast<intptr_t>(hd->data)));
+      delete reinterpret_cast<uv_poll_t*>(hd);
+    });
+    poll_ = nullptr;
+    fd_ = -1;
+  }
+
+  void Close(const Napi::CallbackInfo&) {
+    ClosePoll();
+    if (open_) {
+      open_ = false;
+      Unref();
+    }
+  }
+
+  uv_loop_t* loop_ = nullptr;
+  uv_poll_t* poll_ = nullptr;
+  int fd_ = -1;
+  bool polling_ = false;
+  bool open_ = false;
+  Napi::FunctionReference cb_;
+  Napi::AsyncContext ctx_;
+};
+
 // ---- storage jobs: shared pieces ------------------------------------------------------
 
 // A storage call interrupted by a signal before it did anything is simply
@@ -1205,6 +1370,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   fn("reapChild", ReapChild);
   fn("pidfdExitInfo", PidfdExitInfo);
   exports.Set("PidfdWatch", PidfdWatch::Define(env));
+  exports.Set("PeekReader", PeekReader::Define(env));
+  fn("recvPeek", RecvPeek);
+  fn("recvDiscard", RecvDiscard);
   fn("lockFile", LockFile);
   fn("lockFileSync", LockFileSync);
   fn("releaseFile", ReleaseFile);

@@ -90,6 +90,21 @@ export interface ExitInfo {
   status: number;
 }
 
+/**
+ * Reads of a connected socket that leave the kernel only when consumed: the
+ * callback gets the queued bytes (MSG_PEEK), null at end of stream, or an
+ * error; it must consume() or pause(), else it is called again with the same
+ * bytes. Starts paused. Its poll is on a close-on-exec dup of the fd.
+ */
+export interface PeekReader {
+  /** Takes n bytes (already shown to the callback) out of the receive queue; returns how many went. */
+  consume(n: number): number;
+  pause(): void;
+  resume(): void;
+  /** Stops watching and closes the dup; the socket itself stays open. Idempotent. */
+  close(): void;
+}
+
 /** A one-shot wait on a pidfd (see watchPidfd). */
 export interface PidfdWatch {
   /** Stops waiting; the callback will not run. Idempotent. */
@@ -177,6 +192,11 @@ export interface NativeBinding {
    * ESRCH where it has it without PIDFD_INFO_EXIT and the process is gone.
    */
   pidfdExitInfo(pidfd: number): ExitInfo | null;
+  PeekReader: new (fd: number, cb: (err: NativeError | null, bytes: Buffer | null) => void) => PeekReader;
+  /** recv(MSG_PEEK|MSG_DONTWAIT): up to max (default 64 KiB) queued bytes, empty if none, null at end of stream. */
+  recvPeek(fd: number, max?: number): Buffer | null;
+  /** Takes n queued bytes out of the receive queue (never blocks); returns how many went. */
+  recvDiscard(fd: number, n: number): number;
   /** See watchPidfd. */
   PidfdWatch: new (pidfd: number, cb: (err: NativeError | null) => void) => PidfdWatch;
 
@@ -281,6 +301,8 @@ export const {
   pidfdExited,
   pidfdExitInfo,
   reapChild,
+  recvPeek,
+  recvDiscard,
   lockFile,
   releaseFile,
   lockFileSync,
@@ -294,6 +316,11 @@ export const {
  */
 export function watchPidfd(pidfd: number, cb: (err: NativeError | null) => void): PidfdWatch {
   return new binding.PidfdWatch(pidfd, cb);
+}
+
+/** See PeekReader. */
+export function peekReader(fd: number, cb: (err: NativeError | null, bytes: Buffer | null) => void): PeekReader {
+  return new binding.PeekReader(fd, cb);
 }
 
 /** lockFile as a promise. */

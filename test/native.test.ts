@@ -890,3 +890,65 @@ t.test('fdInfo: dev/ino/mode of many fds in one call, setting or clearing FD_CLO
   fs.closeSync(a);
   fs.closeSync(b);
 });
+
+t.test('peek reads: bytes stay queued in the socket until consumed; pause, end of stream, writes unaffected', async (t) => {
+  const sock = path.join(tmp, 'peek.sock');
+  const accepted = new Promise<net.Socket>((resolve) => {
+    const srv = net.createServer({ pauseOnConnect: true }, resolve).listen(sock);
+    t.teardown(() => srv.close());
+  });
+  const client = net.connect(sock);
+  t.teardown(() => client.destroy());
+  const conn = await accepted;
+  t.teardown(() => conn.destroy());
+  const fd = (conn as unknown as { _handle: { fd: number } })._handle.fd;
+  const until = async (cond: () => boolean) => {
+    for (let i = 0; i < 200 && !cond(); i++) await new Promise((r) => setTimeout(r, 10));
+  };
+
+  t.same(native.recvPeek(fd), Buffer.alloc(0), 'nothing queued: an empty buffer');
+  client.write('hello world');
+  await until(() => (native.recvPeek(fd)?.length ?? 0) === 11);
+  t.equal(native.recvPeek(fd)?.toString(), 'hello world', 'peeked');
+  t.equal(native.recvPeek(fd, 5)?.toString(), 'hello', 'at most max bytes');
+  t.equal(native.recvPeek(fd)?.toString(), 'hello world', 'a peek takes nothing out');
+
+  const seen: Array<string | null> = [];
+  let consumeNext = 6;
+  const r = native.peekReader(fd, (err, bytes) => {
+    t.equal(err, null);
+    seen.push(bytes === null ? null : bytes.toString());
+    if (bytes === null) return;
+    if (consumeNext > 0) {
+      const n = Math.min(consumeNext, bytes.length);
+      t.equal(r.consume(n), n);
+      consumeNext = consumeNext === 6 ? 0 : consumeNext; // "hello " only, then pause
+    } else r.pause(); // neither consumed nor paused: called again at once
+  });
+  t.teardown(() => r.close());
+  t.same(seen, [], 'created paused');
+  r.resume();
+  await until(() => seen.length >= 2);
+  t.same(seen.slice(0, 2), ['hello world', 'world'], 'level-triggered: what is not consumed is shown again');
+  t.equal(native.recvPeek(fd)?.toString(), 'world', 'paused with bytes queued: they stay');
+  await new Promise((r2) => setTimeout(r2, 50));
+  t.equal(seen.length, 2, 'no callback while paused');
+  t.equal(native.recvDiscard(fd, 5), 5, 'recvDiscard takes them out');
+  t.same(native.recvPeek(fd), Buffer.alloc(0), 'queue empty');
+
+  // Writes go through Node's own handle meanwhile.
+  const got = new Promise<string>((resolve) => client.once('data', (b) => resolve(b.toString())));
+  conn.write('pong');
+  t.equal(await got, 'pong', 'the socket still writes');
+
+  consumeNext = 100;
+  r.resume();
+  client.end();
+  await until(() => seen.at(-1) === null);
+  t.equal(seen.at(-1), null, 'end of stream: null');
+  t.equal(native.recvPeek(fd), null, 'recvPeek says end of stream too');
+  r.close();
+  r.close();
+  t.pass('close is idempotent');
+  t.throws(() => r.consume(1), /closed/, 'consume after close throws');
+});

@@ -96,6 +96,8 @@ export interface CrashStoreHost {
   /** The action runner, whose channel the store keeps too (health/actionRunner.ts). */
   readonly health: { readonly runner: Pick<ActionRunner, 'fd' | 'generation'> };
   readonly metrics: Pick<DaemonMetrics, 'lastBlackoutSeconds'>;
+  /** The log outputs, flushed before a turn's state is written (null when logging goes elsewhere, e.g. tests). */
+  readonly logging: { readonly outputs: { flush(): void } } | null;
   readonly opts: Pick<DaemonOptions, 'socketPath' | 'adminSocketPath' | 'pidFile'>;
   boot: BootKind;
   pidFile: PidFile | null;
@@ -390,16 +392,19 @@ export class CrashStore {
     const name = fdNames.client(ino);
     this.clientNames.set(c, name);
     c.onAsyncDispatch = () => this.clientChanged(c, server);
-    // A request read from the socket exists only in this process until the
-    // state shows it: a crash between the read and the end of its turn (the
-    // lock taken, the reply not sent) lost it, and the client waited forever.
-    // So the bytes are written before they are dispatched; a crash-restart
-    // dispatches them again (after releasing what that turn left behind).
-    if (this.d.lockServer.clients.get(c.id) === c)
+    // A request read from the socket would exist only in this process until
+    // the state shows it: a crash before then lost it, and the client waited
+    // forever. So bytes are peeked, recorded, and only then taken out of the
+    // socket (a crash in between leaves them in both; the restart takes the
+    // socket's copy out once) and dispatched; a crash-restart dispatches the
+    // recorded ones again (after releasing what that turn left behind).
+    if (this.d.lockServer.clients.get(c.id) === c) {
       c.onRead = () => {
         this.writeNow(c, server);
         this.crashAt?.('read');
       };
+      c.usePeekReads();
+    }
     this.store.put(name, fd);
     this.clientChanged(c, server);
   }
@@ -423,11 +428,20 @@ export class CrashStore {
     this.dirty = due;
   }
 
-  /** The change is journalled at the end of this turn, before any reply of this turn goes out. */
+  /**
+   * The change is journalled at the end of this turn, before any reply of
+   * this turn goes out, and after the turn's log lines: so the record and the
+   * replies are written by adjacent syscalls, and a SIGKILL between a lease's
+   * record and its reply (the client would wait forever) has no room. The
+   * lines go first because they are the slow write (a file, the journal).
+   */
   markDirty(): void {
     if (this.dirty) return;
     this.dirty = true;
-    atTurnEnd(() => this.writeState());
+    atTurnEnd(() => {
+      this.d.logging?.outputs.flush();
+      this.writeState();
+    });
   }
 
   /**

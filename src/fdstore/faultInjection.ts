@@ -5,7 +5,8 @@
 // removes it and kills itself on the spot. One-shot (the file is gone), so
 // the restarted process runs normally. Without the variable nothing is
 // checked. The instants:
-//   read   bytes were read from a lock client (before they are dispatched)
+//   read   bytes from a lock client were recorded in the stored state, still
+//          queued in its socket (peek reads: before they are taken out)
 //   grant  a lease was locked and its fd stored, before the turn's state is
 //          written and before the client is answered
 

@@ -18,7 +18,9 @@ export function adoptClientSocket<Ctx>(
 ): ClientConnection<Ctx> {
   const peer = native.peerCred(fd);
   const opts = options(peer);
-  const sock = new net.Socket({ fd, readable: true, writable: true });
+  // Paused: nothing is read before the connection decides how it reads
+  // (peek reads, and bytes a crashed image recorded, see ClientConnection.start).
+  const sock = new net.Socket({ fd, readable: true, writable: true, pauseOnCreate: true } as net.SocketConstructorOpts);
   native.setCloexec(fd, true);
   return srv.attach(sock, peer, opts);
 }

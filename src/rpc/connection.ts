@@ -23,6 +23,7 @@ export const KEEPALIVE_PING = 1;
 export const KEEPALIVE_PONG = 2;
 
 import type { PeerCred } from '../native.js';
+import * as native from '../native.js';
 
 export type { PeerCred };
 
@@ -85,15 +86,122 @@ export class ClientConnection<Ctx> {
     return this.childLog;
   }
 
-  /** Starts reading; `initial` are bytes received by an earlier image. */
-  start(initial?: Buffer, unsent?: Buffer): void {
+  /**
+   * Starts reading; `initial` are bytes received by an earlier image, the
+   * last `inKernel` of which it recorded before taking them out of the socket
+   * (peek reads), so they may still be queued there.
+   */
+  start(initial?: Buffer, unsent?: Buffer, inKernel = 0): void {
     if (unsent && unsent.length) this.socket.write(unsent);
-    this.socket.on('data', (chunk: Buffer) => this.onData(chunk));
     this.socket.on('error', (err) => this.log.debug({ err }, 'client socket error'));
     this.socket.on('close', () => this.onClosed());
-    this.socket.on('end', () => this.socket.end());
-    if (initial && initial.length) this.reader.push(initial);
+    if (initial && initial.length) {
+      this.reader.push(initial);
+      if (inKernel > 0) this.skipRecordedTail(initial.subarray(Math.max(0, initial.length - inKernel)));
+    }
+    this.started = true;
+    if (this.peekMode) this.openPeekReader();
+    else this.listenForData();
     this.pump();
+  }
+
+  private started = false;
+  /** Set by usePeekReads(): bytes leave the kernel only after onRead recorded them. */
+  private peekMode = false;
+  private peek: native.PeekReader | null = null;
+  /** How many of the bytes just read are still in the socket's queue (only inside onRead). */
+  private inKernel = 0;
+
+  /**
+   * Reads through MSG_PEEK from now on (the fd store, daemon/crashStore.ts):
+   * a request is recorded before it leaves the kernel, so a SIGKILL at any
+   * instant leaves it either in the socket or in the record (or, for an
+   * instant, in both: skipRecordedTail). A connection already reading the
+   * usual way hands over what Node buffered.
+   */
+  usePeekReads(): void {
+    if (this.peekMode) return;
+    this.peekMode = true;
+    if (!this.started || this.closed) return;
+    this.drainNodeReads();
+    this.openPeekReader();
+    this.pump();
+  }
+
+  private listenForData(): void {
+    this.socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    this.socket.on('end', () => this.socket.end());
+  }
+
+  private openPeekReader(): void {
+    const fd = (this.socket as unknown as { _handle?: { fd?: number } })._handle?.fd ?? -1;
+    if (fd < 0 || this.closed) return;
+    this.socket.pause(); // libuv never reads this socket; its handle only writes
+    this.peek = native.peekReader(fd, (err, bytes) => this.onPeek(err, bytes));
+  }
+
+  private onPeek(err: Error | null, bytes: Buffer | null): void {
+    if (this.closed) return;
+    if (err) {
+      this.log.debug({ err }, 'client socket error');
+      this.socket.destroy();
+      return;
+    }
+    if (bytes === null) {
+      // End of stream: finish writing what is queued, then close (what
+      // Node does with a socket that reads the usual way).
+      this.peek?.close();
+      this.socket.end();
+      if (this.socket.writableFinished) this.socket.destroy();
+      else this.socket.once('finish', () => this.socket.destroy());
+      return;
+    }
+    this.reader.push(bytes);
+    this.inKernel = bytes.length;
+    this.onRead?.();
+    try {
+      this.peek!.consume(bytes.length);
+    } catch (e) {
+      this.log.debug({ err: e }, 'client socket error');
+      this.socket.destroy();
+      return;
+    } finally {
+      this.inKernel = 0;
+    }
+    this.pump();
+  }
+
+  /**
+   * After a crash-restart: bytes the last record holds that were still in the
+   * socket when the process died (recorded, not yet consumed) are taken out
+   * once, so the request is not read twice. They are recognised byte for
+   * byte: a client's next request differs at least in its serial.
+   */
+  private skipRecordedTail(tail: Buffer): void {
+    const fd = (this.socket as unknown as { _handle?: { fd?: number } })._handle?.fd ?? -1;
+    if (fd < 0 || tail.length === 0) return;
+    const queued = native.recvPeek(fd, tail.length);
+    if (!queued || !queued.equals(tail)) return;
+    native.recvDiscard(fd, tail.length);
+    this.log.info({ bytes: tail.length }, 'bytes recorded just before the crash were still queued in the socket: taken out once');
+  }
+
+  private pauseReads(): void {
+    if (this.peek) this.peek.pause();
+    else this.socket.pause();
+  }
+
+  private resumeReads(): void {
+    if (this.peek) this.peek.resume();
+    else if (!this.peekMode) this.socket.resume();
+  }
+
+  /** Pulls what Node already read (and buffers) into the frame reader, with libuv stopped. */
+  private drainNodeReads(): void {
+    this.rawHandle()?.readStop?.();
+    this.socket.removeAllListeners('data');
+    let chunk: Buffer | null;
+    while ((chunk = this.socket.read() as Buffer | null) !== null) this.reader.push(chunk);
   }
 
   get isClosed(): boolean {
@@ -152,8 +260,8 @@ export class ClientConnection<Ctx> {
     }
     // Stop reading while a request is in flight, so bytes stay in the kernel
     // (not for a reply that goes out at the end of this very turn).
-    if ((this.busy && !this.awaitingFlush) || this.held) this.socket.pause();
-    else if (!this.closed) this.socket.resume();
+    if ((this.busy && !this.awaitingFlush) || this.held) this.pauseReads();
+    else if (!this.closed) this.resumeReads();
     if (!this.busy) this.notifyIdle();
   }
 
@@ -311,12 +419,12 @@ export class ClientConnection<Ctx> {
    * request being handled whose reply is not queued yet, then the bytes read
    * but not dispatched. A restart after a crash dispatches them again.
    */
-  crashBytes(): { pending: Buffer; unsent: Buffer } {
+  crashBytes(): { pending: Buffer; unsent: Buffer; inKernel: number } {
     const rest = this.reader.pending();
-    if (!this.inflight) return { pending: rest, unsent: Buffer.alloc(0) };
+    if (!this.inflight) return { pending: rest, unsent: Buffer.alloc(0), inKernel: this.inKernel };
     const len = Buffer.alloc(4);
     len.writeUInt32BE(this.inflight.length + 4, 0);
-    return { pending: Buffer.concat([len, this.inflight, rest]), unsent: Buffer.alloc(0) };
+    return { pending: Buffer.concat([len, this.inflight, rest]), unsent: Buffer.alloc(0), inKernel: this.inKernel };
   }
 
   /** Sends a success reply for `h` (used after a re-exec for a call the old image took). */
@@ -345,6 +453,8 @@ export class ClientConnection<Ctx> {
   private onClosed(): void {
     if (this.closed) return;
     this.closed = true;
+    this.peek?.close();
+    this.peek = null;
     this.log.debug('client disconnected');
     if (!this.busy) this.notifyClose();
   }
@@ -363,7 +473,7 @@ export class ClientConnection<Ctx> {
   /** Stops dispatching new requests; resolves when none is in flight. */
   hold(): Promise<void> {
     this.held = true;
-    this.socket.pause();
+    this.pauseReads();
     if (!this.busy) return Promise.resolve();
     return new Promise((resolve) => this.idleWaiters.push(resolve));
   }
@@ -390,12 +500,12 @@ export class ClientConnection<Ctx> {
    */
   detachForExec(): { pending: Buffer; unsent: Buffer } {
     const h = this.rawHandle();
+    // Peek reads leave nothing outside the kernel or the frame reader.
+    this.peek?.close();
+    this.peek = null;
     // Stop libuv reading but leave Node believing it reads, so that read()
     // below only drains what is buffered instead of starting libuv again.
-    h?.readStop?.();
-    this.socket.removeAllListeners('data');
-    let chunk: Buffer | null;
-    while ((chunk = this.socket.read() as Buffer | null) !== null) this.reader.push(chunk);
+    this.drainNodeReads();
     // Replies go out one at a time: what libuv has not written yet is the
     // tail of the last packet, plus anything Node still buffers after it.
     const parts: Buffer[] = [];
@@ -421,8 +531,11 @@ export class ClientConnection<Ctx> {
   reattachAfterFailedExec(): void {
     for (const b of this.detachedOutbox) this.send(b);
     this.detachedOutbox = [];
-    this.rawHandle()?.readStart?.();
-    this.socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    if (this.peekMode) this.openPeekReader();
+    else {
+      this.rawHandle()?.readStart?.();
+      this.socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    }
     this.held = false;
     this.pump();
   }

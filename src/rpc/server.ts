@@ -232,7 +232,7 @@ export class RpcServer<Ctx> {
   attach(
     sock: net.Socket,
     peer: PeerCred,
-    opts: { id?: number; connTime?: number; pending?: Buffer; unsent?: Buffer; restore?: (conn: ClientConnection<Ctx>) => void } = {},
+    opts: { id?: number; connTime?: number; pending?: Buffer; unsent?: Buffer; inKernel?: number; restore?: (conn: ClientConnection<Ctx>) => void } = {},
   ): ClientConnection<Ctx> {
     const id = opts.id ?? this.nextClientId++;
     if (id >= this.nextClientId) this.nextClientId = id + 1;
@@ -243,7 +243,7 @@ export class RpcServer<Ctx> {
     if (opts.restore) conn.log.debug({ peer }, 'client adopted');
     else conn.log.info({ peer }, 'client connected');
     if (this.holdNew) void conn.hold();
-    conn.start(opts.pending, opts.unsent);
+    conn.start(opts.pending, opts.unsent, opts.inKernel);
     this.checkLimit();
     return conn;
   }

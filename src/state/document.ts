@@ -81,6 +81,12 @@ export interface RelockdClientExtra {
   pending: string;
   /** Reply bytes not yet written (base64); normally empty after quiescing. */
   unsent: string;
+  /**
+   * How many of the last pending bytes were recorded before they were taken
+   * out of the socket (fd store peek reads): after a crash they may still be
+   * queued there. Absent: none.
+   */
+  inKernel?: number;
   /** Owner identity for connections whose peer registered itself. */
   process?: { pidfd: number; startTime: string };
 }

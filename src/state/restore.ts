@@ -326,6 +326,7 @@ function restoreClient(run: RestoreRun, name: 'virtlockd' | 'admin', srv: RpcSer
         connTime: c.conn_time,
         pending: extra ? Buffer.from(extra.pending, 'base64') : undefined,
         unsent: extra ? Buffer.from(extra.unsent, 'base64') : undefined,
+        inKernel: extra?.inKernel,
         restore: name === 'virtlockd' ? (conn) => target.restoreLockContext(conn, pd, process) : undefined,
       };
     });

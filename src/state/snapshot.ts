@@ -85,7 +85,7 @@ export function resourceEntry(r: Resource): { state: ResourceState; extra: Reloc
 export function clientEntry(
   src: ServerSnapshotSource<any>,
   conn: ClientConnection<any>,
-  bytes: { pending: Buffer; unsent: Buffer } | undefined,
+  bytes: { pending: Buffer; unsent: Buffer; inKernel?: number } | undefined,
 ): { state: ClientState; extra: RelockdClientExtra; fds: FdIdentity[] } | null {
   if (conn.isClosed) return null;
   const fd = handleFd(conn.socket);
@@ -110,6 +110,7 @@ export function clientEntry(
       id: conn.id,
       pending: b.pending.toString('base64'),
       unsent: b.unsent.toString('base64'),
+      ...(b.inKernel ? { inKernel: Math.min(b.inKernel, b.pending.length) } : {}),
       ...(process ? { process } : {}),
     },
     fds,

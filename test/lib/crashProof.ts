@@ -255,8 +255,9 @@ async function scenario(t: Test, x: CrashTarget, log: () => string): Promise<voi
   t.ok(alive(runner), `the action runner ${runner} survived the second crash too`);
 
   // ---- SIGKILL at the worst instants (fault injected, src/fdstore/faultInjection.ts) -----------
-  // 'read': a request has left the kernel's socket buffer and exists only in relockd's memory; it
-  // must have been written down before it is dispatched, or the client waits forever.
+  // 'read': a request was recorded in the stored state but is still queued in the socket (relockd
+  // peeks, records, then takes bytes out); the restart must answer it exactly once: a lost copy
+  // leaves the client waiting forever, a doubled one answers one serial twice.
   // 'grant': a lease is locked and stored, the turn's state not written, the client not answered;
   // that lease was never granted (released), and the request is dispatched again, which must not
   // find the lease still locked by that leftover.
@@ -276,7 +277,9 @@ async function scenario(t: Test, x: CrashTarget, log: () => string): Promise<voi
     t.same(h4.wins, {}, `(${at}) the hammer never won (${h4.attempts} attempts)`);
     t.same(faultFiles.filter((f) => probeOne(f) !== 'held'), [], `(${at}) every one of them is held`);
     t.notOk(burster.closed, `(${at}) the client's connection survived`);
+    t.equal((await burster.call({ op: 'unmatched' })).unmatched, 0, `(${at}) no reply came that the client did not wait for (none answered twice)`);
   }
+  t.match(log(), /bytes recorded just before the crash were still queued in the socket: taken out once/, "the request cut short at 'read' was in the record and in the socket; its socket copy was taken out once");
   t.match(log(), /a lease taken just before the crash was never granted: released/, "the lease taken in the turn cut short at 'grant' was released, then granted again to the request");
 
   // ---- an unreadable stored state: safe mode, every stored fd kept -------------------
