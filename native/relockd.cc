@@ -11,7 +11,10 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <elf.h>
 #include <limits.h>
+#include <link.h>
+#include <malloc.h>
 #include <poll.h>
 #include <signal.h>
 #include <stddef.h>
@@ -19,7 +22,9 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/auxv.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -27,6 +32,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <utility>
@@ -1340,6 +1346,110 @@ Napi::Value Strerror(const Napi::CallbackInfo& info) {
   return Napi::String::New(info.Env(), ErrnoText(err));
 }
 
+// ---- memory ---------------------------------------------------------------------------
+
+// Clean file pages of the loaded ELF objects (the node binary, its libraries,
+// this addon) count in our RSS once touched, although they stay in the page
+// cache and are shared. Start-up touches far more of node's code and
+// constants than a running daemon uses. Dropping our mappings of them is what
+// the kernel's reclaim may do at any time: the next access maps the page
+// again from the page cache. Only pages that are still the file's own are
+// dropped (pagemap "file page" bit): a private page that was written
+// (relocations, breakpoints, Node's --use-largepages copy of its text) is
+// anonymous memory and is kept. Read-only segments only, and under the
+// loader's lock (dl_iterate_phdr), so no object is unloaded meanwhile.
+struct DropState {
+  int pagemap;
+  uintptr_t page;
+  uintptr_t vdso;
+  double bytes;
+  int objects;
+  int failed;  // errno of a failed pread/madvise, 0 if none
+};
+
+bool HasTextRelocations(const dl_phdr_info* info) {
+  for (int k = 0; k < info->dlpi_phnum; k++) {
+    const ElfW(Phdr)& ph = info->dlpi_phdr[k];
+    if (ph.p_type != PT_DYNAMIC) continue;
+    for (const ElfW(Dyn)* d = reinterpret_cast<const ElfW(Dyn)*>(info->dlpi_addr + ph.p_vaddr); d->d_tag != DT_NULL; d++) {
+      if (d->d_tag == DT_TEXTREL) return true;
+      if (d->d_tag == DT_FLAGS && (d->d_un.d_val & DF_TEXTREL)) return true;
+    }
+  }
+  return false;
+}
+
+// Drops the runs of present file pages in [start, end).
+void DropRange(DropState* st, uintptr_t start, uintptr_t end) {
+  constexpr size_t kChunk = 4096;  // pagemap entries per read
+  std::vector<uint64_t> entries(kChunk);
+  for (uintptr_t at = start; at < end;) {
+    size_t n = std::min<size_t>(kChunk, (end - at) / st->page);
+    ssize_t got = pread(st->pagemap, entries.data(), n * sizeof(uint64_t), static_cast<off_t>((at / st->page) * sizeof(uint64_t)));
+    if (got <= 0) {
+      st->failed = got < 0 ? errno : EIO;
+      return;
+    }
+    n = static_cast<size_t>(got) / sizeof(uint64_t);
+    size_t k = 0;
+    while (k < n) {
+      constexpr uint64_t kPresent = 1ULL << 63, kFilePage = 1ULL << 61;
+      if ((entries[k] & (kPresent | kFilePage)) != (kPresent | kFilePage)) {
+        k++;
+        continue;
+      }
+      size_t run = k;
+      while (run < n && (entries[run] & (kPresent | kFilePage)) == (kPresent | kFilePage)) run++;
+      void* addr = reinterpret_cast<void*>(at + k * st->page);
+      if (madvise(addr, (run - k) * st->page, MADV_DONTNEED) == 0) st->bytes += static_cast<double>((run - k) * st->page);
+      else st->failed = errno;
+      k = run;
+    }
+    at += n * st->page;
+  }
+}
+
+int DropObject(dl_phdr_info* info, size_t, void* data) {
+  auto* st = static_cast<DropState*>(data);
+  for (int k = 0; k < info->dlpi_phnum; k++) {
+    const ElfW(Phdr)& ph = info->dlpi_phdr[k];
+    if (ph.p_type == PT_LOAD && ph.p_offset == 0 && info->dlpi_addr + ph.p_vaddr == st->vdso) return 0;  // the vDSO is no file
+  }
+  if (HasTextRelocations(info)) return 0;
+  bool any = false;
+  for (int k = 0; k < info->dlpi_phnum; k++) {
+    const ElfW(Phdr)& ph = info->dlpi_phdr[k];
+    if (ph.p_type != PT_LOAD || (ph.p_flags & PF_W) || ph.p_memsz == 0) continue;
+    uintptr_t start = (info->dlpi_addr + ph.p_vaddr) & ~(st->page - 1);
+    uintptr_t end = (info->dlpi_addr + ph.p_vaddr + ph.p_memsz + st->page - 1) & ~(st->page - 1);
+    DropRange(st, start, end);
+    any = true;
+  }
+  if (any) st->objects++;
+  return 0;
+}
+
+Napi::Value DropCleanFilePages(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  DropState st{};
+  st.page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  st.vdso = static_cast<uintptr_t>(getauxval(AT_SYSINFO_EHDR));
+  st.pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+  if (st.pagemap < 0) throw SysError(env, errno, "open(/proc/self/pagemap)");
+  dl_iterate_phdr(DropObject, &st);
+  close(st.pagemap);
+  if (st.failed && st.bytes == 0) throw SysError(env, st.failed, "madvise(MADV_DONTNEED)");
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("bytes", Napi::Number::New(env, st.bytes));
+  out.Set("objects", Napi::Number::New(env, st.objects));
+  return out;
+}
+
+// Returns the C library's free heap memory to the kernel (all arenas).
+Napi::Value MallocTrim(const Napi::CallbackInfo& info) {
+  return Napi::Boolean::New(info.Env(), malloc_trim(0) != 0);
+}
+
 // ---- module ---------------------------------------------------------------------------
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -1380,6 +1490,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   fn("strerror", Strerror);
   fn("probeStorage", ProbeStorage);
   fn("setCloexecAll", SetCloexecAll);
+  fn("dropCleanFilePages", DropCleanFilePages);
+  fn("mallocTrim", MallocTrim);
   return exports;
 }
 

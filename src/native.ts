@@ -224,6 +224,15 @@ export interface NativeBinding {
   /** The C library's message for a (positive) errno, e.g. 11 → 'Resource temporarily unavailable'. */
   strerror(errno: number): string;
   setCloexecAll(fds: Int32Array, on: boolean): void;
+  /**
+   * Unmaps, from this process only, the resident pages of the loaded ELF
+   * objects' read-only segments that are still the file's own (code and
+   * constants of node, libc, the addon); they stay in the page cache and come
+   * back on the next access. Written (anonymous) pages are kept.
+   */
+  dropCleanFilePages(): { bytes: number; objects: number };
+  /** malloc_trim(0): returns free C-heap memory of every arena; true if some was released. */
+  mallocTrim(): boolean;
   probeStorage(dir: string, leases: ProbeLeaseArg[], methods: number, cb: (err: NativeError | null, res?: ProbeStorageResult) => void): void;
 }
 
@@ -308,6 +317,8 @@ export const {
   lockFileSync,
   releaseFileSync,
   strerror,
+  dropCleanFilePages,
+  mallocTrim,
 } = binding;
 
 /**

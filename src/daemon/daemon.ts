@@ -42,6 +42,7 @@ import { MetricsListener } from '../services/metrics.js';
 import { checkConfigBeforeReexec } from './reexecConfig.js';
 import type { ReexecConfigHost } from './reexecConfig.js';
 import { codeCacheStatus, scheduleCodeCache } from './codeCache.js';
+import { startMemorySettler } from './memorySettle.js';
 import type { DaemonOptions, ShutdownPolicy } from './options.js';
 import { CrashStore } from './crashStore.js';
 import type { ClientConnection } from '../rpc/connection.js';
@@ -175,6 +176,7 @@ export class Daemon implements AdminHost, BootHost, HealthHost, ReexecHost, Reex
     setImmediate(() => void this.startMetricsListener());
     this.log.info({ socket: this.opts.socketPath, version: this.version, boot: this.boot, codeCache: codeCacheStatus(), ...this.manager.counts() }, 'relockd ready');
     scheduleCodeCache(`${this.stateFile.replace(/\.json$/, '')}.v8cache`, this.log);
+    startMemorySettler(this.log); // after the code cache is written (src/daemon/memorySettle.ts)
   }
 
   /** After an unexpected failure while restoring: refuse acquisitions, keep everything. */

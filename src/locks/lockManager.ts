@@ -45,8 +45,109 @@ export interface Resource {
   readonly classic?: boolean;
 }
 
+/** Epoch ms when this module loaded: `since` is kept relative to it, a small integer (no heap number per lease). */
+const SINCE_BASE = Date.now();
+
+/**
+ * A held resource as the lock table keeps it (issue 11: a few small fields,
+ * not objects per owner). One owner, the common case, is its pid, not an
+ * array; the path is derived from the lock space's directory string, which
+ * all its resources share; the acquisition time is a small integer. The
+ * rarer shapes are subclasses (AdoptedResource). `owners` builds an array
+ * for readers; the lock manager itself uses the owner methods.
+ */
+export class HeldResource implements Resource {
+  /** The owner's pid, or the pids in acquisition order when there are several. */
+  private holders: number | number[];
+  private readonly sinceRel: number;
+
+  constructor(
+    readonly name: string,
+    /** The lock space's directory ('' for the default space). */
+    private readonly dir: string,
+    readonly fd: number,
+    readonly dev: number,
+    readonly ino: number,
+    readonly flags: number,
+    owners: number | readonly number[],
+    since: number,
+  ) {
+    this.holders = typeof owners === 'number' ? owners : owners.length === 1 ? owners[0]! : [...owners];
+    this.sinceRel = since - SINCE_BASE;
+  }
+
+  get path(): string {
+    return this.dir === '' ? this.name : `${this.dir}/${this.name}`;
+  }
+
+  get since(): number {
+    return SINCE_BASE + this.sinceRel;
+  }
+
+  get classic(): boolean {
+    return false;
+  }
+
+  /** A copy: changing it does not change the lease. */
+  get owners(): number[] {
+    const h = this.holders;
+    return typeof h === 'number' ? [h] : [...h];
+  }
+
+  get ownerCount(): number {
+    const h = this.holders;
+    return typeof h === 'number' ? 1 : h.length;
+  }
+
+  hasOwner(pid: number): boolean {
+    const h = this.holders;
+    return typeof h === 'number' ? h === pid : h.includes(pid);
+  }
+
+  /** Appends an entry for `pid` (duplicates allowed, as virLockSpaceAcquireResource). */
+  addOwner(pid: number): void {
+    const h = this.holders;
+    if (typeof h === 'number') this.holders = [h, pid];
+    else h.push(pid);
+  }
+
+  /** Removes the first entry of `pid`; false if it has none. Removing the last leaves an empty list. */
+  removeOwner(pid: number): boolean {
+    const h = this.holders;
+    if (typeof h === 'number') {
+      if (h !== pid) return false;
+      this.holders = [];
+      return true;
+    }
+    const i = h.indexOf(pid);
+    if (i < 0) return false;
+    h.splice(i, 1);
+    if (h.length === 1) this.holders = h[0]!;
+    return true;
+  }
+}
+
+/**
+ * A resource from a state document whose path is not the one its lock space
+ * gives its name, or whose lock is a classic POSIX lock inherited from
+ * virtlockd: the fields only these need.
+ */
+class AdoptedResource extends HeldResource {
+  constructor(base: Resource, dir: string, private readonly explicitPath: string | null, private readonly inheritedClassic: boolean) {
+    super(base.name, dir, base.fd, base.dev, base.ino, base.flags, base.owners, base.since);
+  }
+
+  override get path(): string {
+    return this.explicitPath ?? super.path;
+  }
+
+  override get classic(): boolean {
+    return this.inheritedClassic;
+  }
+}
+
 export class LockSpace {
-  readonly resources = new Map<string, Resource>();
+  readonly resources = new Map<string, HeldResource>();
   /** `dir` is '' for the default lock space. */
   constructor(readonly dir: string) {}
 
@@ -252,12 +353,12 @@ export class LockManager {
     const held = ls.resources.get(name);
     if (!held) return false;
     if (shared && (held.flags & AcquireFlags.SHARED) !== 0) {
-      held.owners.push(owner.pid);
+      held.addOwner(owner.pid);
       this.storeHooks?.changed(ls, held);
-      this.ownerLog(owner).info({ lockspace: ls.dir, resource: name, shared, owners: held.owners.length }, 'lease acquired (shared)');
+      this.ownerLog(owner).info({ lockspace: ls.dir, resource: name, shared, owners: held.ownerCount }, 'lease acquired (shared)');
       return true;
     }
-    if (held.owners.includes(owner.pid) && this.handover?.(ls.dir, name, owner)) return true;
+    if (held.hasOwner(owner.pid) && this.handover?.(ls.dir, name, owner)) return true;
     this.ownerLog(owner).info({ lockspace: ls.dir, resource: name, shared }, 'lease refused: held by this daemon');
     throw errors.resourceLocked(name);
   }
@@ -283,7 +384,7 @@ export class LockManager {
   }
 
   private stored(ls: LockSpace, name: string, flags: number, owner: Owner, locked: LockedFile): void {
-    const res: Resource = { name, path: ls.pathOf(name), fd: locked.fd, dev: locked.dev, ino: locked.ino, flags, owners: [owner.pid], since: Date.now() };
+    const res = new HeldResource(name, ls.dir, locked.fd, locked.dev, locked.ino, flags, owner.pid, Date.now());
     ls.resources.set(name, res);
     this.storeHooks?.added(ls, res);
     this.ownerLog(owner).info({ lockspace: ls.dir, resource: name, shared: (flags & AcquireFlags.SHARED) !== 0, autocreate: (flags & AcquireFlags.AUTOCREATE) !== 0, fd: locked.fd, ...((locked.attempts ?? 1) > 1 ? { attempts: locked.attempts, retried: locked.retried } : {}) }, 'lease acquired');
@@ -335,12 +436,11 @@ export class LockManager {
   private dropOwner(ls: LockSpace, name: string, owner: Owner): Resource | null {
     const res = ls.resources.get(name);
     if (!res) throw errors.resourceNotLocked(name);
-    const i = res.owners.indexOf(owner.pid);
-    if (i < 0) throw errors.notOwner(owner.pid);
-    res.owners.splice(i, 1);
+    if (!res.removeOwner(owner.pid)) throw errors.notOwner(owner.pid);
     this.storeHooks?.changed(ls, res);
-    this.ownerLog(owner).info({ lockspace: ls.dir, resource: name, owners: res.owners.length }, 'lease released');
-    if (res.owners.length > 0) return null;
+    const left = res.ownerCount;
+    this.ownerLog(owner).info({ lockspace: ls.dir, resource: name, owners: left }, 'lease released');
+    if (left > 0) return null;
     ls.resources.delete(name);
     this.storeHooks?.removed(ls, res);
     if (res.classic) this.classicCount--;
@@ -470,7 +570,7 @@ export class LockManager {
   /** Number of resources whose owner list contains `pid`. */
   heldBy(pid: number): number {
     let n = 0;
-    for (const ls of this.allSpaces()) for (const r of ls.resources.values()) if (r.owners.includes(pid)) n++;
+    for (const ls of this.allSpaces()) for (const r of ls.resources.values()) if (r.hasOwner(pid)) n++;
     return n;
   }
 
@@ -483,16 +583,15 @@ export class LockManager {
     const work: Promise<boolean>[] = [];
     for (const ls of this.allSpaces()) {
       for (const res of ls.resources.values()) {
-        if (!res.owners.includes(pid)) continue;
+        if (!res.hasOwner(pid)) continue;
         work.push(
           this.mutex.run(this.key(ls, res.name), async () => {
             const cur = ls.resources.get(res.name);
-            const i = cur ? cur.owners.indexOf(pid) : -1;
-            if (!cur || i < 0) return false;
-            cur.owners.splice(i, 1);
+            if (!cur || !cur.removeOwner(pid)) return false;
             this.storeHooks?.changed(ls, cur);
-            this.ownerLog(owner ?? { uuid: '', name: '', id: 0, pid }).info({ lockspace: ls.dir, resource: cur.name, owners: cur.owners.length }, 'lease released: owner gone');
-            if (cur.owners.length === 0) {
+            const left = cur.ownerCount;
+            this.ownerLog(owner ?? { uuid: '', name: '', id: 0, pid }).info({ lockspace: ls.dir, resource: cur.name, owners: left }, 'lease released: owner gone');
+            if (left === 0) {
               ls.resources.delete(cur.name);
               this.storeHooks?.removed(ls, cur);
               if (cur.classic) this.classicCount--;
@@ -543,8 +642,12 @@ export class LockManager {
   /** Re-creates a held resource from a state document; its fd holds the lock. */
   adoptResource(ls: LockSpace, r: Resource): void {
     if (ls.resources.has(r.name)) throw new Error(`resource ${r.name} in lockspace '${ls.dir}' listed twice`);
-    ls.resources.set(r.name, r);
-    if (r.classic) this.classicCount++;
+    const usualPath = r.path === ls.pathOf(r.name);
+    const classic = r.classic === true;
+    // Copied into the table's own shape: the document's objects can go.
+    const rec = usualPath && !classic ? new HeldResource(r.name, ls.dir, r.fd, r.dev, r.ino, r.flags, r.owners, r.since) : new AdoptedResource(r, ls.dir, usualPath ? null : r.path, classic);
+    ls.resources.set(r.name, rec);
+    if (classic) this.classicCount++;
     if (r.flags & AcquireFlags.AUTOCREATE) this.classifier?.isHostLocal(ls.storageKeyOf(r.name));
   }
 
@@ -554,7 +657,7 @@ export class LockManager {
     let leases = 0;
     for (const ls of this.allSpaces()) {
       resources += ls.resources.size;
-      for (const r of ls.resources.values()) leases += r.owners.length;
+      for (const r of ls.resources.values()) leases += r.ownerCount;
     }
     return { lockspaces: this.spaces.size + 1, resources, leases };
   }
