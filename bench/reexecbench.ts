@@ -594,7 +594,9 @@ async function main(): Promise<void> {
             const r = await gen.request(setup);
             if (r.type !== 'ready') throw new Error(`unexpected ${r.type}`);
             cell.setupMs = r.setupMs;
-            await sleep(1000); // let the daemon go idle
+            // Let the daemon go idle: as long as after the last re-exec, and
+            // past relockd's idle memory settle (1 s periods, src/daemon/memorySettle.ts).
+            await sleep(3000);
             cell.memSetup = procMem(d.pid);
             err(`${cell.id}: ${L} leases over ${C} clients set up in ${fmtMs(r.setupMs)} ms (pid ${d.pid})`);
           }

@@ -256,3 +256,45 @@ async function waitUntil(cond: () => boolean, ms = 2000): Promise<boolean> {
   while (!cond() && Date.now() < end) await new Promise((r) => setTimeout(r, 5));
   return cond();
 }
+
+t.test('the lease record: one owner without a list, several in order, readers get copies', async (t) => {
+  const { m } = setup();
+  await m.createLockSpace('/img');
+  await m.acquire('/img', 'lease', 1 | 2, owner(7));
+  const r = m.lookup('/img').resources.get('lease')!;
+  t.equal(r.path, '/img/lease', 'path derived from the lock space');
+  t.equal(r.ownerCount, 1);
+  t.same(r.owners, [7]);
+  t.ok(Math.abs(r.since - Date.now()) < 5000, 'since: epoch ms');
+  r.owners.push(99); // a reader's copy
+  t.same(r.owners, [7], 'the table is not changed through a copy');
+  await m.acquire('/img', 'lease', 1, owner(8));
+  await m.acquire('/img', 'lease', 1, owner(7));
+  t.same(r.owners, [7, 8, 7]);
+  t.equal(m.counts().leases, 3);
+  await m.release('/img', 'lease', owner(8));
+  t.same(r.owners, [7, 7], 'the one entry of 8 removed');
+  await m.release('/img', 'lease', owner(7));
+  t.same(r.owners, [7], 'back to one owner');
+  t.ok(r.hasOwner(7) && !r.hasOwner(8));
+  await rejectsWith(t, () => m.release('/img', 'lease', owner(8)), 1, 51, 'internal error: owner 8 does not hold the resource lock');
+  await m.release('/img', 'lease', owner(7));
+  t.equal(m.lookup('/img').resources.size, 0);
+});
+
+t.test('adopted records keep what a document says: owner lists, since, an unusual path, a classic lock', async (t) => {
+  const { m } = setup();
+  const ls = m.adoptLockSpace('/var/ls');
+  m.adoptResource(ls, { name: 'a', path: '/var/ls/a', fd: 10, dev: 1, ino: 2, flags: 1, owners: [5, 6, 5], since: 1_600_000_000_000 });
+  m.adoptResource(ls, { name: 'b', path: '/elsewhere/b', fd: 11, dev: 1, ino: 3, flags: 0, owners: [5], since: 1_700_000_000_123 });
+  m.adoptResource(m.defaultSpace, { name: '/img/c', path: '/img/c', fd: 12, dev: 1, ino: 4, flags: 0, owners: [6], since: 1_700_000_000_000, classic: true });
+  const a = ls.resources.get('a')!;
+  const b = ls.resources.get('b')!;
+  const c = m.defaultSpace.resources.get('/img/c')!;
+  t.same([a.owners, a.since, a.path, a.classic], [[5, 6, 5], 1_600_000_000_000, '/var/ls/a', false]);
+  t.same([b.owners, b.since, b.path, b.classic], [[5], 1_700_000_000_123, '/elsewhere/b', false]);
+  t.same([c.owners, c.path, c.classic, c.fd, c.dev, c.ino], [[6], '/img/c', true, 12, 1, 4]);
+  t.equal(m.heldBy(5), 2);
+  t.same(m.counts(), { lockspaces: 2, resources: 3, leases: 5 });
+  t.throws(() => m.adoptResource(ls, { name: 'a', path: '/var/ls/a', fd: 13, dev: 1, ino: 5, flags: 0, owners: [1], since: 0 }), /listed twice/);
+});

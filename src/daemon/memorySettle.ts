@@ -46,7 +46,7 @@ function statusField(text: string, name: string): number {
   return m ? Number(m[1]) : -1;
 }
 
-export function memoryFigures(): MemoryFigures {
+function memoryFigures(): MemoryFigures {
   const st = readFileSync('/proc/self/status', 'latin1');
   return { rssKb: statusField(st, 'VmRSS'), anonKb: statusField(st, 'RssAnon'), fileKb: statusField(st, 'RssFile') };
 }
@@ -85,7 +85,7 @@ async function fullGc(): Promise<boolean> {
 }
 
 /** GC, malloc_trim and (when `files`) the drop of clean file pages, now. */
-export async function settleMemory(files: boolean): Promise<SettleResult> {
+async function settleMemory(files: boolean): Promise<SettleResult> {
   const t0 = performance.now();
   const before = memoryFigures();
   const gc = await fullGc();
@@ -112,7 +112,7 @@ export interface SettlerOptions {
  * grew since the last settle. Timers never keep the process alive.
  */
 export function startMemorySettler(log: Logger, opts: SettlerOptions = {}): void {
-  const { firstMs = 750, periodMs = 2000, anonGrowthKb = 2048, fileGrowthKb = 4096, idleUtilization = 0.05 } = opts;
+  const { firstMs = 750, periodMs = 1000, anonGrowthKb = 1024, fileGrowthKb = 2048, idleUtilization = 0.05 } = opts;
   let last: MemoryFigures | null = null;
   let running = false;
   const settle = async (why: string) => {
