@@ -114,6 +114,7 @@ export interface SettlerOptions {
 export function startMemorySettler(log: Logger, opts: SettlerOptions = {}): void {
   const { firstMs = 750, periodMs = 1000, anonGrowthKb = 1024, fileGrowthKb = 2048, idleUtilization = 0.05 } = opts;
   let last: MemoryFigures | null = null;
+  let rebase = false;
   let running = false;
   const settle = async (why: string) => {
     if (running) return;
@@ -121,6 +122,7 @@ export function startMemorySettler(log: Logger, opts: SettlerOptions = {}): void
     try {
       const r = await settleMemory(true);
       last = r.after;
+      rebase = true;
       log.debug({ why, ms: r.ms, gc: r.gc, rssKb: [r.before.rssKb, r.after.rssKb], anonKb: [r.before.anonKb, r.after.anonKb], fileKbDropped: Math.round(r.fileBytesDropped / 1024) }, 'memory settled');
     } catch (err) {
       log.warn({ why, err: (err as Error).message }, 'could not give memory back');
@@ -136,6 +138,13 @@ export function startMemorySettler(log: Logger, opts: SettlerOptions = {}): void
     elu = now;
     if (!last || busy >= idleUtilization) return;
     const m = memoryFigures();
+    if (rebase) {
+      // The level a period after the settle is the baseline: right after
+      // it, the pages the idle daemon uses anyway (timers, GC) come back.
+      rebase = false;
+      last = m;
+      return;
+    }
     if (m.anonKb >= last.anonKb + anonGrowthKb || m.fileKb >= last.fileKb + fileGrowthKb) void settle('idle after growth');
     else if (m.anonKb < last.anonKb || m.fileKb < last.fileKb) last = { ...last, anonKb: Math.min(m.anonKb, last.anonKb), fileKb: Math.min(m.fileKb, last.fileKb) };
   };
