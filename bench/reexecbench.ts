@@ -243,6 +243,8 @@ interface ReexecLine {
    * validate, write + fsync, clear FD_CLOEXEC.
    */
   saveMs?: number;
+  /** Old image, from its "state written" line: quiesce (from the request), snapshot, serialise, write, cloexec (each step's ms). */
+  savePhases?: Record<string, number>;
 }
 
 interface Run {
@@ -303,10 +305,11 @@ async function waitReexecLine(d: Daemon, from: number, timeoutMs: number): Promi
     const line = findLine<ReexecLine>(s, from, 're-exec complete');
     if (line !== undefined) {
       if (line) {
-        type Timed = { time?: string };
+        type Timed = { time?: string; saveMs?: Record<string, number> };
         const req = findLine<Timed>(s, from, 're-exec requested');
         const wrote = findLine<Timed>(s, from, 're-exec: state written');
         if (req?.time && wrote?.time) line.saveMs = Date.parse(wrote.time) - Date.parse(req.time);
+        if (wrote?.saveMs) line.savePhases = wrote.saveMs;
       }
       return line;
     }
@@ -745,6 +748,20 @@ function report(cells: Cell[], opts: Opts, out: (s: string) => void): void {
         ? '(no relockd breakdown: no measured re-exec logged "re-exec complete")'
         : `(no relockd breakdown: its "re-exec complete" line is logged at info; --log-level is ${opts.logLevel})`,
     );
+  }
+
+  // The old image's own phases (builds that log them).
+  const SAVE_KEYS = ['quiesce', 'snapshot', 'serialise', 'write', 'cloexec'] as const;
+  const saveRows: string[][] = [];
+  for (const c of cells) {
+    const lines = c.runs.filter((r) => !r.warmup && r.daemonLine?.savePhases).map((r) => r.daemonLine!.savePhases!);
+    if (lines.length) saveRows.push([String(c.leases), String(c.clients), c.target.label, ...SAVE_KEYS.map((k) => fmt1(median(lines.map((l) => l[k] ?? NaN).filter((x) => !Number.isNaN(x)))))]);
+  }
+  if (saveRows.length) {
+    out('');
+    out('The old image\'s save (medians, ms; from its "state written" line): quiesce = request → nothing in flight; then each step:');
+    out(table(saveRows, ['leases', 'clients', 'daemon', ...SAVE_KEYS]));
+    out('  snapshot: live objects → document; serialise: encode, validate, JSON.stringify; write: temp file, fsync, rename; cloexec: FD_CLOEXEC cleared on every fd kept.');
   }
 
   reportScale(cells, sum, out);

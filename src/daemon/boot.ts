@@ -21,7 +21,7 @@ import type { LockClient, LockService } from '../services/lockService.js';
 import type { FdIdentity, ReexecRecord, StateDocument } from '../state/document.js';
 import { listenerPath, scanInheritedFds } from '../state/orphans.js';
 import { restoreState } from '../state/restore.js';
-import { validateState } from '../state/validate.js';
+import { parseStateDocument } from '../state/documentFormat.js';
 import { openProcessHandle } from '../util/processHandle.js';
 import { ActivationError } from './activation.js';
 import type { ActivatedSockets } from './activation.js';
@@ -117,10 +117,11 @@ export async function startFresh(d: BootHost, activated: ActivatedSockets | null
   if (d.adminServer && d.opts.adminSocketPath) await d.adminServer.bind(d.opts.adminSocketPath, 0o600);
 }
 
-export async function startFromState(d: BootHost, doc: StateDocument, requestedAtNs: bigint | null): Promise<void> {
+export async function startFromState(d: BootHost, parsed: StateDocument, requestedAtNs: bigint | null): Promise<void> {
   mark('read');
+  let doc: StateDocument;
   try {
-    validateState(doc);
+    doc = parseStateDocument(parsed); // validated, format 2's lease columns decoded
     mark('validated');
   } catch (err) {
     await startSafeMode(d, [(err as Error).message]);

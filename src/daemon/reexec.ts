@@ -25,6 +25,7 @@ import { buildState } from '../state/snapshot.js';
 import type { ServerSnapshotSource } from '../state/snapshot.js';
 import type { ReexecRecord, StateDocument, TerminationState } from '../state/document.js';
 import { validateState } from '../state/validate.js';
+import { serialiseState } from '../state/documentFormat.js';
 import { ExecRefusal } from '../state/execPlan.js';
 import type { ExecPlan, ExecTarget } from '../state/execPlan.js';
 import type { Logger } from 'pino';
@@ -158,6 +159,7 @@ export class Reexecutor {
     let written: string | null = null;
     try {
       await this.quiesce();
+      const ms = savePhases(requestedAtNs);
       // execve first ends every other thread: one blocked in a close on a
       // hung FUSE mount (FLUSH waits uninterruptibly) never ends, and the
       // whole daemon would hang in execve with it (docs/storage-failure.md).
@@ -167,17 +169,21 @@ export class Reexecutor {
       // ---- synchronous from here to execve --------------------------------
       for (const c of this.allClients()) if (!c.isClosed) detached.set(c, c.detachForExec());
       const doc = this.snapshot(trigger, requestedAtNs, detached);
-      validateState(doc);
+      ms.mark('snapshot');
+      if (target) validateState(doc); // relockd's own document is validated as written (serialiseState)
       const plan = target ? target.plan(doc) : this.ownPlan(doc, requestedAtNs);
+      ms.mark('serialise');
       writeFileAtomic(plan.stateFile, plan.text);
+      ms.mark('write');
       written = plan.stateFile;
       const keep = plan.keep;
       stdioCloexec = [0, 1, 2].map((fd) => safeGetCloexec(fd));
       for (const fd of [0, 1, 2]) native.setCloexec(fd, false);
       cleared.push(...keep);
       native.setCloexecAll(Int32Array.from(keep), false); // one call for every fd to keep; no fstat (a failed lock space's fds would block)
+      ms.mark('cloexec');
       d.notify(`RELOADING=1\nMONOTONIC_USEC=${process.hrtime.bigint() / 1000n}\nSTATUS=re-executing`);
-      log.info({ fds: keep.length, stateFile: plan.stateFile, exec: plan.execPath, argv: plan.argv }, 're-exec: state written, executing');
+      log.info({ fds: keep.length, bytes: plan.text.length, saveMs: ms.phases, stateFile: plan.stateFile, exec: plan.execPath, argv: plan.argv }, 're-exec: state written, executing');
       // A SIGUSR1 arriving now stays pending until the new image is ready for it.
       if (plan.blockSigusr1) native.sigmask('block', [constants.signals.SIGUSR1]);
       flushTurnNow(); // this turn's log lines (replies were all written before detaching)
@@ -217,7 +223,7 @@ export class Reexecutor {
     const env = { ...process.env, ...codeCacheEnv(), [REEXEC_ENV]: `${process.pid}:${requestedAtNs}` };
     return {
       stateFile: this.d.stateFile,
-      text: JSON.stringify(doc),
+      text: serialiseState(doc),
       keep: [...ext.fds.map((f) => f.fd), ...ext.resources.map((r) => r.fd), ...ext.orphans.map((f) => f.fd), ...this.d.health.fdsToKeep()],
       execPath: this.d.execPath,
       argv: this.d.originalArgv,
@@ -297,6 +303,21 @@ export class Reexecutor {
     if (live.length) doc.relockd!.pendingReplies = live.map((r) => ({ server: r.conn.service.name, clientId: r.conn.id, header: r.header }));
     return doc;
   }
+}
+
+/** The old image's phases for its "state written" line: ms from the request to quiesced, then each step's own ms. */
+function savePhases(requestedAtNs: bigint): { phases: Record<string, number>; mark(name: string): void } {
+  let last = process.hrtime.bigint();
+  const ms = (a: bigint, b: bigint) => Math.round(Number(b - a) / 1e4) / 100;
+  const phases: Record<string, number> = { quiesce: ms(requestedAtNs, last) };
+  return {
+    phases,
+    mark(name) {
+      const now = process.hrtime.bigint();
+      phases[name] = ms(last, now);
+      last = now;
+    },
+  };
 }
 
 function safeGetCloexec(fd: number): boolean {
