@@ -7,9 +7,11 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ConversionRefused, toVirtlockdDocument, virtlockdStateFile, VIRTLOCKD_STATE_MAX } from '../src/state/virtlockdDocument.js';
 import type { StateDocument } from '../src/state/document.js';
+import { parseStateDocument } from '../src/state/documentFormat.js';
 import { ROOT } from './lib/relockd.js';
 
-const example = (name: string): StateDocument => JSON.parse(readFileSync(join(ROOT, 'state-examples', `${name}.json`), 'utf8')) as StateDocument;
+// In memory, as restore and the handback see it (format 2 examples decoded).
+const example = (name: string): StateDocument => parseStateDocument(JSON.parse(readFileSync(join(ROOT, 'state-examples', `${name}.json`), 'utf8')));
 
 function refusals(doc: StateDocument, opts = {}): { reasons: string[]; transient: boolean } {
   try {

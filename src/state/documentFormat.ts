@@ -73,7 +73,7 @@ export function encodeState(doc: StateDocument): unknown {
     }
   }
   const { resources: _resources, formatVersion: _v, ...rest } = ext;
-  const out: CompactExtension = { ...rest, formatVersion: 2, leases: cols };
+  const out: CompactExtension = { formatVersion: 2, ...rest, leases: cols };
   const empty = (ls: LockspaceState): LockspaceState => ({ ...ls, resources: [] });
   return { ...doc, defaultLockspace: empty(doc.defaultLockspace), lockspaces: doc.lockspaces.map(empty), relockd: out };
 }
