@@ -490,7 +490,7 @@ async function main(): Promise<void> {
     report(cells, opts, clk, out);
     for (const d of daemons) {
       const n = d.demotions?.() ?? 0;
-      if (n) out(`note: ${d.label} logged ${n} "slow storage call" warning(s): an inline call took > 50 ms (preempted on a loaded host?) and that directory's calls ran on worker threads afterwards (off-main CPU); its later cells of that directory measure the off-thread path`);
+      if (n) out(`note: ${d.label} logged ${n} "slow storage call" warning(s): inline calls took > 50 ms (3 in a row, or one > 1 s; builds before 7 Dec 2026: one; preempted on a loaded host?) and that directory's calls ran on worker threads afterwards (off-main CPU); its later cells of that directory measure the off-thread path`);
     }
     reportIssueFigures(cells, daemons, opts, clk, out);
     if (fdstore) {

@@ -1,6 +1,7 @@
 // Which storage runs inline on the event loop: local filesystems by statfs
 // type; anything else (here: procfs, standing in for NFS and friends)
-// off-thread; a slow inline call demotes its directory; 'never' turns it off.
+// off-thread; slow inline calls (three in a row, or one very slow) demote
+// its directory; 'never' turns it off.
 // And the same daemon serves leases correctly with inlining on and off.
 
 import t from 'tap';
@@ -29,7 +30,19 @@ t.test('classifier: local inline, unknown types offloaded, slow calls demote, ne
   c.observe(work, 10);
   t.equal(c.mode(work), 'inline', 'a fast call changes nothing');
   c.observe(work, 500);
-  t.equal(c.mode(work), 'offload', 'a slow inline call demotes the directory');
+  t.equal(c.mode(work), 'inline', 'one slow call (a preemption on a busy host) does not demote');
+  c.observe(work, 500);
+  c.observe(work, 10);
+  c.observe(work, 500);
+  c.observe(work, 500);
+  t.equal(c.mode(work), 'inline', 'a fast call between slow ones starts the count again');
+  c.observe(work, 500);
+  t.equal(c.mode(work), 'offload', 'three slow inline calls in a row demote the directory');
+  const once = new StorageClassifier(quiet);
+  once.mode(work);
+  t.ok(await waitFor(() => once.mode(work) === 'inline'));
+  once.observe(work, 5000);
+  t.equal(once.mode(work), 'offload', 'one very slow call (storage that hung) demotes at once');
   const never = new StorageClassifier(quiet, 'never');
   never.mode(work);
   await new Promise((r) => setTimeout(r, 100));

@@ -4,8 +4,12 @@
 // the benchmark. Network and cluster filesystems (NFS, CIFS, FUSE, Ceph,
 // GFS2, OCFS2, ...) can hang for minutes, so they always go off-thread with
 // deadlines (StorageGate). Each directory is classified once by its statfs
-// type, off the event loop; unknown types count as remote. A local call that
-// turns out slow demotes its directory to the off-thread path for good.
+// type, off the event loop; unknown types count as remote. Local calls that
+// turn out slow demote their directory to the off-thread path for good:
+// several slow ones in a row, or one very slow one. A single call over the
+// threshold is not enough: on a loaded host the scheduler alone can preempt
+// an open() for more than 50 ms, and demoting for that would move a healthy
+// directory to worker threads (twice the CPU per call) for the daemon's life.
 
 import { promises as fsp } from 'node:fs';
 import type { Logger } from 'pino';
@@ -45,9 +49,16 @@ export class StorageClassifier {
   constructor(
     private readonly log: Logger,
     public policy: InlinePolicy = 'local',
-    /** An inline call slower than this demotes its directory. */
+    /** An inline call slower than this counts as slow. */
     public slowMs = 50,
+    /** This many slow inline calls in a row (no fast one between) demote the directory. */
+    public slowInARow = 3,
+    /** One inline call slower than this demotes its directory at once. */
+    public verySlowMs = 1000,
   ) {}
+
+  /** Slow inline calls in a row, per directory (absent: the last call was fast). */
+  private readonly slowRuns = new Map<string, number>();
 
   /** The mode for `dir` now; unknown directories are offloaded while being classified. */
   mode(dir: string): StorageMode {
@@ -93,11 +104,25 @@ export class StorageClassifier {
     return v === true;
   }
 
-  /** Records how long an inline call took; a slow one demotes the directory. */
+  /**
+   * Records how long an inline call took. `slowInARow` slow calls in a row,
+   * or one slower than `verySlowMs`, demote the directory; a fast call
+   * clears the count (on the hot path: one comparison, no map access).
+   */
   observe(dir: string, ms: number): void {
-    if (ms > this.slowMs && this.modes.get(dir) === 'inline') {
-      this.modes.set(dir, 'offload');
-      this.log.warn({ dir, ms }, 'slow storage call on the event loop: this directory is handled off-thread from now on');
+    if (ms <= this.slowMs) {
+      if (this.slowRuns.size !== 0) this.slowRuns.delete(dir);
+      return;
     }
+    if (this.modes.get(dir) !== 'inline') return;
+    const run = (this.slowRuns.get(dir) ?? 0) + 1;
+    if (run < this.slowInARow && ms <= this.verySlowMs) {
+      this.slowRuns.set(dir, run);
+      this.log.info({ dir, ms, slowInARow: run }, 'inline storage call was slow (preempted on a busy host, or slow storage?)');
+      return;
+    }
+    this.slowRuns.delete(dir);
+    this.modes.set(dir, 'offload');
+    this.log.warn({ dir, ms, slowInARow: run }, 'slow storage call on the event loop: this directory is handled off-thread from now on');
   }
 }
