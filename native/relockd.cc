@@ -917,19 +917,13 @@ class JobWorker : public Napi::AsyncWorker {
   Job job_;
 };
 
-// The two ways to run a job: on the pool (callback at argument cbIndex) or
-// inline (local storage that cannot hang): result returned, failure thrown.
+// A job on the pool (callback at argument cbIndex). The inline variants
+// (lockFileInline, releaseFileInline: local storage that cannot hang) run
+// the same job on the calling thread and return plain numbers.
 template <typename Job>
 void QueueJob(const Napi::CallbackInfo& info, size_t cbIndex, const char* name, Job job) {
   Napi::Function cb = FunctionArg(info, cbIndex, "cb");
   (new JobWorker<Job>(cb, name, std::move(job)))->Queue();
-}
-
-template <typename Job>
-Napi::Value RunJobSync(const Napi::CallbackInfo& info, Job job) {
-  job.Run();
-  if (const Failure* f = job.Error()) throw SysError(info.Env(), f->err, f->syscall, f->stage, f->detail);
-  return job.Result(info.Env());
 }
 
 // ---- acquire -----------------------------------------------------------------------
@@ -972,6 +966,11 @@ void RetryPause(int attempt) {
 struct LockJob {
   std::string path;
   bool shared = false, create = false;
+  // Host-local storage (the inline path: ext4, xfs, tmpfs, ...): a path's
+  // lookup is authoritative, so the NFS revalidation below is not needed,
+  // and an autocreated lease file usually does not exist yet (it is
+  // unlinked on release there), so creating is tried first.
+  bool local = false;
   Failure fail;
   int fd = -1;
   dev_t dev = 0;
@@ -985,8 +984,19 @@ struct LockJob {
       attempts = attempt + 1;
       if (attempt > 0) RetryPause(attempt);
       created = false;
-      int f = RetryEintr([&] { return open(path.c_str(), O_RDWR | O_CLOEXEC); });
-      if (f < 0 && errno == ENOENT && create) {
+      int f;
+      if (local && create) {
+        f = RetryEintr([&] { return open(path.c_str(), O_RDWR | O_CLOEXEC | O_CREAT | O_EXCL, 0600); });
+        if (f >= 0) {
+          created = true;
+        } else if (errno == EEXIST) {
+          // Exists (or a dangling symlink: plain O_CREAT as virtlockd).
+          f = RetryEintr([&] { return open(path.c_str(), O_RDWR | O_CLOEXEC | O_CREAT, 0600); });
+        }
+      } else {
+        f = RetryEintr([&] { return open(path.c_str(), O_RDWR | O_CLOEXEC); });
+      }
+      if (f < 0 && errno == ENOENT && create && !local) {
         // O_EXCL tells us whether we created it.
         f = RetryEintr([&] { return open(path.c_str(), O_RDWR | O_CLOEXEC | O_CREAT | O_EXCL, 0600); });
         if (f >= 0) {
@@ -1020,7 +1030,7 @@ struct LockJob {
         return Fail(f, errno, "fstat", "stat");
       }
       if (create) {
-        int verdict = CheckStillNamed(f);
+        int verdict = local ? CheckStillNamedLocal(f, fst) : CheckStillNamed(f);
         if (verdict < 0) return;  // fail is set, f closed
         if (verdict == 0) continue;  // retry, f closed
       }
@@ -1085,6 +1095,31 @@ struct LockJob {
     return 1;
   }
 
+  // The same check on host-local storage: the locked file must still be
+  // linked (nlink from the fstat just made) and be what the path names.
+  // Returns 1 ok, 0 retry, -1 failed.
+  int CheckStillNamedLocal(int f, const struct stat& fst) {
+    if (fst.st_nlink == 0) {
+      RetryLocal(f, "check: the locked file was unlinked");
+      return 0;
+    }
+    struct stat pst;
+    if (RetryEintr([&] { return stat(path.c_str(), &pst); }) < 0) {
+      int err = errno;
+      if (err != ENOENT) {
+        Fail(f, err, "stat", "stat");
+        return -1;
+      }
+      RetryLocal(f, "check: path vanished");
+      return 0;
+    }
+    if (pst.st_dev != fst.st_dev || pst.st_ino != fst.st_ino) {
+      RetryLocal(f, "check: the path names another file");
+      return 0;
+    }
+    return 1;
+  }
+
   const Failure* Error() const { return fail.err ? &fail : nullptr; }
 
   Napi::Object Result(Napi::Env env) const {
@@ -1111,6 +1146,12 @@ struct LockJob {
     lastRetry = why;
     RefreshDir(DirName(path));
   }
+
+  // Local storage has no name cache to refresh.
+  void RetryLocal(int f, const char* why) {
+    if (f >= 0) close(f);
+    lastRetry = why;
+  }
 };
 
 LockJob LockJobArgs(const Napi::CallbackInfo& info) {
@@ -1124,7 +1165,33 @@ LockJob LockJobArgs(const Napi::CallbackInfo& info) {
   return job;
 }
 
-Napi::Value LockFileSync(const Napi::CallbackInfo& info) { return RunJobSync(info, LockJobArgs(info)); }
+// lockFileInline(path, shared, create, out: Float64Array(5)): the acquire on
+// the calling thread, for host-local storage only (the inline path). The
+// result goes into `out` (fd, dev, ino, created, attempts) instead of a new
+// object: building one with named properties cost more than the open.
+// Returns the last retry's reason, or undefined; failures throw as lockFile's.
+Napi::Value LockFileInline(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  LockJob job;
+  job.path = BytesValue(env, info[0], "path");
+  if (job.path.empty()) ThrowRange(env, "path must not be empty");
+  job.shared = BoolValue(env, info[1], "shared");
+  job.create = BoolValue(env, info[2], "create");
+  job.local = true;
+  if (!info[3].IsTypedArray() || info[3].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array ||
+      info[3].As<Napi::Float64Array>().ElementLength() < 5)
+    ThrowType(env, "out must be a Float64Array of 5");
+  job.Run();
+  if (const Failure* f = job.Error()) throw SysError(env, f->err, f->syscall, f->stage, f->detail);
+  double* out = info[3].As<Napi::Float64Array>().Data();
+  out[0] = job.fd;
+  out[1] = static_cast<double>(job.dev);
+  out[2] = static_cast<double>(job.ino);
+  out[3] = job.created ? 1 : 0;
+  out[4] = job.attempts;
+  if (job.lastRetry) return Napi::String::New(env, job.lastRetry);
+  return env.Undefined();
+}
 
 void LockFile(const Napi::CallbackInfo& info) { QueueJob(info, 2, "relockd.lockFile", LockJobArgs(info)); }
 
@@ -1142,6 +1209,10 @@ struct ReleaseJob {
   bool unlinked = false;
   int unlinkErr = 0;
   Failure closeFail;
+  // The fd's identity when the caller knows it (the inline path): no fstat.
+  bool haveId = false;
+  dev_t dev = 0;
+  ino_t ino = 0;
 
   void Run() {
     if (unlink) MaybeUnlink();
@@ -1180,7 +1251,10 @@ struct ReleaseJob {
       }
     }
     struct stat fst, pst;
-    if (RetryEintr([&] { return fstat(fd, &fst); }) < 0) {
+    if (haveId) {
+      fst.st_dev = dev;
+      fst.st_ino = ino;
+    } else if (RetryEintr([&] { return fstat(fd, &fst); }) < 0) {
       unlinkErr = errno;
       return;
     }
@@ -1214,7 +1288,34 @@ ReleaseJob ReleaseJobArgs(const Napi::CallbackInfo& info) {
 
 void ReleaseFile(const Napi::CallbackInfo& info) { QueueJob(info, 2, "relockd.releaseFile", ReleaseJobArgs(info)); }
 
-Napi::Value ReleaseFileSync(const Napi::CallbackInfo& info) { return RunJobSync(info, ReleaseJobArgs(info)); }
+// releaseFileInline(fd, unlinkPath | null, onlyIfExclusive, classic, dev, ino):
+// the release on the calling thread (host-local storage). dev/ino are the
+// fd's identity as recorded at acquire (used instead of an fstat when both
+// are exact doubles; else pass -1). Returns 1 (unlinked) or 0, or, only
+// when something went wrong, releaseFile's result object; EBADF throws.
+Napi::Value ReleaseFileInline(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  ReleaseJob job;
+  job.fd = FdArg(info, 0);
+  job.unlink = !info[1].IsNull();
+  job.path = job.unlink ? BytesValue(env, info[1], "unlinkPath (or null)") : "";
+  if (job.unlink && job.path.empty()) ThrowRange(env, "unlinkPath must not be empty");
+  job.onlyIfExclusive = BoolValue(env, info[2], "onlyIfExclusive");
+  job.classic = BoolValue(env, info[3], "classic");
+  if (info[4].IsNumber() && info[5].IsNumber()) {
+    double d = info[4].As<Napi::Number>().DoubleValue();
+    double i = info[5].As<Napi::Number>().DoubleValue();
+    if (d >= 0 && i >= 0 && d <= kMaxSafeInteger && i <= kMaxSafeInteger) {
+      job.haveId = true;
+      job.dev = static_cast<dev_t>(d);
+      job.ino = static_cast<ino_t>(i);
+    }
+  }
+  job.Run();
+  if (const Failure* f = job.Error()) throw SysError(env, f->err, f->syscall, f->stage, f->detail);
+  if (job.unlinkErr || job.closeFail.err) return job.Result(env);
+  return Napi::Number::New(env, job.unlinked ? 1 : 0);
+}
 
 // ---- storage health probe ----------------------------------------------------------------
 
@@ -1484,9 +1585,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   fn("recvPeek", RecvPeek);
   fn("recvDiscard", RecvDiscard);
   fn("lockFile", LockFile);
-  fn("lockFileSync", LockFileSync);
+  fn("lockFileInline", LockFileInline);
   fn("releaseFile", ReleaseFile);
-  fn("releaseFileSync", ReleaseFileSync);
+  fn("releaseFileInline", ReleaseFileInline);
   fn("strerror", Strerror);
   fn("probeStorage", ProbeStorage);
   fn("setCloexecAll", SetCloexecAll);

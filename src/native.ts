@@ -217,10 +217,14 @@ export interface NativeBinding {
   releaseFile(fd: number, opts: ReleaseFileOptions, cb: ReleaseFileCallback): void;
   /**
    * The same sequences on the calling thread: only for storage that cannot
-   * hang (local filesystems, see src/locks/storageClass.ts).
+   * hang (host-local filesystems, see src/locks/storageClass.ts), where the
+   * name check after an autocreate is a plain stat. Results as numbers
+   * (lockFileSync/releaseFileSync below wrap them): out = fd, dev, ino,
+   * created, attempts; the return value is the last retry's reason.
    */
-  lockFileSync(path: string, opts: LockFileOptions): LockFileResult;
-  releaseFileSync(fd: number, opts: ReleaseFileOptions): ReleaseFileResult;
+  lockFileInline(path: string, shared: boolean, create: boolean, out: Float64Array): string | undefined;
+  /** 1 unlinked, 0 not; a result object only when unlinking or closing reported an error. dev/ino: -1 when unknown. */
+  releaseFileInline(fd: number, unlinkPath: string | null, onlyIfExclusive: boolean, classic: boolean, dev: number, ino: number): number | ReleaseFileResult;
   /** The C library's message for a (positive) errno, e.g. 11 → 'Resource temporarily unavailable'. */
   strerror(errno: number): string;
   setCloexecAll(fds: Int32Array, on: boolean): void;
@@ -314,12 +318,36 @@ export const {
   recvDiscard,
   lockFile,
   releaseFile,
-  lockFileSync,
-  releaseFileSync,
   strerror,
   dropCleanFilePages,
   mallocTrim,
 } = binding;
+
+const lockOut = new Float64Array(5);
+
+/** lockFile on the calling thread, for host-local storage only (see lockFileInline). */
+export function lockFileSync(path: string, opts: LockFileOptions): LockFileResult {
+  const retried = binding.lockFileInline(path, opts.shared, opts.create, lockOut);
+  const res: LockFileResult = { fd: lockOut[0]!, dev: lockOut[1]!, ino: lockOut[2]!, created: lockOut[3] === 1 };
+  if (lockOut[4]! > 1) {
+    res.attempts = lockOut[4]!;
+    if (retried !== undefined) res.retried = retried;
+  }
+  return res;
+}
+
+const UNLINKED: ReleaseFileResult = Object.freeze({ unlinked: true });
+const KEPT: ReleaseFileResult = Object.freeze({ unlinked: false });
+
+/**
+ * releaseFile on the calling thread, for host-local storage only. `id`: the
+ * fd's identity as recorded when it was locked, which spares an fstat
+ * before an unlink.
+ */
+export function releaseFileSync(fd: number, opts: ReleaseFileOptions, id?: { dev: number; ino: number }): ReleaseFileResult {
+  const r = binding.releaseFileInline(fd, opts.unlinkPath, opts.onlyIfExclusive, opts.classic === true, id ? id.dev : -1, id ? id.ino : -1);
+  return r === 1 ? UNLINKED : r === 0 ? KEPT : (r as ReleaseFileResult);
+}
 
 /**
  * Calls `cb` once, on the event loop, when the pidfd becomes readable: the

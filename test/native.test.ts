@@ -846,6 +846,36 @@ t.test('lockFileSync / releaseFileSync: the same sequences on the calling thread
   t.throws(() => native.releaseFileSync(res.fd, { unlinkPath: null, onlyIfExclusive: false }), { code: 'EBADF', stage: 'close' });
 });
 
+t.test('lockFileSync on local storage: create tries O_EXCL first; existing files and dangling symlinks still work', async (t) => {
+  const file = path.join(tmp, 'inline-existing.lock');
+  fs.writeFileSync(file, '');
+  const ino = fs.statSync(file).ino;
+  const a = native.lockFileSync(file, { shared: false, create: true });
+  t.equal(a.created, false, 'an existing file is opened, not created');
+  t.equal(a.ino, ino);
+  t.notOk(otherCanLock(file, 'read'), 'locked, seen from another process');
+  t.same(native.releaseFileSync(a.fd, { unlinkPath: file, onlyIfExclusive: false }, { dev: a.dev, ino: a.ino }), { unlinked: true }, 'unlinked with the identity given (no fstat)');
+  t.notOk(fs.existsSync(file));
+  const target = path.join(tmp, 'inline-target.lock');
+  const link = path.join(tmp, 'inline-link.lock');
+  fs.symlinkSync(target, link);
+  const b = native.lockFileSync(link, { shared: false, create: true });
+  t.ok(fs.existsSync(target), 'a dangling symlink: its target is created (as virtlockd does)');
+  t.equal(fs.statSync(target).ino, b.ino);
+  t.same(native.releaseFileSync(b.fd, { unlinkPath: null, onlyIfExclusive: false }), { unlinked: false });
+  const c = native.lockFileSync(path.join(tmp, 'inline-new.lock'), { shared: true, create: true });
+  t.equal(c.created, true);
+  t.equal(c.attempts, undefined, 'one attempt: no retry reported');
+  const other = path.join(tmp, 'inline-other.lock');
+  fs.writeFileSync(other, '');
+  t.same(
+    native.releaseFileSync(c.fd, { unlinkPath: path.join(tmp, 'inline-new.lock'), onlyIfExclusive: true }, { dev: fs.statSync(other).dev, ino: fs.statSync(other).ino }),
+    { unlinked: false },
+    'an identity that is not the path\'s file: nothing unlinked',
+  );
+  t.ok(fs.existsSync(path.join(tmp, 'inline-new.lock')));
+});
+
 t.test('dup: a close-on-exec duplicate of the same open file (the lock is shared)', async (t) => {
   const file = tmpFile();
   const fd = fs.openSync(file, 'r+');

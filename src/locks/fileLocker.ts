@@ -40,9 +40,10 @@ export interface ReleaseResult {
 export interface FileLocker {
   lock(path: string, req: LockRequest): Promise<LockedFile>;
   release(fd: number, req: ReleaseRequest): Promise<ReleaseResult>;
-  /** The same on the calling thread, for storage that cannot hang. */
+  /** The same on the calling thread, for host-local storage (it cannot hang). */
   lockSync(path: string, req: LockRequest): LockedFile;
-  releaseSync(fd: number, req: ReleaseRequest): ReleaseResult;
+  /** `id`: the fd's identity recorded at lock time (spares an fstat before an unlink). */
+  releaseSync(fd: number, req: ReleaseRequest, id?: { dev: number; ino: number }): ReleaseResult;
   /** CREATE_RESOURCE: open O_WRONLY|O_CREAT 0600, close. */
   touch(path: string): Promise<void>;
   /** DELETE_RESOURCE: unlink; ENOENT is success. */
@@ -67,8 +68,8 @@ export class NativeFileLocker implements FileLocker {
     return native.lockFileSync(path, req);
   }
 
-  releaseSync(fd: number, req: ReleaseRequest): ReleaseResult {
-    return native.releaseFileSync(fd, req);
+  releaseSync(fd: number, req: ReleaseRequest, id?: { dev: number; ino: number }): ReleaseResult {
+    return native.releaseFileSync(fd, req, id);
   }
 
   async touch(path: string): Promise<void> {

@@ -476,7 +476,7 @@ export class LockManager {
   private freeInline(ls: LockSpace, res: Resource): void {
     const t0 = performance.now();
     try {
-      const out = this.locker.releaseSync(res.fd, this.releaseRequest(ls, res));
+      const out = this.locker.releaseSync(res.fd, this.releaseRequest(ls, res), res);
       if (out.unlinkError) this.log.warn({ lockspace: ls.dir, resource: res.name, err: out.unlinkError }, 'could not unlink lease file');
     } catch (err) {
       this.log.error({ lockspace: ls.dir, resource: res.name, fd: res.fd, err }, 'closing lease fd failed');
