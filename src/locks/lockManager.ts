@@ -162,8 +162,20 @@ export class LockSpace {
 
   /** Where a resource's storage lives, for the storage gate. */
   storageKeyOf(name: string): string {
-    return this.isDefault ? dirname(name) : this.dir;
+    if (!this.isDefault) return this.dir;
+    // Remembered per name: a fresh dirname() string per call would be hashed
+    // again by every map it is looked up in (classifier, gate), several
+    // times per request.
+    let key = this.storageKeys.get(name);
+    if (key === undefined) {
+      if (this.storageKeys.size >= 4096) this.storageKeys.clear();
+      key = dirname(name);
+      this.storageKeys.set(name, key);
+    }
+    return key;
   }
+
+  private readonly storageKeys = new Map<string, string>();
 }
 
 /**

@@ -106,10 +106,23 @@ export class XdrReader {
     if (len > max) throw new XdrDecodeError(`string of ${len} bytes exceeds limit ${max}`);
     const padded = (len + 3) & ~3;
     this.need(padded);
-    const nul = len === 0 ? -1 : this.buf.subarray(this.pos, this.pos + len).indexOf(0);
-    const v = this.buf.toString('latin1', this.pos, this.pos + (nul >= 0 ? nul : len));
+    // Short names (nearly all) are scanned for a NUL here rather than through
+    // a subarray and a native indexOf; latin1Slice is what toString('latin1') calls.
+    const start = this.pos;
+    let end = start + len;
+    if (len <= 256) {
+      for (let i = start; i < end; i++) {
+        if (this.buf[i] === 0) {
+          end = i;
+          break;
+        }
+      }
+    } else {
+      const nul = this.buf.indexOf(0, start);
+      if (nul >= 0 && nul < end) end = nul;
+    }
     this.pos += padded;
-    return v;
+    return start === end ? '' : (this.buf as Buffer & { latin1Slice(s: number, e: number): string }).latin1Slice(start, end);
   }
 
   /** XDR optional data (`T *`): a boolean discriminant then the value. */
