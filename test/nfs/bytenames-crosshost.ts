@@ -7,10 +7,14 @@
 // Uses the UML lab like crosshost.ts (docs/nfs-crosshost.md), but only the
 // lab's `exec`; the lock clients are test/nfs/bytenames-client.mjs.
 //
-//   node --import=@tapjs/typescript/import test/nfs/bytenames-crosshost.ts [--lab=WORKDIR] [--lab-script=PATH]
+//   node --import=@tapjs/typescript/import test/nfs/bytenames-crosshost.ts [--lab=WORKDIR | --lab-dir=DIR]
+//        [--time-limit=S] [--lab-script=PATH]
 //
-// Without --lab it brings a private lab up in /tmp and tears it down (crash +
-// down --purge). Ends with "N passed, N failed"; exit status 1 on failures.
+// --lab reuses a running lab. Without it a private lab is brought up (in DIR
+// with --lab-dir, as test/nfs/ci.sh asks its runners; else in /tmp) and torn
+// down (crash + down --purge). --time-limit: past it the run is a failure
+// and ends (ci.sh then tears the lab down by pid). Ends with "N passed, N
+// failed"; exit status 1 on failures.
 
 import { existsSync } from 'node:fs';
 import { join, resolve as resolvePath } from 'node:path';
@@ -20,8 +24,10 @@ import { DEFAULT_LAB_SCRIPT, Lab } from './lab.js';
 const arg = (k: string) => process.argv.slice(2).find((a) => a.startsWith(`${k}=`))?.slice(k.length + 1);
 const script = resolvePath(arg('--lab-script') ?? process.env.RELOCKD_NFS_LAB_SCRIPT ?? DEFAULT_LAB_SCRIPT);
 const given = arg('--lab');
+const labDir = arg('--lab-dir');
+const timeLimitS = Number(arg('--time-limit') ?? 0);
 const id = Date.now().toString(36);
-const lab = new Lab(script, given ? resolvePath(given) : `/tmp/relockd-bytenames-${id}-lab`);
+const lab = new Lab(script, given ? resolvePath(given) : labDir ? resolvePath(labDir) : `/tmp/relockd-bytenames-${id}-lab`);
 const CLIENT = join(ROOT, 'test', 'nfs', 'bytenames-client.mjs');
 const NODE = `/usr/bin/env -u NODE_OPTIONS ${process.execPath}`;
 
@@ -133,6 +139,13 @@ async function main(): Promise<void> {
 }
 
 const t0 = performance.now();
+if (timeLimitS > 0) {
+  setTimeout(() => {
+    report(false, 'time limit', `not done after ${timeLimitS} s`);
+    console.log(`${pass} passed, ${fail} failed`);
+    process.exit(1);
+  }, timeLimitS * 1000).unref();
+}
 main()
   .catch((e) => report(false, 'harness', (e as Error).stack ?? String(e)))
   .finally(() => {
