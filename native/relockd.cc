@@ -618,6 +618,21 @@ Napi::Value PidfdExitInfo(const Napi::CallbackInfo& info) {
   return r;
 }
 
+// A uv_poll_t on the main loop for fd, its data set; throws (nothing left
+// allocated) when libuv refuses the fd.
+uv_poll_t* NewPoll(Napi::Env env, int fd, void* data) {
+  uv_loop_t* loop = nullptr;
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok || !loop) throw Napi::Error::New(env, "no libuv loop");
+  auto* poll = new uv_poll_t;
+  int rc = uv_poll_init(loop, poll, fd);
+  if (rc < 0) {
+    delete poll;
+    throw SysError(env, -rc, "uv_poll_init");
+  }
+  poll->data = data;
+  return poll;
+}
+
 // A one-shot wait for a pidfd to become readable, which the kernel does when
 // the process exits (before it is reaped): a uv_poll_t on the main loop, so
 // no thread and no timer. The callback runs once, with null or an Error;
@@ -639,18 +654,8 @@ class PidfdWatch : public Napi::ObjectWrap<PidfdWatch> {
     Napi::Env env = info.Env();
     int fd = FdArg(info, 0, "pidfd");
     cb_ = Napi::Persistent(FunctionArg(info, 1, "cb"));
-    uv_loop_t* loop = nullptr;
-    if (napi_get_uv_event_loop(env, &loop) != napi_ok || !loop)
-      throw Napi::Error::New(env, "no libuv loop");
-    poll_ = new uv_poll_t;
-    int rc = uv_poll_init(loop, poll_, fd);
-    if (rc < 0) {
-      delete poll_;
-      poll_ = nullptr;
-      throw SysError(env, -rc, "uv_poll_init");
-    }
-    poll_->data = this;
-    rc = uv_poll_start(poll_, UV_READABLE, OnPoll);
+    poll_ = NewPoll(env, fd, this);
+    int rc = uv_poll_start(poll_, UV_READABLE, OnPoll);
     if (rc < 0) {
       Stop();
       throw SysError(env, -rc, "uv_poll_start");
@@ -780,19 +785,15 @@ class PeekReader : public Napi::ObjectWrap<PeekReader> {
     Napi::Env env = info.Env();
     int fd = FdArg(info, 0, "fd");
     cb_ = Napi::Persistent(FunctionArg(info, 1, "cb"));
-    if (napi_get_uv_event_loop(env, &loop_) != napi_ok || !loop_) throw Napi::Error::New(env, "no libuv loop");
     fd_ = fcntl(fd, F_DUPFD_CLOEXEC, 3);
     if (fd_ < 0) throw SysError(env, errno, "fcntl(F_DUPFD_CLOEXEC)");
-    poll_ = new uv_poll_t;
-    int rc = uv_poll_init(loop_, poll_, fd_);
-    if (rc < 0) {
-      delete poll_;
-      poll_ = nullptr;
+    try {
+      poll_ = NewPoll(env, fd_, this);
+    } catch (...) {
       ::close(fd_);
       fd_ = -1;
-      throw SysError(env, -rc, "uv_poll_init");
+      throw;
     }
-    poll_->data = this;
     Ref();  // alive while open, whoever holds the JS object
     open_ = true;
   }
@@ -868,7 +869,6 @@ class PeekReader : public Napi::ObjectWrap<PeekReader> {
     }
   }
 
-  uv_loop_t* loop_ = nullptr;
   uv_poll_t* poll_ = nullptr;
   int fd_ = -1;
   bool polling_ = false;

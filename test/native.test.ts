@@ -2,6 +2,7 @@
 // fails to take it: python3's fcntl.lockf (classic POSIX locks, like QEMU and
 // virtlockd) and test/fixtures/native-child.mjs play the other processes.
 import t from 'tap';
+import type { Test } from 'tap';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
@@ -349,17 +350,22 @@ t.test('getCloexec / setCloexec round trip, checked in /proc/self/fdinfo', async
 
 // ---- sockets ----------------------------------------------------------------------------
 
-t.test('peerCred and peerPidfd on a server-accepted UNIX socket', async (t) => {
-  const sock = path.join(tmp, 'peer.sock');
+/** A UNIX socket pair through a real listener: our client end, the accepted end and its fd. */
+async function acceptedPair(t: Test, name: string, opts: net.ServerOpts = {}): Promise<{ client: net.Socket; conn: net.Socket; fd: number }> {
+  const sock = path.join(tmp, name);
   const accepted = new Promise<net.Socket>((resolve) => {
-    const srv = net.createServer(resolve).listen(sock);
+    const srv = net.createServer(opts, resolve).listen(sock);
     t.teardown(() => srv.close());
   });
   const client = net.connect(sock);
   t.teardown(() => client.destroy());
   const conn = await accepted;
   t.teardown(() => conn.destroy());
-  const fd = (conn as unknown as { _handle: { fd: number } })._handle.fd;
+  return { client, conn, fd: (conn as unknown as { _handle: { fd: number } })._handle.fd };
+}
+
+t.test('peerCred and peerPidfd on a server-accepted UNIX socket', async (t) => {
+  const { fd } = await acceptedPair(t, 'peer.sock');
   t.ok(fd > 2, `accepted fd ${fd}`);
 
   t.same(native.peerCred(fd), { pid: process.pid, uid: process.getuid!(), gid: process.getgid!() });
@@ -922,16 +928,7 @@ t.test('fdInfo: dev/ino/mode of many fds in one call, setting or clearing FD_CLO
 });
 
 t.test('peek reads: bytes stay queued in the socket until consumed; pause, end of stream, writes unaffected', async (t) => {
-  const sock = path.join(tmp, 'peek.sock');
-  const accepted = new Promise<net.Socket>((resolve) => {
-    const srv = net.createServer({ pauseOnConnect: true }, resolve).listen(sock);
-    t.teardown(() => srv.close());
-  });
-  const client = net.connect(sock);
-  t.teardown(() => client.destroy());
-  const conn = await accepted;
-  t.teardown(() => conn.destroy());
-  const fd = (conn as unknown as { _handle: { fd: number } })._handle.fd;
+  const { client, conn, fd } = await acceptedPair(t, 'peek.sock', { pauseOnConnect: true });
   const until = async (cond: () => boolean) => {
     for (let i = 0; i < 200 && !cond(); i++) await new Promise((r) => setTimeout(r, 10));
   };
