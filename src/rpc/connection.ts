@@ -141,7 +141,10 @@ export class ClientConnection<Ctx> {
   }
 
   private onPeek(err: Error | null, bytes: Buffer | null): void {
-    if (this.closed) return;
+    if (this.closed) {
+      this.peek?.pause(); // level-triggered: returning without consuming would be called again at once
+      return;
+    }
     if (err) {
       this.log.debug({ err }, 'client socket error');
       this.socket.destroy();
