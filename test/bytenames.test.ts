@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { cleanEnv, ENV_PREFIX, ROOT, startRelockd } from './lib/relockd.js';
 import { probeOne } from './lib/probe.js';
+import { waitFor } from './lib/wait.js';
 import { LockspaceClient } from '../src/protocol/lockspaceClient.js';
 
 const work = mkdtempSync(join(tmpdir(), 'bytenames-'));
@@ -55,7 +56,11 @@ t.test('exact bytes on the filesystem', async (t) => {
 });
 
 t.test('logs: UTF-8 when valid, \\xHH escapes otherwise, backslashes doubled', async (t) => {
-  const lines = d.logs().split('\n').filter((l) => l.includes('"msg":"lease acquired"'));
+  // The lines reach us through the daemon's stderr pipe, which this process
+  // may read after the replies on the socket: wait until all three are in.
+  const acquiredLines = () => d.logs().split('\n').filter((l) => l.includes('"msg":"lease acquired"'));
+  await waitFor(() => acquiredLines().length >= 3, 10_000);
+  const lines = acquiredLines();
   const fields = lines.map((l) => JSON.parse(l) as { lockspace: string; resource: string });
   t.ok(fields.some((f) => f.resource === 'lease-\\xfe' && f.lockspace === `${work}/lease-space-\\xe9`), 'lease-\\xfe in lease-space-\\xe9');
   t.ok(fields.some((f) => f.resource === `${work}/disk-\\xff.raw`), 'disk-\\xff.raw');
