@@ -134,7 +134,7 @@ export class ClientConnection<Ctx> {
   }
 
   private openPeekReader(): void {
-    const fd = (this.socket as unknown as { _handle?: { fd?: number } })._handle?.fd ?? -1;
+    const fd = this.rawHandle()?.fd ?? -1;
     if (fd < 0 || this.closed) return;
     this.socket.pause(); // libuv never reads this socket; its handle only writes
     this.peek = native.peekReader(fd, (err, bytes) => this.onPeek(err, bytes));
@@ -181,7 +181,7 @@ export class ClientConnection<Ctx> {
    * byte: a client's next request differs at least in its serial.
    */
   private skipRecordedTail(tail: Buffer): void {
-    const fd = (this.socket as unknown as { _handle?: { fd?: number } })._handle?.fd ?? -1;
+    const fd = this.rawHandle()?.fd ?? -1;
     if (fd < 0 || tail.length === 0) return;
     const queued = native.recvPeek(fd, tail.length);
     if (!queued || !queued.equals(tail)) return;
@@ -524,8 +524,8 @@ export class ClientConnection<Ctx> {
     return { pending: this.reader.pending(), unsent: Buffer.concat(parts) };
   }
 
-  private rawHandle(): { readStop?: () => number; readStart?: () => number; writeQueueSize?: number } | undefined {
-    return (this.socket as unknown as { _handle?: { readStop?: () => number; readStart?: () => number; writeQueueSize?: number } })._handle;
+  private rawHandle(): RawHandle | undefined {
+    return (this.socket as unknown as { _handle?: RawHandle })._handle;
   }
 
   private detachedOutbox: Buffer[] = [];
@@ -548,6 +548,14 @@ export class ClientConnection<Ctx> {
     this.idleWaiters = [];
     for (const f of w) f();
   }
+}
+
+/** What of libuv's stream handle behind a net.Socket the connection uses. */
+interface RawHandle {
+  fd?: number;
+  readStop?: () => number;
+  readStart?: () => number;
+  writeQueueSize?: number;
 }
 
 /** A reply to `h`: the call's header with type REPLY and `status`. */
