@@ -51,6 +51,7 @@ function fakeHost(dir: string): Fake {
     metrics: new DaemonMetrics(),
     gate: { stuckKeys: () => [] },
     health: { fdsToKeep: () => [], save: () => ({ watches: [], records: [] }) },
+    classifier: { save: () => [] },
     settings: () => ({}),
     notify: (m) => host.notes.push(m.split('\n')[0]!),
     recordReexec: (r) => host.records.push(r),

@@ -49,6 +49,52 @@ t.test('classifier: local inline, unknown types offloaded, slow calls demote, ne
   t.equal(never.mode(work), 'offload', "policy 'never'");
 });
 
+t.test('classifier: verdicts saved and restored (a re-exec keeps them: classified once per daemon life)', async (t) => {
+  const c = new StorageClassifier(quiet);
+  c.mode(work);
+  t.ok(await waitFor(() => c.mode(work) === 'inline'));
+  const demoted = mkdtempSync(join(work, 'demoted-'));
+  c.mode(demoted);
+  t.ok(await waitFor(() => c.mode(demoted) === 'inline'));
+  c.observe(demoted, 5000);
+  c.mode('/proc');
+  t.ok(await waitFor(() => c.save().some(([d]) => d === '/proc')), '/proc classified');
+  const saved = c.save();
+  t.same(new Map(saved), new Map([[work, 'local'], [demoted, 'demoted'], ['/proc', 'remote']]), 'local, demoted and remote verdicts');
+  const next = new StorageClassifier(quiet);
+  next.restore(saved);
+  t.equal(next.mode(work), 'inline', 'a restored local directory is inline at once, before any statfs');
+  t.equal(next.mode(demoted), 'offload', 'a demotion is not forgotten');
+  t.equal(next.mode('/proc'), 'offload', 'remote stays off-thread');
+  t.ok(next.isHostLocal(work) && next.isHostLocal(demoted) && !next.isHostLocal('/proc'), 'host-local verdicts kept (autocreated lease files unlinked only there)');
+  t.same(new Map(next.save()), new Map(saved), 'saved again unchanged');
+});
+
+t.test('a re-exec carries the verdicts: the first request after it is served inline, nothing is classified again', async (t) => {
+  const d = await startRelockd({});
+  t.teardown(() => d.stop());
+  const dir = mkdtempSync(join(work, 'carried-'));
+  const img = join(dir, 'disk.img');
+  writeFileSync(img, '');
+  const c = await LockspaceClient.connect(d.socketPath);
+  t.teardown(() => c.close());
+  await c.register({ uuid: '00112233-4455-6677-8899-aabbccddee01', name: 'vm', id: 1, pid: 91001 });
+  await c.acquire('', img, 0);
+  await c.release('', img, 0);
+  const classified = () => d.logs().split('\n').filter((l) => l.includes('"msg":"storage classified"') && l.includes(JSON.stringify(dir)));
+  t.ok(await waitFor(() => classified().length === 1), 'classified once by the first image');
+  await d.reexec!();
+  const after = d.logs().length;
+  await c.acquire('', img, 0);
+  t.equal(probeOne(img), 'held', 'acquired after the re-exec');
+  await c.release('', img, 0);
+  await new Promise((r) => setTimeout(r, 200));
+  const tail = d.logs().slice(after);
+  t.notMatch(tail, /"msg":"storage classified"/, 'the new image did not classify the directory again');
+  t.notMatch(tail, /"msg":"slow storage call/, 'no demotion');
+  t.equal(classified().length, 1, 'still one classification in the daemon life');
+});
+
 for (const inline of ['local', 'never'] as const) {
   t.test(`leases with --storage-inline ${inline}`, async (t) => {
     const d = await startRelockd({ args: ['--storage-inline', inline] });

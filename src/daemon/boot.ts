@@ -5,6 +5,7 @@
 // daemon (daemon.ts) chooses the path and implements BootHost.
 
 import type { HealthMonitor } from '../health/monitor.js';
+import type { StorageClassifier } from '../locks/storageClass.js';
 import { unverifiableFds } from '../services/healthWiring.js';
 import { existsSync, readFileSync, renameSync, unlinkSync } from 'node:fs';
 import type { Logger } from 'pino';
@@ -42,6 +43,7 @@ export interface BootHost {
   readonly lockService: Pick<LockService, 'restoreContext' | 'startTermination'>;
   readonly metrics: Pick<DaemonMetrics, 'restore'>;
   readonly health: Pick<HealthMonitor, 'restore'>;
+  readonly classifier: Pick<StorageClassifier, 'restore'>;
   readonly version: string;
   readonly stateFile: string;
   boot: BootKind;
@@ -127,6 +129,8 @@ export async function startFromState(d: BootHost, parsed: StateDocument, request
     await startSafeMode(d, [(err as Error).message]);
     return;
   }
+  // Before the first request is dispatched: known directories go inline at once.
+  if (doc.relockd?.storage) d.classifier.restore(doc.relockd.storage);
   const report = await restoreState(doc, {
     lockServer: d.lockServer,
     adminServer: d.adminServer,

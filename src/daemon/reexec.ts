@@ -12,6 +12,7 @@
 // here and every lock is lost.)
 
 import type { HealthMonitor } from '../health/monitor.js';
+import type { StorageClassifier } from '../locks/storageClass.js';
 import type { StorageGate } from '../locks/storageGate.js';
 import { closeSync, openSync, renameSync, unlinkSync, writeSync } from 'node:fs';
 import { dirname, basename, join } from 'node:path';
@@ -59,6 +60,7 @@ export interface ReexecHost {
   readonly metrics: { save(): unknown };
   readonly gate: Pick<StorageGate, 'stuckKeys'>;
   readonly health: Pick<HealthMonitor, 'fdsToKeep' | 'save'>;
+  readonly classifier: Pick<StorageClassifier, 'save'>;
   /** Settings in force, recorded in the state document. */
   settings(): Record<string, unknown>;
   notify(msg: string): void;
@@ -299,6 +301,7 @@ export class Reexecutor {
     });
     doc.relockd!.metrics = d.metrics.save() as unknown as Record<string, unknown>;
     doc.relockd!.health = d.health.save();
+    doc.relockd!.storage = d.classifier.save();
     const live = this.replyTos.filter((r) => !r.conn.isClosed);
     if (live.length) doc.relockd!.pendingReplies = live.map((r) => ({ server: r.conn.service.name, clientId: r.conn.id, header: r.header }));
     return doc;

@@ -37,6 +37,13 @@ export function isLocalFsType(type: number): boolean {
 
 export type StorageMode = 'inline' | 'offload';
 
+/**
+ * One directory's verdict as the state document carries it across a
+ * re-exec: 'local' (inline), 'demoted' (local, but off-thread since it was
+ * slow), 'remote' (network, cluster, FUSE or unknown: off-thread).
+ */
+export type StorageVerdict = [dir: string, verdict: 'local' | 'demoted' | 'remote'];
+
 /** 'local': classify by filesystem type; 'never': every call off-thread. */
 export type InlinePolicy = 'local' | 'never';
 
@@ -59,6 +66,27 @@ export class StorageClassifier {
 
   /** Slow inline calls in a row, per directory (absent: the last call was fast). */
   private readonly slowRuns = new Map<string, number>();
+
+  /** Every directory classified so far, for the state document. */
+  save(): StorageVerdict[] {
+    const out: StorageVerdict[] = [];
+    for (const [dir, local] of this.hostLocal) out.push([dir, !local ? 'remote' : this.modes.get(dir) === 'inline' ? 'local' : 'demoted']);
+    return out;
+  }
+
+  /**
+   * The old image's verdicts. A directory is classified once for the
+   * daemon's life, and a re-exec does not end that life: without them every
+   * directory's first request after a re-exec would go off-thread while a
+   * statfs runs (starting libuv's thread pool inside the blackout: ~6 ms),
+   * and a demotion would be forgotten.
+   */
+  restore(verdicts: readonly StorageVerdict[]): void {
+    for (const [dir, v] of verdicts) {
+      this.hostLocal.set(dir, v !== 'remote');
+      this.modes.set(dir, v === 'local' ? 'inline' : 'offload');
+    }
+  }
 
   /** The mode for `dir` now; unknown directories are offloaded while being classified. */
   mode(dir: string): StorageMode {

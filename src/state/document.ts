@@ -130,6 +130,8 @@ export interface RelockdExtension {
   pidFile?: { path: string; fd: number };
   /** Lock-space health watches and per-owner lock-failure handling (src/health/monitor.ts). */
   health?: import('../health/monitor.js').HealthDocument;
+  /** Each directory's storage classification (src/locks/storageClass.ts): kept for the daemon's life, across re-execs. */
+  storage?: import('../locks/storageClass.js').StorageVerdict[];
   /** Calls the old image took whose reply the new image sends (admin re-exec). */
   pendingReplies?: PendingReply[];
 }
