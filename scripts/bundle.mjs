@@ -15,13 +15,27 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+// The daemon's entry: main.js plus the generated validators
+// (scripts/build-validators.mjs), registered so that they are part of the
+// bundle and so of the code cache a re-exec'd image compiles from. esbuild
+// wraps each required file in a function: it runs on first use only.
+const daemonEntry = {
+  contents: [
+    "import { registerBundled } from './dist/src/util/validator.js';",
+    "registerBundled('state', () => require('./dist/validators/state.cjs'));",
+    "registerBundled('config', () => require('./dist/validators/config.cjs'));",
+    "export * from './dist/src/cli/main.js';",
+  ].join('\n'),
+  resolveDir: root,
+  sourcefile: 'relockd-bundle-entry.js',
+};
 for (const [entry, out, format] of [
-  ['dist/src/cli/main.js', 'dist/relockd-main.cjs', 'cjs'],
+  [daemonEntry, 'dist/relockd-main.cjs', 'cjs'],
   ['dist/src/cli/relockctl.js', 'dist/relockctl.mjs', 'esm'],
   ['dist/src/health/runnerMain.js', 'dist/relockd-runner.cjs', 'cjs'],
 ]) {
   await build({
-    entryPoints: [join(root, entry)],
+    ...(typeof entry === 'string' ? { entryPoints: [join(root, entry)] } : { stdin: { ...entry, loader: 'js' } }),
     outfile: join(root, out),
     bundle: true,
     platform: 'node',
@@ -48,5 +62,5 @@ for (const [entry, out, format] of [
     // One '?' per UTF-16 unit: columns (and so the source map) stay right.
     if (/[^\x00-\x7f]/.test(text)) writeFileSync(file, text.replace(/[^\x00-\x7f]/g, '?'));
   }
-  console.log(`bundle: ${entry} -> ${out}`);
+  console.log(`bundle: ${typeof entry === 'string' ? entry : entry.sourcefile} -> ${out}`);
 }
