@@ -36,6 +36,9 @@ t.test('re-execs use the code cache; a corrupt one is rejected and nothing is lo
     return readyStates(d.logs()).at(-1);
   };
   t.ok(await waitFor(() => existsSync(cache), 15000), 'the first image writes its code cache');
+  // A fresh image has never saved or restored a state document: it runs that
+  // path once on a copy of its state so that the cache covers it.
+  t.ok(await waitFor(() => /"warmed":"document"[^\n]*code cache written/.test(d.logs()), 5000), 'after running the save and restore path once on a copy of its state');
   t.equal(await reexecReady(), 'used', 'the re-exec\'d image compiled from the cache');
   t.equal(probeOne(disk), 'held', 'lease held');
 

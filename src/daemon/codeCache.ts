@@ -37,19 +37,32 @@ export function codeCacheStatus(): 'used' | 'rejected' | 'none' | 'unavailable' 
   return b.used ? 'used' : b.offered ? 'rejected' : 'none';
 }
 
-/** Writes this image's code cache to `path` after `delayMs` (a timer that never keeps the daemon alive). */
-export function scheduleCodeCache(path: string, log: Logger, delayMs = 500): void {
+/**
+ * Writes this image's code cache to `path` after `delayMs` (a timer that
+ * never keeps the daemon alive). `warm` runs first: V8 caches only functions
+ * that have been compiled, and what a re-exec runs (the old image's save, the
+ * new image's parse and schema check) has not run in a fresh image; without
+ * it the first re-exec compiles the 200 kB state validator inside its
+ * blackout.
+ */
+export function scheduleCodeCache(path: string, log: Logger, delayMs = 500, warm?: () => string): void {
   const b = bundle();
   if (!b) return; // not started through bin/relockd.cjs (tests of modules)
   target = path;
   const t = setTimeout(() => {
     const tmp = `${path}.${process.pid}.tmp`;
+    let warmed = 'no';
+    try {
+      if (warm) warmed = warm();
+    } catch (err) {
+      log.warn({ err: (err as Error).message }, 'code cache warm-up failed (the next re-exec compiles more of its path)');
+    }
     try {
       const data = b.script.createCachedData();
       writeFileSync(tmp, data, { mode: 0o600 });
       renameSync(tmp, path);
       written = path;
-      log.debug({ path, bytes: data.length }, 'code cache written for the next image');
+      log.debug({ path, bytes: data.length, warmed }, 'code cache written for the next image');
     } catch (err) {
       written = null;
       try {

@@ -34,6 +34,7 @@ import { safeModeRefusal, stoppingRefusal } from '../locks/errors.js';
 import { ExitCode } from './exitCode.js';
 import type { ReexecOutcome, ReplyAfterExec } from './reexec.js';
 import type { ExecTarget } from '../state/execPlan.js';
+import { parseStateDocument, serialiseState } from '../state/documentFormat.js';
 import type { ServerSnapshotSource } from '../state/snapshot.js';
 import { DaemonMetrics } from '../metrics/counters.js';
 import { instrument } from '../metrics/instrument.js';
@@ -175,7 +176,21 @@ export class Daemon implements AdminHost, BootHost, HealthHost, ReexecHost, Reex
     this.logFdLimit();
     setImmediate(() => void this.startMetricsListener());
     this.log.info({ socket: this.opts.socketPath, version: this.version, boot: this.boot, codeCache: codeCacheStatus(), ...this.manager.counts() }, 'relockd ready');
-    scheduleCodeCache(`${this.stateFile.replace(/\.json$/, '')}.v8cache`, this.log);
+    // A fresh image has never run the re-exec path: run it once on a copy of
+    // its state (no fd, client or lease is touched), so that the cache covers
+    // it. Only the skeleton (servers, lock spaces, no clients or leases) when
+    // clients already hold many leases: a full copy of thousands is megabytes
+    // of garbage that V8 keeps as heap. A restored image ran the new image's
+    // half already; the old image's save came with the cache it started from.
+    const warm =
+      this.boot === 'fresh'
+        ? () => {
+            const skeleton = this.manager.counts().resources > 100 || this.lockServer.clients.size > 100;
+            parseStateDocument(JSON.parse(serialiseState(this.stateSnapshot('code-cache-warm-up', new Map(), skeleton))));
+            return skeleton ? 'skeleton' : 'document';
+          }
+        : undefined;
+    scheduleCodeCache(`${this.stateFile.replace(/\.json$/, '')}.v8cache`, this.log, undefined, warm);
     startMemorySettler(this.log); // after the code cache is written (src/daemon/memorySettle.ts)
   }
 
