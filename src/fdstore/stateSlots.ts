@@ -19,7 +19,11 @@
 // The header's `alive` stamp (not covered by the CRC) is refreshed while the
 // daemon runs, so the next process can tell how long it was down.
 
-import { crc32 } from 'node:zlib';
+// node:zlib (for crc32) is loaded on first use: with no fd store it is never
+// needed, and loading it is part of every re-exec's module time.
+function crc32(data: Uint8Array, value?: number): number {
+  return process.getBuiltinModule('node:zlib').crc32(data, value);
+}
 import { ftruncateSync, readSync, fstatSync, writeSync } from 'node:fs';
 import * as native from '../native.js';
 
