@@ -8,6 +8,27 @@ const early = [];
 for (const sig of ['SIGUSR1', 'SIGHUP', 'SIGTERM', 'SIGINT', 'SIGQUIT', 'SIGUSR2']) {
   process.on(sig, () => early.push(sig));
 }
+// Benchmarking aid (bench/README.md): RELOCKD_BOOT_PROFILE=DIR makes a
+// re-exec'd image write a CPU profile of its first 250 ms to DIR. Node's
+// inspector is refused under --experimental-permission: then nothing happens.
+if (process.env.RELOCKD_BOOT_PROFILE && process.env.RELOCKD_REEXEC !== undefined) {
+  try {
+    const session = new (require('node:inspector').Session)();
+    session.connect();
+    session.post('Profiler.enable');
+    session.post('Profiler.setSamplingInterval', { interval: 25 });
+    session.post('Profiler.start');
+    const dir = process.env.RELOCKD_BOOT_PROFILE;
+    setTimeout(() => {
+      session.post('Profiler.stop', (err, r) => {
+        try {
+          if (!err) require('node:fs').writeFileSync(`${dir}/boot-${process.pid}-${Date.now()}.cpuprofile`, JSON.stringify(r.profile));
+        } catch {}
+        session.disconnect();
+      });
+    }, 250).unref();
+  } catch {}
+}
 // Memory: V8 grows the young generation from 1 MB semi-spaces to 16 MB after
 // a burst of requests and keeps them (up to ~30 MB of RSS for the daemon's
 // lifetime). Almost everything a request allocates dies young, so the small
