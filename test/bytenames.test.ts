@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { cleanEnv, ENV_PREFIX, ROOT, startRelockd } from './lib/relockd.js';
 import { probeOne } from './lib/probe.js';
-import { waitFor } from './lib/wait.js';
+import { waitFor, matchLog } from './lib/wait.js';
 import { LockspaceClient } from '../src/protocol/lockspaceClient.js';
 
 const work = mkdtempSync(join(tmpdir(), 'bytenames-'));
@@ -90,7 +90,7 @@ t.test('relockctl leases shows the names unambiguously', async (t) => {
 
 t.test('the names survive a re-exec, and release exactly', async (t) => {
   await d.reexec!();
-  t.match(d.logs(), /"msg":"re-exec complete"/);
+  await matchLog(t, () => d.logs(), /"msg":"re-exec complete"/);
   t.notOk(/safe mode/i.test(d.logs().split('"msg":"re-exec complete"').pop()!), 'not in safe mode');
   held('after the re-exec');
   const after = JSON.parse(ctl('leases', '--json').stdout) as Array<{ nameHex?: string }>;
@@ -133,6 +133,6 @@ t.test('the real virtlockd 9.0 exits on a re-exec while holding such a name', as
   v.kill('SIGUSR1');
   const exit = await Promise.race([v.exited, new Promise((r) => setTimeout(() => r('still running'), 20000))]);
   t.same(exit, { code: 9, signal: null }, 'virtlockd exited with status 9 instead of re-executing');
-  t.match(v.logs(), /failed to convert virJSONValue to yajl data/, 'its state writer refused the name');
+  await matchLog(t, () => v.logs(), /failed to convert virJSONValue to yajl data/, 'its state writer refused the name');
   t.equal(probeOne(vimg), 'free', 'and the lock is gone with it');
 });

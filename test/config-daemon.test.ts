@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { spawn } from 'node:child_process';
 import { startRelockd, waitExit, ENV_PREFIX, NODE_FLAGS, RELOCKD_BIN } from './lib/relockd.js';
 import { LockspaceClient } from '../src/protocol/lockspaceClient.js';
+import { matchLog } from './lib/wait.js';
 
 const work = mkdtempSync(join(tmpdir(), 'confd-'));
 t.teardown(() => rmSync(work, { recursive: true, force: true }));
@@ -42,7 +43,7 @@ t.test('unknown keys warn; SIGHUP applies a new log level; configured lock space
   const d = await startRelockd({ dir, args: ['-f', conf], logLevel: null });
   t.teardown(() => d.stop());
   await new Promise((r) => setTimeout(r, 200));
-  t.match(d.logs(), /no_such_key/, 'unknown key named in a warning');
+  await matchLog(t, () => d.logs(), /no_such_key/, 'unknown key named in a warning');
   t.ok(statSync(space).isDirectory(), 'configured lock space created (mkdir -p)');
   // The lock space is known without any CREATE_LOCKSPACE: a VM start after a restart works.
   const c = await LockspaceClient.connect(d.socketPath);
@@ -57,16 +58,16 @@ t.test('unknown keys warn; SIGHUP applies a new log level; configured lock space
   process.kill(d.pid, 'SIGHUP');
   const deadline = Date.now() + 5000;
   while (!/configuration reloaded/.test(d.logs()) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-  t.match(d.logs(), /"changed":\{[^}]*"logLevel":"debug"/, 'reload reports the new level');
+  await matchLog(t, () => d.logs(), /"changed":\{[^}]*"logLevel":"debug"/, 'reload reports the new level');
   const mark = d.logs().length;
   await c.acquire(space, 'lease2', 2);
   await new Promise((r) => setTimeout(r, 100));
-  t.match(d.logs().slice(mark), /"level":"debug"/, 'debug lines appear after SIGHUP');
+  await matchLog(t, () => d.logs().slice(mark), /"level":"debug"/, 'debug lines appear after SIGHUP');
   writeFileSync(conf, 'max_clients = [ oops\n');
   process.kill(d.pid, 'SIGHUP');
   const d2 = Date.now() + 5000;
   while (!/configuration reload failed/.test(d.logs()) && Date.now() < d2) await new Promise((r) => setTimeout(r, 20));
-  t.match(d.logs(), /configuration reload failed: keeping the current settings/);
+  await matchLog(t, () => d.logs(), /configuration reload failed: keeping the current settings/);
   t.equal(d.child.exitCode, null, 'a bad file on SIGHUP never kills the daemon');
   await c.release(space, 'lease2', 0);
 });

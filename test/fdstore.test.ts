@@ -18,7 +18,7 @@ import { FdStoreEmulator } from './lib/fdstoreEmulator.js';
 import { NotifyReceiver } from './lib/notify.js';
 import { LockspaceClient } from '../src/protocol/lockspaceClient.js';
 import { probeOne } from './lib/probe.js';
-import { waitFor } from './lib/wait.js';
+import { waitFor, matchLog } from './lib/wait.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'relockd-fdstore-'));
 t.teardown(() => rmSync(dir, { recursive: true, force: true }));
@@ -87,7 +87,7 @@ t.test('a real relockd with an emulated fd store: every lease and connection sto
   cl.close();
   await waitFor(async () => !(c = await emu.counts()).names.some((n) => n.startsWith('store.client.')), 30_000, 50);
   t.notOk(c.names.some((n) => n.startsWith('store.client.')), 'the connection left the store');
-  t.match(d.logs(), /fd store in use/, 'says the fd store is in use');
+  await matchLog(t, () => d.logs(), /fd store in use/, 'says the fd store is in use');
 });
 
 t.test('without FDSTORE= nothing changes: no fd is sent to the notify socket', async (t) => {

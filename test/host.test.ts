@@ -15,6 +15,7 @@ import { probeOne } from './lib/probe.js';
 import { NotifyReceiver } from './lib/notify.js';
 import { LockspaceClient } from '../src/protocol/lockspaceClient.js';
 import { RemoteError } from '../src/rpc/client.js';
+import { matchLog } from './lib/wait.js';
 
 const UUID = '00112233-4455-6677-8899-aabbccddeeff';
 const work = mkdtempSync(join(tmpdir(), 'host-'));
@@ -53,7 +54,7 @@ t.test('socket activation through systemd-socket-activate, then a re-exec', asyn
   writeFileSync(img, '');
   await c.acquire('', img, 0);
   t.equal(probeOne(img), 'held');
-  t.match(p.logs(), /"msg":"socket-activated"/);
+  await matchLog(t, () => p.logs(), /"msg":"socket-activated"/);
   t.notOk(existsSync(join(dir, 'unused.sock')), 'no socket of its own was bound');
   const ready = await notify.waitFor((m) => m.startsWith('READY=1'));
   t.match(ready, /STATUS=/, 'READY=1 comes with a STATUS line');
@@ -93,7 +94,7 @@ t.test('an unclaimed activation fd is a clear startup error', async (t) => {
   t.ok(await waitExit(p.child, 10000), 'exits');
   s.destroy();
   t.equal(p.child.exitCode, 6);
-  t.match(p.logs(), /unclaimed: fd 3 named 'something-else.socket'/);
+  await matchLog(t, () => p.logs(), /unclaimed: fd 3 named 'something-else.socket'/);
 });
 
 t.test('pid file: a second instance refuses to start, naming the running pid', async (t) => {
@@ -104,7 +105,7 @@ t.test('pid file: a second instance refuses to start, naming the running pid', a
   t.teardown(() => killHard(second.child));
   t.ok(await waitExit(second.child, 10000));
   t.equal(second.child.exitCode, 1);
-  t.match(second.logs(), new RegExp(`already running \\(pid ${d.pid}`));
+  await matchLog(t, () => second.logs(), new RegExp(`already running \\(pid ${d.pid}`));
   await d.reexec!();
   const third = spawnLogged('/usr/bin/env', daemonArgv(d.dir, ['--socket', join(d.dir, 'third.sock'), '--admin-socket', join(d.dir, 'third-admin.sock')]));
   t.ok(await waitExit(third.child, 10000));
@@ -119,7 +120,7 @@ t.test('a socket another live daemon serves is never unlinked', async (t) => {
   t.teardown(() => killHard(p.child));
   t.ok(await waitExit(p.child, 10000));
   t.equal(p.child.exitCode, 6);
-  t.match(p.logs(), /another daemon is already serving/);
+  await matchLog(t, () => p.logs(), /another daemon is already serving/);
   const c = await LockspaceClient.connect(d.socketPath);
   await c.ping();
   c.close();
@@ -265,7 +266,7 @@ t.test('signals: SIGHUP and SIGPIPE never kill; stop policies with real owners',
       t.match((e as Error).message, /stopping \(draining\)/);
     }
     c.close();
-    t.match(d.logs(), new RegExp(`"ownerPid":${o.child.pid}`), 'the affected owner is logged');
+    await matchLog(t, () => d.logs(), new RegExp(`"ownerPid":${o.child.pid}`), 'the affected owner is logged');
     o.child.kill('SIGKILL'); // the VM shuts down
     t.ok(await waitExit(d.child, 5000), 'exits once drained');
     t.equal(d.child.exitCode, 0);
@@ -280,7 +281,7 @@ t.test('signals: SIGHUP and SIGPIPE never kill; stop policies with real owners',
     t.ok(await waitExit(d.child, 5000), 'daemon exited');
     t.equal(d.child.exitCode, 0);
     t.equal(probeOne(img), 'free');
-    t.match(d.logs(), /sent SIGTERM/);
+    await matchLog(t, () => d.logs(), /sent SIGTERM/);
   });
 
   t.test('refuse: keeps running and serving (new leases too), exits once nothing is held', async (t) => {
@@ -288,7 +289,7 @@ t.test('signals: SIGHUP and SIGPIPE never kill; stop policies with real owners',
     process.kill(d.pid, 'SIGTERM');
     t.notOk(await waitExit(d.child, 800), 'still running');
     t.equal(probeOne(img), 'held');
-    t.match(d.logs(), /stop deferred/);
+    await matchLog(t, () => d.logs(), /stop deferred/);
     const other = join(work, 'refuse-other.img');
     writeFileSync(other, '');
     const c = await LockspaceClient.connect(d.socketPath);

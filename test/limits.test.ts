@@ -11,6 +11,7 @@ import { startRelockd, waitForSocket, waitExit, ENV_PREFIX, NODE_FLAGS, RELOCKD_
 import { probeOne } from './lib/probe.js';
 import { RpcClient } from '../src/rpc/client.js';
 import { LockspaceClient } from '../src/protocol/lockspaceClient.js';
+import { matchLog } from './lib/wait.js';
 
 const within = <T>(p: Promise<T>, ms: number) =>
   Promise.race([p.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), ms))]);
@@ -23,10 +24,10 @@ t.test('at max_clients new connections wait, and are served when a client leaves
   const waiting = await RpcClient.connect(d.socketPath); // connect() completes: the kernel queues it
   t.teardown(() => [...first, waiting].forEach((c) => c.close()));
   t.notOk(await within(waiting.ping(), 700), 'the fourth client is not served while three are connected');
-  t.match(d.logs(), /"why":"limit".*"msg":"accepting paused"/);
+  await matchLog(t, () => d.logs(), /"why":"limit".*"msg":"accepting paused"/);
   first[0]!.close();
   t.ok(await within(waiting.ping(), 3000), 'served once a client left');
-  t.match(d.logs(), /accepting resumed/);
+  await matchLog(t, () => d.logs(), /accepting resumed/);
 });
 
 t.test('near RLIMIT_NOFILE it pauses accepting instead of hitting EMFILE; service resumes', async (t) => {

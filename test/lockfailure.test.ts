@@ -16,7 +16,7 @@ import { bindfsAvailable } from './lib/fuse.js';
 import { OWNER_UUID, childrenOf, healthLog, localStillServed, setUp, spawnThief } from './lib/lockfailure.js';
 import { readFileSync, readdirSync, readlinkSync } from 'node:fs';
 import { KILL_GRACE_MS } from './lib/lockfailure.js';
-import { waitFor } from './lib/wait.js';
+import { waitFor, matchLog } from './lib/wait.js';
 import { NotifyReceiver } from './lib/notify.js';
 
 const skip = bindfsAvailable();
@@ -40,7 +40,7 @@ if (skip) {
     t.match(failed.owners[0]?.action, 'killpath');
     await new Promise((r) => setTimeout(r, KILL_GRACE_MS + 500)); // past kill_grace
     t.equal(s.owner.exitCode, null, 'the owner was not killed: it released in time');
-    t.match(s.d.logs(), /"msg":"lock space failed"/, 'transition logged');
+    await matchLog(t, () => s.d.logs(), /"msg":"lock space failed"/, 'transition logged');
     s.fuse.thaw();
     await s.waitState('healthy');
     const holders = await s.holders();
@@ -49,7 +49,7 @@ if (skip) {
     t.equal(probeOne(s.lease), 'held', 'and another process cannot take it');
     t.ok(s.calls().some((l) => l.startsWith(`killpath first-arg resume ${OWNER_UUID}`)), 'resume ran');
     t.equal(s.calls().filter((l) => l.includes(' fail ')).length, 1, 'fail still ran only once');
-    t.match(s.d.logs(), /"msg":"recovery: owner resumed"/);
+    await matchLog(t, () => s.d.logs(), /"msg":"recovery: owner resumed"/);
   });
 
   t.test('pause: virsh suspend, leases released; virsh resume after recovery', async (t) => {
@@ -105,7 +105,7 @@ if (skip) {
     await new Promise((r) => setTimeout(r, KILL_GRACE_MS + 500));
     t.equal(s.owner.exitCode, null, 'owner untouched');
     t.same(await s.holders(), [s.owner.pid], 'lease kept');
-    t.match(s.d.logs(), /action ignore, the owner keeps running/);
+    await matchLog(t, () => s.d.logs(), /action ignore, the owner keeps running/);
     s.fuse.thaw();
     await s.waitState('healthy');
     t.equal(probeOne(s.lease), 'held');
@@ -126,7 +126,7 @@ if (skip) {
     const exit = await Promise.race([s.ownerExit, new Promise((r) => setTimeout(() => r(null), 10000))]);
     t.same(exit, { code: null, signal: 'SIGTERM' }, 'the owner was terminated');
     t.notOk(s.calls().some((l) => l.includes(' resume ')), 'resume never ran');
-    t.match(s.d.logs(), /lease was taken by someone else during the failure; the owner must never run again/);
+    await matchLog(t, () => s.d.logs(), /lease was taken by someone else during the failure; the owner must never run again/);
     await s.waitState('healthy');
   });
 
@@ -170,7 +170,7 @@ if (skip) {
     const exit = await Promise.race([s.ownerExit, new Promise((r) => setTimeout(() => r(null), 8000))]);
     t.same(exit, { code: null, signal: 'SIGTERM' }, 'no program can run: the owner is terminated through its pidfd at once');
     t.equal(s.calls().length, calls, 'and no program ran');
-    t.match(s.d.logs(), /the killpath program could not run \(no action runner\)/);
+    await matchLog(t, () => s.d.logs(), /the killpath program could not run \(no action runner\)/);
     await localStillServed(t, s);
     s.fuse.thaw();
     await s.waitState('healthy');

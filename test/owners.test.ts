@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { spawn } from 'node:child_process';
 import { startRelockd, waitExit, ROOT } from './lib/relockd.js';
 import { probeOne } from './lib/probe.js';
-import { waitFor } from './lib/wait.js';
+import { waitFor, matchLog } from './lib/wait.js';
 import { LockspaceClient } from '../src/protocol/lockspaceClient.js';
 
 const work = mkdtempSync(join(tmpdir(), 'owners-'));
@@ -61,8 +61,8 @@ t.test('an owner that closes its connection but keeps running is terminated, the
   while (probeOne(img) !== 'free' && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
   t.equal(probeOne(img), 'free', 'released after the owner is gone');
   await new Promise((r) => setTimeout(r, 100)); // let the daemon's log lines arrive
-  t.match(d.logs(), /sent SIGTERM/);
-  t.match(d.logs(), /owner exited after SIGTERM/, d.logs());
+  await matchLog(t, () => d.logs(), /sent SIGTERM/);
+  await matchLog(t, () => d.logs(), /owner exited after SIGTERM/, d.logs());
 });
 
 t.test('an owner ignoring SIGTERM gets SIGKILL; leases stay held while it runs; other clients are served meanwhile', async (t) => {
@@ -103,7 +103,7 @@ t.test('an owner ignoring SIGTERM gets SIGKILL; leases stay held while it runs; 
   while (probeOne(img) !== 'free' && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
   t.equal(probeOne(img), 'free', 'released once the owner is dead');
   await new Promise((r) => setTimeout(r, 100));
-  t.match(d.logs(), /sent SIGKILL/);
+  await matchLog(t, () => d.logs(), /sent SIGKILL/);
 });
 
 t.test('closing a connection that registered someone else\'s pid signals nobody', async (t) => {
@@ -151,6 +151,6 @@ print('closed' if data == b'' else 'answered')
   const out = execFileSync('python3', ['-c', py, d.socketPath], { encoding: 'utf8' }).trim();
   t.equal(out, 'closed', 'connection closed without a reply');
   await new Promise((r) => setTimeout(r, 100));
-  t.match(d.logs(), /connection refused: peer uid not allowed/);
-  t.match(d.logs(), /"uid":65534/);
+  await matchLog(t, () => d.logs(), /connection refused: peer uid not allowed/);
+  await matchLog(t, () => d.logs(), /"uid":65534/);
 });

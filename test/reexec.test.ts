@@ -16,7 +16,7 @@ import { RpcClient } from '../src/rpc/client.js';
 import { LOCKSPACE_PROGRAM, Proc, codec } from '../src/protocol/lockspace.js';
 import { encodePacket } from '../src/rpc/packet.js';
 import { XdrWriter } from '../src/rpc/xdr.js';
-import { waitFor } from './lib/wait.js';
+import { waitFor, matchLog } from './lib/wait.js';
 
 const UUID = '00112233-4455-6677-8899-aabbccddeeff';
 const REEXECS = Number(process.env.RELOCKD_REEXECS ?? 20);
@@ -151,7 +151,7 @@ t.test('upgrade: re-exec into a different build on disk keeps all state', async 
   await c.acquire('', img, 0);
   writeFileSync(join(inst, 'package.json'), JSON.stringify({ ...pkg, version: '9.9.9-new' }));
   await d.reexec!();
-  t.match(d.logs(), /"fromVersion":"0.0.1-old","toVersion":"9.9.9-new"/, 'the new build is running');
+  await matchLog(t, () => d.logs(), /"fromVersion":"0.0.1-old","toVersion":"9.9.9-new"/, 'the new build is running');
   t.equal(probeOne(img), 'held');
   await c.release('', img, 0);
   t.equal(probeOne(img), 'free', 'and serves the old client');
@@ -170,7 +170,7 @@ t.test('failures before execve: the old image keeps serving, no lock lost', asyn
     await c.register({ uuid: UUID, name: 'w', id: 1, pid: 62000 });
     await c.acquire('', img, 0);
     await t.rejects(d.reexec!(), /re-exec failed/);
-    t.match(d.logs(), /ENOTDIR/);
+    await matchLog(t, () => d.logs(), /ENOTDIR/);
     t.equal(probeOne(img), 'held', 'lock held');
     await c.ping();
     await c.release('', img, 0);
@@ -192,7 +192,7 @@ t.test('failures before execve: the old image keeps serving, no lock lost', asyn
     await c.acquire('', img, 0);
     unlinkSync(nodeCopy); // the upgrade removed the binary we run from
     await t.rejects(d.reexec!(), /re-exec failed/);
-    t.match(d.logs(), /ENOENT/);
+    await matchLog(t, () => d.logs(), /ENOENT/);
     t.equal(probeOne(img), 'held', 'lock held');
     t.notOk(existsSync(join(d.dir, 'relockd-restart-exec.json')), 'state file removed again');
     await c.release('', img, 0);

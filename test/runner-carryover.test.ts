@@ -15,6 +15,7 @@ import { startRelockd, ROOT } from './lib/relockd.js';
 import { childrenOf } from './lib/lockfailure.js';
 import { remapDocument } from '../src/fdstore/remap.js';
 import type { StateDocument } from '../src/state/document.js';
+import { matchLog } from './lib/wait.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'relockd-runner-'));
 t.teardown(() => rmSync(dir, { recursive: true, force: true }));
@@ -46,11 +47,11 @@ t.test('after a re-exec, a runner that dies is reaped (no zombie), and a new one
   t.ok(runner, `relockd has its action runner (${runner})`);
   await d.reexec!();
   t.same(childrenOf(d.pid), [runner], 'the same runner after the re-exec');
-  t.match(d.logs(), /"ourChild":true[^\n]*action runner carried over the re-exec/, 'the new image adopted it as its child');
+  await matchLog(t, () => d.logs(), /"ourChild":true[^\n]*action runner carried over the re-exec/, 'the new image adopted it as its child');
   process.kill(runner, 'SIGKILL');
   const gone = await poll(() => procState(runner) === null, 30_000);
   t.ok(gone, `the dead runner was reaped (it is not left a zombie: state ${procState(runner) ?? 'gone'})`);
-  t.match(d.logs(), new RegExp(`"pid":${runner}[^\\n]*"signal":9[^\\n]*action runner process exited \\(reaped\\)`), 'and its end logged');
+  await matchLog(t, () => d.logs(), new RegExp(`"pid":${runner}[^\\n]*"signal":9[^\\n]*action runner process exited \\(reaped\\)`), 'and its end logged');
   const next = await poll(() => childrenOf(d.pid).find((p) => p !== runner), 30_000);
   t.ok(next, `holding nothing, relockd started a new runner (${next})`);
 });

@@ -13,7 +13,7 @@ import { pino } from 'pino';
 import { StorageClassifier } from '../src/locks/storageClass.js';
 import { cleanEnv, ENV_PREFIX, ROOT, startRelockd } from './lib/relockd.js';
 import { probeOne } from './lib/probe.js';
-import { waitFor } from './lib/wait.js';
+import { waitFor, matchLog } from './lib/wait.js';
 import { LockspaceClient } from '../src/protocol/lockspaceClient.js';
 
 const work = mkdtempSync(join(tmpdir(), 'storage-'));
@@ -117,11 +117,11 @@ for (const inline of ['local', 'never'] as const) {
       t.equal(probeOne(img), 'free');
       await new Promise((r) => setTimeout(r, 50));
     }
-    if (inline === 'local') t.match(d.logs(), /"mode":"inline","hostLocal":true,"msg":"storage classified"/, 'classified inline');
+    if (inline === 'local') await matchLog(t, () => d.logs(), /"mode":"inline","hostLocal":true,"msg":"storage classified"/, 'classified inline');
     else {
       t.notMatch(d.logs(), /"mode":"inline"/, 'never inline');
       // Still classified: whether autocreated lease files may be unlinked depends on it.
-      t.match(d.logs(), /"mode":"offload","hostLocal":true,"msg":"storage classified"/, 'classified host-local, handled off-thread');
+      await matchLog(t, () => d.logs(), /"mode":"offload","hostLocal":true,"msg":"storage classified"/, 'classified host-local, handled off-thread');
     }
     t.notOk(existsSync(join(dir, 'leases', 'lease')), 'host-local storage: the autocreated lease file is unlinked on release');
   });
@@ -154,8 +154,8 @@ t.test('shared storage (FUSE): autocreated lease files are kept; relockctl clean
     t.ok(existsSync(join(back, 'leases', name)), `${name}: the lease file is kept on release`);
     t.equal(probeOne(join(space, name)), 'free', `${name}: and free`);
   }
-  t.match(d.logs(), /"hostLocal":false,"msg":"storage classified"/, 'FUSE is not host-local');
-  t.match(d.logs(), /lease files on storage other hosts may share are kept on release/, 'said once in the log');
+  await matchLog(t, () => d.logs(), /"hostLocal":false,"msg":"storage classified"/, 'FUSE is not host-local');
+  await matchLog(t, () => d.logs(), /lease files on storage other hosts may share are kept on release/, 'said once in the log');
   await c.acquire(space, 'kept-exclusive', 2);
   const ctl = (...args: string[]) => spawnSync('/usr/bin/env', [...ENV_PREFIX, process.execPath, join(ROOT, 'bin', 'relockctl.cjs'), '--runtime-dir', d.dir, '--socket', d.socketPath, ...args], { env: cleanEnv(), encoding: 'utf8' });
   const r = ctl('cleanup', space, '--apply');

@@ -12,7 +12,7 @@ import { spawnOwner } from './lib/targets.js';
 import { Hammer, probeOne } from './lib/probe.js';
 import { startVirtlockd, virtlockdAvailable, virtlockdUnavailableReason, visibleTmpDir } from './lib/virtlockd.js';
 import type { StartedDaemon } from './lib/virtlockd.js';
-import { waitFor } from './lib/wait.js';
+import { waitFor, matchLog } from './lib/wait.js';
 import { LockspaceClient } from '../src/protocol/lockspaceClient.js';
 import { AdminClient } from '../src/protocol/adminClient.js';
 import { AcquireFlags } from '../src/locks/lockManager.js';
@@ -168,7 +168,7 @@ function run(): void {
     c.child.kill('SIGKILL');
     t.ok(await waitFor(() => probeOne(shared) === 'free', 10_000), 'c dies: relockd frees the shared image');
     t.ok(await waitFor(() => !existsSync(leaseC), 10_000), "c dies: relockd removes c's lease file (it knows the lock is OFD now)");
-    t.match(d.logs(), /"msg":"handback to virtlockd requested by admin"/, "relockd logs to virtlockd's log output (its configuration)");
+    await matchLog(t, () => d.logs(), /"msg":"handback to virtlockd requested by admin"/, "relockd logs to virtlockd's log output (its configuration)");
   });
 
   t.test('takeover refuses while a connection may not have registered; nothing changes', async (t) => {
@@ -271,7 +271,7 @@ function run(): void {
     const ok = await relockctl(handbackArgs(d));
     t.equal(ok.code, 0, `handback with a connected, unregistered client: ${ok.stdout}${ok.stderr}`);
     t.equal(exe(d.pid), '/usr/sbin/virtlockd', 'virtlockd again');
-    t.match(d.logs(), /shared, autocreated and OFD-locked/, 'relockd logged the lease-file warning');
+    await matchLog(t, () => d.logs(), /shared, autocreated and OFD-locked/, 'relockd logged the lease-file warning');
     // virtlockd 9.0 would exit 9 here with a NULL owner name; relockd wrote "".
     await d.reexec();
     t.equal(exe(d.pid), '/usr/sbin/virtlockd', 'virtlockd re-execs with the unregistered client it was handed');
