@@ -122,7 +122,10 @@ function readLog(p: string): string {
 /** A document with what differs between any two snapshots of the same state left out, and every list in one order. */
 function normalised(doc: StateDocument): unknown {
   const d = JSON.parse(JSON.stringify(doc));
+  // Refreshed with the skeleton (at most a second late), not journalled per
+  // operation: metrics, and the storage verdicts of directories first used since.
   delete d.relockd.metrics;
+  delete d.relockd.storage;
   delete d.relockd.requestedAtNs;
   const by = (k: (x: any) => string) => (a: any, b: any) => (k(a) < k(b) ? -1 : k(a) > k(b) ? 1 : 0);
   for (const ls of [d.defaultLockspace, ...d.lockspaces]) ls.resources.sort(by((r) => r.name));
