@@ -115,7 +115,10 @@ export function startMemorySettler(log: Logger, opts: SettlerOptions = {}): void
   const { firstMs = 750, periodMs = 1000, anonGrowthKb = 1024, fileGrowthKb = 2048, idleUtilization = 0.05 } = opts;
   let last: MemoryFigures | null = null;
   let rebase = false;
+  /** The last settle was the one again right after a settle: its rebase takes whatever level it finds. */
+  let again = false;
   let running = false;
+  const grew = (m: MemoryFigures, base: MemoryFigures) => m.anonKb >= base.anonKb + anonGrowthKb || m.fileKb >= base.fileKb + fileGrowthKb;
   const settle = async (why: string) => {
     if (running) return;
     running = true;
@@ -141,11 +144,22 @@ export function startMemorySettler(log: Logger, opts: SettlerOptions = {}): void
     if (rebase) {
       // The level a period after the settle is the baseline: right after
       // it, the pages the idle daemon uses anyway (timers, GC) come back.
+      // Unless that is more than a settle's worth: work still running when
+      // it settled (the end of a burst of requests, which often overlaps the
+      // first settle, and the optimising compiler compiling the burst's hot
+      // code: ~10 MB of its text) touched them again. Then settle once more;
+      // the level after that one is the baseline whatever it is (no loop).
       rebase = false;
+      if (!again && grew(m, last)) {
+        again = true;
+        void settle('growth right after a settle');
+        return;
+      }
+      again = false;
       last = m;
       return;
     }
-    if (m.anonKb >= last.anonKb + anonGrowthKb || m.fileKb >= last.fileKb + fileGrowthKb) void settle('idle after growth');
+    if (grew(m, last)) void settle('idle after growth');
     else if (m.anonKb < last.anonKb || m.fileKb < last.fileKb) last = { ...last, anonKb: Math.min(m.anonKb, last.anonKb), fileKb: Math.min(m.fileKb, last.fileKb) };
   };
   setTimeout(() => {
