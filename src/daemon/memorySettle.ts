@@ -78,9 +78,20 @@ async function fullGc(): Promise<boolean> {
     }
   }
   if (!gcFn) return false;
-  // Incremental marking in tasks: no pause of the event loop worth the name
-  // (a synchronous full GC of a 10k-lease heap is tens of ms on a busy host).
-  await gcFn({ type: 'major', execution: 'async' });
+  // 'async': run from a task, without scanning our stack (it is still one
+  // atomic pause: ~13 ms with 10k leases here, only ever when idle).
+  // Compacting every fragmented page: a burst of requests promotes garbage
+  // between the lease records that stay, and V8's own heuristics evacuate
+  // only pages that are almost empty (10k leases: old space 6.9 instead of
+  // 8.2 MB committed, RSS −1.7 MB; the pause ~5–10 ms longer). The flag is
+  // reset afterwards, like --expose-gc above (the code cache, written
+  // before the first settle, is made under the start's flags).
+  setFlagsFromString('--compact-on-every-full-gc');
+  try {
+    await gcFn({ type: 'major', execution: 'async' });
+  } finally {
+    setFlagsFromString('--no-compact-on-every-full-gc');
+  }
   return true;
 }
 
