@@ -163,19 +163,46 @@ export class LockSpace {
   /** Where a resource's storage lives, for the storage gate. */
   storageKeyOf(name: string): string {
     if (!this.isDefault) return this.dir;
-    // Remembered per name: a fresh dirname() string per call would be hashed
-    // again by every map it is looked up in (classifier, gate), several
-    // times per request.
-    let key = this.storageKeys.get(name);
-    if (key === undefined) {
-      if (this.storageKeys.size >= 4096) this.storageKeys.clear();
-      key = dirname(name);
-      this.storageKeys.set(name, key);
+    // One string per directory, not a fresh dirname() per call: that would
+    // be hashed again by every map it is looked up in (classifier, gate),
+    // several times per request. Nothing is kept per name (a map of names
+    // cost ~60 B per lease), and the health tick calls this for every lease.
+    if (name === this.lastName) return this.lastKey;
+    let key: string | undefined;
+    // dirname(name) is name.slice(0, i) when the last '/' is at i ≥ 2 and
+    // is not the last character: a directory seen lately matches in place.
+    const i = name.lastIndexOf('/');
+    if (i >= 2 && i < name.length - 1) {
+      for (const k of this.recentKeys) {
+        if (k.length === i && name.startsWith(k)) {
+          key = k;
+          break;
+        }
+      }
     }
+    if (key === undefined) {
+      const d = dirname(name);
+      key = this.keys.get(d);
+      if (key === undefined) {
+        if (this.keys.size >= 4096) this.keys.clear();
+        this.keys.set(d, d);
+        key = d;
+      }
+      this.recentKeys[this.recentNext] = key;
+      this.recentNext = (this.recentNext + 1) % 8;
+    }
+    this.lastName = name;
+    this.lastKey = key;
     return key;
   }
 
-  private readonly storageKeys = new Map<string, string>();
+  /** The directory strings, each once. */
+  private readonly keys = new Map<string, string>();
+  /** Up to 8 directories seen lately, matched without making a string. */
+  private readonly recentKeys: string[] = [];
+  private recentNext = 0;
+  private lastName: string | null = null;
+  private lastKey = '';
 }
 
 /**
