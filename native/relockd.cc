@@ -1551,6 +1551,20 @@ Napi::Value MallocTrim(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(info.Env(), malloc_trim(0) != 0);
 }
 
+// mallopt(3) for the daemon's malloc tuning (src/cli/main.ts): the
+// parameter by name, so that glibc's numbers stay here.
+Napi::Value Mallopt(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsString() || !info[1].IsNumber()) throw Napi::TypeError::New(env, "mallopt(name, value)");
+  const std::string name = info[0].As<Napi::String>().Utf8Value();
+  int param;
+  if (name == "arenaMax") param = M_ARENA_MAX;
+  else if (name == "trimThreshold") param = M_TRIM_THRESHOLD;
+  else if (name == "mmapThreshold") param = M_MMAP_THRESHOLD;
+  else throw Napi::TypeError::New(env, "mallopt: unknown parameter " + name);
+  return Napi::Boolean::New(env, mallopt(param, info[1].As<Napi::Number>().Int32Value()) == 1);
+}
+
 // ---- module ---------------------------------------------------------------------------
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -1593,6 +1607,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   fn("setCloexecAll", SetCloexecAll);
   fn("dropCleanFilePages", DropCleanFilePages);
   fn("mallocTrim", MallocTrim);
+  fn("mallopt", Mallopt);
   return exports;
 }
 

@@ -237,6 +237,8 @@ export interface NativeBinding {
   dropCleanFilePages(): { bytes: number; objects: number };
   /** malloc_trim(0): returns free C-heap memory of every arena; true if some was released. */
   mallocTrim(): boolean;
+  /** mallopt(3): M_ARENA_MAX, M_TRIM_THRESHOLD, M_MMAP_THRESHOLD; true if accepted. */
+  mallopt(param: 'arenaMax' | 'trimThreshold' | 'mmapThreshold', value: number): boolean;
   probeStorage(dir: string, leases: ProbeLeaseArg[], methods: number, cb: (err: NativeError | null, res?: ProbeStorageResult) => void): void;
 }
 
@@ -321,6 +323,7 @@ export const {
   strerror,
   dropCleanFilePages,
   mallocTrim,
+  mallopt,
 } = binding;
 
 const lockOut = new Float64Array(5);

@@ -4,7 +4,8 @@ import type { StorageClassifier } from '../src/locks/storageClass.js';
 import t from 'tap';
 import type { Test } from 'tap';
 import { pino } from 'pino';
-import { LockManager } from '../src/locks/lockManager.js';
+import { LockManager, LockSpace } from '../src/locks/lockManager.js';
+import { dirname } from 'node:path';
 import type { FileLocker, LockRequest, ReleaseRequest } from '../src/locks/fileLocker.js';
 import { StorageGate } from '../src/locks/storageGate.js';
 import { ProtocolError } from '../src/util/errors.js';
@@ -297,4 +298,12 @@ t.test('adopted records keep what a document says: owner lists, since, an unusua
   t.equal(m.heldBy(5), 2);
   t.same(m.counts(), { lockspaces: 2, resources: 3, leases: 5 });
   t.throws(() => m.adoptResource(ls, { name: 'a', path: '/var/ls/a', fd: 13, dev: 1, ino: 5, flags: 0, owners: [1], since: 0 }), /listed twice/);
+});
+
+t.test("storage keys: a default-space name's dirname", async (t) => {
+  const ls = new LockSpace('');
+  const names = ['/img/a', '/img/b', '/img//c', '//x', '/x', '/img/a/', '/img/a//', 'rel/x', 'x', '/', '', '/a/b/c', '/a/bc', '/ab/c', '/img/a'];
+  for (let round = 0; round < 2; round++) for (const n of [...names, ...names.slice().reverse()]) t.equal(ls.storageKeyOf(n), dirname(n), JSON.stringify(n));
+  t.equal(ls.storageKeyOf('/img/a'), ls.storageKeyOf('/img/zzz'), 'same directory, same key');
+  t.equal(new LockSpace('/space').storageKeyOf('name'), '/space', "a directory space's key is its directory");
 });

@@ -9,6 +9,17 @@ const SIGNALS = ['SIGUSR1', 'SIGHUP', 'SIGTERM', 'SIGINT', 'SIGQUIT', 'SIGUSR2']
 type Sig = (typeof SIGNALS)[number];
 
 export async function run(argv: string[], early: Sig[], originalArgv?: string[]): Promise<void> {
+  // glibc malloc, tuned for a daemon that idles most of its life:
+  // - one arena for the threads still to come (V8's GC and compiler
+  //   threads, libuv's pool; they allocate little): malloc_trim never
+  //   returns the top chunk of a thread's own arena, ~1 MB each after a burst;
+  // - fixed thresholds: glibc's dynamic ones grow with the largest block
+  //   freed (up to 32 MB), after which the arenas' free tops are kept. Fixed,
+  //   a free top above 128 kB goes back at once, and blocks above 128 kB are
+  //   their own mappings (a re-exec's state document, large log batches).
+  native.mallopt('arenaMax', 1);
+  native.mallopt('trimThreshold', 128 * 1024);
+  native.mallopt('mmapThreshold', 128 * 1024);
   // A dead reader of our stdout/stderr must not crash the daemon.
   process.stdout.on('error', () => {});
   process.stderr.on('error', () => {});

@@ -78,9 +78,20 @@ async function fullGc(): Promise<boolean> {
     }
   }
   if (!gcFn) return false;
-  // Incremental marking in tasks: no pause of the event loop worth the name
-  // (a synchronous full GC of a 10k-lease heap is tens of ms on a busy host).
-  await gcFn({ type: 'major', execution: 'async' });
+  // 'async': run from a task, without scanning our stack (it is still one
+  // atomic pause: ~13 ms with 10k leases here, only ever when idle).
+  // Compacting every fragmented page: a burst of requests promotes garbage
+  // between the lease records that stay, and V8's own heuristics evacuate
+  // only pages that are almost empty (10k leases: old space 6.9 instead of
+  // 8.2 MB committed, RSS −1.7 MB; the pause ~5–10 ms longer). The flag is
+  // reset afterwards, like --expose-gc above (the code cache, written
+  // before the first settle, is made under the start's flags).
+  setFlagsFromString('--compact-on-every-full-gc');
+  try {
+    await gcFn({ type: 'major', execution: 'async' });
+  } finally {
+    setFlagsFromString('--no-compact-on-every-full-gc');
+  }
   return true;
 }
 
@@ -115,7 +126,10 @@ export function startMemorySettler(log: Logger, opts: SettlerOptions = {}): void
   const { firstMs = 750, periodMs = 1000, anonGrowthKb = 1024, fileGrowthKb = 2048, idleUtilization = 0.05 } = opts;
   let last: MemoryFigures | null = null;
   let rebase = false;
+  /** The last settle was the one again right after a settle: its rebase takes whatever level it finds. */
+  let again = false;
   let running = false;
+  const grew = (m: MemoryFigures, base: MemoryFigures) => m.anonKb >= base.anonKb + anonGrowthKb || m.fileKb >= base.fileKb + fileGrowthKb;
   const settle = async (why: string) => {
     if (running) return;
     running = true;
@@ -141,11 +155,22 @@ export function startMemorySettler(log: Logger, opts: SettlerOptions = {}): void
     if (rebase) {
       // The level a period after the settle is the baseline: right after
       // it, the pages the idle daemon uses anyway (timers, GC) come back.
+      // Unless that is more than a settle's worth: work still running when
+      // it settled (the end of a burst of requests, which often overlaps the
+      // first settle, and the optimising compiler compiling the burst's hot
+      // code: ~10 MB of its text) touched them again. Then settle once more;
+      // the level after that one is the baseline whatever it is (no loop).
       rebase = false;
+      if (!again && grew(m, last)) {
+        again = true;
+        void settle('growth right after a settle');
+        return;
+      }
+      again = false;
       last = m;
       return;
     }
-    if (m.anonKb >= last.anonKb + anonGrowthKb || m.fileKb >= last.fileKb + fileGrowthKb) void settle('idle after growth');
+    if (grew(m, last)) void settle('idle after growth');
     else if (m.anonKb < last.anonKb || m.fileKb < last.fileKb) last = { ...last, anonKb: Math.min(m.anonKb, last.anonKb), fileKb: Math.min(m.fileKb, last.fileKb) };
   };
   setTimeout(() => {

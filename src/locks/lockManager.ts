@@ -49,6 +49,14 @@ export interface Resource {
 const SINCE_BASE = Date.now();
 
 /**
+ * The same number, as a small integer when it is one. A number read from a
+ * Float64Array (the addon's lock results) or computed from Date.now() is a
+ * heap number even when integral; kept in a record field, that is a 16-byte
+ * object per field and lease (seen for ~15 % of the records at 10k leases).
+ */
+const small = (x: number): number => (x | 0) === x ? x | 0 : x;
+
+/**
  * A held resource as the lock table keeps it (issue 11: a few small fields,
  * not objects per owner). One owner, the common case, is its pid, not an
  * array; the path is derived from the lock space's directory string, which
@@ -57,6 +65,9 @@ const SINCE_BASE = Date.now();
  * for readers; the lock manager itself uses the owner methods.
  */
 export class HeldResource implements Resource {
+  readonly fd: number;
+  readonly dev: number;
+  readonly ino: number;
   /** The owner's pid, or the pids in acquisition order when there are several. */
   private holders: number | number[];
   private readonly sinceRel: number;
@@ -65,15 +76,18 @@ export class HeldResource implements Resource {
     readonly name: string,
     /** The lock space's directory ('' for the default space). */
     private readonly dir: string,
-    readonly fd: number,
-    readonly dev: number,
-    readonly ino: number,
+    fd: number,
+    dev: number,
+    ino: number,
     readonly flags: number,
     owners: number | readonly number[],
     since: number,
   ) {
+    this.fd = small(fd);
+    this.dev = small(dev);
+    this.ino = small(ino);
     this.holders = typeof owners === 'number' ? owners : owners.length === 1 ? owners[0]! : [...owners];
-    this.sinceRel = since - SINCE_BASE;
+    this.sinceRel = small(since - SINCE_BASE);
   }
 
   get path(): string {
@@ -163,19 +177,46 @@ export class LockSpace {
   /** Where a resource's storage lives, for the storage gate. */
   storageKeyOf(name: string): string {
     if (!this.isDefault) return this.dir;
-    // Remembered per name: a fresh dirname() string per call would be hashed
-    // again by every map it is looked up in (classifier, gate), several
-    // times per request.
-    let key = this.storageKeys.get(name);
-    if (key === undefined) {
-      if (this.storageKeys.size >= 4096) this.storageKeys.clear();
-      key = dirname(name);
-      this.storageKeys.set(name, key);
+    // One string per directory, not a fresh dirname() per call: that would
+    // be hashed again by every map it is looked up in (classifier, gate),
+    // several times per request. Nothing is kept per name (a map of names
+    // cost ~60 B per lease), and the health tick calls this for every lease.
+    if (name === this.lastName) return this.lastKey;
+    let key: string | undefined;
+    // dirname(name) is name.slice(0, i) when the last '/' is at i ≥ 2 and
+    // is not the last character: a directory seen lately matches in place.
+    const i = name.lastIndexOf('/');
+    if (i >= 2 && i < name.length - 1) {
+      for (const k of this.recentKeys) {
+        if (k.length === i && name.startsWith(k)) {
+          key = k;
+          break;
+        }
+      }
     }
+    if (key === undefined) {
+      const d = dirname(name);
+      key = this.keys.get(d);
+      if (key === undefined) {
+        if (this.keys.size >= 4096) this.keys.clear();
+        this.keys.set(d, d);
+        key = d;
+      }
+      this.recentKeys[this.recentNext] = key;
+      this.recentNext = (this.recentNext + 1) % 8;
+    }
+    this.lastName = name;
+    this.lastKey = key;
     return key;
   }
 
-  private readonly storageKeys = new Map<string, string>();
+  /** The directory strings, each once. */
+  private readonly keys = new Map<string, string>();
+  /** Up to 8 directories seen lately, matched without making a string. */
+  private readonly recentKeys: string[] = [];
+  private recentNext = 0;
+  private lastName: string | null = null;
+  private lastKey = '';
 }
 
 /**
