@@ -19,13 +19,15 @@
 // The header's `alive` stamp (not covered by the CRC) is refreshed while the
 // daemon runs, so the next process can tell how long it was down.
 
-// node:zlib (for crc32) is loaded on first use: with no fd store it is never
-// needed, and loading it is part of every re-exec's module time.
-function crc32(data: Uint8Array, value?: number): number {
-  return process.getBuiltinModule('node:zlib').crc32(data, value);
-}
 import { ftruncateSync, readSync, fstatSync, writeSync } from 'node:fs';
 import * as native from '../native.js';
+
+// node:zlib (for crc32) is loaded on first use, then kept: with no fd store
+// it is never needed, and loading it is part of every re-exec's module time.
+let zlib: typeof import('node:zlib') | undefined;
+function crc32(data: Uint8Array, value?: number): number {
+  return (zlib ??= process.getBuiltinModule('node:zlib')).crc32(data, value);
+}
 
 const pad = (n: number, w: number) => String(n).padStart(w, '0');
 

@@ -228,17 +228,34 @@ export class HealthMonitor {
     return out;
   }
 
-  /** The leases of one watch key (a directory lock space's, or a directory of default-space names). */
-  private leasesIn(key: string): Resource[] {
-    const res: Resource[] = [];
+  /**
+   * The leases of the given watch keys (a directory lock space's, or a
+   * directory of default-space names), in one pass over the lock tables:
+   * one pass per tick however many directories are watched.
+   */
+  private leasesOf(wanted: ReadonlySet<string>): Map<string, Resource[]> {
+    const out = new Map<string, Resource[]>();
+    if (wanted.size === 0) return out;
+    const add = (key: string, r: Resource) => {
+      let list = out.get(key);
+      if (!list) out.set(key, (list = []));
+      list.push(r);
+    };
     for (const ls of this.d.manager.allSpaces()) {
       if (!ls.isDefault) {
-        if (ls.dir === key) for (const r of ls.resources.values()) res.push(r);
+        if (wanted.has(ls.dir)) for (const r of ls.resources.values()) add(ls.dir, r);
         continue;
       }
-      for (const r of ls.resources.values()) if (ls.storageKeyOf(r.name) === key) res.push(r);
+      for (const r of ls.resources.values()) {
+        const key = ls.storageKeyOf(r.name);
+        if (wanted.has(key)) add(key, r);
+      }
     }
-    return res;
+    return out;
+  }
+
+  private leasesIn(key: string): Resource[] {
+    return this.leasesOf(new Set([key])).get(key) ?? [];
   }
 
   /** true: local (not watched); false: remote or unknown; null: being classified. */
@@ -276,6 +293,9 @@ export class HealthMonitor {
         this.log.error({ dir: key, leaseTimeMs: w.leaseTimeMs, failureTimeoutMs: opts.failureTimeoutMs, usedMs: eff }, 'the server lease time is too short for lockspace_failure_timeout + kill_grace: using a shorter failure timeout here');
       }
     }
+    const watchedHeld = new Set<string>();
+    for (const key of this.watches.keys()) if (keys.has(key)) watchedHeld.add(key);
+    const leases = this.leasesOf(watchedHeld);
     for (const w of this.watches.values()) {
       const held = keys.has(w.key);
       const mine = this.records.filter((r) => r.key === w.key);
@@ -284,7 +304,7 @@ export class HealthMonitor {
         this.log.info({ lockspace: w.lockspace, dir: w.key }, 'lock-space health watch ended (no leases)');
         continue;
       }
-      const res = held ? this.leasesIn(w.key) : [];
+      const res = leases.get(w.key) ?? [];
       const last = this.lastProbeAt.get(w.key) ?? 0;
       if (!this.probing.has(w.key) && now - last >= opts.checkIntervalMs) this.startProbe(w, res);
       this.evaluate(w, res);
