@@ -15,7 +15,7 @@ import { probeOne } from './lib/probe.js';
 import { waitFor } from './lib/wait.js';
 import { LockspaceClient } from '../src/protocol/lockspaceClient.js';
 import { AdminClient } from '../src/protocol/adminClient.js';
-import { dropCleanFilePages, mallocTrim } from '../src/native.js';
+import { dropCleanFilePages, mallocTrim, mallopt } from '../src/native.js';
 
 const UUID = '00112233-4455-6677-8899-aabbccddeeff';
 const work = mkdtempSync(join(tmpdir(), 'memory-'));
@@ -50,6 +50,14 @@ t.test('native: dropping clean file pages and malloc_trim leave the process work
   // Code and constants of node come back on use: compile and run something new.
   t.equal(new Function('a', 'b', 'return [a, b].map((x) => x * 2).join("-")')(2, 3), '4-6');
   t.equal(JSON.parse(JSON.stringify({ x: [1, 'é'] })).x[1], 'é');
+});
+
+t.test('native: mallopt takes the three parameters the daemon sets, by name, and refuses others', async (t) => {
+  t.equal(mallopt('arenaMax', 1), true, 'M_ARENA_MAX accepted');
+  t.equal(mallopt('trimThreshold', 128 * 1024), true, 'M_TRIM_THRESHOLD accepted');
+  t.equal(mallopt('mmapThreshold', 128 * 1024), true, 'M_MMAP_THRESHOLD accepted');
+  t.throws(() => mallopt('topPad' as never, 0), /unknown parameter topPad/, 'an unknown name is a TypeError, not a silent no-op');
+  t.equal(JSON.parse(JSON.stringify({ big: 'x'.repeat(1 << 20) })).big.length, 1 << 20, 'large blocks still allocate (mmap above the threshold)');
 });
 
 t.test('the daemon settles after start and after a re-exec; leases of every shape survive it', async (t) => {
