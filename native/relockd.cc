@@ -9,6 +9,7 @@
 
 #include <napi.h>
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <elf.h>
@@ -532,6 +533,43 @@ Napi::Value Sigpending(const Napi::CallbackInfo& info) {
   for (int sig = 1; sig <= SIGRTMAX; sig++)
     if (sigismember(&set, sig) == 1) out.Set(n++, Napi::Number::New(env, sig));
   return out;
+}
+
+// Takes the given (blocked) signals out of the pending set without running
+// anything (sigtimedwait, zero timeout) and returns those taken: a re-exec'd
+// image uses it for signals sent during the exec that it has no handler for,
+// so that unblocking them does not run their default action (ending the
+// process, and every lock with it).
+Napi::Value Sigdrain(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsArray()) ThrowType(env, "signals must be an array of numbers");
+  Napi::Array a = info[0].As<Napi::Array>();
+  sigset_t set;
+  sigemptyset(&set);
+  for (uint32_t k = 0; k < a.Length(); k++)
+    sigaddset(&set, SignalValue(env, a.Get(k), "signals[" + std::to_string(k) + "]", 1));
+  Napi::Array out = Napi::Array::New(env);
+  uint32_t n = 0;
+  const struct timespec zero = {0, 0};
+  for (;;) {
+    int sig = sigtimedwait(&set, nullptr, &zero);
+    if (sig > 0) {
+      out.Set(n++, Napi::Number::New(env, sig));
+      continue;
+    }
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN) break;
+    throw SysError(env, errno, "sigtimedwait");
+  }
+  return out;
+}
+
+// Ends the signal hold of relockd_exec_hold.so (native/exec_hold.c) when the
+// re-exec preloaded it; false when it is not loaded.
+Napi::Value ExecHoldRelease(const Napi::CallbackInfo& info) {
+  auto release = reinterpret_cast<void (*)()>(dlsym(RTLD_DEFAULT, "relockd_exec_hold_release"));
+  if (release) release();
+  return Napi::Boolean::New(info.Env(), release != nullptr);
 }
 
 // ---- pidfds ---------------------------------------------------------------------
@@ -1588,6 +1626,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   fn("memfdCreate", MemfdCreate);
   fn("sigmask", Sigmask);
   fn("sigpending", Sigpending);
+  fn("sigdrain", Sigdrain);
+  fn("execHoldRelease", ExecHoldRelease);
   fn("pidfdOpen", PidfdOpen);
   fn("pidfdGetfd", PidfdGetfd);
   fn("pidfdSendSignal", PidfdSendSignal);

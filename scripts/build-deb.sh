@@ -19,7 +19,7 @@ here=$(pwd)
 version=${RELOCKD_DEB_VERSION:-$(node -p 'require("./package.json").version')}
 arch=$(dpkg --print-architecture)
 out=${RELOCKD_DEB_OUT:-dist/deb}
-for f in dist/relockd-main.cjs dist/relockctl.mjs dist/relockd-runner.cjs dist/validators/state.cjs build/Release/relockd_native.node; do
+for f in dist/relockd-main.cjs dist/relockctl.mjs dist/relockd-runner.cjs dist/validators/state.cjs build/Release/relockd_native.node build/Release/relockd_exec_hold.so; do
 	[ -f "$f" ] || { echo "build-deb: $f is missing: run npm run build and sh scripts/build-native.sh" >&2; exit 1; }
 done
 
@@ -42,6 +42,9 @@ install -m 0644 dist/validators/*.cjs "$lib/dist/validators/"
 install -m 0644 schemas/*.json "$lib/schemas/"
 install -m 0644 build/Release/relockd_native.node "$lib/build/Release/"
 strip --strip-unneeded --remove-section=.comment --remove-section=.note "$lib/build/Release/relockd_native.node"
+# Preloaded into the image a re-exec starts (native/exec_hold.c); not a public library.
+install -m 0644 build/Release/relockd_exec_hold.so "$lib/build/Release/"
+strip --strip-unneeded --remove-section=.comment --remove-section=.note "$lib/build/Release/relockd_exec_hold.so"
 
 # The npm packages relockd runs with (production dependencies, exactly the
 # versions of package-lock.json); node-addon-api is headers for the build only.
@@ -85,7 +88,7 @@ install -m 0644 debian/lintian-overrides "$root/usr/share/lintian/overrides/relo
 shl=$stage/shlibdeps
 mkdir -p "$shl/debian"
 printf 'Source: relockd\n\nPackage: relockd\nArchitecture: any\n' >"$shl/debian/control"
-shlibs=$(cd "$shl" && dpkg-shlibdeps -O "$lib/build/Release/relockd_native.node" 2>/dev/null | sed -n 's/^shlibs:Depends=//p')
+shlibs=$(cd "$shl" && dpkg-shlibdeps -O "$lib/build/Release/relockd_native.node" "$lib/build/Release/relockd_exec_hold.so" 2>/dev/null | sed -n 's/^shlibs:Depends=//p')
 [ -n "$shlibs" ] || { echo "build-deb: dpkg-shlibdeps found no dependencies for the addon" >&2; exit 1; }
 
 install -d "$root/DEBIAN"

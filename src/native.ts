@@ -175,6 +175,10 @@ export interface NativeBinding {
   sigmask(how: 'block' | 'unblock', signals: readonly number[]): void;
   /** Signals pending for the calling thread or the process. */
   sigpending(): number[];
+  /** Takes these (blocked) signals out of the pending set without acting on them (sigtimedwait, no wait); returns those taken. */
+  sigdrain(signals: readonly number[]): number[];
+  /** Ends the signal hold of relockd_exec_hold.so when a re-exec preloaded it (src/daemon/execSignals.ts); false when it is not loaded. */
+  execHoldRelease(): boolean;
   /** pidfd_open(pid, 0); the fd is O_CLOEXEC. Close it with fs.closeSync. */
   pidfdOpen(pid: number): number;
   /** pidfd_getfd: a close-on-exec copy of fd `targetfd` of the process behind `pidfd` (needs ptrace rights). */
@@ -310,6 +314,8 @@ export const {
   memfdCreate,
   sigmask,
   sigpending,
+  sigdrain,
+  execHoldRelease,
   pidfdOpen,
   pidfdGetfd,
   pidfdSendSignal,

@@ -516,6 +516,24 @@ t.test('sigmask changes only the calling thread', async (t) => {
   native.sigmask('block', []); // empty set is a no-op
 });
 
+t.test('relockd_exec_hold.so keeps signals blocked through Node\'s start-up until released', async (t) => {
+  // What a re-exec'd image is started with (src/daemon/execSignals.ts): the
+  // library first in LD_PRELOAD, what was there before in RELOCKD_EXEC_HOLD_PRELOAD.
+  const lib = path.join(path.dirname(native.addonPath), 'relockd_exec_hold.so');
+  const before = spawnSync('sh', ['-c', 'ls /lib/x86_64-linux-gnu/libdl.so.2 /usr/lib/x86_64-linux-gnu/libdl.so.2 2>/dev/null | head -1']).stdout.toString().trim();
+  t.ok(before, 'a harmless library to stand for an LD_PRELOAD that was there before');
+  const SIGTERM = os.constants.signals.SIGTERM;
+  const c = start('/usr/bin/env', ['-u', 'NODE_OPTIONS', `LD_PRELOAD=${lib} ${before}`, `RELOCKD_EXEC_HOLD=${SIGUSR2},${SIGTERM}`, `RELOCKD_EXEC_HOLD_PRELOAD=${before}`, process.execPath, FIXTURE, 'exec-hold']);
+  t.equal(await c.line(), `env ${JSON.stringify([before, null, null])}`, 'the library took itself and its variables out of the environment (children do not inherit it)');
+  t.equal(await c.line(), `pending ${JSON.stringify([SIGUSR2, SIGTERM])}`, 'SIGUSR2 and SIGTERM (no handlers) stayed pending instead of ending the process');
+  t.equal(await c.line(), 'released true', 'execHoldRelease found the library');
+  t.equal(await c.line(), `drained [${SIGUSR2}]`, 'sigdrain took SIGUSR2 out without acting on it');
+  t.equal(await c.line(), 'got SIGTERM', 'unblocked: the pending SIGTERM reached the handler installed meanwhile');
+  t.same(await c.exited, { code: 0, signal: null });
+  t.equal(native.execHoldRelease(), false, 'without the library (this process) execHoldRelease says so');
+  t.same(native.sigdrain([SIGUSR2]), [], 'nothing pending: sigdrain takes nothing');
+});
+
 // ---- pidfds -----------------------------------------------------------------------------------
 
 t.test('pidfdOpen / pidfdSendSignal', async (t) => {

@@ -1,8 +1,8 @@
 // Process-level wiring for `relockd`: signal handlers, last-resort error
 // handlers, and replay of signals that arrived while we were loading.
 
-import { constants } from 'node:os';
 import * as native from '../native.js';
+import { releaseHeldSignals } from '../daemon/execSignals.js';
 import { main } from './relockd.js';
 
 const SIGNALS = ['SIGUSR1', 'SIGHUP', 'SIGTERM', 'SIGINT', 'SIGQUIT', 'SIGUSR2'] as const;
@@ -68,7 +68,10 @@ export async function run(argv: string[], early: Sig[], originalArgv?: string[])
     process.on(sig, () => handle(sig));
     for (const l of loading) process.removeListener(sig, l as (...a: unknown[]) => void);
   }
-  // Under the permission model Node leaves SIGUSR1 blocked; we own it now.
-  native.sigmask('unblock', [constants.signals.SIGUSR1]);
+  // Signals sent while the previous image exec'd us were held back
+  // (src/daemon/execSignals.ts): pending ones are delivered now, to these
+  // handlers. (Node itself leaves SIGUSR1 blocked under the permission model.)
+  const dropped = releaseHeldSignals();
+  if (dropped.length) log.warn({ signals: dropped }, 'signals without a handler were sent during the re-exec: discarded');
   for (const sig of early) handle(sig);
 }

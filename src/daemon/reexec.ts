@@ -16,10 +16,10 @@ import type { StorageClassifier } from '../locks/storageClass.js';
 import type { StorageGate } from '../locks/storageGate.js';
 import { closeSync, openSync, renameSync, unlinkSync, writeSync } from 'node:fs';
 import { dirname, basename, join } from 'node:path';
-import { constants } from 'node:os';
 import * as native from '../native.js';
 import { flushTurnNow } from '../turnFlush.js';
 import { codeCacheEnv } from './codeCache.js';
+import { execHoldEnv, holdSignalsForExec, releaseHeldSignals } from './execSignals.js';
 import type { ClientConnection } from '../rpc/connection.js';
 import type { Header } from '../rpc/packet.js';
 import { buildState } from '../state/snapshot.js';
@@ -186,14 +186,15 @@ export class Reexecutor {
       ms.mark('cloexec');
       d.notify(`RELOADING=1\nMONOTONIC_USEC=${process.hrtime.bigint() / 1000n}\nSTATUS=re-executing`);
       log.info({ fds: keep.length, bytes: plan.text.length, saveMs: ms.phases, stateFile: plan.stateFile, exec: plan.execPath, argv: plan.argv }, 're-exec: state written, executing');
-      // A SIGUSR1 arriving now stays pending until the new image is ready for it.
-      if (plan.blockSigusr1) native.sigmask('block', [constants.signals.SIGUSR1]);
+      // A signal arriving now stays pending until the new image is ready for it.
+      if (plan.holdSignals) holdSignalsForExec();
       flushTurnNow(); // this turn's log lines (replies were all written before detaching)
       native.execve(plan.execPath, plan.argv, plan.env);
       throw new ReexecFailure('execve returned'); // not reached: execve throws on failure
     } catch (err) {
       // ---- failure before execve: undo everything, keep serving -------------
-      native.sigmask('unblock', [constants.signals.SIGUSR1]);
+      const dropped = releaseHeldSignals();
+      if (dropped.length) log.warn({ signals: dropped }, 'signals without a handler arrived while the exec was prepared: discarded');
       if (cleared.length) native.setCloexecAll(Int32Array.from(cleared), true);
       stdioCloexec.forEach((on, fd) => trySetCloexec(fd, on));
       if (written) {
@@ -222,7 +223,7 @@ export class Reexecutor {
   /** relockd's own re-exec: its document, every fd it names, the original argv. */
   private ownPlan(doc: StateDocument, requestedAtNs: bigint): ExecPlan {
     const ext = doc.relockd!;
-    const env = { ...process.env, ...codeCacheEnv(), [REEXEC_ENV]: `${process.pid}:${requestedAtNs}` };
+    const env = { ...process.env, ...codeCacheEnv(), ...execHoldEnv(process.env), [REEXEC_ENV]: `${process.pid}:${requestedAtNs}` };
     return {
       stateFile: this.d.stateFile,
       text: serialiseState(doc),
@@ -230,7 +231,7 @@ export class Reexecutor {
       execPath: this.d.execPath,
       argv: this.d.originalArgv,
       env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
-      blockSigusr1: true,
+      holdSignals: true,
     };
   }
 

@@ -146,9 +146,9 @@ export function handbackTarget(d: HandbackHost, req: HandbackRequest, ctx: Handb
         execPath: req.path,
         argv,
         env,
-        // virtlockd never unblocks it; like its own re-exec, a SIGUSR1 in the
-        // few ms before its handler is installed would end it (docs/takeover.md).
-        blockSigusr1: false,
+        // virtlockd never unblocks them; like its own re-exec, a signal in the
+        // few ms before its handlers are installed would end it (docs/takeover.md).
+        holdSignals: false,
       };
     },
   };

@@ -23,11 +23,12 @@ export interface ExecPlan {
   argv: string[];
   env: string[];
   /**
-   * Keep SIGUSR1 blocked across execve (the signal mask is inherited): right
-   * for relockd, which unblocks it once ready; wrong for virtlockd, which
-   * never unblocks it and so could never re-exec again.
+   * Keep the signals that would end the process blocked across execve (the
+   * mask is inherited; src/daemon/execSignals.ts): right for relockd, which
+   * unblocks them once its handlers are installed; wrong for virtlockd, which
+   * never unblocks them (it could never re-exec or be stopped again).
    */
-  blockSigusr1: boolean;
+  holdSignals: boolean;
 }
 
 /** A refusal raised by an ExecTarget: nothing was changed; `transient` when retrying may succeed. */

@@ -112,7 +112,7 @@ let daemonLog = '';
 t.test('install on a fresh Debian 12', async (t) => {
   const r = inRoot('dpkg', '-i', '/tmp/relockd-1.deb');
   t.equal(r.status, 0, `dpkg -i: ${r.out}`);
-  for (const f of ['/usr/sbin/relockd', '/usr/bin/relockctl', '/usr/lib/relockd/build/Release/relockd_native.node', '/lib/systemd/system/relockd.service', '/lib/systemd/system/relockd.socket', '/lib/systemd/system/relockd-admin.socket', '/lib/systemd/system/relockd-metrics.timer', '/usr/share/relockd/virtlockd-takeover/virtlockd.service.d/relockd.conf', '/etc/default/relockd', '/usr/share/man/man8/relockd.8.gz', '/usr/share/man/man8/relockctl.8.gz', '/usr/share/doc/relockd/copyright']) {
+  for (const f of ['/usr/sbin/relockd', '/usr/bin/relockctl', '/usr/lib/relockd/build/Release/relockd_native.node', '/usr/lib/relockd/build/Release/relockd_exec_hold.so', '/lib/systemd/system/relockd.service', '/lib/systemd/system/relockd.socket', '/lib/systemd/system/relockd-admin.socket', '/lib/systemd/system/relockd-metrics.timer', '/usr/share/relockd/virtlockd-takeover/virtlockd.service.d/relockd.conf', '/etc/default/relockd', '/usr/share/man/man8/relockd.8.gz', '/usr/share/man/man8/relockctl.8.gz', '/usr/share/doc/relockd/copyright']) {
     t.ok(existsSync(join(root, f)), `installed: ${f}`);
   }
   t.notOk(existsSync(join(root, 'etc/systemd/system/multi-user.target.wants/relockd.service')), 'relockd.service not enabled');
@@ -146,6 +146,7 @@ t.test('an upgrade re-execs the running daemon: same pid, new version, lease hel
   t.equal(st.daemon.leases, 1, 'lease still in the table');
   t.same([st.daemon.lastReexec.result.ok, st.daemon.lastReexec.fromVersion, st.daemon.lastReexec.toVersion], [true, version, v2]);
   t.equal(probeOne(join(root, 'var/tmp/disk.img')), 'held', 'lease held after the upgrade');
+  t.match(readFileSync(`/proc/${pid}/maps`, 'utf8'), /\/usr\/lib\/relockd\/build\/Release\/relockd_exec_hold\.so/, 'the new image was started with the packaged relockd_exec_hold.so (signals held during the exec)');
   t.equal(holder.exitCode, null, 'the lease holder still runs');
 
   holder.kill('SIGTERM');

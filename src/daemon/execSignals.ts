@@ -1,0 +1,63 @@
+// Signals held back across relockd's own execve.
+//
+// From execve until the new image has installed its handlers every signal
+// has its default action, and for these that is to end the process: a
+// SIGTERM from `systemctl stop` or an admin, a SIGHUP from a reload or
+// logrotate, a SIGPROF from a profiler, landing in those ~20 ms of Node
+// start-up, would drop every lock. Blocking them before execve is not
+// enough, because Node's start-up sets the signal mask again; so the new
+// image is started with relockd_exec_hold.so preloaded (native/exec_hold.c),
+// which keeps them blocked through Node's own mask changes. Once its handlers
+// are in place the new image ends the hold, takes out the pending signals it
+// has no handler for, and unblocks the rest: a signal sent during the exec is
+// handled, late, instead of killing the daemon.
+import { existsSync } from 'node:fs';
+import { constants } from 'node:os';
+import { dirname, join } from 'node:path';
+import * as native from '../native.js';
+
+/** Signals the daemon handles (src/cli/main.ts). */
+const HANDLED = ['SIGUSR1', 'SIGHUP', 'SIGTERM', 'SIGINT', 'SIGQUIT', 'SIGUSR2'] as const;
+/** Asynchronous signals whose default action ends the process and that the daemon has no handler for. */
+const UNHANDLED = ['SIGPIPE', 'SIGALRM', 'SIGVTALRM', 'SIGPROF', 'SIGIO', 'SIGPWR', 'SIGXCPU', 'SIGSTKFLT'] as const;
+
+const num = (name: string): number => constants.signals[name as keyof typeof constants.signals];
+const byNumber = new Map<number, string>([...HANDLED, ...UNHANDLED].map((n) => [num(n), n]));
+
+/** Every signal held across the execve. */
+const EXEC_HELD_SIGNALS: readonly number[] = [...HANDLED, ...UNHANDLED].map(num);
+
+/** The preload library, built beside the addon (binding.gyp). */
+const EXEC_HOLD_LIBRARY = join(dirname(native.addonPath), 'relockd_exec_hold.so');
+
+/**
+ * The environment entries that make the new image hold the signals (empty
+ * when the library is missing: then the exec has the window it always had).
+ */
+export function execHoldEnv(env: NodeJS.ProcessEnv): Record<string, string> {
+  if (!existsSync(EXEC_HOLD_LIBRARY)) return {};
+  const before = env.LD_PRELOAD ?? '';
+  return {
+    LD_PRELOAD: before ? `${EXEC_HOLD_LIBRARY} ${before}` : EXEC_HOLD_LIBRARY,
+    RELOCKD_EXEC_HOLD_PRELOAD: before,
+    RELOCKD_EXEC_HOLD: EXEC_HELD_SIGNALS.join(','),
+  };
+}
+
+/** The old image, just before execve: the mask survives the exec. */
+export function holdSignalsForExec(): void {
+  native.sigmask('block', EXEC_HELD_SIGNALS);
+}
+
+/**
+ * The new image once its handlers are installed (or the old one after a
+ * failed execve): ends the library's hold, discards the pending signals it
+ * has no handler for, then unblocks them all; pending handled ones are
+ * delivered now. Returns the names of the signals discarded.
+ */
+export function releaseHeldSignals(): string[] {
+  native.execHoldRelease();
+  const dropped = native.sigdrain(UNHANDLED.map(num));
+  native.sigmask('unblock', EXEC_HELD_SIGNALS);
+  return dropped.map((n) => byNumber.get(n) ?? String(n));
+}

@@ -1,0 +1,94 @@
+// A signal that arrives while relockd re-execs must not end it.
+//
+// From execve until the new image has installed its handlers every signal has
+// its default action; for SIGTERM, SIGHUP, SIGINT, SIGUSR2, SIGPROF ... that
+// is to end the process, which drops every lock (before the fix each of them,
+// sent right after the exec, killed the daemon). The window is made wide and
+// certain here: a --require script sleeps 800 ms in each re-exec'd image
+// before relockd's own code runs (after Node's start-up has set the signal
+// mask and dispositions back to the defaults, which is what the fix has to
+// survive). The signal is sent once the new image has mapped
+// relockd_exec_hold.so, i.e. inside that window; the lease must stay held
+// (probed from another process) and the signal be handled, late.
+
+import t from 'tap';
+import type { Test } from 'tap';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { startRelockd } from './lib/relockd.js';
+import { probeOne } from './lib/probe.js';
+import { matchLog, waitFor } from './lib/wait.js';
+import { LockspaceClient } from '../src/protocol/lockspaceClient.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'relockd-execsig-'));
+const slow = join(dir, 'slow-reexec.cjs');
+writeFileSync(slow, "if (process.env.RELOCKD_REEXEC !== undefined) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 800);\n");
+const d = await startRelockd({ dir, nodeOptions: `--require=${slow}`, logLevel: 'info' });
+t.teardown(() => {
+  d.kill('SIGKILL');
+  rmSync(dir, { recursive: true, force: true });
+});
+
+const img = join(dir, 'disk.img');
+writeFileSync(img, '');
+const c = await LockspaceClient.connect(d.socketPath);
+await c.register({ uuid: '0badc0de-0000-4000-8000-000000000001', name: 'vm-execsig', id: 1, pid: process.pid });
+await c.acquire('', img, 0);
+t.equal(probeOne(img), 'held', 'the lease is held (probed from another process)');
+
+const readProc = (what: string) => {
+  try {
+    return readFileSync(`/proc/${d.pid}/${what}`, 'utf8');
+  } catch {
+    return '';
+  }
+};
+// The exec itself: a new image has a new stack (field 28 of /proc/PID/stat).
+const stackStart = () => readProc('stat').split(') ')[1]?.split(' ')[25] ?? '';
+const mapsHold = () => readProc('maps').includes('relockd_exec_hold.so');
+const completions = () => (d.logs().match(/"msg":"re-exec complete"/g) ?? []).length;
+const alive = () => d.child.exitCode === null && d.child.signalCode === null;
+
+/** SIGUSR1, then `sig` inside the new image's start-up; resolves once that image is up. */
+async function signalDuringExec(t: Test, sig: NodeJS.Signals): Promise<void> {
+  const before = completions();
+  const stack0 = stackStart();
+  process.kill(d.pid, 'SIGUSR1');
+  t.ok(await waitFor(() => stackStart() !== stack0 && mapsHold(), 10_000, 2), 'the new image is starting, with relockd_exec_hold.so preloaded');
+  t.equal(completions(), before, 'and has not restored anything yet (still inside the window)');
+  process.kill(d.pid, sig);
+  t.ok(await waitFor(() => completions() > before || !alive(), 15_000), 're-exec finished');
+  t.ok(alive(), `${sig} during the exec did not end the daemon (${d.child.signalCode ?? d.child.exitCode ?? 'running'})`);
+  t.equal(probeOne(img), 'held', `the lease is still held after ${sig} (probed from another process)`);
+}
+
+t.test('SIGHUP during the exec: the configuration is re-read once the new image is up', async (t) => {
+  await signalDuringExec(t, 'SIGHUP');
+  await matchLog(t, d.logs, /"msg":"configuration reloaded"/, 'SIGHUP was handled (late)');
+});
+
+t.test('SIGUSR2 during the exec: ignored, as always', async (t) => {
+  await signalDuringExec(t, 'SIGUSR2');
+  await matchLog(t, d.logs, /"signal":"SIGUSR2","msg":"signal ignored"/, 'SIGUSR2 was handled (late)');
+});
+
+t.test('SIGPROF (no handler) during the exec: discarded, said in the log', async (t) => {
+  await signalDuringExec(t, 'SIGPROF');
+  await matchLog(t, d.logs, /"signals":\["SIGPROF"\],"msg":"signals without a handler were sent during the re-exec: discarded"/, 'SIGPROF was taken out, not acted on');
+  await c.release('', img, 0);
+  t.equal(probeOne(img), 'free', 'the client is still served on its old connection: released');
+  await c.acquire('', img, 0);
+  t.equal(probeOne(img), 'held', 'and acquired again');
+});
+
+t.test('SIGTERM during the exec: the shutdown policy (drain) applies, no lock is dropped', async (t) => {
+  await signalDuringExec(t, 'SIGTERM');
+  await matchLog(t, d.logs, /"signal":"SIGTERM","owners":1,"msg":"draining/, 'SIGTERM was handled (late): draining');
+  t.equal(probeOne(img), 'held', 'the lease stays held while draining');
+  await c.release('', img, 0);
+  t.ok(await waitFor(() => !alive(), 10_000), 'the last lease released: the daemon exits');
+  t.equal(d.child.exitCode, 0, 'a clean exit, not a signal death');
+  t.equal(probeOne(img), 'free', 'lease free');
+  c.close();
+});
