@@ -8,7 +8,8 @@
 //     sleep 3 s before its code runs), STATUS= reaches StatusText;
 //   - systemctl reload = SIGUSR1 re-exec: RELOADING=1 then READY=1, still active, same MainPID,
 //     leases held (probed from another process), clients still connected and served;
-//   - systemctl stop with leases held, under each shutdown policy (drain, kill-owners, refuse);
+//   - systemctl stop with leases held, under each shutdown policy (drain, kill-owners, refuse), and
+//     during a reload (its SIGTERM lands while the new image starts);
 //   - Restart=on-failure after kill -9 of the main pid.
 // Every lease is held by a real client process (relockctl run: registered with its own pid,
 // restricted, its own connection, exec'd into the command), as QEMU holds its leases.
@@ -208,6 +209,36 @@ async function scenario(t: Test, f: Flavour): Promise<void> {
       if (!t.passing()) diag();
     });
   }
+
+  // -- systemctl stop while a reload re-execs ---------------------------------------------------------
+  // systemd sends SIGTERM at once when a stop finds the unit reloading; here it lands while the new
+  // image sleeps in Node before relockd's code runs (the slow-start drop-in), when SIGTERM's default
+  // action would end it and drop the lease. relockd holds it (src/daemon/execSignals.ts) and applies
+  // its shutdown policy once it is up.
+  await t.test('systemctl stop during a reload (re-exec), shutdown_policy drain, a lease held', async (t) => {
+    policy('drain');
+    lab.dropIn(f.service, '60-slow-start.conf', `[Service]\nEnvironment=NODE_OPTIONS=--require=${slow}\n`);
+    lab.run(['systemctl', 'daemon-reload']);
+    t.equal(lab.run(['systemctl', 'start', f.service]).code, 0, `start ${f.service}`);
+    const mp = show('MainPID').MainPID;
+    const tag = hold([disk]);
+    t.ok(await started(tag), 'the holder was granted its lease and runs');
+    t.equal(lab.run(['systemctl', 'reload', '--no-block', f.service]).code, 0, 'systemctl reload --no-block');
+    t.ok(await waitFor(() => show('SubState').SubState === 'reload'), 'reloading: the new image sleeps before its code runs');
+    t.equal(lab.run(['systemctl', 'stop', '--no-block', f.service]).code, 0, 'systemctl stop --no-block, during the reload');
+    const stopping = await waitFor(() => {
+      const x = show('ActiveState', 'SubState', 'MainPID', 'StatusText');
+      return /^stopping \(drain\); /.test(x.StatusText ?? '') || x.ActiveState === 'inactive' ? x : null;
+    }, 20_000);
+    t.match(stopping, { ActiveState: 'deactivating', MainPID: mp }, `the SIGTERM was handled by the new image: draining, same MainPID (${JSON.stringify(stopping)})`);
+    t.equal(lab.probe(disk), 'held', 'the lease is still held (probed from another process)');
+    lab.run(['kill', '-KILL', holderPid(tag)]);
+    t.ok(await stateIs('inactive'), 'the owner exits: relockd exits, inactive');
+    t.equal(show('Result').Result, 'success', 'a clean exit (Result=success)');
+    lab.dropIn(f.service, '60-slow-start.conf', '');
+    lab.run(['systemctl', 'daemon-reload']);
+    if (!t.passing()) diag();
+  });
 
   // -- Restart=on-failure: kill -9 of the main pid ---------------------------------------------------
   await t.test('kill -9 of the main pid: systemd restarts it', async (t) => {
