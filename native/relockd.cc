@@ -503,6 +503,17 @@ Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
 
 // ---- signals ----------------------------------------------------------------------
 
+// An array of signal numbers as a sigset_t.
+sigset_t SignalSetArg(Napi::Env env, Napi::Value v) {
+  if (!v.IsArray()) ThrowType(env, "signals must be an array of numbers");
+  Napi::Array a = v.As<Napi::Array>();
+  sigset_t set;
+  sigemptyset(&set);
+  for (uint32_t k = 0; k < a.Length(); k++)
+    sigaddset(&set, SignalValue(env, a.Get(k), "signals[" + std::to_string(k) + "]", 1));
+  return set;
+}
+
 // pthread_sigmask on the calling (main) thread only. Threads inherit the mask
 // when created: in plain Node the libuv pool threads start with SIGUSR1
 // unblocked and can still take a process-directed SIGUSR1; under
@@ -514,12 +525,7 @@ void Sigmask(const Napi::CallbackInfo& info) {
   if (h == "block") how = SIG_BLOCK;
   else if (h == "unblock") how = SIG_UNBLOCK;
   else ThrowType(env, "how must be 'block' or 'unblock'");
-  if (!info[1].IsArray()) ThrowType(env, "signals must be an array of numbers");
-  Napi::Array a = info[1].As<Napi::Array>();
-  sigset_t set;
-  sigemptyset(&set);
-  for (uint32_t k = 0; k < a.Length(); k++)
-    sigaddset(&set, SignalValue(env, a.Get(k), "signals[" + std::to_string(k) + "]", 1));
+  sigset_t set = SignalSetArg(env, info[1]);
   int rc = pthread_sigmask(how, &set, nullptr);  // returns the error, not errno
   if (rc != 0) throw SysError(env, rc, "pthread_sigmask");
 }
@@ -542,12 +548,7 @@ Napi::Value Sigpending(const Napi::CallbackInfo& info) {
 // process, and every lock with it).
 Napi::Value Sigdrain(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (!info[0].IsArray()) ThrowType(env, "signals must be an array of numbers");
-  Napi::Array a = info[0].As<Napi::Array>();
-  sigset_t set;
-  sigemptyset(&set);
-  for (uint32_t k = 0; k < a.Length(); k++)
-    sigaddset(&set, SignalValue(env, a.Get(k), "signals[" + std::to_string(k) + "]", 1));
+  sigset_t set = SignalSetArg(env, info[0]);
   Napi::Array out = Napi::Array::New(env);
   uint32_t n = 0;
   const struct timespec zero = {0, 0};
