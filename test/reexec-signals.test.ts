@@ -20,6 +20,23 @@ import { startRelockd } from './lib/relockd.js';
 import { probeOne } from './lib/probe.js';
 import { matchLog, waitFor } from './lib/wait.js';
 import { LockspaceClient } from '../src/protocol/lockspaceClient.js';
+import { releaseHeldSignals } from '../src/daemon/execSignals.js';
+
+t.test('a hold library that could not be loaded leaves no trace in the environment', async (t) => {
+  // ld.so skips a preload it cannot open; then the library's variables are still set.
+  const saved = { LD_PRELOAD: process.env.LD_PRELOAD };
+  process.env.LD_PRELOAD = '/nonexistent/relockd_exec_hold.so /some/other.so';
+  process.env.RELOCKD_EXEC_HOLD_PRELOAD = '/some/other.so';
+  process.env.RELOCKD_EXEC_HOLD = '1,15';
+  t.same(releaseHeldSignals(), [], 'nothing pending, nothing discarded');
+  t.same([process.env.LD_PRELOAD, process.env.RELOCKD_EXEC_HOLD_PRELOAD, process.env.RELOCKD_EXEC_HOLD], ['/some/other.so', undefined, undefined], 'LD_PRELOAD as it was before, the variables gone');
+  process.env.LD_PRELOAD = '/nonexistent/relockd_exec_hold.so';
+  process.env.RELOCKD_EXEC_HOLD_PRELOAD = '';
+  releaseHeldSignals();
+  t.equal(process.env.LD_PRELOAD, undefined, 'no LD_PRELOAD before: none after');
+  if (saved.LD_PRELOAD === undefined) delete process.env.LD_PRELOAD;
+  else process.env.LD_PRELOAD = saved.LD_PRELOAD;
+});
 
 const dir = mkdtempSync(join(tmpdir(), 'relockd-execsig-'));
 const slow = join(dir, 'slow-reexec.cjs');
@@ -75,7 +92,7 @@ t.test('SIGUSR2 during the exec: ignored, as always', async (t) => {
 
 t.test('SIGPROF (no handler) during the exec: discarded, said in the log', async (t) => {
   await signalDuringExec(t, 'SIGPROF');
-  await matchLog(t, d.logs, /"signals":\["SIGPROF"\],"msg":"signals without a handler were sent during the re-exec: discarded"/, 'SIGPROF was taken out, not acted on');
+  await matchLog(t, d.logs, /"signals":\["SIGPROF"\],"msg":"signals without a handler arrived before the daemon was ready \(during a re-exec\): discarded"/, 'SIGPROF was taken out, not acted on');
   await c.release('', img, 0);
   t.equal(probeOne(img), 'free', 'the client is still served on its old connection: released');
   await c.acquire('', img, 0);

@@ -72,6 +72,6 @@ export async function run(argv: string[], early: Sig[], originalArgv?: string[])
   // (src/daemon/execSignals.ts): pending ones are delivered now, to these
   // handlers. (Node itself leaves SIGUSR1 blocked under the permission model.)
   const dropped = releaseHeldSignals();
-  if (dropped.length) log.warn({ signals: dropped }, 'signals without a handler were sent during the re-exec: discarded');
+  if (dropped.length) log.warn({ signals: dropped }, 'signals without a handler arrived before the daemon was ready (during a re-exec): discarded');
   for (const sig of early) handle(sig);
 }

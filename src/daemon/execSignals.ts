@@ -56,6 +56,14 @@ export function holdSignalsForExec(): void {
  * delivered now. Returns the names of the signals discarded.
  */
 export function releaseHeldSignals(): string[] {
+  // The library takes its variables out of the environment; if it could not
+  // be loaded they are still here, and must not reach children or the next exec.
+  if (process.env.RELOCKD_EXEC_HOLD_PRELOAD !== undefined) {
+    if (process.env.RELOCKD_EXEC_HOLD_PRELOAD) process.env.LD_PRELOAD = process.env.RELOCKD_EXEC_HOLD_PRELOAD;
+    else delete process.env.LD_PRELOAD;
+    delete process.env.RELOCKD_EXEC_HOLD_PRELOAD;
+  }
+  delete process.env.RELOCKD_EXEC_HOLD;
   native.execHoldRelease();
   const dropped = native.sigdrain(UNHANDLED.map(num));
   native.sigmask('unblock', EXEC_HELD_SIGNALS);
