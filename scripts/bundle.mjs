@@ -15,6 +15,40 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+
+// pino loads node:assert and node:worker_threads (9 of Node's internal
+// modules, ~2.5 ms of every start and re-exec blackout) at the top of three
+// of its files, for code the daemon never runs: SonicBoom's fd check, thread
+// transports, pino.destination()'s exit flush. Here those requires move into
+// the functions that use them. Each rewrite must match exactly once: a pino
+// update that changes these lines fails the build instead of bundling them
+// unchanged.
+const LAZY_BUILTINS = {
+  'sonic-boom/index.js': [["const assert = require('assert')", "const assert = (...a) => require('assert')(...a)"]],
+  'thread-stream/index.js': [
+    ["const { Worker } = require('worker_threads')", "const Worker = function (...a) { return new (require('worker_threads').Worker)(...a) }"],
+    ["const assert = require('assert')", "const assert = (...a) => require('assert')(...a)"],
+  ],
+  'pino/lib/tools.js': [
+    ["const { isMainThread } = require('worker_threads')\n", ''],
+    ['if (!opts.sync && isMainThread) {', "if (!opts.sync && require('worker_threads').isMainThread) {"],
+  ],
+};
+const lazyBuiltins = {
+  name: 'lazy-builtins',
+  setup(b) {
+    b.onLoad({ filter: /node_modules[\\/](sonic-boom[\\/]index|thread-stream[\\/]index|pino[\\/]lib[\\/]tools)\.js$/ }, (args) => {
+      const key = Object.keys(LAZY_BUILTINS).find((k) => args.path.endsWith(k));
+      let text = readFileSync(args.path, 'utf8');
+      for (const [from, to] of LAZY_BUILTINS[key]) {
+        const n = text.split(from).length - 1;
+        if (n !== 1) throw new Error(`bundle: ${key}: expected "${from.trim()}" once, found it ${n} times (pino or a dependency changed: update LAZY_BUILTINS)`);
+        text = text.replace(from, to);
+      }
+      return { contents: text, loader: 'js' };
+    });
+  },
+};
 // The daemon's entry: main.js plus the generated validators
 // (scripts/build-validators.mjs), registered so that they are part of the
 // bundle and so of the code cache a re-exec'd image compiles from. esbuild
@@ -39,6 +73,7 @@ for (const [entry, out, format] of [
     outfile: join(root, out),
     bundle: true,
     platform: 'node',
+    plugins: [lazyBuiltins],
     format,
     target: 'node20',
     // prom-client too: the daemon loads it on the first scrape only (src/metrics/exposition.ts).
