@@ -21,16 +21,22 @@
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 // Signals 1..63 still held, one bit each (read from any thread).
 static uint64_t held;
+// The process that holds them. A child forked meanwhile must not inherit a
+// hold nobody would end: libuv's spawn already resets the child's mask
+// (native.test checks the child blocks nothing); this also covers any
+// other fork.
+static pid_t holder;
 
 static uint64_t bit(int sig) { return (sig > 0 && sig < 64) ? (UINT64_C(1) << sig) : 0; }
 
 // Adds the held signals to a SIG_SETMASK set, takes them out of a SIG_UNBLOCK one.
 static const sigset_t* adjust(int how, const sigset_t* set, sigset_t* copy) {
   uint64_t h = __atomic_load_n(&held, __ATOMIC_ACQUIRE);
-  if (!h || !set || (how != SIG_SETMASK && how != SIG_UNBLOCK)) return set;
+  if (!h || !set || (how != SIG_SETMASK && how != SIG_UNBLOCK) || getpid() != holder) return set;
   *copy = *set;
   for (int sig = 1; sig < 64; sig++) {
     if (!(h & bit(sig))) continue;
@@ -76,6 +82,7 @@ __attribute__((constructor)) static void exec_hold_init(void) {
       h |= bit((int)sig);
       p = *end == ',' ? end + 1 : end;
     }
+    holder = getpid();
     __atomic_store_n(&held, h, __ATOMIC_RELEASE);
     unsetenv("RELOCKD_EXEC_HOLD");
   }

@@ -526,6 +526,7 @@ t.test('relockd_exec_hold.so keeps signals blocked through Node\'s start-up unti
   const c = start('/usr/bin/env', ['-u', 'NODE_OPTIONS', `LD_PRELOAD=${lib} ${before}`, `RELOCKD_EXEC_HOLD=${SIGUSR2},${SIGTERM}`, `RELOCKD_EXEC_HOLD_PRELOAD=${before}`, process.execPath, FIXTURE, 'exec-hold']);
   t.equal(await c.line(), `env ${JSON.stringify([before, null, null])}`, 'the library took itself and its variables out of the environment (children do not inherit it)');
   t.equal(await c.line(), `pending ${JSON.stringify([SIGUSR2, SIGTERM])}`, 'SIGUSR2 and SIGTERM (no handlers) stayed pending instead of ending the process');
+  t.equal(await c.line(), 'child SigBlk:\t0000000000000000', 'a child started during the hold blocks nothing (the hold is not inherited)');
   t.equal(await c.line(), 'released true', 'execHoldRelease found the library');
   t.equal(await c.line(), `drained [${SIGUSR2}]`, 'sigdrain took SIGUSR2 out without acting on it');
   t.equal(await c.line(), 'got SIGTERM', 'unblocked: the pending SIGTERM reached the handler installed meanwhile');
