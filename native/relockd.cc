@@ -565,6 +565,60 @@ Napi::Value Sigdrain(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// The last synchronous stretch of a re-exec (snapshot to execve) runs no
+// JavaScript: a signal arriving then would be taken by libuv's handler and
+// written to its pipe, which nobody reads again, and be lost at execve. For
+// that stretch these handlers only note the signal; SignalCaptureEnd then
+// makes it pending again on this thread (it survives execve, blocked, and the
+// new image handles it) or, when the exec failed, restores libuv's handlers
+// and sends it to the process again.
+static volatile sig_atomic_t g_captured[65];
+static struct sigaction g_capturedSaved[65];
+static bool g_capturing[65];
+
+static void RecordSignal(int sig) { g_captured[sig] = 1; }
+
+void SignalCapture(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  sigset_t set = SignalSetArg(env, info[0]);
+  for (int sig = 1; sig <= 64; sig++) {
+    if (sigismember(&set, sig) != 1 || g_capturing[sig]) continue;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = RecordSignal;
+    sigfillset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    g_captured[sig] = 0;
+    if (sigaction(sig, &sa, &g_capturedSaved[sig]) < 0) throw SysError(env, errno, "sigaction");
+    g_capturing[sig] = true;
+  }
+}
+
+// mode "pending": each captured signal is made pending on the calling thread
+// (which must block it); the handlers stay (execve resets them). mode
+// "raise": the saved handlers come back, then each captured signal is sent
+// to the process. Returns the signals captured.
+Napi::Value SignalCaptureEnd(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string mode = info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : "";
+  if (mode != "pending" && mode != "raise") ThrowType(env, "mode must be 'pending' or 'raise'");
+  Napi::Array out = Napi::Array::New(env);
+  uint32_t n = 0;
+  for (int sig = 1; sig <= 64; sig++) {
+    if (!g_capturing[sig]) continue;
+    if (mode == "raise") {
+      sigaction(sig, &g_capturedSaved[sig], nullptr);
+      g_capturing[sig] = false;
+    }
+    if (!g_captured[sig]) continue;
+    g_captured[sig] = 0;
+    out.Set(n++, Napi::Number::New(env, sig));
+    if (mode == "pending") syscall(SYS_tgkill, getpid(), static_cast<pid_t>(syscall(SYS_gettid)), sig);
+    else kill(getpid(), sig);
+  }
+  return out;
+}
+
 // Ends the signal hold of relockd_exec_hold.so (native/exec_hold.c) when the
 // re-exec preloaded it; false when it is not loaded.
 Napi::Value ExecHoldRelease(const Napi::CallbackInfo& info) {
@@ -1629,6 +1683,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   fn("sigpending", Sigpending);
   fn("sigdrain", Sigdrain);
   fn("execHoldRelease", ExecHoldRelease);
+  fn("signalCapture", SignalCapture);
+  fn("signalCaptureEnd", SignalCaptureEnd);
   fn("pidfdOpen", PidfdOpen);
   fn("pidfdGetfd", PidfdGetfd);
   fn("pidfdSendSignal", PidfdSendSignal);

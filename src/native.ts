@@ -179,6 +179,10 @@ export interface NativeBinding {
   sigdrain(signals: readonly number[]): number[];
   /** Ends the signal hold of relockd_exec_hold.so when a re-exec preloaded it (src/daemon/execSignals.ts); false when it is not loaded. */
   execHoldRelease(): boolean;
+  /** Until signalCaptureEnd, these signals are only noted (a re-exec's last synchronous stretch, src/daemon/execSignals.ts). */
+  signalCapture(signals: readonly number[]): void;
+  /** 'pending': noted signals made pending on this thread (blocked; they survive execve). 'raise': the previous handlers back, noted signals sent to the process. Returns those noted. */
+  signalCaptureEnd(mode: 'pending' | 'raise'): number[];
   /** pidfd_open(pid, 0); the fd is O_CLOEXEC. Close it with fs.closeSync. */
   pidfdOpen(pid: number): number;
   /** pidfd_getfd: a close-on-exec copy of fd `targetfd` of the process behind `pidfd` (needs ptrace rights). */
@@ -316,6 +320,8 @@ export const {
   sigpending,
   sigdrain,
   execHoldRelease,
+  signalCapture,
+  signalCaptureEnd,
   pidfdOpen,
   pidfdGetfd,
   pidfdSendSignal,

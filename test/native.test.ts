@@ -535,6 +535,44 @@ t.test('relockd_exec_hold.so keeps signals blocked through Node\'s start-up unti
   t.same(native.sigdrain([SIGUSR2]), [], 'nothing pending: sigdrain takes nothing');
 });
 
+t.test('signalCapture notes signals; signalCaptureEnd makes them pending or sends them again', async (t) => {
+  let got = 0;
+  const onUsr2 = () => got++;
+  process.on('SIGUSR2', onUsr2);
+  try {
+    // 'raise' (an exec that failed): the previous handler (libuv's) back, the signal sent again.
+    native.signalCapture([SIGUSR2]);
+    process.kill(process.pid, 'SIGUSR2');
+    await new Promise((r) => setTimeout(r, 100));
+    t.equal(got, 0, 'while captured, the JS listener does not run');
+    t.same(native.signalCaptureEnd('raise'), [SIGUSR2], 'the noted signal is returned');
+    t.ok(await waitForCount(() => got, 1), 'and reaches the JS listener once sent again');
+    // 'pending' (just before execve): made pending on this thread, which blocks it.
+    native.sigmask('block', [SIGUSR2]);
+    native.signalCapture([SIGUSR2]);
+    process.kill(process.pid, 'SIGUSR2'); // blocked here: another thread takes it, asynchronously
+    await new Promise((r) => setTimeout(r, 100));
+    t.same(native.signalCaptureEnd('pending'), [SIGUSR2], 'noted');
+    t.ok(native.sigpending().includes(SIGUSR2), 'pending again (as it would cross execve)');
+    t.same(native.signalCaptureEnd('raise'), [], 'handlers restored; nothing noted since');
+    t.same(native.sigdrain([SIGUSR2]), [SIGUSR2], 'taken out');
+    native.sigmask('unblock', [SIGUSR2]);
+    t.equal(got, 1, 'the listener ran only for the first');
+    t.throws(() => native.signalCaptureEnd('later' as never), TypeError);
+  } finally {
+    process.removeListener('SIGUSR2', onUsr2);
+  }
+});
+
+async function waitForCount(get: () => number, n: number, ms = 3000): Promise<boolean> {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    if (get() >= n) return true;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  return get() >= n;
+}
+
 // ---- pidfds -----------------------------------------------------------------------------------
 
 t.test('pidfdOpen / pidfdSendSignal', async (t) => {

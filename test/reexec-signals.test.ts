@@ -99,6 +99,39 @@ t.test('SIGPROF (no handler) during the exec: discarded, said in the log', async
   t.equal(probeOne(img), 'held', 'and acquired again');
 });
 
+t.test('SIGHUP in the old image\'s last synchronous stretch: carried across the execve, handled by the new image', async (t) => {
+  // No JavaScript runs from the snapshot to execve; Node's own handler would take the signal into a
+  // pipe nobody reads again. Here that stretch is stretched to 1.5 s (RELOCKD_TEST_EXEC_STALL_MS).
+  const d2 = await startRelockd({ logLevel: 'info', env: { RELOCKD_TEST_EXEC_STALL_MS: '1500' } });
+  t.teardown(() => d2.kill('SIGKILL'));
+  const img2 = join(d2.dir, 'disk2.img');
+  writeFileSync(img2, '');
+  const c2 = await LockspaceClient.connect(d2.socketPath);
+  await c2.register({ uuid: '0badc0de-0000-4000-8000-000000000002', name: 'vm-stretch', id: 2, pid: process.pid });
+  await c2.acquire('', img2, 0);
+  const reloads = () => (d2.logs().match(/"msg":"configuration reloaded"/g) ?? []).length;
+  const r0 = reloads();
+  const wchan = () => {
+    try {
+      return readFileSync(`/proc/${d2.pid}/wchan`, 'utf8');
+    } catch {
+      return '';
+    }
+  };
+  process.kill(d2.pid, 'SIGUSR1');
+  // Idle, the main thread waits in epoll; in the stall, on a futex.
+  t.ok(await waitFor(() => wchan().startsWith('futex'), 5000, 2), 'the main thread waits on a futex');
+  await new Promise((r) => setTimeout(r, 50));
+  t.ok(wchan().startsWith('futex'), `and still does 50 ms later: the old image is in its last synchronous stretch (${wchan()})`);
+  t.equal((d2.logs().match(/"msg":"re-exec complete"/g) ?? []).length, 0, 'no new image yet');
+  process.kill(d2.pid, 'SIGHUP');
+  await matchLog(t, d2.logs, /"msg":"re-exec complete"/, 're-exec complete');
+  await matchLog(t, d2.logs, /"msg":"re-exec complete"[^\n]*\n(?:[^\n]*\n)*?[^\n]*"msg":"configuration reloaded"/, 'the SIGHUP was handled, by the new image');
+  t.equal(reloads(), r0 + 1, 'exactly once');
+  t.equal(probeOne(img2), 'held', 'lease held');
+  c2.close();
+});
+
 t.test('SIGTERM during the exec: the shutdown policy (drain) applies, no lock is dropped', async (t) => {
   await signalDuringExec(t, 'SIGTERM');
   await matchLog(t, d.logs, /"signal":"SIGTERM","owners":1,"msg":"draining/, 'SIGTERM was handled (late): draining');

@@ -44,9 +44,24 @@ export function execHoldEnv(env: NodeJS.ProcessEnv): Record<string, string> {
   };
 }
 
-/** The old image, just before execve: the mask survives the exec. */
+/**
+ * The old image, at the start of its last synchronous stretch (no
+ * JavaScript runs until execve): a handled signal from now on is only noted,
+ * instead of being taken by libuv's handler and lost at execve.
+ */
+export function captureSignalsForExec(): void {
+  native.signalCapture(HANDLED.map(num));
+}
+
+/** The old image, just before execve: the mask survives the exec, and so do the noted signals, made pending again. */
 export function holdSignalsForExec(): void {
   native.sigmask('block', EXEC_HELD_SIGNALS);
+  native.signalCaptureEnd('pending');
+}
+
+/** The old image, when the exec did not happen: libuv's handlers back, and the noted signals sent again (they are handled as usual). */
+export function endSignalCapture(): void {
+  native.signalCaptureEnd('raise');
 }
 
 /**

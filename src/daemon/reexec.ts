@@ -19,7 +19,7 @@ import { dirname, basename, join } from 'node:path';
 import * as native from '../native.js';
 import { flushTurnNow } from '../turnFlush.js';
 import { codeCacheEnv } from './codeCache.js';
-import { execHoldEnv, holdSignalsForExec, releaseHeldSignals } from './execSignals.js';
+import { captureSignalsForExec, endSignalCapture, execHoldEnv, holdSignalsForExec, releaseHeldSignals } from './execSignals.js';
 import type { ClientConnection } from '../rpc/connection.js';
 import type { Header } from '../rpc/packet.js';
 import { buildState } from '../state/snapshot.js';
@@ -169,6 +169,10 @@ export class Reexecutor {
       if (stuck.length) throw new ExecRefusal(`a storage call on ${stuck.join(', ')} has not returned: execve would wait for it; retry when the storage answers`, true);
 
       // ---- synchronous from here to execve --------------------------------
+      captureSignalsForExec();
+      // Tests widen this stretch to send a signal into it (test/reexec-signals.test.ts).
+      const stallMs = Number(process.env.RELOCKD_TEST_EXEC_STALL_MS ?? 0);
+      if (stallMs > 0) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, stallMs);
       for (const c of this.allClients()) if (!c.isClosed) detached.set(c, c.detachForExec());
       const doc = this.snapshot(trigger, requestedAtNs, detached);
       ms.mark('snapshot');
@@ -193,6 +197,7 @@ export class Reexecutor {
       throw new ReexecFailure('execve returned'); // not reached: execve throws on failure
     } catch (err) {
       // ---- failure before execve: undo everything, keep serving -------------
+      endSignalCapture();
       const dropped = releaseHeldSignals();
       if (dropped.length) log.warn({ signals: dropped }, 'signals without a handler arrived while the exec was prepared: discarded');
       if (cleared.length) native.setCloexecAll(Int32Array.from(cleared), true);
