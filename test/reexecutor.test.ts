@@ -72,6 +72,19 @@ t.test('a stopping daemon refuses, touching nothing', async (t) => {
   t.equal(host.lockService.frozen, false);
 });
 
+t.test('a stop asked for while quiescing: no exec, and the stop is not forgotten', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'relockd-reexecutor-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const host = fakeHost(dir);
+  const r = new Reexecutor(host).run('SIGUSR1');
+  host.stopping = 'drain'; // a SIGTERM handled while the re-exec waits for requests in flight
+  t.same(await r, { ok: false, error: 'the daemon began stopping (drain) during the re-exec, which was therefore not done', transient: false });
+  t.equal(existsSync(host.stateFile), false, 'no state file written');
+  t.same(host.notes, ['READY=1'], 'systemd told: ready again (never reloading)');
+  t.equal(host.stopping, 'drain', 'still stopping');
+  t.equal(host.lockService.frozen, false, 'releases flow again (a drain waits for them)');
+});
+
 t.test('execve failing: everything undone, the failure recorded, still serving', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'relockd-reexecutor-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));

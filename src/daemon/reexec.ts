@@ -161,6 +161,10 @@ export class Reexecutor {
     let written: string | null = null;
     try {
       await this.quiesce();
+      // A stop asked for while we quiesced (a SIGTERM then is handled here, in
+      // the old image): the new image would not know of it and the stop would
+      // be forgotten. Stay, and keep stopping.
+      if (d.stopping) throw new ExecRefusal(`the daemon began stopping (${d.stopping}) during the re-exec, which was therefore not done`, false);
       const ms = savePhases(requestedAtNs);
       // execve first ends every other thread: one blocked in a close on a
       // hung FUSE mount (FLUSH waits uninterruptibly) never ends, and the
