@@ -2,10 +2,11 @@
 // handlers, and replay of signals that arrived while we were loading.
 
 import * as native from '../native.js';
-import { releaseHeldSignals } from '../daemon/execSignals.js';
+import { HANDLED_SIGNALS, releaseHeldSignals } from '../daemon/execSignals.js';
 import { main } from './relockd.js';
 
-const SIGNALS = ['SIGUSR1', 'SIGHUP', 'SIGTERM', 'SIGINT', 'SIGQUIT', 'SIGUSR2'] as const;
+// Also in bin/relockd.cjs (its early listeners), which loads before any module.
+const SIGNALS = HANDLED_SIGNALS;
 type Sig = (typeof SIGNALS)[number];
 
 export async function run(argv: string[], early: Sig[], originalArgv?: string[]): Promise<void> {

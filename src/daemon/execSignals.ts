@@ -16,16 +16,16 @@ import { constants } from 'node:os';
 import { dirname, join } from 'node:path';
 import * as native from '../native.js';
 
-/** Signals the daemon handles (src/cli/main.ts). */
-const HANDLED = ['SIGUSR1', 'SIGHUP', 'SIGTERM', 'SIGINT', 'SIGQUIT', 'SIGUSR2'] as const;
+/** Signals the daemon handles (src/cli/main.ts installs the handlers). */
+export const HANDLED_SIGNALS = ['SIGUSR1', 'SIGHUP', 'SIGTERM', 'SIGINT', 'SIGQUIT', 'SIGUSR2'] as const;
 /** Asynchronous signals whose default action ends the process and that the daemon has no handler for. */
 const UNHANDLED = ['SIGPIPE', 'SIGALRM', 'SIGVTALRM', 'SIGPROF', 'SIGIO', 'SIGPWR', 'SIGXCPU', 'SIGSTKFLT'] as const;
 
 const num = (name: string): number => constants.signals[name as keyof typeof constants.signals];
-const byNumber = new Map<number, string>([...HANDLED, ...UNHANDLED].map((n) => [num(n), n]));
+const byNumber = new Map<number, string>([...HANDLED_SIGNALS, ...UNHANDLED].map((n) => [num(n), n]));
 
 /** Every signal held across the execve. */
-const EXEC_HELD_SIGNALS: readonly number[] = [...HANDLED, ...UNHANDLED].map(num);
+const EXEC_HELD_SIGNALS: readonly number[] = [...HANDLED_SIGNALS, ...UNHANDLED].map(num);
 
 /** The preload library, built beside the addon (binding.gyp). */
 const EXEC_HOLD_LIBRARY = join(dirname(native.addonPath), 'relockd_exec_hold.so');
@@ -50,7 +50,7 @@ export function execHoldEnv(env: NodeJS.ProcessEnv): Record<string, string> {
  * instead of being taken by libuv's handler and lost at execve.
  */
 export function captureSignalsForExec(): void {
-  native.signalCapture(HANDLED.map(num));
+  native.signalCapture(HANDLED_SIGNALS.map(num));
 }
 
 /** The old image, just before execve: the mask survives the exec, and so do the noted signals, made pending again. */
