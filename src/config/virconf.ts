@@ -57,11 +57,23 @@ export interface VirConfDocument {
 /** virConfReadFile's limit. */
 export const MAX_CONFIG_FILE_SIZE = 10 * 1024 * 1024;
 
+// Runs of characters are skipped with sticky regular expressions, not one
+// call per character: the file is parsed once at start-up and once before
+// each re-exec, both inside the re-exec blackout, by code that has not been
+// optimised yet (interpreted, the per-character loop took ~5 ms for
+// virtlockd.conf's 3 kB of comments).
+const BLANKS = /[ \t]*/y;
+const BLANKS_AND_EOL = /[ \t\n\r]*/y;
+const REST_OF_LINE = /[^\n\r]*/y;
+const NAME_CHARS = /[A-Za-z0-9_]*/y;
+const DIGITS = /[0-9]*/y;
+const IN_DOUBLE_QUOTES = /[^"\n\r]*/y;
+const IN_SINGLE_QUOTES = /[^'\n\r]*/y;
+
 const isBlank = (c: string | undefined) => c === ' ' || c === '\t';
 const isEol = (c: string | undefined) => c === '\n' || c === '\r';
 const isDigit = (c: string | undefined) => c !== undefined && c >= '0' && c <= '9';
 const isAlpha = (c: string | undefined) => c !== undefined && ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'));
-const isNameChar = (c: string | undefined) => isAlpha(c) || isDigit(c) || c === '_';
 
 /** Shows the character found where something else was expected. */
 function found(c: string | undefined): string {
@@ -101,21 +113,37 @@ class Parser {
     this.pos++;
   }
 
+  /** Moves to `end` (≥ pos), counting the lines passed. */
+  private advanceTo(end: number): void {
+    for (let nl = this.text.indexOf('\n', this.pos); nl !== -1 && nl < end; nl = this.text.indexOf('\n', nl + 1)) {
+      this.line++;
+      this.lineStart = nl + 1;
+    }
+    this.pos = end;
+  }
+
+  /** Skips what the sticky `run` matches here (it matches the empty string too). */
+  private skip(run: RegExp): void {
+    run.lastIndex = this.pos;
+    run.test(this.text);
+    this.advanceTo(run.lastIndex);
+  }
+
   private fail(message: string, at: Position = this.at(), key?: string): never {
     throw new ConfigError([{ file: this.file, line: at.line, column: at.column, message: `syntax error: ${message}`, ...(key ? { key } : {}) }]);
   }
 
   private skipBlanks(): void {
-    while (isBlank(this.peek())) this.next();
+    this.skip(BLANKS);
   }
 
   private skipBlanksAndEol(): void {
-    while (isBlank(this.peek()) || isEol(this.peek())) this.next();
+    this.skip(BLANKS_AND_EOL);
   }
 
   private restOfLine(): string {
     const start = this.pos;
-    while (this.peek() !== undefined && !isEol(this.peek())) this.next();
+    this.skip(REST_OF_LINE);
     return this.text.slice(start, this.pos);
   }
 
@@ -140,7 +168,7 @@ class Parser {
       this.fail(`expected a setting name (a letter, then letters, digits or '_'), found ${found(this.peek())}`);
     }
     const from = this.pos;
-    while (isNameChar(this.peek())) this.next();
+    this.skip(NAME_CHARS);
     const key = this.text.slice(from, this.pos);
     this.skipBlanks();
     if (this.peek() !== '=') {
@@ -192,7 +220,7 @@ class Parser {
     const negative = this.peek() === '-';
     if (this.peek() === '-' || this.peek() === '+') this.next();
     if (!isDigit(this.peek())) this.fail(`unterminated number for '${key}': expected a digit after the sign, found ${found(this.peek())}`, this.at(), key);
-    while (isDigit(this.peek())) this.next();
+    this.skip(DIGITS);
     // Anything glued to the digits (1.5, 0x10, 10s) is refused by the separator check, as by libvirt.
     return { value: Number(this.text.slice(start, this.pos)), type: negative ? 'signed' : 'unsigned' };
   }
@@ -202,7 +230,8 @@ class Parser {
     if (this.text.startsWith('"""', this.pos)) {
       for (let i = 0; i < 3; i++) this.next();
       const from = this.pos;
-      while (this.peek() !== undefined && !this.text.startsWith('"""', this.pos)) this.next();
+      const close = this.text.indexOf('"""', this.pos);
+      this.advanceTo(close === -1 ? this.text.length : close);
       if (this.peek() === undefined) this.fail(`unterminated string for '${key}': no closing """ for the one opened here`, open, key);
       const s = this.text.slice(from, this.pos);
       for (let i = 0; i < 3; i++) this.next();
@@ -211,7 +240,7 @@ class Parser {
     const quote = this.peek()!;
     this.next();
     const from = this.pos;
-    while (this.peek() !== undefined && this.peek() !== quote && !isEol(this.peek())) this.next();
+    this.skip(quote === '"' ? IN_DOUBLE_QUOTES : IN_SINGLE_QUOTES);
     if (this.peek() !== quote) {
       this.fail(
         `unterminated string for '${key}': expected a closing ${quote} before the ${this.peek() === undefined ? 'end of the file' : 'end of the line'} (strings have no escapes and do not span lines; use """...""" for that)`,
