@@ -35,7 +35,7 @@ import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, stat
 import { cpus } from 'node:os';
 import { dirname, join, resolve as resolvePath } from 'node:path';
 import { parseArgs } from 'node:util';
-import { startRelockd } from '../test/lib/relockd.js';
+import { NODE_FLAGS, startRelockd } from '../test/lib/relockd.js';
 import { startVirtlockd, virtlockdAvailable, virtlockdUnavailableReason, visibleTmpDir } from '../test/lib/virtlockd.js';
 import { probe } from '../test/lib/probe.js';
 import { statTicks } from './worker.js';
@@ -69,6 +69,10 @@ const USAGE = `usage: node dist/bench/reexecbench.js [options]
                      (+30-60 ms here); relockd.service does not set it
   --alt PATH         also measure another relockd build as 'relockd-alt' (PATH = its
                      bin/relockd.cjs, with its dist/ and build/ beside it)
+  --boot-profile DIR every re-exec'd relockd image writes a CPU profile of its first 250 ms
+                     to DIR (bin/relockd.cjs's RELOCKD_BOOT_PROFILE; relockd then runs without
+                     Node's permission model, which refuses the inspector): for
+                     node dist/bench/profsummary.js; the profiler adds its own cost to every phase
   --timeout S        per re-exec, until every request is answered (default 60)
   --json             results as JSON on stdout (the tables go to stderr)
   -h, --help`;
@@ -85,6 +89,7 @@ interface Opts {
   stateDir?: string;
   rawEnv: boolean;
   alt?: string;
+  bootProfile?: string;
   timeoutMs: number;
   json: boolean;
 }
@@ -103,6 +108,7 @@ function parseOpts(): Opts {
       'state-dir': { type: 'string' },
       'raw-env': { type: 'boolean', default: false },
       alt: { type: 'string' },
+      'boot-profile': { type: 'string' },
       timeout: { type: 'string', default: '60' },
       json: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
@@ -136,6 +142,7 @@ function parseOpts(): Opts {
     stateDir: values['state-dir'] ? resolvePath(values['state-dir']) : undefined,
     rawEnv: values['raw-env']!,
     alt: values.alt ? resolvePath(values.alt) : undefined,
+    bootProfile: values['boot-profile'] ? resolvePath(values['boot-profile']) : undefined,
     timeoutMs: Number(values.timeout) * 1000,
     json: values.json!,
   };
@@ -170,7 +177,8 @@ function relockdTarget(label: string, opts: Opts, bin?: string): Target {
         logLevel: opts.logLevel,
         args: ['--max-clients', String(opts.maxClients)],
         // undefined: dropped by spawn()
-        env: opts.rawEnv ? {} : { NODE_EXTRA_CA_CERTS: undefined },
+        env: { ...(opts.rawEnv ? {} : { NODE_EXTRA_CA_CERTS: undefined }), ...(opts.bootProfile ? { RELOCKD_BOOT_PROFILE: opts.bootProfile } : {}) },
+        ...(opts.bootProfile ? { nodeFlags: NODE_FLAGS.filter((f) => f !== '--experimental-permission' && !f.startsWith('--allow-')) } : {}),
       });
       return {
         label,

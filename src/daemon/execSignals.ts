@@ -37,10 +37,13 @@ const EXEC_HOLD_LIBRARY = join(dirname(native.addonPath), 'relockd_exec_hold.so'
 export function execHoldEnv(env: NodeJS.ProcessEnv): Record<string, string> {
   if (!existsSync(EXEC_HOLD_LIBRARY)) return {};
   const before = env.LD_PRELOAD ?? '';
+  // Benchmarking aid (bin/relockd.cjs): a boot profile is sampled with
+  // SIGPROF from the first statement on, so SIGPROF cannot be held then.
+  const held = env.RELOCKD_BOOT_PROFILE ? EXEC_HELD_SIGNALS.filter((s) => s !== num('SIGPROF')) : EXEC_HELD_SIGNALS;
   return {
     LD_PRELOAD: before ? `${EXEC_HOLD_LIBRARY} ${before}` : EXEC_HOLD_LIBRARY,
     RELOCKD_EXEC_HOLD_PRELOAD: before,
-    RELOCKD_EXEC_HOLD: EXEC_HELD_SIGNALS.join(','),
+    RELOCKD_EXEC_HOLD: held.join(','),
   };
 }
 

@@ -63,6 +63,8 @@ export interface RelockdOptions {
   logLevel?: string | null;
   /** NODE_OPTIONS for the daemon (set after env(1) has dropped tap's). */
   nodeOptions?: string;
+  /** node's own flags, instead of NODE_FLAGS (the permission model). */
+  nodeFlags?: string[];
 }
 
 export function waitForSocket(path: string, timeoutMs = 15000, isDead?: () => boolean): Promise<void> {
@@ -105,7 +107,7 @@ export async function startRelockd(opts: RelockdOptions = {}): Promise<StartedDa
   const dir = opts.dir ?? mkdtempSync(join(tmpdir(), 'relockd-test-'));
   const socketPath = join(dir, 'relockd.sock');
   let logs = '';
-  const child = spawn('/usr/bin/env', [...ENV_PREFIX, ...(opts.nodeOptions ? [`NODE_OPTIONS=${opts.nodeOptions}`] : []), opts.node ?? process.execPath, ...NODE_FLAGS, opts.bin ?? RELOCKD_BIN, '--runtime-dir', dir, '--socket', socketPath, ...(opts.logLevel === null ? [] : ['--log-level', opts.logLevel ?? 'debug']), ...(opts.args ?? [])], {
+  const child = spawn('/usr/bin/env', [...ENV_PREFIX, ...(opts.nodeOptions ? [`NODE_OPTIONS=${opts.nodeOptions}`] : []), opts.node ?? process.execPath, ...(opts.nodeFlags ?? NODE_FLAGS), opts.bin ?? RELOCKD_BIN, '--runtime-dir', dir, '--socket', socketPath, ...(opts.logLevel === null ? [] : ['--log-level', opts.logLevel ?? 'debug']), ...(opts.args ?? [])], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: cleanEnv(opts.env),
   });
