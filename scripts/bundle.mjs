@@ -88,6 +88,13 @@ for (const [entry, out, format] of [
     // string, ~1 MB instead of ~0.5 MB. esbuild escapes them in code; the
     // ones left are in comments, replaced below.
     charset: 'ascii',
+    // Whitespace and syntax minified, names kept (stack traces and profiles
+    // still name every function; the linked source map has the positions):
+    // the daemon's bundle is 563 instead of 877 kB. Every start and re-exec
+    // reads it, and V8 keeps it as a string for the process's lifetime
+    // (lazy compilation needs the source).
+    minifyWhitespace: true,
+    minifySyntax: true,
     sourcemap: 'linked',
     logLevel: 'warning',
   });

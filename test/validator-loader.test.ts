@@ -26,5 +26,5 @@ t.test('unregistered: from dist/validators/', async (t) => {
 
 t.test("the daemon's bundle carries both validators", async (t) => {
   const bundle = readFileSync(join(ROOT, 'dist', 'relockd-main.cjs'), 'latin1');
-  for (const name of ['state', 'config']) t.match(bundle, new RegExp(`registerBundled\\("${name}", \\(\\) => require_${name}\\(\\)\\)`), `${name} registered from the bundle`);
+  for (const name of ['state', 'config']) t.match(bundle, new RegExp(`registerBundled\\("${name}", ?\\(\\) ?=> ?require_${name}\\(\\)\\)`), `${name} registered from the bundle`);
 });
