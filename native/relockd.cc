@@ -17,6 +17,7 @@
 #include <link.h>
 #include <malloc.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -287,6 +288,24 @@ void SetCloexec(const Napi::CallbackInfo& info) {
     throw SysError(info.Env(), errno, "fcntl(F_SETFD)");
 }
 
+// fdInfo's work for one fd: [dev, ino, mode] into out[0..2] (mode = -errno
+// when fstat fails), then FD_CLOEXEC as asked (-1 leave, 0 clear, 1 set).
+void FdOne(int fd, int cloexec, double* out) {
+  struct stat st;
+  if (fstat(fd, &st) < 0) {
+    out[0] = 0;
+    out[1] = 0;
+    out[2] = -errno;
+    return;
+  }
+  out[0] = static_cast<double>(st.st_dev);
+  out[1] = static_cast<double>(st.st_ino);
+  out[2] = st.st_mode;
+  // FD_CLOEXEC is the only fd flag: set the word directly, no F_GETFD.
+  if (cloexec >= 0) fcntl(fd, F_SETFD, cloexec ? FD_CLOEXEC : 0);
+}
+
+
 // Re-exec works on thousands of fds at once (one per lease): one call that
 // fstats each fd and optionally sets or clears FD_CLOEXEC, instead of two
 // JS<->C transitions per fd. Returns [dev, ino, mode] per fd as doubles (the
@@ -299,21 +318,96 @@ Napi::Value FdInfo(const Napi::CallbackInfo& info) {
   int cloexec = static_cast<int>(IntArg(info, 1, "cloexec", -1, 1));  // -1 leave, 0 clear, 1 set
   size_t n = fds.ElementLength();
   Napi::Float64Array out = Napi::Float64Array::New(env, n * 3);
+  for (size_t i = 0; i < n; i++) FdOne(fds[i], cloexec, out.Data() + i * 3);
+  return out;
+}
+
+// ---- fdInfo on a background thread ------------------------------------------------
+// An fstat or F_SETFD costs 1.5-3.6 us here (system calls under page-table
+// isolation): at 10k leases the fdInfo of a restore was ~36 ms of the
+// re-exec blackout. A re-exec'd image starts it as soon as it knows the fds
+// (the old image names them: src/state/fdPrescan.ts) and parses its state
+// meanwhile; fdInfoTake joins the thread and does inline the fds it did not
+// have. The thread runs with every signal blocked: signals go to the main
+// thread.
+struct FdInfoJob {
+  pthread_t thread;
+  bool started = false;
+  std::vector<int> fds;
+  int cloexec = -1;
+  std::vector<double> out;  // [dev, ino, mode | -errno] per fd
+};
+FdInfoJob g_fdInfoJob;
+
+void* FdInfoJobRun(void*) {
+  FdInfoJob& j = g_fdInfoJob;
+  for (size_t i = 0; i < j.fds.size(); i++) FdOne(j.fds[i], j.cloexec, &j.out[i * 3]);
+  return nullptr;
+}
+
+void FdInfoJobJoin() {
+  if (!g_fdInfoJob.started) return;
+  pthread_join(g_fdInfoJob.thread, nullptr);
+  g_fdInfoJob.started = false;
+}
+
+// fdInfoStart(fds, cloexec): fdInfo's work for `fds`, on a thread (a
+// previous job is joined and dropped first).
+void FdInfoStart(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+    ThrowType(env, "fds must be an Int32Array");
+  Napi::Int32Array fds = info[0].As<Napi::Int32Array>();
+  int cloexec = static_cast<int>(IntArg(info, 1, "cloexec", -1, 1));
+  FdInfoJobJoin();
+  FdInfoJob& j = g_fdInfoJob;
+  j.fds.assign(fds.Data(), fds.Data() + fds.ElementLength());
+  j.cloexec = cloexec;
+  j.out.assign(j.fds.size() * 3, 0);
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  int rc = pthread_create(&j.thread, nullptr, FdInfoJobRun, nullptr);
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  if (rc != 0) {
+    j.fds.clear();  // no thread: fdInfoTake does it all inline
+    return;
+  }
+  j.started = true;
+}
+
+// fdInfoTake(fds, cloexec): joins the job, then returns fdInfo(fds, cloexec):
+// the job's result for each fd it did with the same cloexec, inline for the
+// others. The job is then gone.
+Napi::Value FdInfoTake(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+    ThrowType(env, "fds must be an Int32Array");
+  Napi::Int32Array fds = info[0].As<Napi::Int32Array>();
+  int cloexec = static_cast<int>(IntArg(info, 1, "cloexec", -1, 1));
+  FdInfoJobJoin();
+  FdInfoJob& j = g_fdInfoJob;
+  bool usable = j.cloexec == cloexec;
+  int maxFd = -1;
+  if (usable)
+    for (int fd : j.fds) maxFd = std::max(maxFd, fd);
+  std::vector<int> at(maxFd + 1, -1);  // fd -> its index in the job
+  for (size_t i = 0; usable && i < j.fds.size(); i++)
+    if (j.fds[i] >= 0) at[j.fds[i]] = static_cast<int>(i);
+  size_t n = fds.ElementLength();
+  Napi::Float64Array out = Napi::Float64Array::New(env, n * 3);
   for (size_t i = 0; i < n; i++) {
     int fd = fds[i];
-    struct stat st;
-    if (fstat(fd, &st) < 0) {
-      out[i * 3] = 0;
-      out[i * 3 + 1] = 0;
-      out[i * 3 + 2] = -errno;
-      continue;
+    int k = fd >= 0 && fd <= maxFd ? at[fd] : -1;
+    if (k < 0) {
+      FdOne(fd, cloexec, out.Data() + i * 3);
+    } else {
+      for (int c = 0; c < 3; c++) out[i * 3 + c] = j.out[k * 3 + c];
     }
-    out[i * 3] = static_cast<double>(st.st_dev);
-    out[i * 3 + 1] = static_cast<double>(st.st_ino);
-    out[i * 3 + 2] = st.st_mode;
-    // FD_CLOEXEC is the only fd flag: set the word directly, no F_GETFD.
-    if (cloexec >= 0) fcntl(fd, F_SETFD, cloexec ? FD_CLOEXEC : 0);
   }
+  j.fds.clear();
+  j.out.clear();
+  j.cloexec = -1;
   return out;
 }
 
@@ -1673,6 +1767,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   fn("fsync", Fsync);
   fn("dup", Dup);
   fn("fdInfo", FdInfo);
+  fn("fdInfoStart", FdInfoStart);
+  fn("fdInfoTake", FdInfoTake);
   fn("peerCred", PeerCred);
   fn("peerPidfd", PeerPidfd);
   fn("execve", Execve);

@@ -148,6 +148,14 @@ export interface NativeBinding {
    * on failure. dev/ino are doubles, rounded like lockFile's.
    */
   fdInfo(fds: Int32Array, cloexec: -1 | 0 | 1): Float64Array;
+  /**
+   * fdInfo's work on a background thread (every signal blocked there) while
+   * the main thread does something else; one job at a time (a previous one
+   * is joined and dropped).
+   */
+  fdInfoStart(fds: Int32Array, cloexec: -1 | 0 | 1): void;
+  /** Joins the job, then fdInfo(fds, cloexec): the job's results for the fds it did with that cloexec, the others inline. */
+  fdInfoTake(fds: Int32Array, cloexec: -1 | 0 | 1): Float64Array;
   /** SO_PEERCRED of a connected AF_UNIX socket (the peer at connect time). */
   peerCred(fd: number): PeerCred;
   /**
@@ -311,6 +319,8 @@ export const {
   fsync,
   dup,
   fdInfo,
+  fdInfoStart,
+  fdInfoTake,
   peerCred,
   peerPidfd,
   execve,

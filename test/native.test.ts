@@ -986,6 +986,40 @@ t.test('fdInfo: dev/ino/mode of many fds in one call, setting or clearing FD_CLO
   fs.closeSync(b);
 });
 
+t.test('fdInfoStart/fdInfoTake: fdInfo on a background thread, the fds it did not have done inline', async (t) => {
+  const a = fs.openSync(tmpFile(), 'r');
+  const b = fs.openSync(tmpFile(), 'r');
+  const c = fs.openSync(tmpFile(), 'r');
+  const closed = fs.openSync(tmpFile(), 'r');
+  fs.closeSync(closed);
+  native.fdInfo(Int32Array.from([a, b, c]), 0);
+  native.fdInfoStart(Int32Array.from([a, closed, b]), 1);
+  // c was not in the job: done inline, in the order asked.
+  const got = native.fdInfoTake(Int32Array.from([c, b, a, closed]), 1);
+  native.fdInfo(Int32Array.from([a, b, c]), 0);
+  const want = native.fdInfo(Int32Array.from([c, b, a, closed]), 1);
+  t.same([...got], [...want], 'the same answers as fdInfo, fd by fd');
+  t.equal(got[11], -9, 'the closed fd: -EBADF');
+  for (const fd of [a, b, c]) t.equal(native.getCloexec(fd), true, `FD_CLOEXEC set on ${fd}`);
+
+  // A job made with another cloexec is not used: the take does its own.
+  native.fdInfo(Int32Array.from([a]), 0);
+  native.fdInfoStart(Int32Array.from([a]), -1);
+  native.fdInfoTake(Int32Array.from([a]), 1);
+  t.equal(native.getCloexec(a), true, 'a job with cloexec -1 does not stand in for 1');
+  // No job: plain fdInfo. A second start drops the first job.
+  native.fdInfo(Int32Array.from([a, b]), 0);
+  t.same([...native.fdInfoTake(Int32Array.from([a]), -1)].slice(0, 2), [...native.fdInfo(Int32Array.from([a]), -1)].slice(0, 2));
+  native.fdInfoStart(Int32Array.from([a]), 1);
+  native.fdInfoStart(Int32Array.from([b]), 1);
+  native.fdInfoTake(new Int32Array(0), 1);
+  t.equal(native.getCloexec(b), true, 'the second job ran');
+  t.throws(() => native.fdInfoStart([a] as unknown as Int32Array, 1), TypeError);
+  t.throws(() => native.fdInfoStart(Int32Array.from([a]), 2 as 1), RangeError);
+  t.throws(() => native.fdInfoTake(Int32Array.from([a]), -2 as -1), RangeError);
+  for (const fd of [a, b, c]) fs.closeSync(fd);
+});
+
 t.test('peek reads: bytes stay queued in the socket until consumed; pause, end of stream, writes unaffected', async (t) => {
   const { client, conn, fd } = await acceptedPair(t, 'peek.sock', { pauseOnConnect: true });
   const until = async (cond: () => boolean) => {

@@ -1,6 +1,7 @@
 // `relockd`: parses the command line (virtlockd's flags plus relockd's own)
 // and hands over to the daemon. No logic beyond turning flags into options.
 
+import { startFdPrescan } from '../state/fdPrescan.js';
 import { isAbsolute, resolve } from 'node:path';
 import { Daemon } from '../daemon/daemon.js';
 import { enterRoot } from '../startCwd.js';
@@ -113,6 +114,8 @@ function withAbsoluteScript(argv: string[], cwd: string): string[] {
 
 export async function main(argv: string[], originalArgv?: string[]): Promise<Daemon | undefined> {
   mark('modules');
+  // A re-exec'd image: its lease fds are checked in the background while it parses its arguments, configuration and state (fdPrescan.ts).
+  startFdPrescan();
   const reexec = process.env[REEXEC_ENV] !== undefined;
   let args: CliArgs;
   try {

@@ -4,6 +4,7 @@
 // trusted: keep every inherited fd, adopt what can be recognised). The
 // daemon (daemon.ts) chooses the path and implements BootHost.
 
+import { fdPrescan } from '../state/fdPrescan.js';
 import type { HealthMonitor } from '../health/monitor.js';
 import type { StorageClassifier } from '../locks/storageClass.js';
 import { unverifiableFds } from '../services/healthWiring.js';
@@ -179,7 +180,7 @@ export async function startFromState(d: BootHost, parsed: StateDocument, request
     d.boot = 'restored';
   }
   d.log.info(
-    { blackoutMs, bootMs: bootMarks(), listeners: report.listeners, clients: report.clients, resources: report.resources, lockspaces: report.lockspaces, terminations: report.terminations.length, fromVersion: prev?.version, toVersion: d.version, trigger: prev?.trigger },
+    { blackoutMs, bootMs: bootMarks(), listeners: report.listeners, clients: report.clients, resources: report.resources, lockspaces: report.lockspaces, terminations: report.terminations.length, fromVersion: prev?.version, toVersion: d.version, trigger: prev?.trigger, fdPrescan },
     're-exec complete',
   );
 }

@@ -19,6 +19,8 @@ import { dirname, basename, join } from 'node:path';
 import * as native from '../native.js';
 import { flushTurnNow } from '../turnFlush.js';
 import { codeCacheEnv } from './codeCache.js';
+import { encodeFdRanges, FD_PRESCAN_ENV } from '../state/fdPrescan.js';
+import { unverifiableFds } from '../services/healthWiring.js';
 import { captureSignalsForExec, endSignalCapture, execHoldEnv, holdSignalsForExec, releaseHeldSignals } from './execSignals.js';
 import type { ClientConnection } from '../rpc/connection.js';
 import type { Header } from '../rpc/packet.js';
@@ -232,7 +234,13 @@ export class Reexecutor {
   /** relockd's own re-exec: its document, every fd it names, the original argv. */
   private ownPlan(doc: StateDocument, requestedAtNs: bigint): ExecPlan {
     const ext = doc.relockd!;
-    const env = { ...process.env, ...codeCacheEnv(), ...execHoldEnv(process.env), [REEXEC_ENV]: `${process.pid}:${requestedAtNs}` };
+    const env: NodeJS.ProcessEnv = { ...process.env, ...codeCacheEnv(), ...execHoldEnv(process.env), [REEXEC_ENV]: `${process.pid}:${requestedAtNs}` };
+    // The lease fds the new image fstats in the background while it loads
+    // (state/fdPrescan.ts); not those on storage that is not healthy, whose fstat could block.
+    const unverifiable = unverifiableFds(doc);
+    const prescan = encodeFdRanges(ext.resources.map((r) => r.fd).filter((fd) => !unverifiable.has(fd)));
+    delete env[FD_PRESCAN_ENV];
+    if (prescan) env[FD_PRESCAN_ENV] = prescan;
     return {
       stateFile: this.d.stateFile,
       text: serialiseState(doc),

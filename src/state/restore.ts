@@ -196,9 +196,10 @@ function restoreLockSpaces(run: RestoreRun): void {
   const spaces = [{ dir: '', st: doc.defaultLockspace }, ...doc.lockspaces.map((l) => ({ dir: fromDocText(l.directory!), st: l }))];
   const skip = run.target.unverifiable ?? new Set<number>();
   // One addon call for every lease fd (fstat + close-on-exec), read by index: at 10k leases a Map of stat objects was a third of adoption.
+  // Most of it was done in the background while this image loaded, when the old image named the fds (fdPrescan.ts).
   const fds: number[] = [];
   for (const { st } of spaces) for (const r of st.resources) if (!skip.has(r.fd)) fds.push(r.fd);
-  const raw = native.fdInfo(Int32Array.from(fds), 1);
+  const raw = native.fdInfoTake(Int32Array.from(fds), 1);
   let i = 0;
   for (const { dir, st } of spaces) {
     const ls = run.target.manager.adoptLockSpace(dir);
