@@ -52,7 +52,7 @@ t.test('a re-exec hands the lease fds over for a background check: all held, all
   const all = [...images, ...Array.from({ length: 5 }, (_, i) => join(space, `lease${i}`))];
 
   for (let round = 1; round <= 2; round++) {
-    await d.reexec();
+    await d.reexec!();
     const line = d
       .logs()
       .split('\n')
