@@ -133,6 +133,12 @@ double ToIntOrThrow(Napi::Env env, Napi::Value v, const std::string& name,
   return d;
 }
 
+// The Int32Array of fds the batched fd calls take.
+Napi::Int32Array FdsArg(Napi::Env env, Napi::Value v) {
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) ThrowType(env, "fds must be an Int32Array");
+  return v.As<Napi::Int32Array>();
+}
+
 int64_t IntArg(const Napi::CallbackInfo& info, size_t i, const char* name,
                double min, double max) {
   return static_cast<int64_t>(ToIntOrThrow(info.Env(), info[i], name, min, max));
@@ -312,9 +318,7 @@ void FdOne(int fd, int cloexec, double* out) {
 // same rounding as lockFile's dev/ino); mode is -errno when fstat failed.
 Napi::Value FdInfo(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
-    ThrowType(env, "fds must be an Int32Array");
-  Napi::Int32Array fds = info[0].As<Napi::Int32Array>();
+  Napi::Int32Array fds = FdsArg(env, info[0]);
   int cloexec = static_cast<int>(IntArg(info, 1, "cloexec", -1, 1));  // -1 leave, 0 clear, 1 set
   size_t n = fds.ElementLength();
   Napi::Float64Array out = Napi::Float64Array::New(env, n * 3);
@@ -355,9 +359,7 @@ void FdInfoJobJoin() {
 // previous job is joined and dropped first).
 void FdInfoStart(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
-    ThrowType(env, "fds must be an Int32Array");
-  Napi::Int32Array fds = info[0].As<Napi::Int32Array>();
+  Napi::Int32Array fds = FdsArg(env, info[0]);
   int cloexec = static_cast<int>(IntArg(info, 1, "cloexec", -1, 1));
   FdInfoJobJoin();
   FdInfoJob& j = g_fdInfoJob;
@@ -381,9 +383,7 @@ void FdInfoStart(const Napi::CallbackInfo& info) {
 // others. The job is then gone.
 Napi::Value FdInfoTake(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
-    ThrowType(env, "fds must be an Int32Array");
-  Napi::Int32Array fds = info[0].As<Napi::Int32Array>();
+  Napi::Int32Array fds = FdsArg(env, info[0]);
   int cloexec = static_cast<int>(IntArg(info, 1, "cloexec", -1, 1));
   FdInfoJobJoin();
   FdInfoJob& j = g_fdInfoJob;
@@ -416,9 +416,7 @@ Napi::Value FdInfoTake(const Napi::CallbackInfo& info) {
 // re-exec must not wait for a lock space that failed (src/health/).
 void SetCloexecAll(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
-    ThrowType(env, "fds must be an Int32Array");
-  Napi::Int32Array fds = info[0].As<Napi::Int32Array>();
+  Napi::Int32Array fds = FdsArg(env, info[0]);
   bool on = BoolValue(env, info[1], "on");
   for (size_t i = 0; i < fds.ElementLength(); i++) fcntl(fds[i], F_SETFD, on ? FD_CLOEXEC : 0);
 }
