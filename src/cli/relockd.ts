@@ -1,9 +1,9 @@
 // `relockd`: parses the command line (virtlockd's flags plus relockd's own)
 // and hands over to the daemon. No logic beyond turning flags into options.
 
-import { startFdPrescan } from '../state/fdPrescan.js';
 import { isAbsolute, resolve } from 'node:path';
 import { Daemon } from '../daemon/daemon.js';
+import { startFdPrescan } from '../state/fdPrescan.js';
 import { enterRoot } from '../startCwd.js';
 import { defaultPaths, pathsUnder } from '../util/paths.js';
 import { createDaemonLogger } from '../log.js';

@@ -4,10 +4,10 @@
 // trusted: keep every inherited fd, adopt what can be recognised). The
 // daemon (daemon.ts) chooses the path and implements BootHost.
 
-import { fdPrescan } from '../state/fdPrescan.js';
 import type { HealthMonitor } from '../health/monitor.js';
 import type { StorageClassifier } from '../locks/storageClass.js';
 import { unverifiableFds } from '../services/healthWiring.js';
+import { fdPrescan } from '../state/fdPrescan.js';
 import { existsSync, readFileSync, renameSync, unlinkSync } from 'node:fs';
 import type { Logger } from 'pino';
 import { decodeDocFile } from '../byteString.js';
