@@ -50,6 +50,69 @@ export function probeOne(path: ProbePath, mode: 'write' | 'read' = 'write'): Pro
   return probe([path], mode)[keyOf(path)]!;
 }
 
+const SERVE = `
+import fcntl, os, sys
+sys.stdout.write('ready\\n'); sys.stdout.flush()
+for line in sys.stdin:
+    mode, h = line.split()
+    try:
+        fd = os.open(bytes.fromhex(h), os.O_RDWR)
+    except OSError as e:
+        r = 'error:' + (e.strerror or str(e))
+    else:
+        try:
+            fcntl.lockf(fd, (fcntl.LOCK_EX if mode == 'write' else fcntl.LOCK_SH) | fcntl.LOCK_NB, 1, 0)
+            r = 'free'
+        except OSError:
+            r = 'held'
+        os.close(fd)
+    sys.stdout.write(r + '\\n'); sys.stdout.flush()
+`;
+
+/**
+ * probeOne from one long-lived separate process: a probe costs a round trip
+ * instead of a python start (which takes a second or more on a loaded
+ * host), and does not block this process's event loop.
+ */
+export class Prober {
+  private readonly waiting: Array<(r: ProbeResult) => void> = [];
+  private buffered = '';
+
+  private constructor(private readonly child: ChildProcessWithoutNullStreams) {
+    child.stdout.on('data', (d: Buffer) => {
+      this.buffered += d.toString('utf8');
+      let nl: number;
+      while ((nl = this.buffered.indexOf('\n')) >= 0) {
+        const line = this.buffered.slice(0, nl);
+        this.buffered = this.buffered.slice(nl + 1);
+        this.waiting.shift()?.(line as ProbeResult);
+      }
+    });
+  }
+
+  static start(): Promise<Prober> {
+    const child = spawn('python3', ['-c', SERVE]);
+    return new Promise((resolve, reject) => {
+      child.once('error', reject);
+      child.stdout.once('data', () => resolve(new Prober(child)));
+      child.once('exit', (code) => reject(new Error(`prober exited early (${code})`)));
+    });
+  }
+
+  probe(path: ProbePath, mode: 'write' | 'read' = 'write'): Promise<ProbeResult> {
+    const hex = (typeof path === 'string' ? Buffer.from(path, 'utf8') : path).toString('hex');
+    return new Promise((resolve) => {
+      this.waiting.push(resolve);
+      this.child.stdin.write(`${mode} ${hex}\n`);
+    });
+  }
+
+  /** Stops the prober process (by its pid). */
+  stop(): void {
+    if (this.child.pid && this.child.exitCode === null) this.child.kill('SIGKILL');
+  }
+}
+
 const HAMMER = `
 import fcntl, os, sys, time, json
 paths = sys.argv[1:]
