@@ -15,7 +15,9 @@ import { pino } from 'pino';
 import { Daemon } from '../src/daemon/daemon.js';
 import type { DaemonOptions } from '../src/daemon/options.js';
 import { DEFAULT_HEALTH } from '../src/health/options.js';
-import { parseStateDocument, serialiseState } from '../src/state/documentFormat.js';
+import { leaseRowsOf, parseStateDocument, parseStateForRestore, serialiseState } from '../src/state/documentFormat.js';
+import type { LeaseColumns, LeaseRows } from '../src/state/documentFormat.js';
+import { tableColumns } from '../src/state/snapshot.js';
 import { restoreState } from '../src/state/restore.js';
 import { validateState } from '../src/state/validate.js';
 import type { StateDocument } from '../src/state/document.js';
@@ -60,24 +62,30 @@ for (const n of counts) {
     const snap: number[] = [], write: number[] = [], parse: number[] = [], check: number[] = [], adopt: number[] = [];
     let bytes = 0;
     for (let r = 0; r < reps; r++) {
+      // Format 2 as the re-exec does it: leases as columns straight from the tables, read back as columns.
       let doc!: StateDocument;
-      snap.push(time(() => (doc = src.stateSnapshot('bench', new Map()))));
+      let cols: LeaseColumns | undefined;
+      snap.push(time(() => {
+        doc = src.stateSnapshot('bench', new Map(), false, format === 2);
+        if (format === 2) cols = tableColumns(src.manager);
+      }));
       let text = '';
       write.push(time(() => {
         if (format === 1) {
           validateState(doc);
           text = JSON.stringify(doc);
-        } else text = serialiseState(doc);
+        } else text = serialiseState(doc, cols);
       }));
       bytes = text.length;
       if (values.dump && r === 0) writeFileSync(join(values.dump, `state-${n}-f${format}.json`), text);
       let parsed: unknown;
       parse.push(time(() => (parsed = JSON.parse(text))));
-      let restored!: StateDocument;
-      check.push(time(() => (restored = parseStateDocument(parsed))));
+      let restored!: { doc: StateDocument; leases: LeaseRows };
+      check.push(time(() => (restored = format === 1 ? { doc: parseStateDocument(parsed), leases: undefined! } : parseStateForRestore(parsed))));
       const dst = new Daemon(opts(`dst${format}-${r}`), pino({ level: 'silent' }));
       const t0 = cpuMs();
-      const report = await restoreState(restored, { lockServer: dst.lockServer, adminServer: null, manager: dst.manager, socketPath: '', adminSocketPath: null, restoreLockContext: () => {}, openProcessHandle: () => null });
+      const target = { lockServer: dst.lockServer, adminServer: null, manager: dst.manager, socketPath: '', adminSocketPath: null, restoreLockContext: () => {}, openProcessHandle: () => null };
+      const report = await restoreState(restored.doc, target, restored.leases ?? leaseRowsOf(restored.doc));
       adopt.push(cpuMs() - t0);
       if (report.resources !== n || report.problems.length) throw new Error(`restore: ${report.resources} of ${n}, ${report.problems.slice(0, 3).join('; ')}`);
     }

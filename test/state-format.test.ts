@@ -10,7 +10,14 @@
 import t from 'tap';
 import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { encodeState, parseStateDocument, serialiseState } from '../src/state/documentFormat.js';
+import { pino } from 'pino';
+import { encodeState, leaseColumnsOf, parseStateDocument, parseStateForRestore, serialiseState } from '../src/state/documentFormat.js';
+import { resourceEntry, tableColumns } from '../src/state/snapshot.js';
+import { toDocText } from '../src/byteString.js';
+import { LockManager } from '../src/locks/lockManager.js';
+import type { LockSpace } from '../src/locks/lockManager.js';
+import { NativeFileLocker } from '../src/locks/fileLocker.js';
+import { StorageGate } from '../src/locks/storageGate.js';
 import type { StateDocument } from '../src/state/document.js';
 import { validateState } from '../src/state/validate.js';
 import { ValidationError } from '../src/util/validator.js';
@@ -128,4 +135,90 @@ t.test('a lease without a recorded identity is never written (the new image coul
   const doc = sample();
   delete doc.relockd!.resources[0]!.dev;
   t.throws(() => serialiseState(doc), /lease fd 40 has no recorded identity/);
+});
+
+/** A lock manager holding every case a lease can be (records only: fds need not be open). */
+function tables(): LockManager {
+  const log = pino({ level: 'silent' });
+  const m = new LockManager({ locker: new NativeFileLocker(), gate: new StorageGate({ timeoutMs: 1000, perKeyConcurrency: 4 }), log });
+  m.adoptResource(m.defaultSpace, { name: '/img/a.qcow2', path: '/img/a.qcow2', fd: 40, dev: 64768, ino: 9007199254740000, flags: 0, owners: [100], since: 1765000000040 });
+  // A name that is not UTF-8 (byte 0xff), three owner entries, a classic lock, no owner left.
+  m.adoptResource(m.defaultSpace, { name: '/img/disk-\xff.raw', path: '/img/disk-\xff.raw', fd: 41, dev: 64768, ino: 41, flags: 1, owners: [100, 200, 100], since: 1765000000041 });
+  m.adoptResource(m.defaultSpace, { name: '/img/c.raw', path: '/img/c.raw', fd: 42, dev: 64768, ino: 42, flags: 0, owners: [300], since: 1765000000042, classic: true });
+  m.adoptResource(m.defaultSpace, { name: '/img/orphaned.raw', path: '/img/orphaned.raw', fd: 44, dev: 64768, ino: 44, flags: 0, owners: [], since: 1765000000044 });
+  const ls = m.adoptLockSpace('/var/lib/libvirt/lockd/files');
+  m.adoptResource(ls, { name: 'lease-a', path: '/var/lib/libvirt/lockd/files/lease-a', fd: 45, dev: 2049, ino: 45, flags: 3, owners: [300], since: 1765000000045 });
+  m.adoptResource(ls, { name: 'odd', path: '/var/lib/libvirt/lockd//files/odd', fd: 46, dev: 2049, ino: 46, flags: 2, owners: [300], since: 1765000000046 });
+  m.adoptLockSpace('/var/lib/libvirt/lockd/empty');
+  return m;
+}
+
+/** The same tables through format 1's objects (what the fd store's journal records per lease). */
+function viaFormat1(m: LockManager): StateDocument {
+  const doc = clone(sample());
+  const extras: NonNullable<StateDocument['relockd']>['resources'] = [];
+  const list = (ls: LockSpace) =>
+    [...ls.resources.values()].map((r) => {
+      const e = resourceEntry(r);
+      extras.push(e.extra);
+      return e.state;
+    });
+  doc.defaultLockspace = { resources: list(m.defaultSpace) };
+  doc.lockspaces = [...m.spaces.values()].map((ls) => ({ directory: toDocText(ls.dir), resources: list(ls) }));
+  doc.relockd!.resources = extras;
+  return doc;
+}
+
+t.test('tableColumns: the columns built straight from the lock tables are format 1 encoded', async (t) => {
+  const m = tables();
+  const cols = tableColumns(m);
+  t.same(cols, leaseColumnsOf(viaFormat1(m), true), 'every column, entry for entry');
+  t.same(cols.counts, [4, 2, 0]);
+  t.same(cols.multiOwners, [[1, 3], [3, 0]]);
+  t.same(cols.paths, [[5, '/var/lib/libvirt/lockd//files/odd']], 'only the path that is not directory + / + name');
+  t.same(cols.classic, [42]);
+  t.equal(cols.name[1], '/img/disk-\udcff.raw', 'names as document text');
+  // What a re-exec writes: the leases only in the columns.
+  const doc = viaFormat1(m);
+  const bare: StateDocument = { ...doc, defaultLockspace: { resources: [] }, lockspaces: doc.lockspaces.map((l) => ({ ...l, resources: [] })), relockd: { ...doc.relockd!, resources: [] } };
+  t.same(JSON.parse(serialiseState(bare, cols)), JSON.parse(serialiseState(doc)), 'the same file as from format 1');
+});
+
+t.test('parseStateForRestore: format 2 leases stay columns, checked as parseStateDocument checks them', async (t) => {
+  const wire = JSON.parse(serialiseState(sample()));
+  const { doc, leases } = parseStateForRestore(clone(wire));
+  t.same(leases.cols, wire.relockd.leases, 'the columns as written');
+  t.same([...leases.ownerCount], wire.relockd.leases.multiOwners);
+  t.same([...leases.paths], wire.relockd.leases.paths);
+  t.same([...leases.classic], wire.relockd.leases.classic);
+  t.ok(leases.flavourRecorded);
+  t.same(doc.defaultLockspace.resources, []);
+  t.same(doc.relockd!.resources, [], 'no per-lease objects');
+  t.equal(doc.relockd!.formatVersion, 1);
+  t.notOk('leases' in doc.relockd!);
+  const full = parseStateDocument(clone(wire));
+  t.same({ ...doc, relockd: { ...doc.relockd, resources: full.relockd!.resources }, defaultLockspace: full.defaultLockspace, lockspaces: full.lockspaces }, full, 'otherwise the document parseStateDocument gives');
+  for (const [mutate, why] of [
+    [(w: any) => w.relockd.leases.name.pop(), /column 'name' has 6 entries, 'fd' has 7/],
+    [(w: any) => (w.relockd.leases.counts = [3, 3, 1, 1]), /'counts' adds up to 8, 'fd' has 7/],
+    [(w: any) => w.relockd.leases.owners.pop(), /the owner counts add up to 8, 'owners' has 7/],
+    [(w: any) => w.relockd.leases.multiOwners.push([1, 2]), /multiOwners: lease 1 is listed twice/],
+    [(w: any) => w.relockd.leases.paths.push([9, '/x']), /paths: lease 9 does not exist/],
+  ] as const) {
+    const w = clone(wire);
+    mutate(w);
+    t.throws(() => parseStateForRestore(w), why);
+  }
+});
+
+t.test('parseStateForRestore: format 1 and virtlockd documents unchanged, their leases as columns', async (t) => {
+  for (const f of readdirSync(EXAMPLES).filter((x) => x.endsWith('.json'))) {
+    const orig = raw(f);
+    if (orig.relockd?.formatVersion === 2) continue;
+    const { doc, leases } = parseStateForRestore(clone(orig));
+    t.same(doc, orig, `${f}: document unchanged`);
+    t.equal(leases.cols.fd.length, [orig.defaultLockspace, ...orig.lockspaces].reduce((n: number, l: any) => n + l.resources.length, 0), `${f}: every lease`);
+    t.equal(leases.flavourRecorded, orig.relockd !== undefined, `${f}: lock flavour recorded only by relockd`);
+    if (!orig.relockd) t.ok(leases.cols.dev.every((d) => d === -1), `${f}: no identities (restore checks type and path)`);
+  }
 });

@@ -23,7 +23,8 @@ import type { LockClient, LockService } from '../services/lockService.js';
 import type { FdIdentity, ReexecRecord, StateDocument } from '../state/document.js';
 import { listenerPath, scanInheritedFds } from '../state/orphans.js';
 import { restoreState } from '../state/restore.js';
-import { parseStateDocument } from '../state/documentFormat.js';
+import { parseStateForRestore } from '../state/documentFormat.js';
+import type { LeaseRows } from '../state/documentFormat.js';
 import { openProcessHandle } from '../util/processHandle.js';
 import { ActivationError } from './activation.js';
 import type { ActivatedSockets } from './activation.js';
@@ -123,8 +124,9 @@ export async function startFresh(d: BootHost, activated: ActivatedSockets | null
 export async function startFromState(d: BootHost, parsed: StateDocument, requestedAtNs: bigint | null): Promise<void> {
   mark('read');
   let doc: StateDocument;
+  let leases: LeaseRows;
   try {
-    doc = parseStateDocument(parsed); // validated, format 2's lease columns decoded
+    ({ doc, leases } = parseStateForRestore(parsed)); // validated; format 2's leases stay columns
     mark('validated');
   } catch (err) {
     await startSafeMode(d, [(err as Error).message]);
@@ -140,8 +142,8 @@ export async function startFromState(d: BootHost, parsed: StateDocument, request
     adminSocketPath: d.opts.adminSocketPath,
     restoreLockContext: (conn, pd, proc) => d.lockService.restoreContext(conn.ctx as LockClient, pd, proc),
     openProcessHandle,
-    unverifiable: unverifiableFds(doc),
-  });
+    unverifiable: unverifiableFds(doc, leases.cols),
+  }, leases);
   mark('adopted');
   if (report.pidFile) d.pidFile = PidFile.adopt(report.pidFile.path, report.pidFile.fd);
   else if (d.opts.pidFile) {

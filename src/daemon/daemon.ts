@@ -34,8 +34,9 @@ import { safeModeRefusal, stoppingRefusal } from '../locks/errors.js';
 import { ExitCode } from './exitCode.js';
 import type { ReexecOutcome, ReplyAfterExec } from './reexec.js';
 import type { ExecTarget } from '../state/execPlan.js';
-import { parseStateDocument, serialiseState } from '../state/documentFormat.js';
+import { parseStateForRestore, serialiseState } from '../state/documentFormat.js';
 import type { ServerSnapshotSource } from '../state/snapshot.js';
+import { tableColumns } from '../state/snapshot.js';
 import { DaemonMetrics } from '../metrics/counters.js';
 import { instrument } from '../metrics/instrument.js';
 import type { LockspaceHealthProvider } from '../metrics/exposition.js';
@@ -186,7 +187,9 @@ export class Daemon implements AdminHost, BootHost, HealthHost, ReexecHost, Reex
       this.boot === 'fresh'
         ? () => {
             const skeleton = this.manager.counts().resources > 100 || this.lockServer.clients.size > 100;
-            parseStateDocument(JSON.parse(serialiseState(this.stateSnapshot('code-cache-warm-up', new Map(), skeleton))));
+            // The re-exec's own path: leases as columns from the tables, read back as restore reads them.
+            const doc = this.stateSnapshot('code-cache-warm-up', new Map(), skeleton, !skeleton);
+            parseStateForRestore(JSON.parse(serialiseState(doc, skeleton ? undefined : tableColumns(this.manager))));
             return skeleton ? 'skeleton' : 'document';
           }
         : undefined;
@@ -297,8 +300,8 @@ export class Daemon implements AdminHost, BootHost, HealthHost, ReexecHost, Reex
   }
 
   /** The state document of this moment (the fd store keeps it current). */
-  stateSnapshot(trigger: string, bytes: Map<ClientConnection<any>, { pending: Buffer; unsent: Buffer }>, skeleton = false): StateDocument {
-    return this.reexecutor.snapshot(trigger, process.hrtime.bigint(), bytes, skeleton);
+  stateSnapshot(trigger: string, bytes: Map<ClientConnection<any>, { pending: Buffer; unsent: Buffer }>, skeleton = false, omitLeases = false): StateDocument {
+    return this.reexecutor.snapshot(trigger, process.hrtime.bigint(), bytes, skeleton, omitLeases);
   }
 
   snapshotSource(server: 'virtlockd' | 'admin'): ServerSnapshotSource<any> | null {

@@ -24,11 +24,12 @@ import { unverifiableFds } from '../services/healthWiring.js';
 import { captureSignalsForExec, endSignalCapture, execHoldEnv, holdSignalsForExec, releaseHeldSignals } from './execSignals.js';
 import type { ClientConnection } from '../rpc/connection.js';
 import type { Header } from '../rpc/packet.js';
-import { buildState } from '../state/snapshot.js';
+import { buildState, tableColumns } from '../state/snapshot.js';
 import type { ServerSnapshotSource } from '../state/snapshot.js';
 import type { ReexecRecord, StateDocument, TerminationState } from '../state/document.js';
 import { validateState } from '../state/validate.js';
 import { serialiseState } from '../state/documentFormat.js';
+import type { LeaseColumns } from '../state/documentFormat.js';
 import { ExecRefusal } from '../state/execPlan.js';
 import type { ExecPlan, ExecTarget } from '../state/execPlan.js';
 import type { Logger } from 'pino';
@@ -180,10 +181,12 @@ export class Reexecutor {
       const stallMs = Number(process.env.RELOCKD_TEST_EXEC_STALL_MS ?? 0);
       if (stallMs > 0) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, stallMs);
       for (const c of this.allClients()) if (!c.isClosed) detached.set(c, c.detachForExec());
-      const doc = this.snapshot(trigger, requestedAtNs, detached);
+      // relockd's own document carries the leases as columns, built straight from the tables; a handback's needs format 1's objects.
+      const doc = this.snapshot(trigger, requestedAtNs, detached, false, !target);
+      const leases = target ? null : tableColumns(d.manager);
       ms.mark('snapshot');
       if (target) validateState(doc); // relockd's own document is validated as written (serialiseState)
-      const plan = target ? target.plan(doc) : this.ownPlan(doc, requestedAtNs);
+      const plan = target ? target.plan(doc) : this.ownPlan(doc, leases ?? tableColumns(d.manager), requestedAtNs);
       ms.mark('serialise');
       writeFileAtomic(plan.stateFile, plan.text);
       ms.mark('write');
@@ -232,19 +235,19 @@ export class Reexecutor {
   }
 
   /** relockd's own re-exec: its document, every fd it names, the original argv. */
-  private ownPlan(doc: StateDocument, requestedAtNs: bigint): ExecPlan {
+  private ownPlan(doc: StateDocument, leases: LeaseColumns, requestedAtNs: bigint): ExecPlan {
     const ext = doc.relockd!;
     const env: NodeJS.ProcessEnv = { ...process.env, ...codeCacheEnv(), ...execHoldEnv(process.env), [REEXEC_ENV]: `${process.pid}:${requestedAtNs}` };
     // The lease fds the new image fstats in the background while it loads
     // (state/fdPrescan.ts); not those on storage that is not healthy, whose fstat could block.
-    const unverifiable = unverifiableFds(doc);
-    const prescan = encodeFdRanges(ext.resources.map((r) => r.fd).filter((fd) => !unverifiable.has(fd)));
+    const unverifiable = unverifiableFds(doc, leases);
+    const prescan = encodeFdRanges(unverifiable.size ? leases.fd.filter((fd) => !unverifiable.has(fd)) : leases.fd);
     delete env[FD_PRESCAN_ENV];
     if (prescan) env[FD_PRESCAN_ENV] = prescan;
     return {
       stateFile: this.d.stateFile,
-      text: serialiseState(doc),
-      keep: [...ext.fds.map((f) => f.fd), ...ext.resources.map((r) => r.fd), ...ext.orphans.map((f) => f.fd), ...this.d.health.fdsToKeep()],
+      text: serialiseState(doc, leases),
+      keep: [...ext.fds.map((f) => f.fd), ...leases.fd, ...ext.orphans.map((f) => f.fd), ...this.d.health.fdsToKeep()],
       execPath: this.d.execPath,
       argv: this.d.originalArgv,
       env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
@@ -291,7 +294,8 @@ export class Reexecutor {
     };
   }
 
-  snapshot(trigger: string, requestedAtNs: bigint, detached: Map<ClientConnection<any>, { pending: Buffer; unsent: Buffer }>, skeleton = false): StateDocument {
+  /** `omitLeases`: the lock spaces' lists stay empty (the caller writes the leases as columns, tableColumns). */
+  snapshot(trigger: string, requestedAtNs: bigint, detached: Map<ClientConnection<any>, { pending: Buffer; unsent: Buffer }>, skeleton = false, omitLeases = false): StateDocument {
     const d = this.d;
     const terminations: TerminationState[] = [...d.lockService.terminations.values()].map((t) => ({
       owner: t.owner,
@@ -316,6 +320,7 @@ export class Reexecutor {
       pidFile: d.pidFile ? { path: d.pidFile.path, fd: d.pidFile.fd } : null,
       startedAt: d.startedAt,
       skeleton,
+      omitLeases,
     });
     doc.relockd!.metrics = d.metrics.save() as unknown as Record<string, unknown>;
     doc.relockd!.health = d.health.save();

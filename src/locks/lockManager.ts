@@ -98,6 +98,11 @@ export class HeldResource implements Resource {
     return SINCE_BASE + this.sinceRel;
   }
 
+  /** The path when it is not the one the lock space gives the name (only adopted resources have one). */
+  get explicitPath(): string | null {
+    return null;
+  }
+
   get classic(): boolean {
     return false;
   }
@@ -106,6 +111,17 @@ export class HeldResource implements Resource {
   get owners(): number[] {
     const h = this.holders;
     return typeof h === 'number' ? [h] : [...h];
+  }
+
+  /** Appends the owners to `out` (no array of its own per call); returns how many. */
+  pushOwners(out: number[]): number {
+    const h = this.holders;
+    if (typeof h === 'number') {
+      out.push(h);
+      return 1;
+    }
+    for (const p of h) out.push(p);
+    return h.length;
   }
 
   get ownerCount(): number {
@@ -147,12 +163,16 @@ export class HeldResource implements Resource {
  * virtlockd: the fields only these need.
  */
 class AdoptedResource extends HeldResource {
-  constructor(base: Resource, dir: string, private readonly explicitPath: string | null, private readonly inheritedClassic: boolean) {
+  constructor(base: Resource, dir: string, private readonly ownPath: string | null, private readonly inheritedClassic: boolean) {
     super(base.name, dir, base.fd, base.dev, base.ino, base.flags, base.owners, base.since);
   }
 
   override get path(): string {
-    return this.explicitPath ?? super.path;
+    return this.ownPath ?? super.path;
+  }
+
+  override get explicitPath(): string | null {
+    return this.ownPath;
   }
 
   override get classic(): boolean {
@@ -694,14 +714,25 @@ export class LockManager {
 
   /** Re-creates a held resource from a state document; its fd holds the lock. */
   adoptResource(ls: LockSpace, r: Resource): void {
-    if (ls.resources.has(r.name)) throw new Error(`resource ${r.name} in lockspace '${ls.dir}' listed twice`);
-    const usualPath = r.path === ls.pathOf(r.name);
-    const classic = r.classic === true;
+    this.adoptLease(ls, r.name, r.path, r.fd, r.dev, r.ino, r.flags, r.owners, r.since, r.classic === true);
+  }
+
+  /**
+   * adoptResource from the fields themselves (a state document's columns:
+   * no Resource object per lease). `path` null: the one the lock space gives
+   * the name. `owners`: one pid, or the pids in acquisition order.
+   */
+  adoptLease(ls: LockSpace, name: string, path: string | null, fd: number, dev: number, ino: number, flags: number, owners: number | readonly number[], since: number, classic: boolean): void {
+    if (ls.resources.has(name)) throw new Error(`resource ${name} in lockspace '${ls.dir}' listed twice`);
+    const explicit = path !== null && path !== ls.pathOf(name) ? path : null;
     // Copied into the table's own shape: the document's objects can go.
-    const rec = usualPath && !classic ? new HeldResource(r.name, ls.dir, r.fd, r.dev, r.ino, r.flags, r.owners, r.since) : new AdoptedResource(r, ls.dir, usualPath ? null : r.path, classic);
-    ls.resources.set(r.name, rec);
+    const rec =
+      explicit === null && !classic
+        ? new HeldResource(name, ls.dir, fd, dev, ino, flags, owners, since)
+        : new AdoptedResource({ name, path: explicit ?? ls.pathOf(name), fd, dev, ino, flags, owners: typeof owners === 'number' ? [owners] : [...owners], since }, ls.dir, explicit, classic);
+    ls.resources.set(name, rec);
     if (classic) this.classicCount++;
-    if (r.flags & AcquireFlags.AUTOCREATE) this.classifier?.isHostLocal(ls.storageKeyOf(r.name));
+    if (flags & AcquireFlags.AUTOCREATE) this.classifier?.isHostLocal(ls.storageKeyOf(name));
   }
 
   /** Totals, for status lines and logs. */

@@ -20,6 +20,7 @@ import type { RpcServer } from '../rpc/server.js';
 import type { LockClient, LockService } from './lockService.js';
 import type { HealthInfo } from '../protocol/relockdAdmin.js';
 import type { StateDocument } from '../state/document.js';
+import type { LeaseColumns } from '../state/documentFormat.js';
 import { isAlive } from '../util/processHandle.js';
 import type { ProcessHandle } from '../util/processHandle.js';
 
@@ -122,13 +123,18 @@ export function healthInfo(d: { readonly health: Pick<HealthMonitor, 'watches' |
   }));
 }
 
-/** Lease fds of a state document on watched storage that is not healthy (not to be fstat'd at restore). */
-export function unverifiableFds(doc: StateDocument): Set<number> {
+/** Lease fds of a state document (its leases as columns) on watched storage that is not healthy (not to be fstat'd at restore). */
+export function unverifiableFds(doc: StateDocument, leases: LeaseColumns): Set<number> {
   const bad = new Set((doc.relockd?.health?.watches ?? []).filter((w) => w.state !== 'healthy').map((w) => w.key));
   const out = new Set<number>();
   if (bad.size === 0) return out;
-  for (const r of doc.defaultLockspace.resources) if (bad.has(dirname(r.name))) out.add(r.fd);
-  for (const l of doc.lockspaces) if (l.directory && bad.has(l.directory)) for (const r of l.resources) out.add(r.fd);
+  let i = 0;
+  for (const end = leases.counts[0] ?? 0; i < end; i++) if (bad.has(dirname(leases.name[i]!))) out.add(leases.fd[i]!);
+  doc.lockspaces.forEach((l, s) => {
+    const end = i + (leases.counts[s + 1] ?? 0);
+    if (l.directory && bad.has(l.directory)) for (let j = i; j < end; j++) out.add(leases.fd[j]!);
+    i = end;
+  });
   return out;
 }
 

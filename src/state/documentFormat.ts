@@ -38,40 +38,60 @@ type CompactExtension = Extension & { formatVersion: 2; leases: LeaseColumns };
 
 const derivedPath = (dirText: string | undefined, name: string): string => (dirText === undefined ? name : `${dirText}/${name}`);
 
-/** The in-memory document (format 1 shape) in format 2; documents without a relockd extension unchanged. */
-export function encodeState(doc: StateDocument): unknown {
+export const emptyColumns = (): LeaseColumns => ({ counts: [], name: [], fd: [], flags: [], since: [], dev: [], ino: [], owners: [], multiOwners: [], paths: [], classic: [] });
+
+/**
+ * A format-1 document's leases (relockd's in-memory form, an older relockd's
+ * file, virtlockd's) as columns. A lease without a recorded identity with
+ * it gets dev and ino -1 and since -1 (restore looks in the document's fd
+ * list, then checks what it can), unless `strict`: what is written must
+ * have them.
+ */
+export function leaseColumnsOf(doc: StateDocument, strict = false): LeaseColumns {
   const ext = doc.relockd;
-  if (!ext) return doc;
   // buildState lists the extras in the lock spaces' order: look up by fd only when they are not.
   let byFd: Map<number, RelockdExtension['resources'][number]> | null = null;
   const extraOf = (j: number, fd: number) => {
+    if (!ext) return undefined;
     const x = ext.resources[j];
     if (x?.fd === fd) return x;
     byFd ??= new Map(ext.resources.map((r) => [r.fd, r]));
     return byFd.get(fd);
   };
   let j = 0;
-  const cols: LeaseColumns = { counts: [], name: [], fd: [], flags: [], since: [], dev: [], ino: [], owners: [], multiOwners: [], paths: [], classic: [] };
-  const spaces = [doc.defaultLockspace, ...doc.lockspaces];
-  for (const ls of spaces) {
+  const cols = emptyColumns();
+  for (const ls of [doc.defaultLockspace, ...doc.lockspaces]) {
     cols.counts.push(ls.resources.length);
     for (const r of ls.resources) {
       const i = j;
       const x = extraOf(j++, r.fd);
-      if (x?.dev === undefined || x.ino === undefined) throw new Error(`lease fd ${r.fd} has no recorded identity`);
+      const id = x?.dev !== undefined && x.ino !== undefined ? x : undefined;
+      if (strict && !id) throw new Error(`lease fd ${r.fd} has no recorded identity`);
       cols.name.push(r.name);
       cols.fd.push(r.fd);
       cols.flags.push(r.flags);
-      cols.since.push(x.since);
+      cols.since.push(x?.since ?? -1);
       // Identities travel as doubles in memory (the addon reports them so); format 1 wrote their decimal text.
-      cols.dev.push(Number(x.dev));
-      cols.ino.push(Number(x.ino));
+      cols.dev.push(id ? Number(id.dev) : -1);
+      cols.ino.push(id ? Number(id.ino) : -1);
       for (const o of r.owners) cols.owners.push(o);
       if (r.owners.length !== 1) cols.multiOwners.push([i, r.owners.length]);
       if (r.path !== derivedPath(ls.directory, r.name)) cols.paths.push([i, r.path]);
-      if (x.classic) cols.classic.push(r.fd);
+      if (x?.classic) cols.classic.push(r.fd);
     }
   }
+  return cols;
+}
+
+/**
+ * The in-memory document in format 2; documents without a relockd extension
+ * unchanged. `leases`: the columns already built from the lock tables (the
+ * document's own lists are then empty, snapshot.ts tableColumns).
+ */
+export function encodeState(doc: StateDocument, leases?: LeaseColumns): unknown {
+  const ext = doc.relockd;
+  if (!ext) return doc;
+  const cols = leases ?? leaseColumnsOf(doc, true);
   const { resources: _resources, formatVersion: _v, ...rest } = ext;
   const out: CompactExtension = { formatVersion: 2, ...rest, leases: cols };
   const empty = (ls: LockspaceState): LockspaceState => ({ ...ls, resources: [] });
@@ -79,10 +99,23 @@ export function encodeState(doc: StateDocument): unknown {
 }
 
 /** relockd's own document as the text of its state file: format 2, checked against the schema first. */
-export function serialiseState(doc: StateDocument): string {
-  const wire = encodeState(doc);
+export function serialiseState(doc: StateDocument, leases?: LeaseColumns): string {
+  const wire = encodeState(doc, leases);
   validateState(wire);
   return JSON.stringify(wire);
+}
+
+/** A document's leases, checked, as restore reads them (state/restore.ts). */
+export interface LeaseRows {
+  cols: LeaseColumns;
+  /** Owner counts of the leases that do not have exactly one, by lease index. */
+  ownerCount: Map<number, number>;
+  /** Document-text paths of the leases whose path is not derived, by lease index. */
+  paths: Map<number, string>;
+  /** fds of the leases whose lock is a classic POSIX one. */
+  classic: Set<number>;
+  /** false for virtlockd's documents: the lock flavour is for the kernel to say. */
+  flavourRecorded: boolean;
 }
 
 /**
@@ -94,17 +127,44 @@ export function parseStateDocument(parsed: unknown): StateDocument {
   validateState(parsed);
   const ext = (parsed as { relockd?: { formatVersion: number; leases?: LeaseColumns } }).relockd;
   if (!ext || ext.formatVersion !== 2) return parsed as StateDocument;
-  return decodeLeases(parsed as StateDocument, ext.leases!);
+  return decodeLeases(parsed as StateDocument, checkColumns(parsed as StateDocument, ext.leases!));
 }
 
-function decodeLeases(doc: StateDocument, c: LeaseColumns): StateDocument {
+/**
+ * What the new image restores from: the document validated as
+ * parseStateDocument does, but format 2's leases stay columns (the lock
+ * tables are built from them, with no object per lease in between) and the
+ * document's lease lists stay empty. Other formats' leases are converted to
+ * columns; their lists stay as they were.
+ */
+export function parseStateForRestore(parsed: unknown): { doc: StateDocument; leases: LeaseRows } {
+  validateState(parsed);
+  const ext = (parsed as { relockd?: { formatVersion: number; leases?: LeaseColumns } }).relockd;
+  if (!ext || ext.formatVersion !== 2) {
+    const doc = parsed as StateDocument;
+    return { doc, leases: leaseRowsOf(doc) };
+  }
+  const doc = parsed as StateDocument;
+  const leases = checkColumns(doc, ext.leases!);
+  const { leases: _leases, formatVersion: _v, ...rest } = doc.relockd as unknown as CompactExtension;
+  return { doc: { ...doc, relockd: { ...rest, formatVersion: 1, resources: [] } }, leases };
+}
+
+/** An in-memory (format 1) document's leases as restore reads them. */
+export function leaseRowsOf(doc: StateDocument): LeaseRows {
+  const cols = leaseColumnsOf(doc);
+  return { cols, ownerCount: new Map(cols.multiOwners), paths: new Map(cols.paths), classic: new Set(cols.classic), flavourRecorded: doc.relockd !== undefined };
+}
+
+/** Format 2's columns checked against each other (the schema checks each entry). */
+function checkColumns(doc: StateDocument, c: LeaseColumns): LeaseRows {
   const n = c.fd.length;
   const bad = (why: string): never => {
     throw new ValidationError('state document', [`/relockd/leases: ${why}`]);
   };
   for (const k of ['name', 'flags', 'since', 'dev', 'ino'] as const) if (c[k].length !== n) bad(`column '${k}' has ${c[k].length} entries, 'fd' has ${n}`);
-  const spaces = [doc.defaultLockspace, ...doc.lockspaces];
-  if (c.counts.length !== spaces.length) bad(`'counts' has ${c.counts.length} entries for ${spaces.length} lock spaces`);
+  const spaces = 1 + doc.lockspaces.length;
+  if (c.counts.length !== spaces) bad(`'counts' has ${c.counts.length} entries for ${spaces} lock spaces`);
   if (c.counts.reduce((a, b) => a + b, 0) !== n) bad(`'counts' adds up to ${c.counts.reduce((a, b) => a + b, 0)}, 'fd' has ${n}`);
   const ownerCount = new Map<number, number>();
   let owned = n;
@@ -119,7 +179,14 @@ function decodeLeases(doc: StateDocument, c: LeaseColumns): StateDocument {
     if (i >= n || paths.has(i)) bad(`paths: lease ${i} ${i >= n ? 'does not exist' : 'is listed twice'}`);
     paths.set(i, p);
   }
-  const classic = new Set(c.classic);
+  return { cols: c, ownerCount, paths, classic: new Set(c.classic), flavourRecorded: true };
+}
+
+/** Format 2's columns → format 1's objects (for readers other than restore: tools, tests, the fd store). */
+function decodeLeases(doc: StateDocument, rows: LeaseRows): StateDocument {
+  const { cols: c, ownerCount, paths, classic } = rows;
+  const n = c.fd.length;
+  const spaces = [doc.defaultLockspace, ...doc.lockspaces];
   const extras: RelockdExtension['resources'] = new Array(n);
   const lists: LockspaceState['resources'][] = [];
   let i = 0;

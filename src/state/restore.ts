@@ -7,12 +7,13 @@
 import { readFileSync, statSync } from 'node:fs';
 import { display, fromDocText, toBuffer } from '../byteString.js';
 import * as native from '../native.js';
-import type { LockManager, LockSpace, Resource } from '../locks/lockManager.js';
+import type { LockManager, LockSpace } from '../locks/lockManager.js';
 import type { RpcServer } from '../rpc/server.js';
 import type { ClientConnection } from '../rpc/connection.js';
 import { adoptClientSocket } from '../rpc/adoptClient.js';
 import type { ProcessHandle } from '../util/processHandle.js';
 import type { FdIdentity, LockPrivateData, ServerState, StateDocument, TerminationState } from './document.js';
+import { leaseRowsOf, type LeaseRows } from './documentFormat.js';
 
 export interface RestoreTarget {
   lockServer: RpcServer<any>;
@@ -147,7 +148,7 @@ interface RestoreRun {
  * …PostExecRestart functions do): resources first (they are the locks), then
  * listeners and clients, the pid file, and owner terminations.
  */
-export async function restoreState(doc: StateDocument, target: RestoreTarget): Promise<RestoreReport> {
+export async function restoreState(doc: StateDocument, target: RestoreTarget, leases: LeaseRows = leaseRowsOf(doc)): Promise<RestoreReport> {
   const ext = doc.relockd;
   // Resource identities travel with their resource records (one record per lease): restoreResource checks those.
   const recorded = new Map<number, FdIdentity>((ext?.fds ?? []).map((f) => [f.fd, f]));
@@ -164,7 +165,7 @@ export async function restoreState(doc: StateDocument, target: RestoreTarget): P
     },
   };
   restoreOrphans(run);
-  restoreLockSpaces(run); // 1.
+  restoreLockSpaces(run, leases); // 1.
   const servers = serversOf(doc);
   await restoreServer(run, 'virtlockd', servers.virtlockd, target.lockServer, target.socketPath); // 2.
   await restoreServer(run, 'admin', servers.admin, target.adminServer, target.adminSocketPath);
@@ -187,64 +188,83 @@ function restoreOrphans({ ext, report }: RestoreRun): void {
 
 /**
  * 1. Resources first: they are the locks. Re-mark them close-on-exec so
- * children never inherit them.
+ * children never inherit them. Read from the columns (format 2 as written,
+ * other formats converted): one table record per lease, nothing in between.
  */
-function restoreLockSpaces(run: RestoreRun): void {
-  const { doc, ext } = run;
-  const extraByFd = new Map((ext?.resources ?? []).map((r) => [r.fd, r]));
+function restoreLockSpaces(run: RestoreRun, rows: LeaseRows): void {
+  const { doc } = run;
+  const c = rows.cols;
   // Names in the document are text with non-UTF-8 bytes as \udcXX (byteString.ts).
-  const spaces = [{ dir: '', st: doc.defaultLockspace }, ...doc.lockspaces.map((l) => ({ dir: fromDocText(l.directory!), st: l }))];
+  const dirs = ['', ...doc.lockspaces.map((l) => fromDocText(l.directory!))];
   const skip = run.target.unverifiable ?? new Set<number>();
   // One addon call for every lease fd (fstat + close-on-exec), read by index: at 10k leases a Map of stat objects was a third of adoption.
   // Most of it was done in the background while this image loaded, when the old image named the fds (fdPrescan.ts).
-  const fds: number[] = [];
-  for (const { st } of spaces) for (const r of st.resources) if (!skip.has(r.fd)) fds.push(r.fd);
+  const fds = skip.size ? c.fd.filter((fd) => !skip.has(fd)) : c.fd;
   const raw = native.fdInfoTake(Int32Array.from(fds), 1);
-  let i = 0;
-  for (const { dir, st } of spaces) {
+  let i = 0; // lease
+  let k = 0; // fdInfo result
+  let o = 0; // first owner of lease i
+  dirs.forEach((dir, s) => {
     const ls = run.target.manager.adoptLockSpace(dir);
     if (dir) run.report.lockspaces++;
-    for (const rd of st.resources) {
-      const extra = extraByFd.get(rd.fd);
+    for (const end = i + c.counts[s]!; i < end; i++) {
+      const fd = c.fd[i]!;
+      const n = rows.ownerCount.get(i) ?? 1;
+      const owners = n === 1 ? c.owners[o]! : c.owners.slice(o, o + n);
+      o += n;
       let known: FdStat | { errno: number } | undefined;
-      if (skip.has(rd.fd)) known = trustedLease(run, rd.fd, extra);
+      if (skip.has(fd)) known = trustedLease(run, fd, c.dev[i]!, c.ino[i]!);
       else {
-        const mode = raw[i * 3 + 2]!;
-        known = mode < 0 ? { errno: -mode } : { dev: raw[i * 3]!, ino: raw[i * 3 + 1]!, mode };
-        i++;
+        const mode = raw[k * 3 + 2]!;
+        known = mode < 0 ? { errno: -mode } : { dev: raw[k * 3]!, ino: raw[k * 3 + 1]!, mode };
+        k++;
       }
-      restoreResource(run, ls, dir, rd, extra, known);
+      restoreLease(run, ls, dir, rows, i, owners, known);
     }
-  }
+  });
 }
 
 /** A lease fd on failed storage: its recorded identity stands in for fstat (which would block). */
-function trustedLease(run: RestoreRun, fd: number, extra: ResourceExtra | undefined): FdStat | undefined {
-  const want = extra?.dev !== undefined && extra.ino !== undefined ? extra : run.recorded.get(fd)?.kind === 'resource' ? run.recorded.get(fd) : undefined;
+function trustedLease(run: RestoreRun, fd: number, dev: number, ino: number): FdStat | undefined {
+  const want = dev >= 0 ? { dev, ino } : run.recorded.get(fd)?.kind === 'resource' ? { dev: Number(run.recorded.get(fd)!.dev), ino: Number(run.recorded.get(fd)!.ino) } : undefined;
   if (!want) return undefined;
   native.setCloexec(fd, true);
-  return { dev: Number(want.dev), ino: Number(want.ino), mode: REG };
+  return { ...want, mode: REG };
 }
 
-type ResourceRecord = StateDocument['defaultLockspace']['resources'][number];
-type ResourceExtra = NonNullable<StateDocument['relockd']>['resources'][number];
+/** checkIdentity for a lease's identity from the columns, as numbers (the addon's and the document's doubles). */
+function checkRecorded(fd: number, dev: number, ino: number, known: FdStat | { errno: number } | undefined): { why: string } | { st: FdStat } {
+  const st = known ?? statAll([fd]).get(fd)!;
+  if ('errno' in st) return { why: `fd ${fd} (resource) is not open` };
+  if (st.dev !== dev || st.ino !== ino) return { why: `fd ${fd} (resource) is not the file it was before the exec (dev/ino changed)` };
+  return { st };
+}
 
-function restoreResource(run: RestoreRun, ls: LockSpace, dir: string, rd: ResourceRecord, extra: ResourceExtra | undefined, known: FdStat | { errno: number } | undefined): void {
-  const { report, recorded, ext } = run;
-  const r = { fd: rd.fd, name: fromDocText(rd.name), path: fromDocText(rd.path) };
-  const want = extra?.dev !== undefined && extra.ino !== undefined ? (extra as { dev: string; ino: string }) : recorded.get(r.fd);
-  const checked = checkIdentity(r.fd, 'resource', want, known);
+/** Lease i of the columns → the lock table, once its fd checks out. */
+function restoreLease(run: RestoreRun, ls: LockSpace, dir: string, rows: LeaseRows, i: number, owners: number | number[], known: FdStat | { errno: number } | undefined): void {
+  const { report } = run;
+  const c = rows.cols;
+  const fd = c.fd[i]!;
+  const name = fromDocText(c.name[i]!);
+  const pathText = rows.paths.get(i);
+  const path = pathText === undefined ? null : fromDocText(pathText);
+  // dev -1: no identity with the lease (virtlockd's documents; an older
+  // relockd's may have it in its fd list).
+  const dev = c.dev[i]!;
+  const want = dev >= 0 ? null : run.recorded.get(fd);
+  const checked = dev >= 0 ? checkRecorded(fd, dev, c.ino[i]!, known) : checkIdentity(fd, 'resource', want ?? undefined, known);
   if ('why' in checked) {
-    report.problems.push(`resource '${display(r.name)}' in lockspace '${display(dir)}': ${checked.why}`);
-    run.keep(r.fd, 'resource');
+    report.problems.push(`resource '${display(name)}' in lockspace '${display(dir)}': ${checked.why}`);
+    run.keep(fd, 'resource');
     return;
   }
   const fst = checked.st;
-  if (!want) {
+  if (want === undefined) {
     // virtlockd documents: the fd must still be the file at `path`, if it exists.
+    const at = path ?? ls.pathOf(name);
     let mismatch = false;
     try {
-      const pst = statSync(toBuffer(r.path), { bigint: true });
+      const pst = statSync(toBuffer(at), { bigint: true });
       mismatch = Number(pst.ino) !== fst.ino || Number(pst.dev) !== fst.dev;
     } catch {
       /* lease file gone: the fd still holds the lock */
@@ -252,31 +272,22 @@ function restoreResource(run: RestoreRun, ls: LockSpace, dir: string, rd: Resour
     if (mismatch) {
       // Not the file the document names: keep the fd (it may hold some
       // lock), but never pass it off as this resource.
-      report.problems.push(`resource '${display(r.name)}' in lockspace '${display(dir)}': fd ${r.fd} is not the file at ${display(r.path)}`);
-      run.keep(r.fd, 'resource');
+      report.problems.push(`resource '${display(name)}' in lockspace '${display(dir)}': fd ${fd} is not the file at ${display(at)}`);
+      run.keep(fd, 'resource');
       return;
     }
   }
-  const res: Resource = {
-    name: r.name,
-    path: r.path,
-    fd: r.fd,
-    dev: fst.dev,
-    ino: fst.ino,
-    flags: rd.flags,
-    owners: [...rd.owners],
-    since: extra?.since ?? Date.now(),
-    // virtlockd takes classic POSIX locks, but after a handback it also
-    // holds relockd's OFD locks: the kernel says which (relockd documents
-    // record it).
-    ...((ext ? extra?.classic : inheritedLockFlavour(r.fd) !== 'ofd') ? { classic: true } : {}),
-  };
+  const since = c.since[i]!;
+  // virtlockd takes classic POSIX locks, but after a handback it also holds
+  // relockd's OFD locks: the kernel says which (relockd documents record it).
+  const classic = rows.flavourRecorded ? rows.classic.has(fd) : inheritedLockFlavour(fd) !== 'ofd';
   try {
-    run.target.manager.adoptResource(ls, res); // close-on-exec was set by statAll
+    // close-on-exec was set by fdInfoTake
+    run.target.manager.adoptLease(ls, name, path, fd, fst.dev, fst.ino, c.flags[i]!, owners, since >= 0 ? since : Date.now(), classic);
     report.resources++;
   } catch (err) {
     report.problems.push((err as Error).message);
-    run.keep(r.fd, 'resource');
+    run.keep(fd, 'resource');
   }
 }
 

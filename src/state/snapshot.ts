@@ -8,6 +8,7 @@ import type { ClientConnection } from '../rpc/connection.js';
 import type { RpcServer } from '../rpc/server.js';
 import { handleFd } from '../rpc/server.js';
 import type { LockManager, LockSpace } from '../locks/lockManager.js';
+import { emptyColumns, type LeaseColumns } from './documentFormat.js';
 import type { Resource } from '../locks/lockManager.js';
 import type {
   ClientState,
@@ -50,6 +51,8 @@ export interface SnapshotInput {
   startedAt: number;
   /** Leave out leases and connections (the fd store's journal records those one by one). */
   skeleton?: boolean;
+  /** Leave out the leases only: the caller writes them as columns (tableColumns). */
+  omitLeases?: boolean;
 }
 
 function fdIdentity(fd: number, kind: FdIdentity['kind']): FdIdentity {
@@ -117,6 +120,36 @@ export function clientEntry(
   };
 }
 
+/**
+ * The lock tables as format 2's columns (documentFormat.ts), in the order
+ * buildState lists the lock spaces: what a re-exec writes, built without
+ * format 1's two objects and owner array per lease.
+ */
+export function tableColumns(manager: LockManager): LeaseColumns {
+  const cols = emptyColumns();
+  let i = 0;
+  for (const ls of [manager.defaultSpace, ...manager.spaces.values()]) {
+    cols.counts.push(ls.resources.size);
+    for (const r of ls.resources.values()) {
+      // Names are byte strings: carried as text, non-UTF-8 bytes as \udcXX (byteString.ts).
+      cols.name.push(toDocText(r.name));
+      cols.fd.push(r.fd);
+      cols.flags.push(r.flags);
+      cols.since.push(r.since);
+      // Identity as recorded when the lock was taken: no fstat per lease here.
+      cols.dev.push(r.dev);
+      cols.ino.push(r.ino);
+      const n = r.pushOwners(cols.owners);
+      if (n !== 1) cols.multiOwners.push([i, n]);
+      const path = r.explicitPath;
+      if (path !== null) cols.paths.push([i, toDocText(path)]);
+      if (r.classic) cols.classic.push(r.fd);
+      i++;
+    }
+  }
+  return cols;
+}
+
 export function buildState(input: SnapshotInput): StateDocument {
   const fds: FdIdentity[] = [];
   const listeners: RelockdExtension['listeners'] = [];
@@ -162,7 +195,7 @@ export function buildState(input: SnapshotInput): StateDocument {
   const space = (ls: LockSpace): LockspaceState => ({
     // Names are byte strings: carried as text, non-UTF-8 bytes as \udcXX (byteString.ts).
     ...(ls.isDefault ? {} : { directory: toDocText(ls.dir) }),
-    resources: input.skeleton
+    resources: input.skeleton || input.omitLeases
       ? []
       : [...ls.resources.values()].map((r) => {
           const e = resourceEntry(r);
