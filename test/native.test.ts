@@ -986,6 +986,33 @@ t.test('fdInfo: dev/ino/mode of many fds in one call, setting or clearing FD_CLO
   fs.closeSync(b);
 });
 
+t.test('fdInfo: FD_CLOEXEC set on runs of consecutive fds at once, and on no fd between them', async (t) => {
+  // Eight consecutive fds: fdInfo gets the first three, a closed one, the sixth and eighth (runs [0..3], [5], [7]).
+  // Open until the last eight are consecutive (the lowest free numbers fill the holes other tests left first).
+  const opened: number[] = [];
+  const last8 = () => opened.slice(-8);
+  while (opened.length < 8 || !last8().every((fd, i, a) => i === 0 || fd === a[i - 1]! + 1)) opened.push(fs.openSync(tmpFile(), 'r'));
+  const fds = last8();
+  for (const fd of opened.slice(0, -8)) fs.closeSync(fd);
+  t.ok(fds.every((fd, i) => i === 0 || fd === fds[i - 1]! + 1), `consecutive fds ${fds[0]}..${fds[7]}`);
+  fs.closeSync(fds[3]!);
+  native.fdInfo(Int32Array.from(fds.filter((_, i) => i !== 3)), 0);
+  const asked = [0, 1, 2, 3, 5, 7].map((i) => fds[i]!);
+  const info = native.fdInfo(Int32Array.from(asked), 1);
+  t.equal(info[3 * 3 + 2], -9, 'the closed fd in the run: -EBADF');
+  t.same(
+    fds.map((fd, i) => (i === 3 ? 'closed' : native.getCloexec(fd))),
+    [true, true, true, 'closed', false, true, false, true],
+    'set on the asked fds; fds 4 and 6, between runs, left as they were',
+  );
+  // The same on the background thread.
+  native.fdInfo(Int32Array.from(fds.filter((_, i) => i !== 3)), 0);
+  native.fdInfoStart(Int32Array.from(asked), 1);
+  native.fdInfoTake(Int32Array.from(asked), 1);
+  t.same(fds.map((fd, i) => (i === 3 ? 'closed' : native.getCloexec(fd))), [true, true, true, 'closed', false, true, false, true], 'fdInfoStart: the same');
+  for (const [i, fd] of fds.entries()) if (i !== 3) fs.closeSync(fd);
+});
+
 t.test('fdInfoStart/fdInfoTake: fdInfo on a background thread, the fds it did not have done inline', async (t) => {
   const a = fs.openSync(tmpFile(), 'r');
   const b = fs.openSync(tmpFile(), 'r');
