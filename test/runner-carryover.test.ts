@@ -51,7 +51,7 @@ t.test('after a re-exec, a runner that dies is reaped (no zombie), and a new one
   process.kill(runner, 'SIGKILL');
   const gone = await poll(() => procState(runner) === null, 30_000);
   t.ok(gone, `the dead runner was reaped (it is not left a zombie: state ${procState(runner) ?? 'gone'})`);
-  await matchLog(t, () => d.logs(), new RegExp(`"pid":${runner}[^\\n]*"signal":9[^\\n]*action runner process exited \\(reaped\\)`), 'and its end logged');
+  await matchLog(t, () => d.logs(), new RegExp(`"runnerPid":${runner}[^\\n]*"signal":9[^\\n]*action runner process exited \\(reaped\\)`), 'and its end logged');
   const next = await poll(() => childrenOf(d.pid).find((p) => p !== runner), 30_000);
   t.ok(next, `holding nothing, relockd started a new runner (${next})`);
 });

@@ -89,10 +89,10 @@ export class ActionRunner {
     this.spawnedAt = Date.now();
     const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'ignore', 'inherit', 'pipe'], detached: false });
     child.on('error', (err) => this.log.error({ err: err.message, argv }, 'action runner could not start'));
-    child.on('exit', (code, signal) => this.log.info({ pid: child.pid, code, signal }, 'action runner process exited'));
+    child.on('exit', (code, signal) => this.log.info({ runnerPid: child.pid, code, signal }, 'action runner process exited'));
     this.pid = child.pid ?? 0;
     this.attach(child.stdio[3] as net.Socket);
-    this.log.info({ pid: this.pid, argv }, 'action runner started (before any lease fd is open; it runs lock-failure programs for relockd)');
+    this.log.info({ runnerPid: this.pid, argv }, 'action runner started (before any lease fd is open; it runs lock-failure programs for relockd)');
   }
 
   /** In a re-exec'd image: the runner the old image had, on its inherited fd. */
@@ -101,7 +101,7 @@ export class ActionRunner {
     try {
       sock = new net.Socket({ fd: saved.fd, readable: true, writable: true });
     } catch (err) {
-      this.log.error({ err: (err as Error).message, fd: saved.fd, pid: saved.pid }, 'action runner channel not usable after the re-exec');
+      this.log.error({ err: (err as Error).message, fd: saved.fd, runnerPid: saved.pid }, 'action runner channel not usable after the re-exec');
       if (parentOf(saved.pid) === process.pid) this.watchForReap(saved.pid);
       return false;
     }
@@ -112,7 +112,7 @@ export class ActionRunner {
     this.attach(sock);
     const child = parentOf(saved.pid) === process.pid;
     if (child) this.watchForReap(saved.pid);
-    this.log.info({ pid: saved.pid, fd: saved.fd, pending: saved.pending, ourChild: child }, child ? 'action runner carried over the re-exec' : 'action runner carried over the crash (its channel was in the fd store)');
+    this.log.info({ runnerPid: saved.pid, fd: saved.fd, pending: saved.pending, ourChild: child }, child ? 'action runner carried over the re-exec' : 'action runner carried over the crash (its channel was in the fd store)');
     // Results already complete in the saved bytes.
     this.onData('');
     return true;
@@ -168,7 +168,7 @@ export class ActionRunner {
   private reapNow(pid: number): void {
     try {
       const st = native.reapChild(pid);
-      if (st) this.log.info({ pid, code: st.code ?? null, signal: st.signal ?? null }, 'action runner process exited (reaped)');
+      if (st) this.log.info({ runnerPid: pid, code: st.code ?? null, signal: st.signal ?? null }, 'action runner process exited (reaped)');
     } catch {
       /* not our child (any more) */
     }
@@ -194,7 +194,7 @@ export class ActionRunner {
       this.sock = null;
       const lostIds = [...this.pending];
       this.pending.clear();
-      this.log.error({ pid: this.pid, why, pendingLost: lostIds }, 'ACTION RUNNER GONE: lock-failure programs cannot run until relockd holds no lease (owners of a failed lock space are terminated through their pidfd instead)');
+      this.log.error({ runnerPid: this.pid, why, pendingLost: lostIds }, 'ACTION RUNNER GONE: lock-failure programs cannot run until relockd holds no lease (owners of a failed lock space are terminated through their pidfd instead)');
       for (const id of lostIds) this.events.result({ id, code: null, signal: null, ms: 0, output: '', err: 'the action runner died before reporting' });
     };
     sock.on('end', () => lost('channel closed'));
@@ -217,7 +217,7 @@ export class ActionRunner {
       }
       switch (m.ev) {
         case 'hello':
-          this.log.info({ pid: m.pid, ms: this.spawnedAt ? Date.now() - this.spawnedAt : undefined }, 'action runner ready');
+          this.log.info({ runnerPid: m.pid, ms: this.spawnedAt ? Date.now() - this.spawnedAt : undefined }, 'action runner ready');
           break;
         case 'started':
           this.events.started(Number(m.id), Number(m.pid));
@@ -237,7 +237,7 @@ export class ActionRunner {
           break;
         }
         default:
-          this.log.error({ msg: m }, 'action runner reported an error');
+          this.log.error({ report: m }, 'action runner reported an error');
       }
     }
   }

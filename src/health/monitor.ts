@@ -148,7 +148,7 @@ export class HealthMonitor {
 
   constructor(private readonly d: MonitorDeps) {
     this.prober = d.prober ?? new StorageProber();
-    this.runner = new ActionRunner(d.log.child({ component: 'action-runner' }), {
+    this.runner = new ActionRunner(d.log.child({ part: 'action-runner' }), {
       started: (id, pid) => this.onProgramStarted(id, pid),
       result: (r) => this.onProgramResult(r),
     });
@@ -484,7 +484,7 @@ export class HealthMonitor {
     const rec = this.recordOfProgram(id);
     if (!rec?.program) return;
     rec.program.pid = pid;
-    this.programLog(rec, rec.program.event).info({ pid, request: id, ms: Date.now() - rec.program.sentAt }, `killpath program started (${rec.program.event})`);
+    this.programLog(rec, rec.program.event).info({ programPid: pid, request: id, ms: Date.now() - rec.program.sentAt }, `killpath program started (${rec.program.event})`);
   }
 
   private onProgramResult(r: RunResult): void {

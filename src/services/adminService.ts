@@ -184,7 +184,8 @@ export class LogSettings {
     this.filters = filters;
     this.outputs = outputs;
     const shown = what === 'filters' ? this.getFilters().filters.trim() : this.getOutputs().outputs;
-    log.warn({ [what]: shown, level: plan.level, was: before }, 'log settings changed by admin');
+    // logLevel: pino's own "level" key is this line's severity.
+    log.warn({ [what]: shown, logLevel: plan.level, was: before }, 'log settings changed by admin');
   }
 }
 

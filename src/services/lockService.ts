@@ -105,7 +105,7 @@ export class LockService implements Service<LockClient>, Freeze {
     const log = this.log.child({ client: clientId, owner });
     t.done = (async () => {
       try {
-        const outcome = handle ? await terminate(handle, owner, this.termination, log, this, started) : 'gone';
+        const outcome = handle ? await terminate(handle, this.termination, log, this, started) : 'gone';
         if (outcome === 'frozen') return; // carried across the re-exec
         t.phase = 'releasing';
         const n = await this.manager.releaseOwner(owner.pid, owner);

@@ -54,7 +54,7 @@ export async function ownerExit(pidfd: number, delays: readonly number[] = RETRY
 /** Logs how the owner ended, then calls `done` (which closes the pidfd). */
 export function logOwnerExit(pidfd: number, pid: number, log: Logger, done: () => void): void {
   void ownerExit(pidfd)
-    .then((e) => log.info({ pid, exit: e }, `owner ended: ${e.how}`))
+    .then((e) => log.info({ ownerPid: pid, exit: e }, `owner ended: ${e.how}`))
     .catch(() => {})
     .finally(done);
 }

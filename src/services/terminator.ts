@@ -14,7 +14,6 @@ import type { Logger } from 'pino';
 import * as native from '../native.js';
 import { isAlive } from '../util/processHandle.js';
 import type { ProcessHandle } from '../util/processHandle.js';
-import type { Owner } from '../locks/lockManager.js';
 
 export interface TerminationOptions {
   /** Time between SIGTERM and SIGKILL. */
@@ -114,28 +113,28 @@ function exitedByPidfd(h: ProcessHandle): boolean {
  * over (SIGTERM again, the whole grace time); `started` is for the logs. A
  * process that survives SIGKILL (stuck in the kernel) is waited for
  * indefinitely, with a warning now and then: its leases must outlive it.
+ * `log` names the owner (its bindings): the lines here add only what they
+ * are about, and never a second "owner" or "pid" key.
  */
 export async function terminate(
   h: ProcessHandle,
-  owner: Owner,
   opts: TerminationOptions,
   log: Logger,
   freeze: Freeze = neverFrozen,
   started: number = Date.now(),
 ): Promise<TerminationResult> {
-  if (h.pidfd < 0) return terminateByPolling(h, owner, opts, log, freeze);
+  if (h.pidfd < 0) return terminateByPolling(h, opts, log, freeze);
   try {
-    return await terminateByPidfd(h, owner, opts, log, freeze, started);
+    return await terminateByPidfd(h, opts, log, freeze, started);
   } catch (err) {
     if (!(err instanceof BrokenPidfd)) throw err;
     // Never seen in practice; never take it for an exit: /proc and the start time decide.
-    log.error({ owner, pid: h.pid }, 'owner pidfd unusable: watching /proc instead');
-    return terminateByPolling({ ...h, pidfd: -1 }, owner, opts, log, freeze);
+    log.error({ ownerPid: h.pid }, 'owner pidfd unusable: watching /proc instead');
+    return terminateByPolling({ ...h, pidfd: -1 }, opts, log, freeze);
   }
 }
 
-async function terminateByPidfd(h: ProcessHandle, owner: Owner, opts: TerminationOptions, log: Logger, freeze: Freeze, started: number): Promise<TerminationResult> {
-  const l = log.child({ owner });
+async function terminateByPidfd(h: ProcessHandle, opts: TerminationOptions, log: Logger, freeze: Freeze, started: number): Promise<TerminationResult> {
   if (exitedByPidfd(h)) return 'gone';
   if (freeze.frozen) return 'frozen';
   const graceFrom = Date.now();
@@ -153,7 +152,7 @@ async function terminateByPidfd(h: ProcessHandle, owner: Owner, opts: Terminatio
   if (graceLeft > 0) {
     try {
       signal(h, constants.signals.SIGTERM);
-      l.warn({ pid: h.pid }, 'owner still running after its lock connection closed: sent SIGTERM');
+      log.warn({ ownerPid: h.pid }, 'owner still running after its lock connection closed: sent SIGTERM');
     } catch {
       return 'gone';
     }
@@ -161,13 +160,13 @@ async function terminateByPidfd(h: ProcessHandle, owner: Owner, opts: Terminatio
     if (r === 'frozen') return 'frozen';
     if (r === 'broken') throw new BrokenPidfd();
     if (r === 'exited' || exitedByPidfd(h)) {
-      l.info({ pid: h.pid, ms: Date.now() - started }, 'owner exited after SIGTERM');
+      log.info({ ownerPid: h.pid, ms: Date.now() - started }, 'owner exited after SIGTERM');
       return 'exited-on-term';
     }
   }
   try {
     signal(h, constants.signals.SIGKILL);
-    l.warn({ pid: h.pid }, graceLeft > 0 ? 'owner ignored SIGTERM: sent SIGKILL' : 'owner still exiting after the grace time: sent SIGKILL');
+    log.warn({ ownerPid: h.pid }, graceLeft > 0 ? 'owner ignored SIGTERM: sent SIGKILL' : 'owner still exiting after the grace time: sent SIGKILL');
   } catch {
     return 'exited-on-term';
   }
@@ -176,22 +175,21 @@ async function terminateByPidfd(h: ProcessHandle, owner: Owner, opts: Terminatio
     if (r === 'frozen') return 'frozen';
     if (r === 'broken') throw new BrokenPidfd();
     if (r === 'exited' || exitedByPidfd(h)) {
-      l.info({ pid: h.pid, ms: Date.now() - started }, 'owner exited after SIGKILL');
+      log.info({ ownerPid: h.pid, ms: Date.now() - started }, 'owner exited after SIGKILL');
       return 'exited-on-kill';
     }
-    l.error({ pid: h.pid }, 'owner survives SIGKILL (stuck in the kernel?); keeping its leases until it exits');
+    log.error({ ownerPid: h.pid }, 'owner survives SIGKILL (stuck in the kernel?); keeping its leases until it exits');
   }
 }
 
 /** The same without a pidfd: liveness from /proc (start time guards pid reuse). */
-async function terminateByPolling(h: ProcessHandle, owner: Owner, opts: TerminationOptions, log: Logger, freeze: Freeze): Promise<TerminationResult> {
-  const l = log.child({ owner });
+async function terminateByPolling(h: ProcessHandle, opts: TerminationOptions, log: Logger, freeze: Freeze): Promise<TerminationResult> {
   if (!(await isAlive(h))) return 'gone';
   if (freeze.frozen) return 'frozen';
   const started = Date.now();
   try {
     signal(h, constants.signals.SIGTERM);
-    l.warn({ pid: h.pid }, 'owner still running after its lock connection closed: sent SIGTERM');
+    log.warn({ ownerPid: h.pid }, 'owner still running after its lock connection closed: sent SIGTERM');
   } catch {
     return 'gone';
   }
@@ -199,13 +197,13 @@ async function terminateByPolling(h: ProcessHandle, owner: Owner, opts: Terminat
     await sleep(opts.pollMs);
     if (freeze.frozen) return 'frozen';
     if (!(await isAlive(h))) {
-      l.info({ pid: h.pid, ms: Date.now() - started }, 'owner exited after SIGTERM');
+      log.info({ ownerPid: h.pid, ms: Date.now() - started }, 'owner exited after SIGTERM');
       return 'exited-on-term';
     }
   }
   try {
     signal(h, constants.signals.SIGKILL);
-    l.warn({ pid: h.pid }, 'owner ignored SIGTERM: sent SIGKILL');
+    log.warn({ ownerPid: h.pid }, 'owner ignored SIGTERM: sent SIGKILL');
   } catch {
     return 'exited-on-term';
   }
@@ -214,12 +212,12 @@ async function terminateByPolling(h: ProcessHandle, owner: Owner, opts: Terminat
     await sleep(opts.pollMs);
     if (freeze.frozen) return 'frozen';
     if (!(await isAlive(h))) {
-      l.info({ pid: h.pid, ms: Date.now() - started }, 'owner exited after SIGKILL');
+      log.info({ ownerPid: h.pid, ms: Date.now() - started }, 'owner exited after SIGKILL');
       return 'exited-on-kill';
     }
     if (Date.now() - lastWarn > opts.killWarnMs) {
       lastWarn = Date.now();
-      l.error({ pid: h.pid }, 'owner survives SIGKILL (stuck in the kernel?); keeping its leases until it exits');
+      log.error({ ownerPid: h.pid }, 'owner survives SIGKILL (stuck in the kernel?); keeping its leases until it exits');
     }
   }
 }

@@ -189,7 +189,7 @@ async function scenario(t: Test, x: CrashTarget, log: () => string): Promise<voi
   // The action runner outlived the crash (its channel was in the store) and the new image adopted it:
   // a crash-restarted relockd holds lease fds from its first instruction, so it could not spawn one.
   t.ok(alive(runner), `the action runner ${runner} is still running`);
-  t.match(log(), new RegExp(`"pid":${runner}\\b[^\\n]*action runner carried over the crash`), 'the restarted relockd adopted it');
+  t.match(log(), new RegExp(`"runnerPid":${runner}\\b[^\\n]*action runner carried over the crash`), 'the restarted relockd adopted it');
   t.equal(runnerPid(back.pid), '', 'and spawned no other (it holds lease fds)');
   t.notMatch(log(), /ACTION RUNNER GONE/, 'the runner was never lost');
 

@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import net from 'node:net';
+import { linesWithDuplicateKeys } from './logKeys.js';
 
 /** The package root, whether this runs from test/lib or dist/test/lib. */
 export const ROOT: string = (() => {
@@ -154,6 +155,9 @@ export async function startRelockd(opts: RelockdOptions = {}): Promise<StartedDa
         await waitExit(child, 10000);
       }
       if (ownDir) rmSync(dir, { recursive: true, force: true });
+      // Every test's daemon: no log line names a key twice (a reader keeps one of them).
+      const dups = linesWithDuplicateKeys(logs);
+      if (dups.length) throw new Error(`relockd logged ${dups.length} line(s) with a key twice:\n${dups.slice(0, 5).join('\n')}`);
     },
   };
 }
