@@ -186,7 +186,7 @@ export class Reexecutor {
       const leases = target ? null : tableColumns(d.manager);
       ms.mark('snapshot');
       if (target) validateState(doc); // relockd's own document is validated as written (serialiseState)
-      const plan = target ? target.plan(doc) : this.ownPlan(doc, leases ?? tableColumns(d.manager), requestedAtNs);
+      const plan = leases ? this.ownPlan(doc, leases, requestedAtNs) : target!.plan(doc);
       ms.mark('serialise');
       writeFileAtomic(plan.stateFile, plan.text);
       ms.mark('write');

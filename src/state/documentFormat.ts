@@ -152,8 +152,7 @@ export function parseStateForRestore(parsed: unknown): { doc: StateDocument; lea
 
 /** An in-memory (format 1) document's leases as restore reads them. */
 export function leaseRowsOf(doc: StateDocument): LeaseRows {
-  const cols = leaseColumnsOf(doc);
-  return { cols, ownerCount: new Map(cols.multiOwners), paths: new Map(cols.paths), classic: new Set(cols.classic), flavourRecorded: doc.relockd !== undefined };
+  return { ...checkColumns(doc, leaseColumnsOf(doc)), flavourRecorded: doc.relockd !== undefined };
 }
 
 /** Format 2's columns checked against each other (the schema checks each entry). */

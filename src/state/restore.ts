@@ -103,8 +103,7 @@ function checkIdentity(fd: number, kind: Kind, want: { kind?: Kind; dev: string;
   if ('errno' in st) return { why: `fd ${fd} (${kind}) is not open` };
   if (want) {
     if (want.kind !== undefined && want.kind !== kind) return { why: `fd ${fd} was recorded as ${want.kind}, expected ${kind}` };
-    if (Number(want.dev) !== st.dev || Number(want.ino) !== st.ino) return { why: `fd ${fd} (${kind}) is not the file it was before the exec (dev/ino changed)` };
-    return { st };
+    return sameFile(fd, kind, st, Number(want.dev), Number(want.ino));
   }
   // Documents without identities (virtlockd's): check the type at least.
   if ((kind === 'listener' || kind === 'client') && !isType(st, SOCK)) return { why: `fd ${fd} (${kind}) is not a socket` };
@@ -127,6 +126,11 @@ export function inheritedLockFlavour(fd: number): 'ofd' | 'classic' | 'unknown' 
   if (/^lock:\s+\d+:\s+OFDLCK\b/m.test(text)) return 'ofd';
   if (/^lock:\s+\d+:\s+POSIX\b/m.test(text)) return 'classic';
   return 'unknown';
+}
+
+/** Whether `st` is the file recorded as dev/ino. */
+function sameFile(fd: number, kind: Kind, st: FdStat, dev: number, ino: number): { why: string } | { st: FdStat } {
+  return st.dev !== dev || st.ino !== ino ? { why: `fd ${fd} (${kind}) is not the file it was before the exec (dev/ino changed)` } : { st };
 }
 
 const problem = (r: { why: string } | { st: FdStat }): string | null => ('why' in r ? r.why : null);
@@ -226,18 +230,18 @@ function restoreLockSpaces(run: RestoreRun, rows: LeaseRows): void {
 
 /** A lease fd on failed storage: its recorded identity stands in for fstat (which would block). */
 function trustedLease(run: RestoreRun, fd: number, dev: number, ino: number): FdStat | undefined {
-  const want = dev >= 0 ? { dev, ino } : run.recorded.get(fd)?.kind === 'resource' ? { dev: Number(run.recorded.get(fd)!.dev), ino: Number(run.recorded.get(fd)!.ino) } : undefined;
+  const rec = run.recorded.get(fd);
+  const want = dev >= 0 ? { dev, ino } : rec?.kind === 'resource' ? { dev: Number(rec.dev), ino: Number(rec.ino) } : undefined;
   if (!want) return undefined;
   native.setCloexec(fd, true);
   return { ...want, mode: REG };
 }
 
-/** checkIdentity for a lease's identity from the columns, as numbers (the addon's and the document's doubles). */
+/** checkIdentity for a lease's identity from the columns, as numbers (the addon's and the document's doubles): no object per lease. */
 function checkRecorded(fd: number, dev: number, ino: number, known: FdStat | { errno: number } | undefined): { why: string } | { st: FdStat } {
   const st = known ?? statAll([fd]).get(fd)!;
   if ('errno' in st) return { why: `fd ${fd} (resource) is not open` };
-  if (st.dev !== dev || st.ino !== ino) return { why: `fd ${fd} (resource) is not the file it was before the exec (dev/ino changed)` };
-  return { st };
+  return sameFile(fd, 'resource', st, dev, ino);
 }
 
 /** Lease i of the columns → the lock table, once its fd checks out. */

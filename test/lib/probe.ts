@@ -79,6 +79,11 @@ export class Prober {
   private buffered = '';
 
   private constructor(private readonly child: ChildProcessWithoutNullStreams) {
+    // A prober that dies answers every probe still waiting, so no test waits out its timeout.
+    child.stdin.on('error', () => {}); // EPIPE after an exit: answered below
+    child.once('exit', (code, sig) => {
+      for (const w of this.waiting.splice(0)) w(`error:prober exited (${code ?? sig})`);
+    });
     child.stdout.on('data', (d: Buffer) => {
       this.buffered += d.toString('utf8');
       let nl: number;
@@ -101,6 +106,7 @@ export class Prober {
 
   probe(path: ProbePath, mode: 'write' | 'read' = 'write'): Promise<ProbeResult> {
     const hex = (typeof path === 'string' ? Buffer.from(path, 'utf8') : path).toString('hex');
+    if (this.child.exitCode !== null || this.child.signalCode !== null) return Promise.resolve('error:prober exited');
     return new Promise((resolve) => {
       this.waiting.push(resolve);
       this.child.stdin.write(`${mode} ${hex}\n`);
