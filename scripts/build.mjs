@@ -2,6 +2,7 @@
 // (bundle.mjs); then records a hash of every input of the build in
 // dist/.build-inputs.
 //
+// `--check` only says whether dist/ is up to date (exit 0) or not (exit 1).
 // `--if-stale` (what `npm test`'s pretest and every suite's script run) skips
 // the build when dist/ holds every output and was built from exactly these
 // inputs. A CI run used to build eleven times (~12 s each on 2 cores) from
@@ -63,16 +64,18 @@ function inputsHash() {
   return h.digest('hex');
 }
 
-const ifStale = process.argv.includes('--if-stale');
+const check = process.argv.includes('--check');
+const ifStale = check || process.argv.includes('--if-stale');
 const before = inputsHash();
 if (ifStale) {
   const stamp = existsSync(STAMP) ? readFileSync(STAMP, 'utf8').trim() : '';
   const missing = OUTPUTS.filter((f) => !existsSync(join(root, f)));
   if (stamp === before && missing.length === 0) {
-    console.log('build: dist/ is up to date (built from these inputs); not rebuilt');
+    console.log(`build: dist/ is up to date (built from these inputs)${check ? '' : '; not rebuilt'}`);
     process.exit(0);
   }
-  console.log(`build: ${missing.length ? `missing ${missing.join(', ')}` : stamp ? 'inputs changed since the last build' : 'no record of the last build'}; building`);
+  console.log(`build: ${missing.length ? `missing ${missing.join(', ')}` : stamp ? 'inputs changed since the last build' : 'no record of the last build'}${check ? '' : '; building'}`);
+  if (check) process.exit(1);
 }
 // No stamp while the outputs are being replaced: a build that fails half-way
 // is rebuilt by the next --if-stale.
